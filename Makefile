@@ -1,0 +1,21 @@
+# `make test` is the README's test command (and what .ci/run calls). Every
+# target runs scripts/setup.sh first, which installs what the build needs once.
+CARGO ?= cargo
+# libgomp's threads spin while waiting; on a loaded 2-core machine (parallel
+# tests, CI) that spinning starves real work, so they sleep instead.
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: setup build test lint
+
+setup:
+	bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release
+
+lint: setup
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: lint
+	$(CARGO) test

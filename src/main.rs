@@ -1,0 +1,279 @@
+//! The `smoothcert` command line: the offline pipeline (train-base, certify,
+//! report, bench) and diagnostics.
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use smoothcert::data::{DatasetKind, Split};
+use smoothcert::engine::CertifyParams;
+use smoothcert::model::{cuda_status, parse_device, Arch};
+use smoothcert::pipeline::{bench, certify, report, train};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "smoothcert",
+    version,
+    about = "Randomized-smoothing robustness certificates"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a base classifier with Gaussian noise augmentation and write a bundle.
+    TrainBase {
+        #[arg(long, default_value = "fashion-mnist")]
+        dataset: DatasetKind,
+        /// Where the dataset files are (default: the dataset's usual place).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "small-cnn", value_parser = parse_arch)]
+        arch: Arch,
+        #[arg(long, default_value_t = 0.25)]
+        sigma: f64,
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        #[arg(long, default_value_t = 128)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Use only the first N training images.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Bundle name in model.toml.
+        #[arg(long)]
+        name: Option<String>,
+        /// Train at most N epochs now and leave the checkpoint; rerun to continue.
+        #[arg(long)]
+        pause_after: Option<usize>,
+        /// The bundle directory to write (holds the checkpoint while training).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Certify inputs of a dataset split; one TSV row per input.
+    Certify {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// mc: Monte Carlo CERTIFY (Cohen et al.), a certificate at level 1 - alpha.
+        #[arg(long, default_value = "mc", value_parser = ["mc"])]
+        method: String,
+        #[arg(long, default_value = "test")]
+        split: Split,
+        /// Overrides where the bundle's dataset files are.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Certify every K-th input.
+        #[arg(long, default_value_t = 1)]
+        skip: usize,
+        /// Certify at most M inputs.
+        #[arg(long)]
+        max: Option<usize>,
+        #[arg(long, default_value_t = 100)]
+        n0: u64,
+        #[arg(long, default_value_t = 100_000)]
+        n: u64,
+        #[arg(long, default_value_t = 0.001)]
+        alpha: f64,
+        /// Forward batch size the samples are chunked into.
+        #[arg(long, default_value_t = 1000)]
+        batch: i64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Certified accuracy vs radius, ACR, abstention and timing of certify TSVs.
+    Report {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_delimiter = ',', default_value = "0,0.25,0.5,0.75,1.0")]
+        radii: Vec<f64>,
+        #[arg(long, default_value = "report")]
+        out_dir: PathBuf,
+    },
+    /// Monte Carlo throughput at several forward batch sizes against plain forward passes.
+    Bench {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000,4000")]
+        batches: Vec<i64>,
+        #[arg(long, default_value_t = 10_000)]
+        samples: u64,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print libtorch, CUDA and thread information.
+    Info,
+}
+
+fn parse_arch(s: &str) -> Result<Arch, String> {
+    Arch::parse(s).map_err(|e| e.to_string())
+}
+
+fn device(spec: &str) -> Result<tch::Device> {
+    let d = parse_device(spec)?;
+    tracing::info!(device = ?d, cuda = %cuda_status().detail, "device selected");
+    Ok(d)
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let show_progress = true;
+    match Cli::parse().command {
+        Command::TrainBase {
+            dataset,
+            data_dir,
+            arch,
+            sigma,
+            epochs,
+            batch_size,
+            lr,
+            seed,
+            limit,
+            device: dev,
+            name,
+            pause_after,
+            out,
+        } => {
+            let opts = train::TrainBaseOptions {
+                dataset,
+                data_dir,
+                arch,
+                sigma,
+                epochs,
+                batch_size,
+                learning_rate: lr,
+                seed,
+                device: device(&dev)?,
+                limit,
+                out,
+                name,
+                pause_after,
+                show_progress,
+            };
+            let s = match train::train_base(&opts).context("train-base failed")? {
+                train::TrainOutcome::Finished(s) => s,
+                train::TrainOutcome::Paused { epochs_done } => {
+                    println!(
+                        "paused after {epochs_done}/{} epochs; rerun the same command to continue",
+                        opts.epochs
+                    );
+                    return Ok(());
+                }
+            };
+            println!(
+                "bundle {}: {} epochs in {:.1} s; test accuracy clean {:.2}%, noisy (sigma {}) {:.2}%",
+                s.bundle.display(),
+                s.epochs,
+                s.training_seconds,
+                100.0 * s.clean_test_accuracy,
+                s.sigma,
+                100.0 * s.noisy_test_accuracy
+            );
+        }
+        Command::Certify {
+            bundle,
+            method: _,
+            split,
+            data_dir,
+            skip,
+            max,
+            n0,
+            n,
+            alpha,
+            batch,
+            seed,
+            device: dev,
+            out,
+        } => {
+            let opts = certify::CertifyOptions {
+                bundle,
+                method: certify::Method::Mc,
+                split,
+                data_dir,
+                skip,
+                max,
+                params: CertifyParams {
+                    n0,
+                    n,
+                    alpha,
+                    batch,
+                },
+                seed,
+                device: device(&dev)?,
+                out,
+                show_progress,
+            };
+            let s = certify::certify(&opts).context("certify failed")?;
+            println!(
+                "{} ({}): {} inputs, certified accuracy at r=0 {:.1}%, abstained {:.1}%, median {:.3} s/input",
+                s.out.display(),
+                s.method.as_str(),
+                s.inputs,
+                100.0 * s.certified_accuracy_at_0,
+                100.0 * s.abstention_rate,
+                s.median_seconds_per_input
+            );
+        }
+        Command::Report {
+            files,
+            radii,
+            out_dir,
+        } => {
+            let md = report::run_report(&files, &report::ReportOptions { radii, out_dir })
+                .context("report failed")?;
+            println!("{md}");
+        }
+        Command::Bench {
+            bundle,
+            batches,
+            samples,
+            device: dev,
+            seed,
+            out,
+        } => {
+            let opts = bench::BenchOptions {
+                bundle,
+                device: device(&dev)?,
+                batches,
+                samples,
+                seed,
+            };
+            let r = bench::bench(&opts).context("bench failed")?;
+            println!("{}", r.markdown());
+            if let Some(out) = out {
+                std::fs::write(&out, serde_json::to_vec_pretty(&r)?)
+                    .with_context(|| format!("writing {}", out.display()))?;
+            }
+        }
+        Command::Info => {
+            let cuda = cuda_status();
+            println!("smoothcert {}", env!("CARGO_PKG_VERSION"));
+            println!("intra-op threads: {}", tch::get_num_threads());
+            println!(
+                "cuda available: {} ({} device(s)); {}",
+                cuda.available, cuda.device_count, cuda.detail
+            );
+            println!("cudnn available: {}", tch::Cuda::cudnn_is_available());
+        }
+    }
+    Ok(())
+}

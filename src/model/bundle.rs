@@ -1,0 +1,249 @@
+//! The model bundle: a directory with `model.toml` (what the model is, how it
+//! was made) beside its weight files.
+use crate::data::DatasetKind;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const MANIFEST: &str = "model.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoiseKind {
+    Gaussian,
+}
+
+/// The smoothing noise: isotropic Gaussian in pixel space, before normalization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoiseSpec {
+    pub kind: NoiseKind,
+    pub sigma: f64,
+}
+
+/// Per-channel mean/std applied inside the model, after the noise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsFormat {
+    /// A built-in architecture (`arch`) with safetensors weights.
+    Safetensors,
+    /// Any PyTorch model exported with `torch.jit.script`/`trace`.
+    Torchscript,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaseSpec {
+    pub format: WeightsFormat,
+    /// Relative to the bundle directory.
+    pub file: String,
+    /// Built-in architecture name; required for safetensors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+}
+
+/// How the base classifier was made: enough to reproduce and to judge it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub dataset: Option<DatasetKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_seconds: Option<f64>,
+    /// Test accuracy on clean inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean_test_accuracy: Option<f64>,
+    /// Test accuracy of the base classifier on one noisy copy per input at sigma.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noisy_test_accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+}
+
+/// `model.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bundle {
+    pub name: String,
+    pub version: String,
+    /// [C, H, W] of one input, pixels in [0, 1].
+    pub input_shape: [usize; 3],
+    pub labels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<Normalization>,
+    pub noise: NoiseSpec,
+    pub base: BaseSpec,
+    #[serde(default)]
+    pub provenance: Provenance,
+    /// The directory the manifest was read from (not stored).
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+impl Bundle {
+    pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
+        let path = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&path).map_err(|source| BundleError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut bundle: Bundle = toml::from_str(&text).map_err(|e| BundleError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        bundle.dir = dir.to_path_buf();
+        bundle
+            .validate()
+            .map_err(|message| BundleError::Invalid { path, message })?;
+        Ok(bundle)
+    }
+
+    /// Writes `model.toml` atomically (temp file + rename), so a crash never leaves half a manifest.
+    pub fn save(&self) -> Result<(), BundleError> {
+        let path = self.dir.join(MANIFEST);
+        self.validate().map_err(|message| BundleError::Invalid {
+            path: path.clone(),
+            message,
+        })?;
+        let text = toml::to_string(self).map_err(|e| BundleError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let write_err = |source| BundleError::Write {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(write_err)?;
+        let tmp = self.dir.join(format!("{MANIFEST}.tmp"));
+        std::fs::write(&tmp, text).map_err(write_err)?;
+        std::fs::rename(&tmp, &path).map_err(write_err)
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn sigma(&self) -> f64 {
+        self.noise.sigma
+    }
+
+    pub fn base_path(&self) -> PathBuf {
+        self.dir.join(&self.base.file)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let [c, h, w] = self.input_shape;
+        if c == 0 || h == 0 || w == 0 {
+            return Err(format!(
+                "input_shape {:?} has a zero dimension",
+                self.input_shape
+            ));
+        }
+        if self.labels.len() < 2 {
+            return Err("labels: a classifier needs at least two classes".into());
+        }
+        if !(self.noise.sigma.is_finite() && self.noise.sigma > 0.0) {
+            return Err(format!("noise.sigma must be > 0, got {}", self.noise.sigma));
+        }
+        if let Some(norm) = &self.normalization {
+            if norm.mean.len() != c || norm.std.len() != c {
+                return Err(format!(
+                    "normalization: mean and std need {c} values (one per channel)"
+                ));
+            }
+            if norm.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                return Err("normalization.std values must be > 0".into());
+            }
+        }
+        if self.base.format == WeightsFormat::Safetensors && self.base.arch.is_none() {
+            return Err("base.arch is required when base.format = \"safetensors\"".into());
+        }
+        if self.base.file.is_empty() {
+            return Err("base.file is empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(dir: &Path) -> Bundle {
+        Bundle {
+            name: "t".into(),
+            version: "1".into(),
+            input_shape: [1, 28, 28],
+            labels: (0..10).map(|i| format!("c{i}")).collect(),
+            normalization: Some(Normalization {
+                mean: vec![0.5],
+                std: vec![0.25],
+            }),
+            noise: NoiseSpec {
+                kind: NoiseKind::Gaussian,
+                sigma: 0.25,
+            },
+            base: BaseSpec {
+                format: WeightsFormat::Safetensors,
+                file: "base.safetensors".into(),
+                arch: Some("small-cnn".into()),
+            },
+            provenance: Provenance {
+                dataset: Some(DatasetKind::FashionMnist),
+                epochs: Some(3),
+                ..Default::default()
+            },
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = sample(dir.path());
+        b.save().unwrap();
+        let text = std::fs::read_to_string(dir.path().join(MANIFEST)).unwrap();
+        assert!(text.contains("dataset = \"fashion-mnist\""), "{text}");
+        assert_eq!(Bundle::load(dir.path()).unwrap(), b);
+
+        let mut bad = sample(dir.path());
+        bad.normalization = Some(Normalization {
+            mean: vec![0.5, 0.5],
+            std: vec![0.25],
+        });
+        assert!(matches!(bad.save(), Err(BundleError::Invalid { .. })));
+        let mut bad = sample(dir.path());
+        bad.noise.sigma = -1.0;
+        assert!(bad.save().unwrap_err().to_string().contains("sigma"));
+
+        std::fs::write(dir.path().join(MANIFEST), "name = 3").unwrap();
+        let err = Bundle::load(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("model.toml"), "{err}");
+    }
+}

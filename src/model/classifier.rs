@@ -1,0 +1,229 @@
+//! A classifier in pixel space: normalization, then the network. Owns its
+//! tensors; the noisy sampling and the counting run on its device.
+use super::{Arch, Bundle, ModelError, Normalization, WeightsFormat};
+use std::path::Path;
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+pub enum Network {
+    BuiltIn {
+        arch: Arch,
+        vs: nn::VarStore,
+        net: Box<dyn ModuleT>,
+    },
+    TorchScript(tch::CModule),
+}
+
+pub struct Classifier {
+    network: Network,
+    /// [1, C, 1, 1] on the device; `None` when the network normalizes itself.
+    norm: Option<(Tensor, Tensor)>,
+    device: Device,
+    shape: [usize; 3],
+    num_classes: usize,
+}
+
+impl std::fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.network {
+            Network::BuiltIn { arch, .. } => arch.name(),
+            Network::TorchScript(_) => "torchscript",
+        };
+        f.debug_struct("Classifier")
+            .field("network", &kind)
+            .field("device", &self.device)
+            .field("shape", &self.shape)
+            .field("num_classes", &self.num_classes)
+            .finish()
+    }
+}
+
+impl Classifier {
+    /// A freshly initialised built-in network (for training).
+    pub fn new_builtin(
+        arch: Arch,
+        shape: [usize; 3],
+        num_classes: usize,
+        normalization: Option<&Normalization>,
+        device: Device,
+    ) -> Result<Self, ModelError> {
+        let vs = nn::VarStore::new(device);
+        let net = arch.build(&vs.root(), shape, num_classes)?;
+        Ok(Classifier {
+            network: Network::BuiltIn { arch, vs, net },
+            norm: normalization.map(|n| norm_tensors(n, device)),
+            device,
+            shape,
+            num_classes,
+        })
+    }
+
+    /// Loads the base classifier of a bundle onto `device`.
+    pub fn load(bundle: &Bundle, device: Device) -> Result<Self, ModelError> {
+        let path = bundle.base_path();
+        let norm = bundle.normalization.as_ref();
+        match bundle.base.format {
+            WeightsFormat::Safetensors => {
+                let arch_name = bundle.base.arch.as_deref().unwrap_or_default();
+                let arch = Arch::parse(arch_name)?;
+                let mut model = Self::new_builtin(
+                    arch,
+                    bundle.input_shape,
+                    bundle.num_classes(),
+                    norm,
+                    device,
+                )?;
+                model.load_weights(&path)?;
+                Ok(model)
+            }
+            WeightsFormat::Torchscript => {
+                let mut module = tch::CModule::load_on_device(&path, device)
+                    .map_err(|e| ModelError::Bundle(format!("{}: {e}", path.display())))?;
+                module.set_eval();
+                let model = Classifier {
+                    network: Network::TorchScript(module),
+                    norm: norm.map(|n| norm_tensors(n, device)),
+                    device,
+                    shape: bundle.input_shape,
+                    num_classes: bundle.num_classes(),
+                };
+                model.check_output()?;
+                Ok(model)
+            }
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn input_shape(&self) -> [usize; 3] {
+        self.shape
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    /// The trainable variables of a built-in network.
+    pub fn var_store(&self) -> Option<&nn::VarStore> {
+        match &self.network {
+            Network::BuiltIn { vs, .. } => Some(vs),
+            Network::TorchScript(_) => None,
+        }
+    }
+
+    pub fn save_weights(&self, path: &Path) -> Result<(), ModelError> {
+        let vs = self.var_store().ok_or_else(|| {
+            ModelError::Bundle("only built-in networks save safetensors weights".into())
+        })?;
+        vs.save(path)
+            .map_err(|e| ModelError::Bundle(format!("{}: {e}", path.display())))
+    }
+
+    pub fn load_weights(&mut self, path: &Path) -> Result<(), ModelError> {
+        match &mut self.network {
+            Network::BuiltIn { vs, .. } => vs
+                .load(path)
+                .map_err(|e| ModelError::Bundle(format!("{}: {e}", path.display()))),
+            Network::TorchScript(_) => Err(ModelError::Bundle(
+                "TorchScript weights live inside the module".into(),
+            )),
+        }
+    }
+
+    /// Logits for pixel-space inputs [B, C, H, W] already on the device.
+    /// `train` switches batch-norm statistics (built-in networks only).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        let x = match &self.norm {
+            Some((mean, std)) => (x - mean) / std,
+            None => x.shallow_clone(),
+        };
+        match &self.network {
+            Network::BuiltIn { net, .. } => Ok(net.forward_t(&x, train)),
+            Network::TorchScript(m) => Ok(m.forward_ts(&[x])?),
+        }
+    }
+
+    /// Evaluation-mode logits, without gradients.
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let _guard = tch::no_grad_guard();
+        self.forward_t(x, false)
+    }
+
+    /// Class counts of the base classifier over `num` noisy copies of each
+    /// input (x + N(0, sigma^2 I)), drawn and counted on the device.
+    ///
+    /// The B * num (input, sample) pairs are processed in forward batches of
+    /// `batch` that may span inputs, so a small `num` over many inputs fills
+    /// batches as well as a large `num` for one input. Returns [B, classes]
+    /// int64 counts on the CPU.
+    pub fn sample_counts(
+        &self,
+        inputs: &Tensor,
+        num: i64,
+        sigma: f64,
+        batch: i64,
+    ) -> Result<Tensor, ModelError> {
+        let _guard = tch::no_grad_guard();
+        let b = inputs.size().first().copied().unwrap_or(0);
+        let k = self.num_classes as i64;
+        let mut counts = Tensor::zeros([b * k], (Kind::Int64, self.device));
+        if b == 0 || num <= 0 {
+            return Ok(counts.view([b, k]).to_device(Device::Cpu));
+        }
+        let batch = batch.max(1);
+        let inputs = inputs.to_device(self.device).to_kind(Kind::Float);
+        let [c, h, w] = self.shape.map(|d| d as i64);
+        let total = b * num;
+        let mut start = 0;
+        while start < total {
+            let end = (start + batch).min(total);
+            let owner = Tensor::arange_start(start, end, (Kind::Int64, self.device))
+                .floor_divide_scalar(num);
+            let mut noisy = Tensor::randn([end - start, c, h, w], (Kind::Float, self.device));
+            let _ = noisy.g_mul_scalar_(sigma);
+            let _ = noisy.g_add_(&inputs.index_select(0, &owner));
+            let logits = self.forward_t(&noisy, false)?;
+            let size = logits.size();
+            if size.len() != 2 || size[1] != k {
+                return Err(ModelError::BadOutput {
+                    got: size,
+                    classes: self.num_classes,
+                });
+            }
+            let flat = owner * k + logits.argmax(1, false);
+            let _ = counts.f_add_(&flat.bincount(None::<Tensor>, b * k))?;
+            start = end;
+        }
+        Ok(counts.view([b, k]).to_device(Device::Cpu))
+    }
+
+    /// A TorchScript model must map [B, C, H, W] to [B, classes]; fail at load, not per request.
+    fn check_output(&self) -> Result<(), ModelError> {
+        let [c, h, w] = self.shape.map(|d| d as i64);
+        let probe = Tensor::zeros([2, c, h, w], (Kind::Float, self.device));
+        let size = self.logits(&probe)?.size();
+        if size != [2, self.num_classes as i64] {
+            return Err(ModelError::BadOutput {
+                got: size,
+                classes: self.num_classes,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn norm_tensors(n: &Normalization, device: Device) -> (Tensor, Tensor) {
+    let to = |v: &[f64]| {
+        Tensor::from_slice(v)
+            .to_kind(Kind::Float)
+            .view([1, -1, 1, 1])
+            .to_device(device)
+    };
+    (to(&n.mean), to(&n.std))
+}

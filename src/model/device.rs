@@ -1,0 +1,105 @@
+//! Device selection. CUDA support lives in `libtorch_cuda.so`, which the
+//! linker drops (`--as-needed`: no symbol of it is referenced), so it is
+//! loaded explicitly here; on a machine without a GPU runtime that load fails
+//! and everything stays on the CPU.
+use super::ModelError;
+use std::sync::OnceLock;
+use tch::Device;
+
+/// Whether CUDA could be brought up, and why not.
+#[derive(Debug, Clone)]
+pub struct CudaStatus {
+    pub available: bool,
+    pub device_count: i64,
+    pub detail: String,
+}
+
+static CUDA: OnceLock<CudaStatus> = OnceLock::new();
+
+/// Loads libtorch's CUDA backend once (registering its hooks) and reports.
+pub fn cuda_status() -> &'static CudaStatus {
+    CUDA.get_or_init(|| {
+        // Leaked on purpose: the backend must stay loaded for the process lifetime.
+        let loaded = unsafe { libloading::Library::new("libtorch_cuda.so") };
+        let detail = match loaded {
+            Ok(lib) => {
+                std::mem::forget(lib);
+                "libtorch_cuda.so loaded".to_string()
+            }
+            Err(e) => format!("libtorch_cuda.so not loadable: {e}"),
+        };
+        let available = tch::Cuda::is_available();
+        let device_count = if available {
+            tch::Cuda::device_count()
+        } else {
+            0
+        };
+        tracing::debug!(available, device_count, %detail, "CUDA probe");
+        CudaStatus {
+            available,
+            device_count,
+            detail,
+        }
+    })
+}
+
+/// Parses `cpu`, `cuda`, `cuda:N` or `auto` (the first GPU when there is one).
+pub fn parse_device(spec: &str) -> Result<Device, ModelError> {
+    let spec = spec.trim().to_ascii_lowercase();
+    let want_cuda = |index: usize| {
+        let status = cuda_status();
+        if !status.available {
+            return Err(ModelError::CudaUnavailable(
+                spec.clone(),
+                status.detail.clone(),
+            ));
+        }
+        if index as i64 >= status.device_count {
+            return Err(ModelError::CudaUnavailable(
+                spec.clone(),
+                format!("only {} CUDA device(s)", status.device_count),
+            ));
+        }
+        Ok(Device::Cuda(index))
+    };
+    match spec.as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(if cuda_status().available {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }),
+        "cuda" | "gpu" => want_cuda(0),
+        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => want_cuda(i),
+            _ => Err(ModelError::InvalidDevice(spec.clone())),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert_eq!(parse_device(" CPU ").unwrap(), Device::Cpu);
+        for bad in ["", "tpu", "cuda:x", "cuda:-1"] {
+            assert!(matches!(
+                parse_device(bad),
+                Err(ModelError::InvalidDevice(_))
+            ));
+        }
+        let auto = parse_device("auto").unwrap();
+        if cuda_status().available {
+            assert_eq!(auto, Device::Cuda(0));
+        } else {
+            assert_eq!(auto, Device::Cpu);
+            assert!(matches!(
+                parse_device("cuda:0"),
+                Err(ModelError::CudaUnavailable(..))
+            ));
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Models: built-in architectures and TorchScript, bundles on disk, device
+//! placement, and noisy sampling with counting on the device.
+mod arch;
+mod bundle;
+mod classifier;
+mod device;
+
+pub use arch::Arch;
+pub use bundle::{
+    BaseSpec, Bundle, BundleError, NoiseKind, NoiseSpec, Normalization, Provenance, WeightsFormat,
+    MANIFEST,
+};
+pub use classifier::{Classifier, Network};
+pub use device::{cuda_status, parse_device, CudaStatus};
+
+/// Failures of model loading and inference; `Clone` so one failed batch can
+/// answer every request in it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ModelError {
+    #[error("invalid device {0:?}: expected cpu, cuda, cuda:N or auto")]
+    InvalidDevice(String),
+    #[error("device {0} requested but CUDA is not available ({1})")]
+    CudaUnavailable(String, String),
+    #[error("unknown architecture {0:?}: expected one of {1}")]
+    UnknownArch(String, String),
+    #[error("bundle: {0}")]
+    Bundle(String),
+    #[error("libtorch: {0}")]
+    Torch(String),
+    #[error("model output has shape {got:?}, expected [batch, {classes}]")]
+    BadOutput { got: Vec<i64>, classes: usize },
+}
+
+impl From<tch::TchError> for ModelError {
+    fn from(e: tch::TchError) -> Self {
+        ModelError::Torch(e.to_string())
+    }
+}
+
+impl From<BundleError> for ModelError {
+    fn from(e: BundleError) -> Self {
+        ModelError::Bundle(e.to_string())
+    }
+}

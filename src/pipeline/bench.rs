@@ -1,0 +1,123 @@
+//! `bench`: Monte Carlo throughput (noisy forward passes per second) at several
+//! forward batch sizes, next to the same model's plain forward rate — the
+//! ceiling — measured in the same run, and printed as ratios.
+use super::PipelineError;
+use crate::model::{Bundle, Classifier};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub bundle: PathBuf,
+    pub device: Device,
+    pub batches: Vec<i64>,
+    /// Noisy samples per Monte Carlo measurement (and images per plain one).
+    pub samples: u64,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    pub batch: i64,
+    /// Images per second through `logits` alone (no noise, no counting).
+    pub plain_forward_per_s: f64,
+    /// Noisy forward passes per second of Monte Carlo counting for one input.
+    pub mc_passes_per_s: f64,
+    /// mc / plain at this batch size: the overhead of noise and counting.
+    pub mc_over_plain: f64,
+    /// This batch size's Monte Carlo rate over the batch-1 rate (or the smallest measured).
+    pub speedup_over_smallest_batch: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub bundle: String,
+    pub device: String,
+    pub threads: i32,
+    pub samples: u64,
+    pub rows: Vec<BenchRow>,
+}
+
+impl BenchReport {
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "Monte Carlo throughput, bundle {}, device {}, {} intra-op threads, {} samples per measurement\n\n\
+             | forward batch | plain forward (img/s) | Monte Carlo (noisy passes/s) | MC / plain | MC vs smallest batch |\n\
+             |---:|---:|---:|---:|---:|\n",
+            self.bundle, self.device, self.threads, self.samples
+        );
+        for r in &self.rows {
+            s += &format!(
+                "| {} | {:.0} | {:.0} | {:.2} | {:.1}x |\n",
+                r.batch,
+                r.plain_forward_per_s,
+                r.mc_passes_per_s,
+                r.mc_over_plain,
+                r.speedup_over_smallest_batch
+            );
+        }
+        s
+    }
+}
+
+pub fn bench(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
+    if opts.batches.is_empty() || opts.batches.iter().any(|&b| b < 1) || opts.samples == 0 {
+        return Err(PipelineError::Invalid(
+            "--batches needs sizes >= 1 and --samples >= 1".into(),
+        ));
+    }
+    let bundle = Bundle::load(&opts.bundle)?;
+    let model = Classifier::load(&bundle, opts.device)?;
+    let [c, h, w] = bundle.input_shape.map(|d| d as i64);
+    tch::manual_seed(opts.seed as i64);
+    let one = Tensor::rand([1, c, h, w], (Kind::Float, opts.device));
+    let samples = opts.samples as i64;
+    let mut rows: Vec<BenchRow> = Vec::new();
+    for &batch in &opts.batches {
+        // Plain forward: the same number of images, in batches of `batch`, no noise.
+        let x = Tensor::rand([batch, c, h, w], (Kind::Float, opts.device));
+        let _ = model.logits(&x)?; // warm-up (allocator, kernels)
+        let reps = (samples + batch - 1) / batch;
+        let t = Instant::now();
+        for _ in 0..reps {
+            let _ = model.logits(&x)?.argmax(1, false);
+        }
+        sync(opts.device);
+        let plain = (reps * batch) as f64 / t.elapsed().as_secs_f64();
+
+        let _ = model.sample_counts(&one, batch.min(samples), bundle.sigma(), batch)?;
+        let t = Instant::now();
+        let counts = model.sample_counts(&one, samples, bundle.sigma(), batch)?;
+        let mc = samples as f64 / t.elapsed().as_secs_f64();
+        debug_assert_eq!(counts.sum(Kind::Int64).int64_value(&[]), samples);
+        rows.push(BenchRow {
+            batch,
+            plain_forward_per_s: plain,
+            mc_passes_per_s: mc,
+            mc_over_plain: mc / plain,
+            speedup_over_smallest_batch: 1.0,
+        });
+    }
+    let base = rows
+        .iter()
+        .min_by_key(|r| r.batch)
+        .map_or(1.0, |r| r.mc_passes_per_s);
+    for r in &mut rows {
+        r.speedup_over_smallest_batch = r.mc_passes_per_s / base;
+    }
+    Ok(BenchReport {
+        bundle: bundle.name,
+        device: format!("{:?}", opts.device),
+        threads: tch::get_num_threads(),
+        samples: opts.samples,
+        rows,
+    })
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}

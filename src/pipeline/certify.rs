@@ -1,0 +1,256 @@
+//! Offline `certify`: one TSV row per input (Cohen et al.'s columns plus the
+//! method and the counts behind the radius), appended and flushed row by row
+//! so an interrupted run resumes without redoing finished inputs.
+use super::report::summarize;
+use super::tsv::{open_for_resume, CertRow};
+use super::{io_err, progress_bar, write_json, PipelineError};
+use crate::data::{self, Split};
+use crate::engine::{self, CertifyParams};
+use crate::model::{Bundle, Classifier};
+use crate::smoothing::Decision;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Tensor};
+
+/// Which estimate produced a radius. Named in every row, file and report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Cohen et al.'s Monte Carlo CERTIFY: a certificate at level 1 - alpha.
+    Mc,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Mc => "mc",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CertifyOptions {
+    pub bundle: PathBuf,
+    pub method: Method,
+    pub split: Split,
+    pub data_dir: Option<PathBuf>,
+    /// Certify every `skip`-th input (Cohen et al.'s --skip).
+    pub skip: usize,
+    /// Certify at most this many inputs.
+    pub max: Option<usize>,
+    pub params: CertifyParams,
+    pub seed: u64,
+    pub device: Device,
+    pub out: PathBuf,
+    pub show_progress: bool,
+}
+
+/// The parameters a TSV was produced with; a resumed run must match them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunParams {
+    bundle_name: String,
+    bundle_version: String,
+    method: Method,
+    split: Split,
+    skip: usize,
+    max: Option<usize>,
+    n0: u64,
+    n: u64,
+    alpha: f64,
+    sigma: f64,
+    seed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CertifySummary {
+    pub out: PathBuf,
+    pub method: Method,
+    pub inputs: usize,
+    pub resumed_rows: usize,
+    pub n0: u64,
+    pub n: u64,
+    pub alpha: f64,
+    pub sigma: f64,
+    pub certified_accuracy_at_0: f64,
+    pub abstention_rate: f64,
+    pub median_seconds_per_input: f64,
+    pub wall_seconds: f64,
+}
+
+fn sidecar(out: &Path, suffix: &str) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("certify");
+    out.with_file_name(format!("{stem}.{suffix}"))
+}
+
+/// A seed per input, so an input's noise does not depend on which inputs ran before it.
+fn input_seed(seed: u64, idx: usize) -> i64 {
+    (seed ^ (idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64
+}
+
+pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
+    opts.params.validate()?;
+    if opts.skip == 0 {
+        return Err(PipelineError::Invalid("--skip must be at least 1".into()));
+    }
+    let bundle = Bundle::load(&opts.bundle)?;
+    let dataset = bundle.provenance.dataset.ok_or_else(|| {
+        PipelineError::Invalid(format!(
+            "{}: model.toml names no provenance.dataset to certify on",
+            opts.bundle.display()
+        ))
+    })?;
+    let data_dir = opts
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| dataset.default_dir());
+    let ds = data::load(dataset, &data_dir, opts.split)?;
+    if ds.shape != bundle.input_shape {
+        return Err(PipelineError::Invalid(format!(
+            "dataset images are {:?} but the model expects {:?}",
+            ds.shape, bundle.input_shape
+        )));
+    }
+    let indices: Vec<usize> = (0..ds.len())
+        .step_by(opts.skip)
+        .take(opts.max.unwrap_or(usize::MAX))
+        .collect();
+
+    let run = RunParams {
+        bundle_name: bundle.name.clone(),
+        bundle_version: bundle.version.clone(),
+        method: opts.method,
+        split: opts.split,
+        skip: opts.skip,
+        max: opts.max,
+        n0: opts.params.n0,
+        n: opts.params.n,
+        alpha: opts.params.alpha,
+        sigma: bundle.sigma(),
+        seed: opts.seed,
+    };
+    if let Some(parent) = opts.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let params_path = sidecar(&opts.out, "params.json");
+    if params_path.exists() && opts.out.exists() {
+        let text = std::fs::read_to_string(&params_path).map_err(io_err(&params_path))?;
+        let previous: RunParams = serde_json::from_str(&text)
+            .map_err(|e| PipelineError::Invalid(format!("{}: {e}", params_path.display())))?;
+        if previous != run {
+            return Err(PipelineError::Invalid(format!(
+                "{} was started with other parameters ({previous:?}); \
+                 remove it or choose another --out to certify with {run:?}",
+                opts.out.display()
+            )));
+        }
+    }
+    write_json(&params_path, &run)?;
+
+    let (mut file, done) = open_for_resume(&opts.out)?;
+    let finished: std::collections::HashSet<usize> = done.iter().map(|r| r.idx).collect();
+    let todo: Vec<usize> = indices
+        .iter()
+        .copied()
+        .filter(|i| !finished.contains(i))
+        .collect();
+    if !done.is_empty() {
+        tracing::info!(
+            done = done.len(),
+            remaining = todo.len(),
+            "resuming certify"
+        );
+    }
+
+    let model = Classifier::load(&bundle, opts.device)?;
+    let sigma = bundle.sigma();
+    let [c, h, w] = bundle.input_shape.map(|d| d as i64);
+    let bar = progress_bar(
+        todo.len() as u64,
+        &format!("certify {}", opts.method.as_str()),
+    );
+    if !opts.show_progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let started = Instant::now();
+    let mut rows = done;
+    for idx in todo {
+        tch::manual_seed(input_seed(opts.seed, idx));
+        let t0 = Instant::now();
+        let x = Tensor::from_slice(ds.image(idx))
+            .view([1, c, h, w])
+            .to_device(opts.device);
+        let cert = engine::certify(&model, sigma, &x, &opts.params)?
+            .pop()
+            .ok_or_else(|| PipelineError::Invalid("engine returned no certificate".into()))?;
+        let time = t0.elapsed().as_secs_f64();
+        let label = ds.labels[idx];
+        let row = match cert.decision {
+            Decision::Certified {
+                class,
+                p_a_lower,
+                radius,
+            } => CertRow {
+                idx,
+                label,
+                predict: class as i64,
+                radius,
+                correct: class as i64 == label,
+                time,
+                method: opts.method.as_str().into(),
+                count_a: cert.count_a,
+                n: cert.n,
+                p_a_lower,
+                abstain_reason: None,
+            },
+            Decision::Abstain { reason, p_a_lower } => CertRow {
+                idx,
+                label,
+                predict: -1,
+                radius: 0.0,
+                correct: false,
+                time,
+                method: opts.method.as_str().into(),
+                count_a: cert.count_a,
+                n: cert.n,
+                p_a_lower,
+                abstain_reason: Some(reason.as_str().to_string()),
+            },
+        };
+        writeln!(file, "{}", row.to_line())
+            .and_then(|_| file.flush())
+            .map_err(io_err(&opts.out))?;
+        rows.push(row);
+        bar.inc(1);
+        let certified = rows.iter().filter(|r| r.correct).count();
+        bar.set_message(format!(
+            "certified-correct {:.1}%",
+            100.0 * certified as f64 / rows.len() as f64
+        ));
+    }
+    bar.finish_and_clear();
+    file.sync_all().map_err(io_err(&opts.out))?;
+
+    rows.retain(|r| indices.binary_search(&r.idx).is_ok());
+    let curve = summarize(opts.method.as_str(), &rows, &[0.0]);
+    let summary = CertifySummary {
+        out: opts.out.clone(),
+        method: opts.method,
+        inputs: rows.len(),
+        resumed_rows: finished.len(),
+        n0: opts.params.n0,
+        n: opts.params.n,
+        alpha: opts.params.alpha,
+        sigma,
+        certified_accuracy_at_0: curve.certified_accuracy.first().map_or(0.0, |p| p.1),
+        abstention_rate: curve.abstention_rate,
+        median_seconds_per_input: curve.median_seconds,
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    write_json(&sidecar(&opts.out, "summary.json"), &summary)?;
+    Ok(summary)
+}

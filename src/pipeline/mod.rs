@@ -1,0 +1,72 @@
+//! The offline pipeline: `train-base`, `certify`, `report`, `bench`.
+pub mod bench;
+pub mod certify;
+pub mod report;
+pub mod train;
+pub mod tsv;
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Bundle(#[from] crate::model::BundleError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Tsv(#[from] tsv::TsvError),
+    #[error(transparent)]
+    Report(#[from] report::ReportError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<tch::TchError> for PipelineError {
+    fn from(e: tch::TchError) -> Self {
+        PipelineError::Model(e.into())
+    }
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PipelineError + '_ {
+    move |source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so readers
+/// (and a resumed run) only ever see a complete file.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PipelineError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Writes a machine-readable JSON summary atomically.
+pub(crate) fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), PipelineError> {
+    let text = serde_json::to_vec_pretty(value)
+        .map_err(|e| PipelineError::Invalid(format!("serializing {}: {e}", path.display())))?;
+    write_atomic(path, &text)
+}
+
+/// A progress bar on stderr with rate and ETA; hidden when stderr is not a terminal
+/// is indicatif's own behaviour, so logs stay clean in CI.
+pub(crate) fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, ETA {eta}) {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(what.to_string());
+    bar
+}

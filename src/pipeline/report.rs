@@ -1,0 +1,807 @@
+//! `smoothcert report`: certified accuracy against radius, average certified
+//! radius (ACR), abstention and time per input for one or more certify TSVs,
+//! as a Markdown table (printed), `report.json` and a PNG plot.
+//!
+//! Every file's method is named in the table, the JSON and the legend, and
+//! radii from anything but Monte Carlo are flagged as estimates: a surrogate
+//! radius is not a statistical certificate (DESIGN.md's honesty rule).
+use super::tsv::{read_tsv, CertRow, TsvError};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The radii of the table when the caller has no preference.
+pub const DEFAULT_RADII: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
+
+/// The methods whose radii are certificates (level 1 - alpha); any other
+/// method's radius is reported as an estimate.
+const CERTIFICATE_METHODS: [&str; 1] = ["mc"];
+
+/// Spacing of the finely sampled curve in report.json.
+const CURVE_STEP: f64 = 0.01;
+const MAX_CURVE_POINTS: usize = 10_000;
+
+const PLOT_SIZE: (u32, u32) = (900, 600);
+const PNG_NAME: &str = "certified_accuracy.png";
+const JSON_NAME: &str = "report.json";
+
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    /// Radii for the table's certified-accuracy columns.
+    pub radii: Vec<f64>,
+    pub out_dir: PathBuf,
+}
+
+impl ReportOptions {
+    pub fn new(out_dir: impl Into<PathBuf>) -> Self {
+        ReportOptions {
+            radii: DEFAULT_RADII.to_vec(),
+            out_dir: out_dir.into(),
+        }
+    }
+}
+
+/// The figures of one TSV.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Curve {
+    /// From the file stem.
+    pub name: String,
+    /// The methods in the file's rows, in order of first appearance, joined by "+".
+    pub method: String,
+    pub rows: usize,
+    /// (radius, fraction of rows with `correct && radius >= r`) for each requested radius.
+    pub certified_accuracy: Vec<(f64, f64)>,
+    /// Mean over rows of (radius if correct else 0).
+    pub acr: f64,
+    /// Fraction of rows with predict == -1.
+    pub abstention_rate: f64,
+    pub median_seconds: f64,
+    /// Fraction of rows with predict == label.
+    pub clean_accuracy_of_prediction: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("no certify TSV files given")]
+    NoFiles,
+    #[error("radius {0} is not a finite non-negative number")]
+    InvalidRadius(f64),
+    #[error(transparent)]
+    Tsv(#[from] TsvError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {detail}", path.display())]
+    Plot { path: PathBuf, detail: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
+    move |source| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Certified radii of the correct rows, ascending: certified accuracy at r
+/// is the count of these that are >= r, over all rows.
+fn correct_radii(rows: &[CertRow]) -> Vec<f64> {
+    let mut radii: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.correct)
+        .map(|r| r.radius)
+        .collect();
+    radii.sort_by(f64::total_cmp);
+    radii
+}
+
+fn fraction_at(sorted: &[f64], total: usize, r: f64) -> f64 {
+    if total == 0 {
+        return 0.0;
+    }
+    let below = sorted.partition_point(|&x| x < r);
+    (sorted.len() - below) as f64 / total as f64
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+fn methods(rows: &[CertRow]) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for r in rows {
+        if !seen.contains(&r.method) {
+            seen.push(r.method.clone());
+        }
+    }
+    seen
+}
+
+fn is_certificate(method: &str) -> bool {
+    CERTIFICATE_METHODS.contains(&method)
+}
+
+/// "certificate", "estimate" or "mixed" for a file's methods.
+fn radius_kind(methods: &[String]) -> &'static str {
+    let certs = methods.iter().filter(|m| is_certificate(m)).count();
+    match (certs, methods.len()) {
+        (_, 0) => "none",
+        (c, n) if c == n => "certificate",
+        (0, _) => "estimate",
+        _ => "mixed",
+    }
+}
+
+/// The method column: each method, with estimates marked as such.
+fn method_label(methods: &[String]) -> String {
+    if methods.is_empty() {
+        return "-".into();
+    }
+    methods
+        .iter()
+        .map(|m| {
+            if is_certificate(m) {
+                m.clone()
+            } else {
+                format!("{m} (estimate)")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// The legend's method note: "mc: certificate", "surrogate: estimate".
+fn legend_methods(methods: &[String]) -> String {
+    methods
+        .iter()
+        .map(|m| {
+            let kind = if is_certificate(m) {
+                "certificate"
+            } else {
+                "estimate"
+            };
+            format!("{m}: {kind}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The figures of one file's rows. Empty input gives zeros rather than NaN
+/// so that the JSON stays valid.
+pub fn summarize(name: &str, rows: &[CertRow], radii: &[f64]) -> Curve {
+    let n = rows.len();
+    let frac = |count: usize| if n == 0 { 0.0 } else { count as f64 / n as f64 };
+    let sorted = correct_radii(rows);
+    let acr_sum: f64 = rows.iter().filter(|r| r.correct).map(|r| r.radius).sum();
+    Curve {
+        name: name.to_string(),
+        method: methods(rows).join("+"),
+        rows: n,
+        certified_accuracy: radii
+            .iter()
+            .map(|&r| (r, fraction_at(&sorted, n, r)))
+            .collect(),
+        acr: if n == 0 { 0.0 } else { acr_sum / n as f64 },
+        abstention_rate: frac(rows.iter().filter(|r| r.predict == -1).count()),
+        median_seconds: median(rows.iter().map(|r| r.time).collect()),
+        clean_accuracy_of_prediction: frac(rows.iter().filter(|r| r.predict == r.label).count()),
+    }
+}
+
+/// One file's entry in report.json.
+#[derive(Debug, Serialize)]
+struct FileReport {
+    path: PathBuf,
+    #[serde(flatten)]
+    summary: Curve,
+    /// Each method with its row count.
+    methods: BTreeMap<String, usize>,
+    /// "certificate" (Monte Carlo only), "estimate" or "mixed".
+    radius_kind: &'static str,
+    abstain_reasons: BTreeMap<String, usize>,
+    /// The largest radius among correct rows.
+    max_radius: f64,
+    /// (radius, certified accuracy) every `curve_step` from 0 to the largest
+    /// radius over all files, for plotting.
+    curve: Vec<(f64, f64)>,
+}
+
+#[derive(Debug, Serialize)]
+struct ReportJson<'a> {
+    radii: &'a [f64],
+    curve_step: f64,
+    note: &'static str,
+    files: Vec<FileReport>,
+}
+
+const NOTE: &str =
+    "Certified accuracy at r: fraction of inputs predicted correctly with radius >= r. \
+     Radii from method mc are Monte Carlo certificates at level 1 - alpha; radii from any other \
+     method (surrogate) are estimates of them, not statistical guarantees.";
+
+/// Names from file stems; where stems collide, the whole path tells them apart.
+fn names(files: &[PathBuf]) -> Vec<String> {
+    let stems: Vec<String> = files
+        .iter()
+        .map(|p| {
+            p.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string())
+        })
+        .collect();
+    stems
+        .iter()
+        .zip(files)
+        .map(|(s, p)| {
+            if stems.iter().filter(|t| *t == s).count() > 1 {
+                p.display().to_string()
+            } else {
+                s.clone()
+            }
+        })
+        .collect()
+}
+
+/// Reads the TSVs, writes `report.json` and `certified_accuracy.png` into
+/// `out_dir` (created if needed) and returns the Markdown table.
+pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, ReportError> {
+    if files.is_empty() {
+        return Err(ReportError::NoFiles);
+    }
+    if let Some(&bad) = opts.radii.iter().find(|r| !r.is_finite() || **r < 0.0) {
+        return Err(ReportError::InvalidRadius(bad));
+    }
+    let names = names(files);
+    let mut all_rows = Vec::with_capacity(files.len());
+    for path in files {
+        let rows = read_tsv(path)?;
+        if rows.is_empty() {
+            tracing::warn!(path = %path.display(), "no rows in this TSV");
+        }
+        all_rows.push(rows);
+    }
+    let max_radius = all_rows
+        .iter()
+        .flatten()
+        .filter(|r| r.correct && r.radius.is_finite())
+        .map(|r| r.radius)
+        .fold(0.0, f64::max);
+    let grid = curve_grid(max_radius);
+
+    let mut reports = Vec::with_capacity(files.len());
+    for ((path, name), rows) in files.iter().zip(&names).zip(&all_rows) {
+        let curve = summarize(name, rows, &opts.radii);
+        let sorted = correct_radii(rows);
+        let mut method_counts = BTreeMap::new();
+        let mut reasons = BTreeMap::new();
+        for r in rows {
+            *method_counts.entry(r.method.clone()).or_insert(0) += 1;
+            if let Some(reason) = &r.abstain_reason {
+                *reasons.entry(reason.clone()).or_insert(0) += 1;
+            }
+        }
+        reports.push(FileReport {
+            path: path.clone(),
+            radius_kind: radius_kind(&methods(rows)),
+            methods: method_counts,
+            abstain_reasons: reasons,
+            max_radius: sorted.last().copied().unwrap_or(0.0),
+            curve: grid
+                .iter()
+                .map(|&r| (r, fraction_at(&sorted, rows.len(), r)))
+                .collect(),
+            summary: curve,
+        });
+    }
+
+    std::fs::create_dir_all(&opts.out_dir).map_err(io_err(&opts.out_dir))?;
+    let json_path = opts.out_dir.join(JSON_NAME);
+    let report = ReportJson {
+        radii: &opts.radii,
+        curve_step: grid.get(1).copied().unwrap_or(CURVE_STEP),
+        note: NOTE,
+        files: reports,
+    };
+    let json = serde_json::to_vec_pretty(&report).map_err(|e| ReportError::Io {
+        path: json_path.clone(),
+        source: e.into(),
+    })?;
+    write_atomic(&json_path, &json)?;
+
+    let plot: Vec<PlotCurve> = all_rows
+        .iter()
+        .zip(&names)
+        .map(|(rows, name)| {
+            let m = methods(rows);
+            PlotCurve {
+                label: format!("{name} [{}]", legend_methods(&m)),
+                estimate: radius_kind(&m) != "certificate",
+                steps: step_points(rows),
+            }
+        })
+        .collect();
+    let png_path = opts.out_dir.join(PNG_NAME);
+    let text = font_registered();
+    if !text {
+        tracing::warn!(
+            "no TrueType font found (install fonts-dejavu-core or set SMOOTHCERT_FONT); \
+             {} is drawn without axis labels or legend",
+            png_path.display()
+        );
+    }
+    let png = draw_png(&plot, max_radius, text).map_err(|detail| ReportError::Plot {
+        path: png_path.clone(),
+        detail,
+    })?;
+    write_atomic(&png_path, &png)?;
+
+    Ok(markdown(&report.files, &opts.radii, &all_rows))
+}
+
+/// 0, 0.01, ... up to the first multiple of the step at or above `max`
+/// (coarser if that would be more than `MAX_CURVE_POINTS` points). Each point
+/// is i / 100 rather than a running sum, so 0.07 is the same double as a
+/// radius printed "0.070000".
+fn curve_grid(max: f64) -> Vec<f64> {
+    let steps = (max / CURVE_STEP - 1e-9).ceil().max(0.0) as usize;
+    if steps <= MAX_CURVE_POINTS {
+        (0..=steps).map(|i| i as f64 / 100.0).collect()
+    } else {
+        let step = max / MAX_CURVE_POINTS as f64;
+        (0..=MAX_CURVE_POINTS).map(|i| i as f64 * step).collect()
+    }
+}
+
+fn escape_md(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+fn markdown(files: &[FileReport], radii: &[f64], all_rows: &[Vec<CertRow>]) -> String {
+    let mut head = vec!["file".to_string(), "method".into(), "inputs".into()];
+    head.extend(radii.iter().map(|r| format!("r = {r:.2}")));
+    head.extend(["ACR".into(), "abstain %".into(), "median s/input".into()]);
+    let mut out = format!("| {} |\n", head.join(" | "));
+    let align: Vec<&str> = head
+        .iter()
+        .enumerate()
+        .map(|(i, _)| if i < 2 { "---" } else { "---:" })
+        .collect();
+    out.push_str(&format!("| {} |\n", align.join(" | ")));
+    let mut any_estimate = false;
+    for (f, rows) in files.iter().zip(all_rows) {
+        let m = methods(rows);
+        any_estimate |= radius_kind(&m) != "certificate" && !m.is_empty();
+        let c = &f.summary;
+        let mut cells = vec![
+            escape_md(&c.name),
+            escape_md(&method_label(&m)),
+            c.rows.to_string(),
+        ];
+        cells.extend(
+            c.certified_accuracy
+                .iter()
+                .map(|(_, frac)| format!("{:.1}", 100.0 * frac)),
+        );
+        cells.push(format!("{:.3}", c.acr));
+        cells.push(format!("{:.1}", 100.0 * c.abstention_rate));
+        cells.push(format!("{:.4}", c.median_seconds));
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+    }
+    out.push_str(
+        "\nColumns r = ...: certified accuracy (%) at that L2 radius; ACR: average certified radius.\n",
+    );
+    if any_estimate {
+        out.push_str(
+            "Radii marked (estimate) come from the surrogate: estimates of the Monte Carlo \
+             certificate, not statistical guarantees.\n",
+        );
+    }
+    out
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// One file's curve for the plot.
+struct PlotCurve {
+    label: String,
+    /// Drawn dashed: not a certificate.
+    estimate: bool,
+    steps: Vec<(f64, f64)>,
+}
+
+/// The exact step function r -> certified accuracy: flat up to each distinct
+/// radius (inclusive), then down to the fraction certified beyond it.
+fn step_points(rows: &[CertRow]) -> Vec<(f64, f64)> {
+    let n = rows.len();
+    let sorted = correct_radii(rows);
+    let mut points = vec![(0.0, fraction_at(&sorted, n, 0.0))];
+    let mut i = 0;
+    while i < sorted.len() {
+        let r = sorted[i];
+        while i < sorted.len() && sorted[i] == r {
+            i += 1;
+        }
+        let level = if n == 0 {
+            0.0
+        } else {
+            (sorted.len() - i) as f64 / n as f64
+        };
+        if r > 0.0 {
+            points.push((r, points.last().map_or(0.0, |p| p.1)));
+        }
+        points.push((r.max(0.0), level));
+    }
+    points
+}
+
+/// Paths tried for a sans-serif TrueType font, after `$SMOOTHCERT_FONT`.
+const FONT_CANDIDATES: [&str; 6] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+];
+
+/// Registers a font as "sans-serif" with plotters once per process (the
+/// ab_glyph backend has no built-in font and needs `'static` bytes, hence
+/// the leak of one font file). Returns whether text can be drawn.
+fn font_registered() -> bool {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        let env = std::env::var_os("SMOOTHCERT_FONT").map(PathBuf::from);
+        let candidates = env
+            .into_iter()
+            .chain(FONT_CANDIDATES.iter().map(PathBuf::from));
+        for path in candidates {
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font(
+                "sans-serif",
+                plotters::style::FontStyle::Normal,
+                bytes,
+            )
+            .is_ok()
+            {
+                tracing::debug!(font = %path.display(), "registered plot font");
+                return true;
+            }
+            tracing::warn!(font = %path.display(), "not a usable TrueType font");
+        }
+        false
+    })
+}
+
+const COLORS: [plotters::style::RGBColor; 8] = [
+    plotters::style::RGBColor(31, 119, 180),
+    plotters::style::RGBColor(214, 39, 40),
+    plotters::style::RGBColor(44, 160, 44),
+    plotters::style::RGBColor(255, 127, 14),
+    plotters::style::RGBColor(148, 103, 189),
+    plotters::style::RGBColor(140, 86, 75),
+    plotters::style::RGBColor(227, 119, 194),
+    plotters::style::RGBColor(23, 190, 207),
+];
+
+/// Draws the curves into a PNG in memory. Without `text`, no caption, axis
+/// labels or legend are drawn (plotters fails on text with no font), but the
+/// curves and grid still are.
+fn draw_png(curves: &[PlotCurve], max_radius: f64, text: bool) -> Result<Vec<u8>, String> {
+    use plotters::prelude::*;
+    let (w, h) = PLOT_SIZE;
+    let mut buf = vec![0u8; (w * h * 3) as usize];
+    let x_max = if max_radius > 0.0 {
+        max_radius * 1.05
+    } else {
+        1.0
+    };
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(20);
+        if text {
+            builder
+                .caption("Certified accuracy vs L2 radius", ("sans-serif", 26))
+                .x_label_area_size(55)
+                .y_label_area_size(75);
+        }
+        let mut chart = builder
+            .build_cartesian_2d(0f64..x_max, 0f64..1.02f64)
+            .map_err(|e| e.to_string())?;
+        let percent = |v: &f64| format!("{:.0}%", v * 100.0);
+        let mut mesh = chart.configure_mesh();
+        if text {
+            mesh.x_desc("radius (L2)")
+                .y_desc("certified accuracy")
+                .label_style(("sans-serif", 16))
+                .axis_desc_style(("sans-serif", 18))
+                .y_label_formatter(&percent);
+        }
+        mesh.draw().map_err(|e| e.to_string())?;
+        for (i, c) in curves.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let mut points = c.steps.clone();
+            // Carry the last level to the right edge so curves end together.
+            if let Some(&(_, y)) = points.last() {
+                points.push((x_max, y));
+            }
+            let style = color.stroke_width(2);
+            let series = if c.estimate {
+                chart.draw_series(DashedLineSeries::new(points, 10, 6, style))
+            } else {
+                chart.draw_series(LineSeries::new(points, style))
+            }
+            .map_err(|e| e.to_string())?;
+            if text {
+                let estimate = c.estimate;
+                series.label(c.label.as_str()).legend(move |(x, y)| {
+                    let ends = vec![(x, y), (x + 28, y)];
+                    if estimate {
+                        plotters::element::DashedPathElement::new(ends, 8, 5, style).into_dyn()
+                    } else {
+                        PathElement::new(ends, style).into_dyn()
+                    }
+                });
+            }
+        }
+        if text {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .label_font(("sans-serif", 16))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| e.to_string())?;
+        }
+        root.present().map_err(|e| e.to_string())?;
+    }
+    let img = image::RgbImage::from_raw(w, h, buf).ok_or("plot buffer has the wrong size")?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
+    Ok(png.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[allow(clippy::too_many_arguments)]
+    fn row(idx: usize, label: i64, predict: i64, radius: f64, time: f64, method: &str) -> CertRow {
+        let abstain = predict == -1;
+        CertRow {
+            idx,
+            label,
+            predict,
+            radius,
+            correct: predict == label,
+            time,
+            method: method.into(),
+            count_a: 0,
+            n: 1000,
+            p_a_lower: 0.9,
+            abstain_reason: abstain.then(|| "low_confidence".into()),
+        }
+    }
+
+    /// Eight rows, figures worked out by hand:
+    /// correct radii 0.1, 0.25, 0.5, 0.9; one wrong prediction (radius 0.7);
+    /// three abstentions.
+    fn rows() -> Vec<CertRow> {
+        vec![
+            row(0, 3, 3, 0.1, 0.4, "mc"),
+            row(1, 3, 3, 0.25, 0.1, "mc"),
+            row(2, 1, 1, 0.5, 0.2, "mc"),
+            row(3, 0, 0, 0.9, 0.8, "mc"),
+            row(4, 2, 5, 0.7, 0.3, "mc"),
+            row(5, 2, -1, 0.0, 0.6, "mc"),
+            row(6, 4, -1, 0.0, 0.5, "mc"),
+            row(7, 7, -1, 0.0, 0.7, "mc"),
+        ]
+    }
+
+    #[test]
+    fn summarize_matches_hand_computed_figures() {
+        let c = summarize("demo", &rows(), &[0.0, 0.25, 0.5, 0.75, 1.0]);
+        assert_eq!(c.name, "demo");
+        assert_eq!(c.method, "mc");
+        assert_eq!(c.rows, 8);
+        // r=0: 4 correct of 8; r=0.25: 0.25, 0.5, 0.9 (>= is inclusive); r=0.5: 0.5, 0.9;
+        // r=0.75: 0.9; r=1: none. The wrong row's 0.7 never counts.
+        let expected = [0.5, 0.375, 0.25, 0.125, 0.0];
+        for ((r, got), want) in c.certified_accuracy.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-12, "r = {r}: {got} vs {want}");
+        }
+        // ACR = (0.1 + 0.25 + 0.5 + 0.9) / 8 = 1.75 / 8.
+        assert!((c.acr - 0.21875).abs() < 1e-12, "{}", c.acr);
+        assert!((c.abstention_rate - 0.375).abs() < 1e-12);
+        // Times sorted: 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 -> median (0.4 + 0.5) / 2.
+        assert!((c.median_seconds - 0.45).abs() < 1e-12);
+        assert!((c.clean_accuracy_of_prediction - 0.5).abs() < 1e-12);
+
+        // Odd count, mixed methods.
+        let mut odd = rows();
+        odd.pop();
+        odd[1].method = "surrogate".into();
+        let c = summarize("odd", &odd, &[0.0]);
+        assert_eq!(c.method, "mc+surrogate");
+        assert!((c.median_seconds - 0.4).abs() < 1e-12);
+        assert!((c.certified_accuracy[0].1 - 4.0 / 7.0).abs() < 1e-12);
+
+        let empty = summarize("empty", &[], &[0.0]);
+        assert_eq!(
+            (empty.rows, empty.acr, empty.certified_accuracy[0].1),
+            (0, 0.0, 0.0)
+        );
+    }
+
+    #[test]
+    fn steps_follow_the_definition() {
+        let steps = step_points(&rows());
+        let want = [
+            (0.0, 0.5),
+            (0.1, 0.5),
+            (0.1, 0.375),
+            (0.25, 0.375),
+            (0.25, 0.25),
+            (0.5, 0.25),
+            (0.5, 0.125),
+            (0.9, 0.125),
+            (0.9, 0.0),
+        ];
+        assert_eq!(steps, want);
+        assert_eq!(curve_grid(0.9).len(), 91);
+        assert_eq!(curve_grid(0.0), vec![0.0]);
+        assert_eq!(curve_grid(0.07)[7], 0.07);
+    }
+
+    fn write(path: &Path, rows: &[CertRow]) {
+        let mut text = format!("{}\n", super::super::tsv::HEADER);
+        for r in rows {
+            text.push_str(&r.to_line());
+            text.push('\n');
+        }
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn run_report_writes_json_png_and_markdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let mc = dir.path().join("fmnist_mc.tsv");
+        let sur = dir.path().join("fmnist_surrogate.tsv");
+        write(&mc, &rows());
+        let surrogate: Vec<CertRow> = rows()
+            .into_iter()
+            .map(|mut r| {
+                r.method = "surrogate".into();
+                r.radius *= 1.1;
+                r.time /= 100.0;
+                r
+            })
+            .collect();
+        write(&sur, &surrogate);
+        let out = dir.path().join("report");
+        let md = run_report(&[mc.clone(), sur.clone()], &ReportOptions::new(&out)).unwrap();
+        println!("{md}");
+
+        let lines: Vec<&str> = md.lines().collect();
+        assert!(
+            lines[0].starts_with("| file | method | inputs | r = 0.00 | r = 0.25"),
+            "{md}"
+        );
+        assert!(
+            lines[2].starts_with(
+                "| fmnist_mc | mc | 8 | 50.0 | 37.5 | 25.0 | 12.5 | 0.0 | 0.219 | 37.5 | 0.4500 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            lines[3].starts_with("| fmnist_surrogate | surrogate (estimate) | 8 |"),
+            "{md}"
+        );
+        assert!(md.contains("not statistical guarantees"), "{md}");
+
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        let files = json["files"].as_array().unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0]["method"], "mc");
+        assert_eq!(files[0]["radius_kind"], "certificate");
+        assert_eq!(files[1]["radius_kind"], "estimate");
+        assert_eq!(files[0]["abstain_reasons"]["low_confidence"], 3);
+        assert_eq!(files[0]["rows"], 8);
+        let curve = files[0]["curve"].as_array().unwrap();
+        // Common grid to the largest radius over both files: 0.99 -> 100 points.
+        assert_eq!(curve.len(), 100);
+        assert_eq!(curve[25][0].as_f64().unwrap(), 0.25);
+        assert_eq!(curve[25][1].as_f64().unwrap(), 0.375);
+        assert_eq!(curve[26][1].as_f64().unwrap(), 0.25);
+        assert_eq!(
+            files[0]["certified_accuracy"][1][1].as_f64().unwrap(),
+            0.375
+        );
+
+        let png = image::open(out.join("certified_accuracy.png")).unwrap();
+        assert_eq!((png.width(), png.height()), PLOT_SIZE);
+        // The curves are there: the mc curve's blue appears.
+        let rgb = png.to_rgb8();
+        let blue = rgb.pixels().filter(|p| p.0 == [31, 119, 180]).count();
+        assert!(blue > 500, "{blue} blue pixels");
+        // No temporary files left behind.
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["certified_accuracy.png", "report.json"]);
+    }
+
+    #[test]
+    fn plot_without_a_font_still_draws_curves() {
+        let curves = vec![PlotCurve {
+            label: "x".into(),
+            estimate: false,
+            steps: step_points(&rows()),
+        }];
+        let png = draw_png(&curves, 0.9, false).unwrap();
+        let img = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert!(img.pixels().filter(|p| p.0 == [31, 119, 180]).count() > 500);
+    }
+
+    #[test]
+    fn report_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = ReportOptions::new(dir.path().join("out"));
+        assert!(matches!(run_report(&[], &opts), Err(ReportError::NoFiles)));
+        let missing = dir.path().join("missing.tsv");
+        let err = run_report(std::slice::from_ref(&missing), &opts).unwrap_err();
+        assert!(err.to_string().contains("missing.tsv"), "{err}");
+        let bad = dir.path().join("bad.tsv");
+        std::fs::write(&bad, "idx\tlabel\n").unwrap();
+        let err = run_report(std::slice::from_ref(&bad), &opts).unwrap_err();
+        assert!(
+            matches!(err, ReportError::Tsv(TsvError::Header { .. })),
+            "{err}"
+        );
+        let good = dir.path().join("good.tsv");
+        write(&good, &rows());
+        let mut neg = opts.clone();
+        neg.radii = vec![0.0, -0.5];
+        assert!(matches!(
+            run_report(&[good], &neg),
+            Err(ReportError::InvalidRadius(_))
+        ));
+    }
+
+    #[test]
+    fn duplicate_stems_use_paths() {
+        let n = names(&[
+            PathBuf::from("a/x.tsv"),
+            PathBuf::from("b/x.tsv"),
+            PathBuf::from("c/y.tsv"),
+        ]);
+        assert_eq!(n, ["a/x.tsv", "b/x.tsv", "y"]);
+    }
+}

@@ -1,0 +1,562 @@
+//! Tests for the smoothing statistics. Reference values come from scipy 1.17.1 (Boost's
+//! incomplete-beta inverse) and mpmath 1.4.1 at 40 digits, computed independently of this
+//! crate; each table says how.
+
+use super::*;
+use statrs::function::gamma::ln_gamma;
+
+/// `|ours - reference| <= rel * |reference|` (exact match required for a reference of 0).
+fn assert_rel(ours: f64, reference: f64, rel: f64, what: &str) {
+    assert!(
+        (ours - reference).abs() <= rel * reference.abs(),
+        "{what}: ours {ours:e} vs reference {reference:e} (rel diff {:e})",
+        ((ours - reference) / reference).abs()
+    );
+}
+
+/// Like [`assert_rel`], but relative to `min(reference, 1 - reference)`, because for a
+/// bound near 1 it is `1 - p` that the radius depends on. `2.5e-16` absorbs the last-ulp
+/// rounding of a value near 1.
+fn assert_tight(ours: f64, reference: f64, rel: f64, what: &str) {
+    let tol = rel * reference.abs().min((1.0 - reference).abs()) + 2.5e-16;
+    assert!(
+        (ours - reference).abs() <= tol,
+        "{what}: ours {ours:e} vs reference {reference:e} (diff {:e}, tol {tol:e})",
+        (ours - reference).abs()
+    );
+}
+
+/// (k, n, alpha, lower, upper). Computed with scipy 1.17.1:
+/// `python -c "from scipy.stats import beta; print(repr(beta.ppf(a, k, n-k+1)), repr(beta.isf(a, k+1, n-k)))"`
+/// (lower := 0.0 when k == 0, upper := 1.0 when k == n). statsmodels 0.15.0
+/// `proportion_confint(k, n, alpha=2*a, method="beta")` returned identical values for every
+/// row; mpmath (50 digits) root-finding on `betainc` confirmed rows (1,10) and (5,10) to 1e-16.
+#[rustfmt::skip]
+const CP_REFERENCE: &[(u64, u64, f64, f64, f64)] = &[
+    (0, 10, 1e-3, 0.0, 0.4988127663727277),
+    (1, 10, 1e-3, 0.00010004502852067863, 0.6237230890888255),
+    (5, 10, 1e-3, 0.08981318981185427, 0.9101868101881457),
+    (9, 10, 1e-3, 0.37627691091117454, 0.9998999549714793),
+    (10, 10, 1e-3, 0.5011872336272722, 1.0),
+    (1, 1, 1e-3, 0.001, 1.0),
+    (7, 10, 0.05, 0.39337578389458766, 0.9127355660858497),
+    (50, 100, 0.75, 0.5286322841959072, 0.47136771580409276),
+    (1, 100_000, 1e-3, 1.000500328578529e-08, 9.233033373455402e-05),
+    (60_000, 100_000, 1e-3, 0.5952010472945846, 0.6047855338333897),
+    (99_990, 100_000, 1e-3, 0.9997586773435911, 0.9999703939022321),
+    (100_000, 100_000, 1e-3, 0.9999309248330094, 1.0),
+    (99_990, 100_000, 1e-10, 0.9995344389112174, 0.9999952725775116),
+    (60_000, 100_000, 1e-10, 0.5901137284325282, 0.6098316152712979),
+    (50_000, 100_000, 1e-3, 0.49510904290369595, 0.504890957096304),
+    (9_999_000, 10_000_000, 1e-3, 0.999889837865399, 0.9999094874983844),
+    (9_999_000, 10_000_000, 1e-10, 0.999878441307882, 0.9999188193638557),
+    (5_000_000, 10_000_000, 1e-3, 0.4995113414995721, 0.5004886585004279),
+    (9_999_990, 10_000_000, 1e-3, 0.9999975866045909, 0.9999997039478733),
+    (9_999_999, 10_000_000, 1e-10, 0.9999973666051752, 1.0),
+    (1, 10_000_000, 1e-10, 1.00000000005e-17, 2.633394824795081e-06),
+    (10_000_000, 10_000_000, 1e-10, 0.999997697417558, 1.0),
+];
+
+#[test]
+fn clopper_pearson_matches_scipy() {
+    for &(k, n, alpha, lower, upper) in CP_REFERENCE {
+        let what = format!("k={k} n={n} alpha={alpha}");
+        let lo = clopper_pearson_lower(k, n, alpha).unwrap();
+        let up = clopper_pearson_upper(k, n, alpha).unwrap();
+        assert_rel(lo, lower, 1e-9, &format!("lower {what}"));
+        assert_rel(up, upper, 1e-9, &format!("upper {what}"));
+    }
+}
+
+/// (k, n, alpha, lower, upper) at 40 digits, rounded to f64 (mpmath 1.4.1, mp.dps = 40):
+/// 100-step bisection for p with P(X >= k; n, p) = alpha (lower) or P(X <= k; n, p) = alpha
+/// (upper, as P(Y >= n - k; n, 1 - p)), the tail summed term by term:
+/// ```text
+/// def tail_ge(k, n, p):
+///     t = mp.exp(mp.loggamma(n+1) - mp.loggamma(k+1) - mp.loggamma(n-k+1)
+///                + k*mp.log(p) + (n-k)*mp.log(1-p)); s = 0; j = k
+///     while True:
+///         s += t
+///         if j == n or t < s*mp.mpf(10)**-35: return s
+///         t = t*(n-j)/(j+1)*p/(1-p); j += 1
+/// ```
+/// bracketed at scipy's value times (1 -+ 1e-4). scipy differs from these by up to 2.6e-8
+/// relative to 1 - p (upper, k = 9 999 000, n = 1e7, alpha = 1e-3: scipy
+/// 0.9999094874983844), which is why this tighter table exists. Upper for k = n - 1,
+/// n = 1e7, alpha = 1e-10 is 1 - 1e-17, i.e. 1.0 in f64.
+#[rustfmt::skip]
+const CP_MPMATH: &[(u64, u64, f64, f64, f64)] = &[
+    (1, 10, 1e-3, 0.00010004502852067863, 0.6237230890888255),
+    (5, 10, 1e-3, 0.08981318981185427, 0.9101868101881457),
+    (9, 10, 1e-3, 0.37627691091117454, 0.9998999549714793),
+    (7, 10, 0.05, 0.39337578389458655, 0.9127355660858497),
+    (50, 100, 0.75, 0.5286322841959072, 0.4713677158040927),
+    (1, 100_000, 1e-3, 1.0005003285785289e-08, 9.233033373455402e-05),
+    (60_000, 100_000, 1e-3, 0.5952010472945846, 0.6047855338333897),
+    (99_990, 100_000, 1e-3, 0.9997586773435911, 0.9999703939022321),
+    (99_990, 100_000, 1e-10, 0.9995344389112174, 0.9999952725775116),
+    (60_000, 100_000, 1e-10, 0.5901137284325282, 0.6098316152712979),
+    (50_000, 100_000, 1e-3, 0.4951090429036959, 0.5048909570963042),
+    (9_999_000, 10_000_000, 1e-3, 0.999889837865399, 0.9999094874960344),
+    (9_999_000, 10_000_000, 1e-10, 0.999878441307882, 0.9999188193638557),
+    (5_000_000, 10_000_000, 1e-3, 0.49951134149957205, 0.5004886585004279),
+    (9_999_990, 10_000_000, 1e-3, 0.999997586604591, 0.9999997039478733),
+    (9_999_999, 10_000_000, 1e-10, 0.9999973666051751, 1.0),
+    (1, 10_000_000, 1e-10, 1.00000000005e-17, 2.6333948248327947e-06),
+];
+
+#[test]
+fn clopper_pearson_matches_high_precision_reference() {
+    for &(k, n, alpha, lower, upper) in CP_MPMATH {
+        let what = format!("k={k} n={n} alpha={alpha}");
+        let lo = clopper_pearson_lower(k, n, alpha).unwrap();
+        let up = clopper_pearson_upper(k, n, alpha).unwrap();
+        assert_tight(lo, lower, 1e-12, &format!("lower {what}"));
+        assert_tight(up, upper, 1e-12, &format!("upper {what}"));
+    }
+}
+
+#[test]
+fn closed_forms_at_the_edges() {
+    for n in [1u64, 2, 10, 1000, 100_000, 10_000_000] {
+        for alpha in [0.05, 1e-3, 1e-10] {
+            assert_eq!(clopper_pearson_lower(0, n, alpha).unwrap(), 0.0);
+            assert_eq!(clopper_pearson_upper(n, n, alpha).unwrap(), 1.0);
+            let lo = clopper_pearson_lower(n, n, alpha).unwrap();
+            assert!((lo - alpha.powf(1.0 / n as f64)).abs() <= 2e-16, "n={n}");
+            let up = clopper_pearson_upper(0, n, alpha).unwrap();
+            // 1 - alpha^(1/n) cancels; it is only accurate to ~1 ulp of 1.
+            assert!(
+                (up - (1.0 - alpha.powf(1.0 / n as f64))).abs() <= 4e-16,
+                "n={n}"
+            );
+        }
+    }
+}
+
+#[test]
+fn invalid_inputs_are_errors_not_panics() {
+    use SmoothingError::*;
+    assert_eq!(clopper_pearson_lower(1, 0, 0.001), Err(ZeroSamples));
+    assert_eq!(clopper_pearson_upper(0, 0, 0.001), Err(ZeroSamples));
+    assert_eq!(
+        clopper_pearson_lower(11, 10, 0.001),
+        Err(InvalidCount { k: 11, n: 10 })
+    );
+    assert!(matches!(
+        clopper_pearson_upper(5, u64::MAX, 0.001),
+        Err(InvalidCount { .. })
+    ));
+    for alpha in [0.0, 1.0, -0.1, 1.5, f64::NAN, f64::INFINITY] {
+        assert!(matches!(
+            clopper_pearson_lower(5, 10, alpha),
+            Err(InvalidAlpha(_))
+        ));
+        assert!(matches!(
+            clopper_pearson_upper(5, 10, alpha),
+            Err(InvalidAlpha(_))
+        ));
+        assert!(matches!(
+            certify_decision(0, 5, 10, alpha, 0.25),
+            Err(InvalidAlpha(_))
+        ));
+        assert!(matches!(
+            predict_decision(0, 5, 3, alpha),
+            Err(InvalidAlpha(_))
+        ));
+    }
+    assert_eq!(binomial_test_two_sided(0, 0), Err(ZeroSamples));
+    assert_eq!(
+        binomial_test_two_sided(3, 2),
+        Err(InvalidCount { k: 3, n: 2 })
+    );
+    for sigma in [0.0, -0.25, f64::NAN, f64::INFINITY] {
+        assert!(matches!(
+            certify_decision(0, 5, 10, 0.001, sigma),
+            Err(InvalidSigma(_))
+        ));
+    }
+    assert_eq!(
+        predict_decision(0, 3, 5, 0.001),
+        Err(InvalidTopCounts {
+            count_a: 3,
+            count_b: 5
+        })
+    );
+    assert_eq!(predict_decision(0, 0, 0, 0.001), Err(ZeroSamples));
+}
+
+/// ln P(X = k) for X ~ Binomial(n, p) by ln-gamma (statrs), not the crate's Loader form.
+fn ln_pmf_lgamma(k: u64, n: u64, p: f64) -> f64 {
+    let (k, n) = (k as f64, n as f64);
+    ln_gamma(n + 1.0) - ln_gamma(k + 1.0) - ln_gamma(n - k + 1.0)
+        + k * p.ln()
+        + (n - k) * (-p).ln_1p()
+}
+
+/// P(X >= k) by summing pmf terms upward from k (valid when k is at or above the mode,
+/// where the terms only shrink); a code path independent of the bound's inversion.
+fn upper_tail_by_sum(k: u64, n: u64, p: f64) -> f64 {
+    let ratio = p / (1.0 - p);
+    let mut term = ln_pmf_lgamma(k, n, p).exp();
+    let mut sum = 0.0;
+    let mut j = k;
+    loop {
+        sum += term;
+        if j == n || term < 1e-18 * sum {
+            return sum;
+        }
+        term *= (n - j) as f64 / (j + 1) as f64 * ratio;
+        j += 1;
+    }
+}
+
+/// P(X <= k) by summing pmf terms downward from k (valid when k is at or below the mode).
+fn lower_tail_by_sum(k: u64, n: u64, p: f64) -> f64 {
+    let ratio = (1.0 - p) / p;
+    let mut term = ln_pmf_lgamma(k, n, p).exp();
+    let mut sum = 0.0;
+    let mut j = k;
+    loop {
+        sum += term;
+        if j == 0 || term < 1e-18 * sum {
+            return sum;
+        }
+        term *= j as f64 / (n - j + 1) as f64 * ratio;
+        j -= 1;
+    }
+}
+
+/// The defining identity: at p = lower(k, n, alpha), P(X >= k; n, p) = alpha, and at
+/// p = upper(k, n, alpha), P(X <= k; n, p) = alpha. The tolerance reflects the ln-gamma
+/// reference (absolute error ~1e-16 * ln Gamma(n), i.e. ~1e-8 at n = 1e7), not our code.
+#[test]
+fn bounds_satisfy_the_binomial_tail_identity() {
+    let cases: &[(u64, u64)] = &[
+        (1, 10),
+        (3, 10),
+        (9, 10),
+        (1, 1000),
+        (517, 1000),
+        (999, 1000),
+        (60_000, 100_000),
+        (99_990, 100_000),
+        (99_999, 100_000),
+        (9_999_000, 10_000_000),
+        (5_000_000, 10_000_000),
+    ];
+    // The tail's own sensitivity to rounding p to f64 (a few ulps), relative to alpha: it
+    // matters where 1 - p is tiny (e.g. the upper bound for k = 9 of 10 at alpha = 1e-10).
+    let rounding = |tail: &dyn Fn(f64) -> f64, p: f64, alpha: f64| {
+        let d = 4.0 * f64::EPSILON * p;
+        (tail((p + d).min(1.0)) - tail((p - d).max(0.0))).abs() / alpha
+    };
+    for &(k, n) in cases {
+        let tol = if n <= 100_000 { 1e-9 } else { 1e-6 };
+        for alpha in [0.05, 1e-3, 1e-10] {
+            let lo = clopper_pearson_lower(k, n, alpha).unwrap();
+            let f = |p| upper_tail_by_sum(k, n, p);
+            let tail = f(lo);
+            assert!(
+                (tail / alpha - 1.0).abs() < tol + rounding(&f, lo, alpha),
+                "lower k={k} n={n} alpha={alpha}: P(X>=k; p={lo:e}) = {tail:e}"
+            );
+            let up = clopper_pearson_upper(k, n, alpha).unwrap();
+            let f = |p| lower_tail_by_sum(k, n, p);
+            let tail = f(up);
+            assert!(
+                (tail / alpha - 1.0).abs() < tol + rounding(&f, up, alpha),
+                "upper k={k} n={n} alpha={alpha}: P(X<=k; p={up:e}) = {tail:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn lower_bound_is_monotone_in_k() {
+    for n in [1u64, 7, 50, 333] {
+        for alpha in [0.05, 1e-3, 1e-10] {
+            let mut prev_lo = -1.0;
+            let mut prev_up = -1.0;
+            for k in 0..=n {
+                let lo = clopper_pearson_lower(k, n, alpha).unwrap();
+                let up = clopper_pearson_upper(k, n, alpha).unwrap();
+                assert!(lo > prev_lo, "lower n={n} k={k} alpha={alpha}");
+                assert!(up > prev_up, "upper n={n} k={k} alpha={alpha}");
+                prev_lo = lo;
+                prev_up = up;
+            }
+        }
+    }
+    // Large n: neighbouring counts near the top still order strictly.
+    let n = 10_000_000;
+    let mut prev = 0.0;
+    for k in (n - 50)..=n {
+        let lo = clopper_pearson_lower(k, n, 1e-3).unwrap();
+        assert!(lo > prev, "k={k}");
+        prev = lo;
+    }
+}
+
+#[test]
+fn bounds_tighten_as_n_grows_at_fixed_ratio() {
+    for ratio in [0.5, 0.9, 0.999] {
+        let mut prev_lo = 0.0;
+        let mut prev_up = 2.0;
+        for n in [1_000u64, 10_000, 100_000, 1_000_000, 10_000_000] {
+            let k = (ratio * n as f64).round() as u64;
+            let lo = clopper_pearson_lower(k, n, 1e-3).unwrap();
+            let up = clopper_pearson_upper(k, n, 1e-3).unwrap();
+            assert!(lo > prev_lo, "lower ratio={ratio} n={n}");
+            assert!(up < prev_up, "upper ratio={ratio} n={n}");
+            prev_lo = lo;
+            prev_up = up;
+        }
+    }
+}
+
+#[test]
+fn smaller_alpha_gives_wider_bounds() {
+    for (k, n) in [
+        (1u64, 10u64),
+        (7, 10),
+        (60_000, 100_000),
+        (9_999_000, 10_000_000),
+    ] {
+        let mut prev_lo = 2.0;
+        let mut prev_up = -1.0;
+        for alpha in [0.2, 0.05, 1e-3, 1e-6, 1e-10, 1e-15] {
+            let lo = clopper_pearson_lower(k, n, alpha).unwrap();
+            let up = clopper_pearson_upper(k, n, alpha).unwrap();
+            assert!(lo < prev_lo, "lower k={k} n={n} alpha={alpha}");
+            assert!(up > prev_up, "upper k={k} n={n} alpha={alpha}");
+            prev_lo = lo;
+            prev_up = up;
+        }
+    }
+}
+
+#[test]
+fn bounds_bracket_the_empirical_proportion() {
+    for n in [1u64, 2, 10, 99, 1000, 123_457, 10_000_000] {
+        let ks = [0, 1, n / 3, n / 2, n - n / 10, n.saturating_sub(1), n];
+        for k in ks {
+            for alpha in [0.4, 0.05, 1e-3, 1e-10] {
+                let lo = clopper_pearson_lower(k, n, alpha).unwrap();
+                let up = clopper_pearson_upper(k, n, alpha).unwrap();
+                let p = k as f64 / n as f64;
+                assert!(
+                    0.0 <= lo && lo <= p && p <= up && up <= 1.0,
+                    "k={k} n={n} alpha={alpha}: {lo} {p} {up}"
+                );
+                if k > 0 {
+                    assert!(lo < p);
+                }
+                if k < n {
+                    assert!(p < up);
+                }
+            }
+        }
+    }
+}
+
+/// Phi^-1 references: `python -c "from scipy.stats import norm; print(repr(norm.ppf(p)))"`
+/// (scipy 1.17.1).
+#[test]
+fn gaussian_radius_matches_scipy_and_statrs() {
+    use statrs::distribution::{ContinuousCDF, Normal};
+    let refs = [
+        (0.99865, 2.9999769927034015),
+        (0.999, 3.090232306167813),
+        (0.9999976, 4.573344476937553),
+        (0.6, 0.2533471031357997),
+        (1e-3, -3.090232306167813),
+        (0.9995344389112174, 3.310551796487691),
+    ];
+    let normal = Normal::standard();
+    for (p, z) in refs {
+        let r = gaussian_l2_radius(1.0, p);
+        assert!((r - z).abs() <= 1e-12 * z.abs(), "p={p}: {r} vs {z}");
+        assert!((r - normal.inverse_cdf(p)).abs() <= 1e-12 * z.abs());
+    }
+    let r = gaussian_l2_radius(0.25, 0.99865);
+    assert!((r - 0.25 * 3.0).abs() < 1e-5, "{r}");
+    assert!((r - 0.25 * 2.9999769927034015).abs() < 1e-12, "{r}");
+    assert_eq!(gaussian_l2_radius(0.25, 0.5), 0.0);
+    assert!(gaussian_l2_radius(0.25, 0.4) < 0.0);
+    assert_eq!(gaussian_l2_radius(0.25, 1.0), f64::INFINITY);
+    assert!(gaussian_l2_radius(0.25, 1.5).is_nan());
+    assert!(gaussian_l2_radius(0.25, f64::NAN).is_nan());
+}
+
+#[test]
+fn certify_decision_thresholds_at_one_half() {
+    // n = 100 000, alpha = 0.001 (the paper's setting).
+    let (n, alpha, sigma) = (100_000u64, 1e-3, 0.25);
+    let p = clopper_pearson_lower(99_990, n, alpha).unwrap();
+    match certify_decision(3, 99_990, n, alpha, sigma).unwrap() {
+        Decision::Certified {
+            class,
+            p_a_lower,
+            radius,
+        } => {
+            assert_eq!(class, 3);
+            assert_eq!(p_a_lower, p);
+            assert_eq!(radius, gaussian_l2_radius(sigma, p));
+            // p from the scipy table above; Phi^-1 of it from scipy: 3.4916... * 0.25.
+            assert!(radius > 0.85 && radius < 0.9, "{radius}");
+        }
+        d => panic!("expected certified, got {d:?}"),
+    }
+    // Find the smallest certified count by scanning: everything below abstains, with
+    // p_a_lower <= 1/2, and the first certified one has p_a_lower > 1/2 and radius > 0.
+    let n = 1000;
+    let first = (0..=n)
+        .find(|&k| clopper_pearson_lower(k, n, alpha).unwrap() > 0.5)
+        .unwrap();
+    for k in [0, 1, 500, first - 1] {
+        match certify_decision(0, k, n, alpha, sigma).unwrap() {
+            Decision::Abstain { reason, p_a_lower } => {
+                assert_eq!(reason, AbstainReason::LowConfidence);
+                assert!(p_a_lower <= 0.5);
+            }
+            d => panic!("k={k}: expected abstain, got {d:?}"),
+        }
+    }
+    match certify_decision(0, first, n, alpha, sigma).unwrap() {
+        Decision::Certified {
+            p_a_lower, radius, ..
+        } => assert!(p_a_lower > 0.5 && radius > 0.0 && radius < 0.01),
+        d => panic!("expected certified, got {d:?}"),
+    }
+    // All n of n samples at n = 100 000: the paper's largest possible radius (~0.95).
+    match certify_decision(0, 100_000, 100_000, alpha, sigma).unwrap() {
+        Decision::Certified { radius, .. } => assert!((radius - 0.953).abs() < 0.001),
+        d => panic!("{d:?}"),
+    }
+}
+
+/// (k, n, p-value). `python -c "from scipy.stats import binomtest;
+/// print(repr(binomtest(k, n, 0.5).pvalue))"` (scipy 1.17.1).
+#[rustfmt::skip]
+const BINOMTEST_REFERENCE: &[(u64, u64, f64)] = &[
+    (0, 1, 1.0),
+    (1, 1, 1.0),
+    (0, 10, 0.001953125),
+    (10, 10, 0.001953125),
+    (5, 10, 1.0),
+    (3, 10, 0.34375),
+    (8, 10, 0.109375),
+    (50, 100, 1.0),
+    (60, 100, 0.05688793364098089),
+    (61, 100, 0.035200200217704855),
+    (40, 100, 0.05688793364098089),
+    (67, 100, 0.0008737198369123724),
+    (66, 100, 0.0017899303914868528),
+    (51, 101, 1.0),
+    (600, 1000, 2.728464156065947e-10),
+    (553, 1000, 0.0008899859647693012),
+    (552, 1000, 0.0011150491792689071),
+    (1000, 1000, 1.8665272370064378e-301),
+    (0, 1000, 1.8665272370064378e-301),
+    (999, 1000, 1.8683937642434442e-298),
+    (50_500, 100_000, 0.0015823598788515154),
+    (49_000, 100_000, 2.5887160383468943e-10),
+    (5_005_000, 10_000_000, 0.0015671019056948982),
+    (5000, 5000, 0.0),
+];
+
+#[test]
+fn binomial_test_matches_scipy() {
+    for &(k, n, reference) in BINOMTEST_REFERENCE {
+        let ours = binomial_test_two_sided(k, n).unwrap();
+        assert!(
+            (ours - reference).abs() <= 1e-9 * reference,
+            "k={k} n={n}: {ours:e} vs {reference:e}"
+        );
+    }
+}
+
+/// Borderlines from scipy (same one-liner, scanning k): at alpha = 0.001, n = 100 the
+/// smallest significant count is 67 (p = 8.74e-4; 66 gives 1.79e-3); at n = 1000 it is
+/// 553 (8.90e-4; 552 gives 1.115e-3); at alpha = 0.05, n = 100 it is 61 (0.0352; 60 gives
+/// 0.0569); at alpha = 0.05, n = 17 it is 13 (0.04904; 12 gives 0.1435).
+#[test]
+fn predict_decision_borderlines_match_scipy() {
+    let borders: &[(u64, f64, u64)] = &[
+        (100, 1e-3, 67),
+        (1000, 1e-3, 553),
+        (100, 0.05, 61),
+        (17, 0.05, 13),
+    ];
+    for &(n, alpha, k) in borders {
+        assert_eq!(
+            predict_decision(7, k, n - k, alpha).unwrap(),
+            Some(7),
+            "n={n} k={k}"
+        );
+        assert_eq!(
+            predict_decision(7, k - 1, n - k + 1, alpha).unwrap(),
+            None,
+            "n={n} k={k}"
+        );
+    }
+    // Exactly at the p-value: p <= alpha predicts (scipy: 0.001953125 for 10 vs 0).
+    assert_eq!(predict_decision(1, 10, 0, 0.001953125).unwrap(), Some(1));
+    assert_eq!(predict_decision(1, 10, 0, 0.0019531).unwrap(), None);
+    assert_eq!(predict_decision(2, 5, 5, 0.5).unwrap(), None);
+    assert_eq!(predict_decision(2, 1, 0, 0.5).unwrap(), None);
+}
+
+#[test]
+fn abstain_reason_names_round_trip() {
+    for r in [
+        AbstainReason::LowConfidence,
+        AbstainReason::NotSignificant,
+        AbstainReason::ClassMismatch,
+    ] {
+        assert_eq!(AbstainReason::parse(r.as_str()), Some(r));
+        assert_eq!(r.to_string(), r.as_str());
+    }
+    assert_eq!(AbstainReason::LowConfidence.as_str(), "low_confidence");
+    assert_eq!(AbstainReason::NotSignificant.as_str(), "not_significant");
+    assert_eq!(AbstainReason::ClassMismatch.as_str(), "class_mismatch");
+    assert_eq!(AbstainReason::parse("LowConfidence"), None);
+    assert_eq!(AbstainReason::parse(""), None);
+}
+
+/// Timing, not a correctness check: `cargo test --release --lib smoothing -- --ignored
+/// --nocapture timing`.
+#[test]
+#[ignore]
+fn timing_large_n() {
+    let cases: &[(u64, u64, f64)] = &[
+        (9_999_000, 10_000_000, 1e-3),
+        (9_999_000, 10_000_000, 1e-10),
+        (5_000_000, 10_000_000, 1e-3),
+        (9_999_990, 10_000_000, 1e-3),
+        (99_990, 100_000, 1e-3),
+        (60_000, 100_000, 1e-3),
+    ];
+    for &(k, n, alpha) in cases {
+        let reps = 200;
+        let start = std::time::Instant::now();
+        let mut acc = 0.0;
+        for i in 0..reps {
+            acc += clopper_pearson_lower(k - (i % 2), n, alpha).unwrap();
+        }
+        let per = start.elapsed().as_secs_f64() / reps as f64;
+        println!(
+            "lower k={k} n={n} alpha={alpha}: {:.1} us/call ({acc:.3})",
+            per * 1e6
+        );
+    }
+    let start = std::time::Instant::now();
+    for i in 0..200 {
+        std::hint::black_box(binomial_test_two_sided(5_005_000 + i, 10_000_000).unwrap());
+    }
+    println!(
+        "binomial_test k~5.005e6 n=1e7: {:.1} us/call",
+        start.elapsed().as_secs_f64() / 200.0 * 1e6
+    );
+}
