@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # One-time set-up for building and running smoothcert on a Debian machine.
 #
+# - checks for a Rust toolchain recent enough (rustup's stable; Debian's own is too old)
+# - Debian packages the build and the tools need: a C++ compiler (torch-sys
+#   compiles its C++ shim), pip, fonts-dejavu-core (text in the PNG plots) and
+#   dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)
 # - libtorch 2.11.0, unpacked from PyPI's torch==2.11.0 wheel (its torch/ folder
 #   has libtorch's layout) into a cache outside the clone, shared by every clone
 #   and by CI: ${SMOOTHCERT_CACHE:-~/.cache/smoothcert}/libtorch-2.11.0
-# - Debian's dataset-fashion-mnist (the files land in /usr/share/datasets/fashion-mnist)
+# - with SMOOTHCERT_CUDA=1 (or automatically where nvidia-smi exists): the CUDA
+#   libraries that wheel depends on, from PyPI, where libtorch's RPATH looks for them
 # - .cargo/config.toml (git-ignored) pointing tch's build at that libtorch, so that
 #   plain `cargo build` / `cargo test` work afterwards. The binary carries an
 #   rpath to the same folder (build.rs), so nothing needs exporting at run time.
@@ -13,11 +18,17 @@
 set -euo pipefail
 
 TORCH_VERSION=2.11.0
+MIN_RUST=1.87
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${SMOOTHCERT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/smoothcert}
 libtorch="$cache/libtorch-$TORCH_VERSION"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+tmp=""
+cleanup() { [ -z "$tmp" ] || rm -rf "$tmp"; }
+trap cleanup EXIT
 
 as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"
@@ -36,6 +47,32 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+check_rust() {
+    command -v cargo >/dev/null 2>&1 ||
+        die "cargo not found: install Rust >= $MIN_RUST with rustup (https://rustup.rs), then rerun"
+    local have
+    have=$(rustc --version | awk '{print $2}')
+    if [ "$(printf '%s\n%s\n' "$MIN_RUST" "$have" | sort -V | head -n1)" != "$MIN_RUST" ]; then
+        die "rustc $have is older than $MIN_RUST: run 'rustup update stable'"
+    fi
+}
+
+system_packages() {
+    local missing=()
+    command -v g++ >/dev/null 2>&1 || missing+=(g++)
+    python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+    [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+    [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing Debian packages: ${missing[*]}"
+    apt_install "${missing[@]}" ||
+        log "warning: could not install ${missing[*]} (needs apt-get and root or sudo)"
+}
+
+pip_download() {
+    python3 -m pip download --quiet --only-binary=:all: "$@"
+}
+
 install_libtorch() {
     if [ -f "$libtorch/lib/libtorch_cpu.so" ] && [ -f "$libtorch/lib/libcudart.so.13" ] \
         && [ -f "$libtorch/build-version" ]; then
@@ -43,22 +80,16 @@ install_libtorch() {
     fi
     log "installing libtorch $TORCH_VERSION from the torch==$TORCH_VERSION wheel into $libtorch"
     mkdir -p "$cache"
-    local tmp
     tmp=$(mktemp -d "$cache/tmp.XXXXXX")
-    trap 'rm -rf "$tmp"' RETURN
-    local pip=(python3 -m pip)
-    "${pip[@]}" --version >/dev/null 2>&1 || apt_install python3-pip || {
-        log "error: pip is needed to fetch the torch wheel"; exit 1; }
-    "${pip[@]}" download --quiet --no-deps --only-binary=:all: \
-        --dest "$tmp/wheel" "torch==$TORCH_VERSION"
+    pip_download --no-deps --dest "$tmp/wheel" "torch==$TORCH_VERSION"
     # libtorch_cpu.so itself needs the CUDA runtime and CUPTI (its profiler), even
     # on a machine without a GPU; the wheel's own dependencies carry them. Its
     # RPATH includes $ORIGIN, so they go beside it.
-    "${pip[@]}" download --quiet --no-deps --only-binary=:all: \
-        --dest "$tmp/cuda" "nvidia-cuda-runtime==13.0.96" "nvidia-cuda-cupti==13.0.85"
+    pip_download --no-deps --dest "$tmp/cuda" "nvidia-cuda-runtime==13.0.96" "nvidia-cuda-cupti==13.0.85"
     local wheel
     wheel=$(ls "$tmp"/wheel/torch-"$TORCH_VERSION"-*.whl)
-    # Only libtorch's part of the wheel: shared libraries and C++ headers.
+    # Only libtorch's part of the wheel: shared libraries and C++ headers, and the
+    # list of CUDA packages it was built against (for install_cuda).
     python3 - "$tmp/unpacked" "$wheel" "$tmp"/cuda/*.whl <<'PY'
 import os, shutil, sys, zipfile
 dest, torch_wheel, cuda_wheels = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -66,6 +97,12 @@ with zipfile.ZipFile(torch_wheel) as z:
     for info in z.infolist():
         if info.filename.startswith(("torch/lib/", "torch/include/", "torch/share/cmake/")):
             z.extract(info, dest)
+    meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+    reqs = [line.split(": ", 1)[1].split(";")[0].strip()
+            for line in z.read(meta).decode().splitlines()
+            if line.startswith("Requires-Dist: ") and ("nvidia" in line or "cuda-toolkit" in line)]
+with open(os.path.join(dest, "torch", "cuda-requirements.txt"), "w") as f:
+    f.write("\n".join(reqs) + "\n")
 lib = os.path.join(dest, "torch", "lib")
 for wheel in cuda_wheels:
     with zipfile.ZipFile(wheel) as z:
@@ -77,16 +114,38 @@ for wheel in cuda_wheels:
 PY
     echo "$TORCH_VERSION" >"$tmp/unpacked/torch/build-version"
     rm -rf "$libtorch"
-    # Rename last so that an interrupted set-up never leaves a half-unpacked libtorch.
+    # Renamed last, so an interrupted set-up never leaves a half-unpacked libtorch.
     mv "$tmp/unpacked/torch" "$libtorch"
+    rm -rf "$tmp"
+    tmp=""
 }
 
-install_dataset() {
-    if [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
-        return 0
+# libtorch's RPATH names $ORIGIN/../../nvidia/<pkg>/lib: with lib/ at
+# $cache/libtorch-X/lib that is $cache/nvidia, where the nvidia-* wheels unpack.
+install_cuda() {
+    local want=${SMOOTHCERT_CUDA:-auto}
+    if [ "$want" = auto ]; then
+        command -v nvidia-smi >/dev/null 2>&1 && want=1 || want=0
     fi
-    log "installing Debian's dataset-fashion-mnist"
-    apt_install dataset-fashion-mnist || log "warning: could not install dataset-fashion-mnist (tests that need it will fail)"
+    [ "$want" = 1 ] || return 0
+    [ -f "$cache/nvidia/.complete-$TORCH_VERSION" ] && return 0
+    log "installing the CUDA libraries of torch==$TORCH_VERSION into $cache/nvidia (several GB)"
+    tmp=$(mktemp -d "$cache/tmp.XXXXXX")
+    pip_download --dest "$tmp/wheels" -r "$libtorch/cuda-requirements.txt"
+    python3 - "$tmp/nvidia-root" "$tmp"/wheels/*.whl <<'PY'
+import sys, zipfile
+dest, wheels = sys.argv[1], sys.argv[2:]
+for wheel in wheels:
+    with zipfile.ZipFile(wheel) as z:
+        for info in z.infolist():
+            if info.filename.startswith("nvidia/") and "/lib/" in info.filename:
+                z.extract(info, dest)
+PY
+    rm -rf "$cache/nvidia"
+    mv "$tmp/nvidia-root/nvidia" "$cache/nvidia"
+    touch "$cache/nvidia/.complete-$TORCH_VERSION"
+    rm -rf "$tmp"
+    tmp=""
 }
 
 write_cargo_config() {
@@ -106,7 +165,9 @@ CFG
     fi
 }
 
+check_rust
+system_packages
 install_libtorch
-install_dataset
+install_cuda
 write_cargo_config
 log "ready: libtorch $TORCH_VERSION at $libtorch"

@@ -8,6 +8,7 @@
 //! - [`pipeline`]: training, offline certification, reports, benchmarks.
 pub mod data;
 pub mod engine;
+pub mod fsutil;
 pub mod model;
 pub mod pipeline;
 pub mod smoothing;

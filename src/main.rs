@@ -60,8 +60,8 @@ enum Command {
         #[arg(long)]
         bundle: PathBuf,
         /// mc: Monte Carlo CERTIFY (Cohen et al.), a certificate at level 1 - alpha.
-        #[arg(long, default_value = "mc", value_parser = ["mc"])]
-        method: String,
+        #[arg(long, value_enum, default_value = "mc")]
+        method: certify::Method,
         #[arg(long, default_value = "test")]
         split: Split,
         /// Overrides where the bundle's dataset files are.
@@ -106,6 +106,9 @@ enum Command {
         batches: Vec<i64>,
         #[arg(long, default_value_t = 10_000)]
         samples: u64,
+        /// Measurements per batch size (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
         #[arg(long, default_value = "auto")]
         device: String,
         #[arg(long, default_value_t = 0)]
@@ -191,7 +194,7 @@ fn main() -> Result<()> {
         }
         Command::Certify {
             bundle,
-            method: _,
+            method,
             split,
             data_dir,
             skip,
@@ -206,7 +209,7 @@ fn main() -> Result<()> {
         } => {
             let opts = certify::CertifyOptions {
                 bundle,
-                method: certify::Method::Mc,
+                method,
                 split,
                 data_dir,
                 skip,
@@ -246,6 +249,7 @@ fn main() -> Result<()> {
             bundle,
             batches,
             samples,
+            repeats,
             device: dev,
             seed,
             out,
@@ -255,6 +259,7 @@ fn main() -> Result<()> {
                 device: device(&dev)?,
                 batches,
                 samples,
+                repeats,
                 seed,
             };
             let r = bench::bench(&opts).context("bench failed")?;

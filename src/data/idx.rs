@@ -60,14 +60,14 @@ pub fn parse_idx(bytes: &[u8], path: &Path, magic: u32) -> Result<IdxArray, Data
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let numel = dims
+    let expected = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .and_then(|numel| numel.checked_add(header))
         .ok_or_else(|| DataError::BadFormat {
             path: path.to_path_buf(),
             detail: format!("IDX dimensions {dims:?} overflow"),
         })?;
-    let expected = header + numel;
     match bytes.len().cmp(&expected) {
         std::cmp::Ordering::Less => Err(DataError::Truncated {
             path: path.to_path_buf(),

@@ -29,26 +29,32 @@ pub struct CertifyParams {
 
 impl CertifyParams {
     pub fn validate(&self) -> Result<(), EngineError> {
-        let bad = |field, message: &str| {
-            Err(EngineError::InvalidParam {
-                field,
-                message: message.to_string(),
-            })
-        };
         if self.n0 == 0 {
-            return bad("n0", "must be at least 1");
+            return Err(invalid("n0", "must be at least 1"));
         }
-        if self.n == 0 {
-            return bad("n", "must be at least 1");
-        }
-        if !(self.alpha > 0.0 && self.alpha < 1.0) {
-            return bad("alpha", "must be in (0, 1)");
-        }
-        if self.batch < 1 {
-            return bad("batch", "must be at least 1");
-        }
-        Ok(())
+        validate_sampling(self.n, self.alpha, self.batch)
     }
+}
+
+fn invalid(field: &'static str, message: &str) -> EngineError {
+    EngineError::InvalidParam {
+        field,
+        message: message.to_string(),
+    }
+}
+
+/// The checks CERTIFY and PREDICT share, with the offending field named.
+fn validate_sampling(n: u64, alpha: f64, batch: i64) -> Result<(), EngineError> {
+    if n == 0 {
+        return Err(invalid("n", "must be at least 1"));
+    }
+    if !(alpha > 0.0 && alpha < 1.0) {
+        return Err(invalid("alpha", "must be in (0, 1)"));
+    }
+    if batch < 1 {
+        return Err(invalid("batch", "must be at least 1"));
+    }
+    Ok(())
 }
 
 /// One input's Monte Carlo certificate.
@@ -108,13 +114,7 @@ pub fn predict(
     alpha: f64,
     batch: i64,
 ) -> Result<Vec<Prediction>, EngineError> {
-    CertifyParams {
-        n0: 1,
-        n,
-        alpha,
-        batch,
-    }
-    .validate()?;
+    validate_sampling(n, alpha, batch)?;
     count_rows(model, inputs, n, sigma, batch)?
         .iter()
         .map(|row| {
@@ -139,10 +139,7 @@ pub fn count_rows(
     sigma: f64,
     batch: i64,
 ) -> Result<Vec<Vec<u64>>, EngineError> {
-    let num = i64::try_from(num).map_err(|_| EngineError::InvalidParam {
-        field: "n",
-        message: "too large".into(),
-    })?;
+    let num = i64::try_from(num).map_err(|_| invalid("n", "too large"))?;
     let counts = model.sample_counts(inputs, num, sigma, batch)?;
     let k = model.num_classes();
     let flat: Vec<i64> = Vec::try_from(counts.flatten(0, -1)).map_err(ModelError::from)?;

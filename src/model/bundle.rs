@@ -135,14 +135,9 @@ impl Bundle {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let write_err = |source| BundleError::Write {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&self.dir).map_err(write_err)?;
-        let tmp = self.dir.join(format!("{MANIFEST}.tmp"));
-        std::fs::write(&tmp, text).map_err(write_err)?;
-        std::fs::rename(&tmp, &path).map_err(write_err)
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|_| crate::fsutil::write_atomic(&path, text.as_bytes()))
+            .map_err(|source| BundleError::Write { path, source })
     }
 
     pub fn num_classes(&self) -> usize {

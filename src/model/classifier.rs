@@ -105,10 +105,6 @@ impl Classifier {
         self.num_classes
     }
 
-    pub fn network(&self) -> &Network {
-        &self.network
-    }
-
     /// The trainable variables of a built-in network.
     pub fn var_store(&self) -> Option<&nn::VarStore> {
         match &self.network {
@@ -125,15 +121,41 @@ impl Classifier {
             .map_err(|e| ModelError::Bundle(format!("{}: {e}", path.display())))
     }
 
+    /// Loads safetensors weights into a built-in network. Every variable must be
+    /// there as f32 with its exact shape, and nothing else: a file for another
+    /// architecture or precision is refused here rather than failing mid-forward.
     pub fn load_weights(&mut self, path: &Path) -> Result<(), ModelError> {
-        match &mut self.network {
-            Network::BuiltIn { vs, .. } => vs
-                .load(path)
-                .map_err(|e| ModelError::Bundle(format!("{}: {e}", path.display()))),
-            Network::TorchScript(_) => Err(ModelError::Bundle(
+        let Network::BuiltIn { vs, .. } = &mut self.network else {
+            return Err(ModelError::Bundle(
                 "TorchScript weights live inside the module".into(),
-            )),
+            ));
+        };
+        let bad = |what: String| ModelError::Bundle(format!("{}: {what}", path.display()));
+        let mut stored: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
+            .map_err(|e| bad(e.to_string()))?
+            .into_iter()
+            .collect();
+        let _guard = tch::no_grad_guard();
+        for (name, mut var) in vs.variables() {
+            let src = stored
+                .remove(&name)
+                .ok_or_else(|| bad(format!("no tensor {name:?}")))?;
+            if src.kind() != Kind::Float || src.size() != var.size() {
+                return Err(bad(format!(
+                    "{name}: {:?} {:?}, expected Float {:?}",
+                    src.kind(),
+                    src.size(),
+                    var.size()
+                )));
+            }
+            var.f_copy_(&src)?;
         }
+        if let Some(extra) = stored.keys().next() {
+            return Err(bad(format!(
+                "unexpected tensor {extra:?} (another architecture?)"
+            )));
+        }
+        Ok(())
     }
 
     /// Logits for pixel-space inputs [B, C, H, W] already on the device.
@@ -169,25 +191,26 @@ impl Classifier {
         sigma: f64,
         batch: i64,
     ) -> Result<Tensor, ModelError> {
+        // Fallible (f_) calls throughout: a batch too large for the device's
+        // memory is an error for the caller, not a panic.
         let _guard = tch::no_grad_guard();
         let b = inputs.size().first().copied().unwrap_or(0);
         let k = self.num_classes as i64;
-        let mut counts = Tensor::zeros([b * k], (Kind::Int64, self.device));
-        if b == 0 || num <= 0 {
-            return Ok(counts.view([b, k]).to_device(Device::Cpu));
-        }
+        let total = b
+            .checked_mul(num)
+            .ok_or_else(|| ModelError::Torch(format!("{b} inputs x {num} samples overflows")))?;
+        let mut counts = Tensor::f_zeros([b * k], (Kind::Int64, self.device))?;
         let batch = batch.max(1);
-        let inputs = inputs.to_device(self.device).to_kind(Kind::Float);
+        let inputs = inputs.f_to_device(self.device)?.f_to_kind(Kind::Float)?;
         let [c, h, w] = self.shape.map(|d| d as i64);
-        let total = b * num;
         let mut start = 0;
         while start < total {
             let end = (start + batch).min(total);
-            let owner = Tensor::arange_start(start, end, (Kind::Int64, self.device))
-                .floor_divide_scalar(num);
-            let mut noisy = Tensor::randn([end - start, c, h, w], (Kind::Float, self.device));
-            let _ = noisy.g_mul_scalar_(sigma);
-            let _ = noisy.g_add_(&inputs.index_select(0, &owner));
+            let owner = Tensor::f_arange_start(start, end, (Kind::Int64, self.device))?
+                .f_floor_divide_scalar(num)?;
+            let mut noisy = Tensor::f_randn([end - start, c, h, w], (Kind::Float, self.device))?;
+            let _ = noisy.f_mul_scalar_(sigma)?;
+            let _ = noisy.f_add_(&inputs.f_index_select(0, &owner)?)?;
             let logits = self.forward_t(&noisy, false)?;
             let size = logits.size();
             if size.len() != 2 || size[1] != k {
@@ -196,11 +219,11 @@ impl Classifier {
                     classes: self.num_classes,
                 });
             }
-            let flat = owner * k + logits.argmax(1, false);
-            let _ = counts.f_add_(&flat.bincount(None::<Tensor>, b * k))?;
+            let flat = owner.f_mul_scalar(k)?.f_add(&logits.f_argmax(1, false)?)?;
+            let _ = counts.f_add_(&flat.f_bincount(None::<Tensor>, b * k)?)?;
             start = end;
         }
-        Ok(counts.view([b, k]).to_device(Device::Cpu))
+        Ok(counts.f_view([b, k])?.f_to_device(Device::Cpu)?)
     }
 
     /// A TorchScript model must map [B, C, H, W] to [B, classes]; fail at load, not per request.
@@ -226,4 +249,59 @@ fn norm_tensors(n: &Normalization, device: Device) -> (Tensor, Tensor) {
             .to_device(device)
     };
     (to(&n.mean), to(&n.std))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cnn() -> Classifier {
+        Classifier::new_builtin(Arch::SmallCnn, [1, 28, 28], 10, None, Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn weights_round_trip_and_foreign_files_are_refused() {
+        let _rng = crate::testing::rng_lock();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let a = cnn();
+        a.save_weights(&path).unwrap();
+        let mut b = cnn();
+        b.load_weights(&path).unwrap();
+        let x = Tensor::rand([3, 1, 28, 28], (Kind::Float, Device::Cpu));
+        assert!(a.logits(&x).unwrap().equal(&b.logits(&x).unwrap()));
+
+        // Another architecture's file.
+        let mut resnet =
+            Classifier::new_builtin(Arch::ResNet20, [1, 28, 28], 10, None, Device::Cpu).unwrap();
+        let err = resnet.load_weights(&path).unwrap_err().to_string();
+        assert!(err.contains("no tensor"), "{err}");
+
+        // The right names in the wrong precision, and a wrong shape.
+        let vars = a.var_store().unwrap().variables();
+        let as_f64: Vec<(String, Tensor)> = vars
+            .iter()
+            .map(|(n, t)| (n.clone(), t.to_kind(Kind::Double)))
+            .collect();
+        Tensor::write_safetensors(&as_f64, &path).unwrap();
+        let err = b.load_weights(&path).unwrap_err().to_string();
+        assert!(err.contains("Double"), "{err}");
+        let reshaped: Vec<(String, Tensor)> = vars
+            .iter()
+            .map(|(n, t)| (n.clone(), t.flatten(0, -1)))
+            .collect();
+        Tensor::write_safetensors(&reshaped, &path).unwrap();
+        assert!(b.load_weights(&path).is_err());
+    }
+
+    #[test]
+    fn sample_counts_reject_impossible_sizes() {
+        let _rng = crate::testing::rng_lock();
+        let m = cnn();
+        let x = Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu));
+        assert!(m.sample_counts(&x, i64::MAX, 0.25, 100).is_err());
+        let counts = m.sample_counts(&x, 7, 0.25, 3).unwrap();
+        assert_eq!(counts.size(), vec![2, 10]);
+        assert_eq!(counts.sum(Kind::Int64).int64_value(&[]), 14);
+    }
 }

@@ -15,6 +15,9 @@ pub struct BenchOptions {
     pub batches: Vec<i64>,
     /// Noisy samples per Monte Carlo measurement (and images per plain one).
     pub samples: u64,
+    /// Measurements per batch size; the median is reported (a noisy machine
+    /// skews single runs).
+    pub repeats: usize,
     pub seed: u64,
 }
 
@@ -37,16 +40,17 @@ pub struct BenchReport {
     pub device: String,
     pub threads: i32,
     pub samples: u64,
+    pub repeats: usize,
     pub rows: Vec<BenchRow>,
 }
 
 impl BenchReport {
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "Monte Carlo throughput, bundle {}, device {}, {} intra-op threads, {} samples per measurement\n\n\
+            "Monte Carlo throughput, bundle {}, device {}, {} intra-op threads, median of {} measurements of {} samples each\n\n\
              | forward batch | plain forward (img/s) | Monte Carlo (noisy passes/s) | MC / plain | MC vs smallest batch |\n\
              |---:|---:|---:|---:|---:|\n",
-            self.bundle, self.device, self.threads, self.samples
+            self.bundle, self.device, self.threads, self.repeats, self.samples
         );
         for r in &self.rows {
             s += &format!(
@@ -73,25 +77,37 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
     let [c, h, w] = bundle.input_shape.map(|d| d as i64);
     tch::manual_seed(opts.seed as i64);
     let one = Tensor::rand([1, c, h, w], (Kind::Float, opts.device));
-    let samples = opts.samples as i64;
+    let samples = i64::try_from(opts.samples)
+        .map_err(|_| PipelineError::Invalid("--samples is too large".into()))?;
     let mut rows: Vec<BenchRow> = Vec::new();
     for &batch in &opts.batches {
-        // Plain forward: the same number of images, in batches of `batch`, no noise.
         let x = Tensor::rand([batch, c, h, w], (Kind::Float, opts.device));
-        let _ = model.logits(&x)?; // warm-up (allocator, kernels)
-        let reps = (samples + batch - 1) / batch;
-        let t = Instant::now();
-        for _ in 0..reps {
-            let _ = model.logits(&x)?.argmax(1, false);
-        }
-        sync(opts.device);
-        let plain = (reps * batch) as f64 / t.elapsed().as_secs_f64();
-
+        // Warm-up: allocator, kernels, thread pool.
+        let _ = model.logits(&x)?;
         let _ = model.sample_counts(&one, batch.min(samples), bundle.sigma(), batch)?;
-        let t = Instant::now();
-        let counts = model.sample_counts(&one, samples, bundle.sigma(), batch)?;
-        let mc = samples as f64 / t.elapsed().as_secs_f64();
-        debug_assert_eq!(counts.sum(Kind::Int64).int64_value(&[]), samples);
+        sync(opts.device);
+        let reps = (samples + batch - 1) / batch;
+        let (mut plain_rates, mut mc_rates) = (Vec::new(), Vec::new());
+        // Interleaved, so that a slow spell of the machine hits both alike.
+        for _ in 0..opts.repeats.max(1) {
+            // Plain forward: the same number of images in batches of `batch`, no noise.
+            let t = Instant::now();
+            for _ in 0..reps {
+                let _ = model.logits(&x)?.argmax(1, false);
+            }
+            sync(opts.device);
+            plain_rates.push((reps * batch) as f64 / t.elapsed().as_secs_f64());
+
+            let t = Instant::now();
+            let counts = model.sample_counts(&one, samples, bundle.sigma(), batch)?;
+            mc_rates.push(samples as f64 / t.elapsed().as_secs_f64());
+            if counts.sum(Kind::Int64).int64_value(&[]) != samples {
+                return Err(PipelineError::Invalid(
+                    "counts do not add up to the samples".into(),
+                ));
+            }
+        }
+        let (plain, mc) = (median(&mut plain_rates), median(&mut mc_rates));
         rows.push(BenchRow {
             batch,
             plain_forward_per_s: plain,
@@ -112,8 +128,14 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
         device: format!("{:?}", opts.device),
         threads: tch::get_num_threads(),
         samples: opts.samples,
+        repeats: opts.repeats.max(1),
         rows,
     })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn sync(device: Device) {

@@ -15,7 +15,7 @@ use std::time::Instant;
 use tch::{Device, Tensor};
 
 /// Which estimate produced a radius. Named in every row, file and report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Cohen et al.'s Monte Carlo CERTIFY: a certificate at level 1 - alpha.
@@ -48,10 +48,14 @@ pub struct CertifyOptions {
 }
 
 /// The parameters a TSV was produced with; a resumed run must match them.
+/// The forward batch and the device are in it because they change which noise
+/// an input draws under a given seed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct RunParams {
     bundle_name: String,
     bundle_version: String,
+    /// Fingerprint of the base weights: a retrained model under the same name is another run.
+    base_weights_fnv1a: String,
     method: Method,
     split: Split,
     skip: usize,
@@ -61,6 +65,8 @@ struct RunParams {
     alpha: f64,
     sigma: f64,
     seed: u64,
+    batch: i64,
+    device: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,6 +83,13 @@ pub struct CertifySummary {
     pub abstention_rate: f64,
     pub median_seconds_per_input: f64,
     pub wall_seconds: f64,
+}
+
+/// FNV-1a, 64 bit: a stable fingerprint of a file's bytes (not a security hash).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn sidecar(out: &Path, suffix: &str) -> PathBuf {
@@ -120,9 +133,12 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         .take(opts.max.unwrap_or(usize::MAX))
         .collect();
 
+    let base_path = bundle.base_path();
+    let base_bytes = std::fs::read(&base_path).map_err(io_err(&base_path))?;
     let run = RunParams {
         bundle_name: bundle.name.clone(),
         bundle_version: bundle.version.clone(),
+        base_weights_fnv1a: format!("{:016x}", fnv1a(&base_bytes)),
         method: opts.method,
         split: opts.split,
         skip: opts.skip,
@@ -132,12 +148,23 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         alpha: opts.params.alpha,
         sigma: bundle.sigma(),
         seed: opts.seed,
+        batch: opts.params.batch,
+        device: format!("{:?}", opts.device),
     };
     if let Some(parent) = opts.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
     let params_path = sidecar(&opts.out, "params.json");
-    if params_path.exists() && opts.out.exists() {
+    let has_rows = std::fs::read_to_string(&opts.out).is_ok_and(|t| t.lines().count() > 1);
+    if has_rows && !params_path.exists() {
+        return Err(PipelineError::Invalid(format!(
+            "{} holds rows but {} is missing, so they cannot be checked against this run; \
+             remove the TSV or choose another --out",
+            opts.out.display(),
+            params_path.display()
+        )));
+    }
+    if has_rows {
         let text = std::fs::read_to_string(&params_path).map_err(io_err(&params_path))?;
         let previous: RunParams = serde_json::from_str(&text)
             .map_err(|e| PipelineError::Invalid(format!("{}: {e}", params_path.display())))?;
@@ -235,7 +262,6 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
     bar.finish_and_clear();
     file.sync_all().map_err(io_err(&opts.out))?;
 
-    rows.retain(|r| indices.binary_search(&r.idx).is_ok());
     let curve = summarize(opts.method.as_str(), &rows, &[0.0]);
     let summary = CertifySummary {
         out: opts.out.clone(),

@@ -43,19 +43,11 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PipelineErro
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so readers
-/// (and a resumed run) only ever see a complete file.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PipelineError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
-}
-
 /// Writes a machine-readable JSON summary atomically.
 pub(crate) fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), PipelineError> {
     let text = serde_json::to_vec_pretty(value)
         .map_err(|e| PipelineError::Invalid(format!("serializing {}: {e}", path.display())))?;
-    write_atomic(path, &text)
+    crate::fsutil::write_atomic(path, &text).map_err(io_err(path))
 }
 
 /// A progress bar on stderr with rate and ETA; hidden when stderr is not a terminal

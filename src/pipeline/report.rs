@@ -57,8 +57,6 @@ pub struct Curve {
     /// Fraction of rows with predict == -1.
     pub abstention_rate: f64,
     pub median_seconds: f64,
-    /// Fraction of rows with predict == label.
-    pub clean_accuracy_of_prediction: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,7 +193,6 @@ pub fn summarize(name: &str, rows: &[CertRow], radii: &[f64]) -> Curve {
         acr: if n == 0 { 0.0 } else { acr_sum / n as f64 },
         abstention_rate: frac(rows.iter().filter(|r| r.predict == -1).count()),
         median_seconds: median(rows.iter().map(|r| r.time).collect()),
-        clean_accuracy_of_prediction: frac(rows.iter().filter(|r| r.predict == r.label).count()),
     }
 }
 
@@ -215,6 +212,10 @@ struct FileReport {
     /// (radius, certified accuracy) every `curve_step` from 0 to the largest
     /// radius over all files, for plotting.
     curve: Vec<(f64, f64)>,
+    /// The run's parameters (n0, n, alpha, sigma, ...) from the `<stem>.params.json`
+    /// that `certify` writes beside its TSV, when it is there: the level a
+    /// certificate holds at is part of what it says.
+    run_params: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -297,6 +298,7 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
             methods: method_counts,
             abstain_reasons: reasons,
             max_radius: sorted.last().copied().unwrap_or(0.0),
+            run_params: read_run_params(path),
             curve: grid
                 .iter()
                 .map(|&r| (r, fraction_at(&sorted, rows.len(), r)))
@@ -317,7 +319,7 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
         path: json_path.clone(),
         source: e.into(),
     })?;
-    write_atomic(&json_path, &json)?;
+    crate::fsutil::write_atomic(&json_path, &json).map_err(io_err(&json_path))?;
 
     let plot: Vec<PlotCurve> = all_rows
         .iter()
@@ -344,7 +346,7 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
         path: png_path.clone(),
         detail,
     })?;
-    write_atomic(&png_path, &png)?;
+    crate::fsutil::write_atomic(&png_path, &png).map_err(io_err(&png_path))?;
 
     Ok(markdown(&report.files, &opts.radii, &all_rows))
 }
@@ -367,9 +369,16 @@ fn escape_md(s: &str) -> String {
     s.replace('|', "\\|")
 }
 
+/// `certify`'s parameter sidecar for `path` (`x.tsv` -> `x.params.json`), if any.
+fn read_run_params(path: &Path) -> Option<serde_json::Value> {
+    let stem = path.file_stem()?.to_str()?;
+    let text = std::fs::read_to_string(path.with_file_name(format!("{stem}.params.json"))).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 fn markdown(files: &[FileReport], radii: &[f64], all_rows: &[Vec<CertRow>]) -> String {
     let mut head = vec!["file".to_string(), "method".into(), "inputs".into()];
-    head.extend(radii.iter().map(|r| format!("r = {r:.2}")));
+    head.extend(radii.iter().map(|r| format!("r = {r}")));
     head.extend(["ACR".into(), "abstain %".into(), "median s/input".into()]);
     let mut out = format!("| {} |\n", head.join(" | "));
     let align: Vec<&str> = head
@@ -401,6 +410,19 @@ fn markdown(files: &[FileReport], radii: &[f64], all_rows: &[Vec<CertRow>]) -> S
     out.push_str(
         "\nColumns r = ...: certified accuracy (%) at that L2 radius; ACR: average certified radius.\n",
     );
+    for f in files {
+        if let Some(p) = &f.run_params {
+            let field = |k: &str| p.get(k).map_or("?".to_string(), |v| v.to_string());
+            out.push_str(&format!(
+                "{}: n0 = {}, n = {}, alpha = {}, sigma = {}\n",
+                escape_md(&f.summary.name),
+                field("n0"),
+                field("n"),
+                field("alpha"),
+                field("sigma")
+            ));
+        }
+    }
     if any_estimate {
         out.push_str(
             "Radii marked (estimate) come from the surrogate: estimates of the Monte Carlo \
@@ -408,14 +430,6 @@ fn markdown(files: &[FileReport], radii: &[f64], all_rows: &[Vec<CertRow>]) -> S
         );
     }
     out
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
 /// One file's curve for the plot.
@@ -639,7 +653,6 @@ mod tests {
         assert!((c.abstention_rate - 0.375).abs() < 1e-12);
         // Times sorted: 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 -> median (0.4 + 0.5) / 2.
         assert!((c.median_seconds - 0.45).abs() < 1e-12);
-        assert!((c.clean_accuracy_of_prediction - 0.5).abs() < 1e-12);
 
         // Odd count, mixed methods.
         let mut odd = rows();
@@ -708,7 +721,7 @@ mod tests {
 
         let lines: Vec<&str> = md.lines().collect();
         assert!(
-            lines[0].starts_with("| file | method | inputs | r = 0.00 | r = 0.25"),
+            lines[0].starts_with("| file | method | inputs | r = 0 | r = 0.25"),
             "{md}"
         );
         assert!(

@@ -179,15 +179,29 @@ impl Adam {
         let _guard = tch::no_grad_guard();
         for ((name, _), (m, v)) in self.params.iter().zip(self.m.iter_mut().zip(&mut self.v)) {
             for (prefix, dst) in [("m", m), ("v", v)] {
-                let src = tensors.get(&format!("{prefix}.{name}")).ok_or_else(|| {
-                    PipelineError::Invalid(format!("{}: no {prefix}.{name}", path.display()))
-                })?;
-                dst.copy_(src);
+                let key = format!("{prefix}.{name}");
+                let src = tensors
+                    .get(&key)
+                    .filter(|t| t.size() == dst.size())
+                    .ok_or_else(|| {
+                        PipelineError::Invalid(format!(
+                            "{}: {key} missing or of the wrong shape",
+                            path.display()
+                        ))
+                    })?;
+                dst.f_copy_(src)?;
             }
         }
         self.step = step;
         Ok(())
     }
+}
+
+/// The seed of one epoch's shuffling and noise, distinct from the
+/// initialisation's (`seed` itself) and from every other epoch's.
+fn epoch_seed(seed: u64, epoch: usize) -> i64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(epoch as u64 + 1) as i64
 }
 
 /// Cosine decay over the whole run, a function of the epoch alone (resumable).
@@ -252,8 +266,13 @@ pub enum TrainOutcome {
 }
 
 pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError> {
-    if !(opts.sigma >= 0.0 && opts.sigma.is_finite()) {
-        return Err(PipelineError::Invalid("--sigma must be >= 0".into()));
+    // Checked before any work: a bundle needs sigma > 0, and finding out after
+    // the last epoch would waste the whole run.
+    if !(opts.sigma > 0.0 && opts.sigma.is_finite()) {
+        return Err(PipelineError::Invalid(format!(
+            "--sigma must be > 0, got {}",
+            opts.sigma
+        )));
     }
     if opts.epochs == 0 || opts.batch_size == 0 {
         return Err(PipelineError::Invalid(
@@ -330,7 +349,7 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
         let started = Instant::now();
         // Seeded per epoch: shuffling and noise of epoch e are the same whether or not
         // the run was interrupted before it.
-        tch::manual_seed(opts.seed.wrapping_add(epoch as u64) as i64);
+        tch::manual_seed(epoch_seed(opts.seed, epoch));
         let lr = learning_rate(opts.learning_rate, epoch, opts.epochs);
         let perm = Tensor::randperm(n, (Kind::Int64, opts.device));
         let bar = progress_bar(

@@ -1,0 +1,116 @@
+//! The `smoothcert` binary as a user runs it: it starts without any
+//! LD_LIBRARY_PATH (libtorch is found through the rpath), chains
+//! certify -> report, and fails with a message that names the problem.
+use smoothcert::testing::write_threshold_bundle;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn smoothcert(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_smoothcert"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("LD_LIBRARY_PATH")
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .expect("run smoothcert")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn info_runs_without_library_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = smoothcert(&["info"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("cuda available:"), "{}", text(&out));
+}
+
+#[test]
+fn certify_then_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    write_threshold_bundle(&bundle, [1, 28, 28], 0.5, 0.25);
+    let b = bundle.to_str().unwrap();
+    let out = smoothcert(
+        &[
+            "certify",
+            "--bundle",
+            b,
+            "--method",
+            "mc",
+            "--split",
+            "test",
+            "--skip",
+            "100",
+            "--max",
+            "3",
+            "--n0",
+            "20",
+            "--n",
+            "500",
+            "--batch",
+            "256",
+            "--device",
+            "cpu",
+            "--out",
+            "out/mc.tsv",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let tsv = std::fs::read_to_string(dir.path().join("out/mc.tsv")).unwrap();
+    assert_eq!(tsv.lines().count(), 4, "{tsv}");
+    assert!(tsv
+        .starts_with("idx\tlabel\tpredict\tradius\tcorrect\ttime\tmethod\tcount_a\tn\tp_a_lower"));
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/mc.summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["inputs"], 3);
+    assert_eq!(summary["method"], "mc");
+
+    let out = smoothcert(&["report", "out/mc.tsv", "--out-dir", "rep"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("| mc |") || stdout.contains("mc"),
+        "{stdout}"
+    );
+    for f in ["rep/report.json", "rep/certified_accuracy.png"] {
+        assert!(dir.path().join(f).exists(), "{f} missing");
+    }
+}
+
+#[test]
+fn bad_inputs_fail_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = smoothcert(
+        &["certify", "--bundle", "nowhere", "--out", "x.tsv"],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("nowhere/model.toml"), "{}", text(&out));
+
+    let out = smoothcert(
+        &[
+            "certify", "--bundle", "b", "--out", "x.tsv", "--method", "guess",
+        ],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--method"), "{}", text(&out));
+
+    let out = smoothcert(&["train-base", "--out", "b", "--arch", "vgg"], dir.path());
+    assert!(!out.status.success());
+    assert!(text(&out).contains("small-cnn"), "{}", text(&out));
+
+    let out = smoothcert(&["report", "missing.tsv", "--out-dir", "r"], dir.path());
+    assert!(!out.status.success());
+    assert!(text(&out).contains("missing.tsv"), "{}", text(&out));
+}
