@@ -18,3 +18,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()?;
     std::fs::rename(&tmp, path)
 }
+
+/// FNV-1a (64 bit) of a file's bytes, in hex: a stable fingerprint that tells
+/// one set of weights from another (not a security hash).
+pub fn fingerprint(path: &Path) -> std::io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    Ok(format!("{hash:016x}"))
+}

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use smoothcert::data::{DatasetKind, Split};
 use smoothcert::engine::CertifyParams;
 use smoothcert::model::{cuda_status, parse_device, Arch};
-use smoothcert::pipeline::{bench, certify, report, train};
+use smoothcert::pipeline::{bench, certify, counts, report, train};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -52,6 +52,49 @@ enum Command {
         #[arg(long)]
         pause_after: Option<usize>,
         /// The bundle directory to write (holds the checkpoint while training).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Monte Carlo class counts over N noisy copies of each input (surrogate training data).
+    SampleCounts {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long, default_value = "train")]
+        split: Split,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 100_000)]
+        n: u64,
+        /// Every K-th input.
+        #[arg(long, default_value_t = 1)]
+        skip: usize,
+        /// At most M inputs (before sharding).
+        #[arg(long)]
+        max: Option<usize>,
+        /// i/k: this process's share, the inputs at positions p with p % k == i.
+        #[arg(long)]
+        shard: Option<counts::Shard>,
+        /// Inputs per chunk file, the unit of resumption.
+        #[arg(long, default_value_t = 50)]
+        chunk: usize,
+        /// Forward batch size.
+        #[arg(long, default_value_t = 1000)]
+        batch: i64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Sample at most K chunks now, then stop; rerun to continue.
+        #[arg(long)]
+        pause_after: Option<usize>,
+        /// Output safetensors file (chunks collect in FILE.parts/ until done).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Join count shards of one run into one file.
+    MergeCounts {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -234,6 +277,65 @@ fn main() -> Result<()> {
                 100.0 * s.certified_accuracy_at_0,
                 100.0 * s.abstention_rate,
                 s.median_seconds_per_input
+            );
+        }
+        Command::SampleCounts {
+            bundle,
+            split,
+            data_dir,
+            n,
+            skip,
+            max,
+            shard,
+            chunk,
+            batch,
+            seed,
+            device: dev,
+            pause_after,
+            out,
+        } => {
+            let opts = counts::SampleCountsOptions {
+                bundle,
+                split,
+                data_dir,
+                n,
+                skip,
+                max,
+                shard,
+                chunk,
+                batch,
+                seed,
+                device: device(&dev)?,
+                out,
+                pause_after,
+                show_progress,
+            };
+            match counts::sample_counts(&opts).context("sample-counts failed")? {
+                counts::SampleOutcome::Finished(s) => println!(
+                    "{}: {} inputs x {} samples ({} chunks, {} resumed); {:.0} noisy passes/s",
+                    s.out.display(),
+                    s.inputs,
+                    s.n,
+                    s.chunks,
+                    s.chunks_resumed,
+                    s.passes_per_second
+                ),
+                counts::SampleOutcome::Paused {
+                    chunks_done,
+                    chunks,
+                } => println!(
+                    "paused with {chunks_done}/{chunks} chunks; rerun the same command to continue"
+                ),
+            }
+        }
+        Command::MergeCounts { files, out } => {
+            let merged = counts::merge_counts(&files, &out).context("merge-counts failed")?;
+            println!(
+                "{}: {} inputs x {} samples from {} file(s)",
+                out.display(),
+                merged.len(),
+                merged.meta.n,
+                files.len()
             );
         }
         Command::Report {

@@ -114,3 +114,68 @@ fn bad_inputs_fail_with_a_clear_message() {
     assert!(!out.status.success());
     assert!(text(&out).contains("missing.tsv"), "{}", text(&out));
 }
+
+/// A real interruption: the process is killed once its first chunk is on
+/// disk; the rerun keeps that chunk and finishes the rest.
+#[test]
+fn sample_counts_survives_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fashion-mnist-sigma0.25");
+    let args = [
+        "sample-counts",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--split",
+        "test",
+        "--skip",
+        "500",
+        "--n",
+        "4000",
+        "--chunk",
+        "2",
+        "--batch",
+        "100",
+        "--device",
+        "cpu",
+        "--out",
+        "c.safetensors",
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smoothcert"))
+        .args(args)
+        .current_dir(dir.path())
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = dir
+        .path()
+        .join("c.safetensors.parts/chunk-000000.safetensors");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !first.exists() {
+        assert!(std::time::Instant::now() < deadline, "no chunk written");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !dir.path().join("c.safetensors").exists(),
+        "finished before the kill: the test needs a longer run"
+    );
+    let kept = smoothcert::pipeline::counts::Counts::read(&first).unwrap();
+
+    let out = smoothcert(&args, dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let all =
+        smoothcert::pipeline::counts::Counts::read(&dir.path().join("c.safetensors")).unwrap();
+    assert_eq!(all.len(), 20);
+    assert_eq!(&all.indices[..2], &kept.indices[..]);
+    assert_eq!(&all.counts[..20], &kept.counts[..]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("c.summary.json")).unwrap())
+            .unwrap();
+    assert!(
+        summary["chunks_resumed"].as_u64().unwrap() >= 1,
+        "{summary}"
+    );
+}

@@ -149,6 +149,13 @@ pub fn count_rows(
         .collect())
 }
 
+/// The seed an input's noise is drawn under, from the run's seed and the
+/// input's index: an input gets the same noise whichever inputs ran before
+/// it, so resumed, sharded and uninterrupted runs agree row for row.
+pub fn input_seed(seed: u64, idx: usize) -> i64 {
+    (seed ^ (idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64
+}
+
 /// Indices of the largest and second-largest counts; ties go to the lower class index.
 pub fn top_two(counts: &[u64]) -> (usize, Option<usize>) {
     let mut order: Vec<usize> = (0..counts.len()).collect();

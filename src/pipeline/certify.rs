@@ -85,24 +85,12 @@ pub struct CertifySummary {
     pub wall_seconds: f64,
 }
 
-/// FNV-1a, 64 bit: a stable fingerprint of a file's bytes (not a security hash).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 fn sidecar(out: &Path, suffix: &str) -> PathBuf {
     let stem = out
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("certify");
     out.with_file_name(format!("{stem}.{suffix}"))
-}
-
-/// A seed per input, so an input's noise does not depend on which inputs ran before it.
-fn input_seed(seed: u64, idx: usize) -> i64 {
-    (seed ^ (idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64
 }
 
 pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
@@ -134,11 +122,10 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         .collect();
 
     let base_path = bundle.base_path();
-    let base_bytes = std::fs::read(&base_path).map_err(io_err(&base_path))?;
     let run = RunParams {
         bundle_name: bundle.name.clone(),
         bundle_version: bundle.version.clone(),
-        base_weights_fnv1a: format!("{:016x}", fnv1a(&base_bytes)),
+        base_weights_fnv1a: crate::fsutil::fingerprint(&base_path).map_err(io_err(&base_path))?,
         method: opts.method,
         split: opts.split,
         skip: opts.skip,
@@ -206,7 +193,7 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
     let started = Instant::now();
     let mut rows = done;
     for idx in todo {
-        tch::manual_seed(input_seed(opts.seed, idx));
+        tch::manual_seed(engine::input_seed(opts.seed, idx));
         let t0 = Instant::now();
         let x = Tensor::from_slice(ds.image(idx))
             .view([1, c, h, w])

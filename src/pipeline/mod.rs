@@ -1,6 +1,7 @@
-//! The offline pipeline: `train-base`, `certify`, `report`, `bench`.
+//! The offline pipeline: `train-base`, `sample-counts`, `certify`, `report`, `bench`.
 pub mod bench;
 pub mod certify;
+pub mod counts;
 pub mod report;
 pub mod train;
 pub mod tsv;

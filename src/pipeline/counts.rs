@@ -1,0 +1,474 @@
+//! `sample-counts` and `merge-counts`: the Monte Carlo class-count vectors the
+//! surrogate learns from. The costly one-time step, so it is sharded
+//! (`--shard i/k` takes every k-th input from the i-th), resumable (inputs are
+//! sampled in chunks, each written atomically and never redone), and
+//! reproducible (each input draws its noise from its own seed, so sharding
+//! and interruptions do not change a single count).
+use super::{io_err, progress_bar, write_json, PipelineError};
+use crate::data::{self, DatasetKind, Split};
+use crate::engine;
+use crate::model::{Bundle, Classifier};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Tensor};
+
+const META_KEY: &str = "smoothcert";
+const FORMAT: u32 = 1;
+
+/// A shard `index/count`: the inputs at positions p with p % count == index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (i, k) = s
+            .split_once('/')
+            .ok_or_else(|| format!("shard {s:?}: expected i/k, e.g. 0/4"))?;
+        let parse = |v: &str| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("shard {s:?}: {v:?} is not a number"))
+        };
+        let (index, count) = (parse(i)?, parse(k)?);
+        if count == 0 || index >= count {
+            return Err(format!("shard {s:?}: need 0 <= i < k"));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// What a counts file holds counts of; stored as JSON in the safetensors metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountsMeta {
+    pub format: u32,
+    pub bundle: String,
+    pub base_weights_fnv1a: String,
+    pub dataset: DatasetKind,
+    pub split: Split,
+    pub n: u64,
+    pub sigma: f64,
+    pub seed: u64,
+    pub num_classes: usize,
+    pub skip: usize,
+    pub max: Option<usize>,
+    /// `None` for a whole (or merged) set.
+    pub shard: Option<Shard>,
+}
+
+impl CountsMeta {
+    /// Everything but the shard must agree for two files to be merged.
+    fn same_run(&self, other: &CountsMeta) -> bool {
+        CountsMeta {
+            shard: None,
+            ..self.clone()
+        } == CountsMeta {
+            shard: None,
+            ..other.clone()
+        }
+    }
+}
+
+/// Counts of `num_classes` classes over `meta.n` noisy copies of each input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Counts {
+    pub meta: CountsMeta,
+    /// Dataset indices, ascending.
+    pub indices: Vec<i64>,
+    /// Row-major [indices.len(), num_classes].
+    pub counts: Vec<i32>,
+}
+
+impl Counts {
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    pub fn row(&self, i: usize) -> &[i32] {
+        let k = self.meta.num_classes;
+        &self.counts[i * k..(i + 1) * k]
+    }
+
+    pub fn write(&self, path: &Path) -> Result<(), PipelineError> {
+        let k = self.meta.num_classes;
+        let count_bytes: Vec<u8> = self.counts.iter().flat_map(|c| c.to_le_bytes()).collect();
+        let index_bytes: Vec<u8> = self.indices.iter().flat_map(|i| i.to_le_bytes()).collect();
+        let bad = |e: safetensors::SafeTensorError| {
+            PipelineError::Invalid(format!("{}: {e}", path.display()))
+        };
+        let views = [
+            (
+                "counts",
+                TensorView::new(Dtype::I32, vec![self.len(), k], &count_bytes).map_err(bad)?,
+            ),
+            (
+                "indices",
+                TensorView::new(Dtype::I64, vec![self.len()], &index_bytes).map_err(bad)?,
+            ),
+        ];
+        let meta =
+            serde_json::to_string(&self.meta).map_err(|e| PipelineError::Invalid(e.to_string()))?;
+        let bytes =
+            safetensors::serialize(views, Some(HashMap::from([(META_KEY.to_string(), meta)])))
+                .map_err(bad)?;
+        crate::fsutil::write_atomic(path, &bytes).map_err(io_err(path))
+    }
+
+    pub fn read(path: &Path) -> Result<Counts, PipelineError> {
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let bad = |what: String| PipelineError::Invalid(format!("{}: {what}", path.display()));
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let meta_json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(META_KEY))
+            .ok_or_else(|| bad("not a smoothcert counts file (no metadata)".into()))?;
+        let meta: CountsMeta = serde_json::from_str(meta_json).map_err(|e| bad(e.to_string()))?;
+        if meta.format != FORMAT {
+            return Err(bad(format!(
+                "format {} (this build reads {FORMAT})",
+                meta.format
+            )));
+        }
+        let counts = st.tensor("counts").map_err(|e| bad(e.to_string()))?;
+        let indices = st.tensor("indices").map_err(|e| bad(e.to_string()))?;
+        let m = indices.shape().first().copied().unwrap_or(0);
+        if counts.dtype() != Dtype::I32
+            || indices.dtype() != Dtype::I64
+            || counts.shape() != [m, meta.num_classes]
+        {
+            return Err(bad(format!(
+                "tensors counts {:?} {:?} / indices {:?} {:?} do not match {} classes",
+                counts.dtype(),
+                counts.shape(),
+                indices.dtype(),
+                indices.shape(),
+                meta.num_classes
+            )));
+        }
+        let counts: Vec<i32> = counts
+            .data()
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let indices: Vec<i64> = indices
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default()))
+            .collect();
+        let out = Counts {
+            meta,
+            indices,
+            counts,
+        };
+        out.check().map_err(bad)?;
+        Ok(out)
+    }
+
+    /// Rows sum to n and indices ascend: what every consumer relies on.
+    fn check(&self) -> Result<(), String> {
+        if self.indices.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("indices are not strictly ascending".into());
+        }
+        for i in 0..self.len() {
+            let sum: i64 = self.row(i).iter().map(|&c| i64::from(c)).sum();
+            if sum != self.meta.n as i64 || self.row(i).iter().any(|&c| c < 0) {
+                return Err(format!(
+                    "row of input {} sums to {sum}, not n = {}",
+                    self.indices[i], self.meta.n
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SampleCountsOptions {
+    pub bundle: PathBuf,
+    pub split: Split,
+    pub data_dir: Option<PathBuf>,
+    pub n: u64,
+    pub skip: usize,
+    pub max: Option<usize>,
+    pub shard: Option<Shard>,
+    /// Inputs per chunk file: the unit of resumption.
+    pub chunk: usize,
+    pub batch: i64,
+    pub seed: u64,
+    pub device: Device,
+    pub out: PathBuf,
+    /// Sample at most this many chunks now, then stop (a later run continues).
+    pub pause_after: Option<usize>,
+    pub show_progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleCountsSummary {
+    pub out: PathBuf,
+    pub inputs: usize,
+    pub n: u64,
+    pub shard: Option<Shard>,
+    pub chunks: usize,
+    pub chunks_resumed: usize,
+    pub noisy_passes_this_run: u64,
+    pub wall_seconds: f64,
+    pub passes_per_second: f64,
+}
+
+#[derive(Debug, Clone)]
+pub enum SampleOutcome {
+    Finished(SampleCountsSummary),
+    Paused { chunks_done: usize, chunks: usize },
+}
+
+fn parts_dir(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".parts");
+    out.with_file_name(name)
+}
+
+fn chunk_path(parts: &Path, j: usize) -> PathBuf {
+    parts.join(format!("chunk-{j:06}.safetensors"))
+}
+
+pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, PipelineError> {
+    if opts.n == 0 || opts.n > i32::MAX as u64 {
+        return Err(PipelineError::Invalid(format!(
+            "--n must be in 1..={}",
+            i32::MAX
+        )));
+    }
+    if opts.skip == 0 || opts.chunk == 0 || opts.batch < 1 {
+        return Err(PipelineError::Invalid(
+            "--skip, --chunk and --batch must be at least 1".into(),
+        ));
+    }
+    let bundle = Bundle::load(&opts.bundle)?;
+    let dataset = bundle.provenance.dataset.ok_or_else(|| {
+        PipelineError::Invalid(format!(
+            "{}: model.toml names no provenance.dataset",
+            opts.bundle.display()
+        ))
+    })?;
+    let data_dir = opts
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| dataset.default_dir());
+    let ds = data::load(dataset, &data_dir, opts.split)?;
+    if ds.shape != bundle.input_shape {
+        return Err(PipelineError::Invalid(format!(
+            "dataset images are {:?} but the model expects {:?}",
+            ds.shape, bundle.input_shape
+        )));
+    }
+    let base = bundle.base_path();
+    let meta = CountsMeta {
+        format: FORMAT,
+        bundle: bundle.name.clone(),
+        base_weights_fnv1a: crate::fsutil::fingerprint(&base).map_err(io_err(&base))?,
+        dataset,
+        split: opts.split,
+        n: opts.n,
+        sigma: bundle.sigma(),
+        seed: opts.seed,
+        num_classes: bundle.num_classes(),
+        skip: opts.skip,
+        max: opts.max,
+        shard: opts.shard,
+    };
+    let indices: Vec<usize> = (0..ds.len())
+        .step_by(opts.skip)
+        .take(opts.max.unwrap_or(usize::MAX))
+        .enumerate()
+        .filter(|(pos, _)| opts.shard.is_none_or(|s| pos % s.count == s.index))
+        .map(|(_, idx)| idx)
+        .collect();
+    let chunks: Vec<&[usize]> = indices.chunks(opts.chunk).collect();
+
+    let parts = parts_dir(&opts.out);
+    std::fs::create_dir_all(&parts).map_err(io_err(&parts))?;
+    // The run's parameters (and chunk size) pin what every chunk file means.
+    let params_path = parts.join("params.json");
+    let params = serde_json::json!({ "meta": &meta, "chunk": opts.chunk });
+    if params_path.exists() {
+        let text = std::fs::read_to_string(&params_path).map_err(io_err(&params_path))?;
+        let previous: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| PipelineError::Invalid(format!("{}: {e}", params_path.display())))?;
+        if previous != params {
+            return Err(PipelineError::Invalid(format!(
+                "{} belongs to a run with other parameters ({previous}); \
+                 remove it or choose another --out",
+                parts.display()
+            )));
+        }
+    } else {
+        write_json(&params_path, &params)?;
+    }
+
+    let todo: Vec<usize> = (0..chunks.len())
+        .filter(|&j| !chunk_path(&parts, j).exists())
+        .collect();
+    let resumed = chunks.len() - todo.len();
+    if resumed > 0 {
+        tracing::info!(resumed, remaining = todo.len(), "resuming sample-counts");
+    }
+    let model = Classifier::load(&bundle, opts.device)?;
+    let [c, h, w] = bundle.input_shape.map(|d| d as i64);
+    let todo_inputs: usize = todo.iter().map(|&j| chunks[j].len()).sum();
+    let bar = progress_bar(todo_inputs as u64, "sample-counts");
+    if !opts.show_progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let started = Instant::now();
+    let mut passes = 0u64;
+    let limit = opts.pause_after.unwrap_or(usize::MAX);
+    for &j in todo.iter().take(limit) {
+        let mut rows = Vec::with_capacity(chunks[j].len() * meta.num_classes);
+        for &idx in chunks[j] {
+            tch::manual_seed(engine::input_seed(opts.seed, idx));
+            let x = Tensor::from_slice(ds.image(idx)).view([1, c, h, w]);
+            let counts = engine::count_rows(&model, &x, opts.n, bundle.sigma(), opts.batch)?;
+            rows.extend(counts.iter().flatten().map(|&v| v as i32));
+            passes += opts.n;
+            bar.inc(1);
+            bar.set_message(format!(
+                "{:.0} noisy passes/s",
+                passes as f64 / started.elapsed().as_secs_f64()
+            ));
+        }
+        let chunk = Counts {
+            meta: meta.clone(),
+            indices: chunks[j].iter().map(|&i| i as i64).collect(),
+            counts: rows,
+        };
+        chunk.write(&chunk_path(&parts, j))?;
+    }
+    bar.finish_and_clear();
+    let chunks_done = (0..chunks.len())
+        .filter(|&j| chunk_path(&parts, j).exists())
+        .count();
+    if chunks_done < chunks.len() {
+        return Ok(SampleOutcome::Paused {
+            chunks_done,
+            chunks: chunks.len(),
+        });
+    }
+
+    // Every chunk is there: join them into the output, then drop the parts.
+    let mut all = Counts {
+        meta: meta.clone(),
+        indices: Vec::with_capacity(indices.len()),
+        counts: Vec::with_capacity(indices.len() * meta.num_classes),
+    };
+    for j in 0..chunks.len() {
+        let part = Counts::read(&chunk_path(&parts, j))?;
+        if part.meta != meta {
+            return Err(PipelineError::Invalid(format!(
+                "{} was written by another run",
+                chunk_path(&parts, j).display()
+            )));
+        }
+        all.indices.extend(part.indices);
+        all.counts.extend(part.counts);
+    }
+    all.check().map_err(PipelineError::Invalid)?;
+    all.write(&opts.out)?;
+    std::fs::remove_dir_all(&parts).map_err(io_err(&parts))?;
+    let wall = started.elapsed().as_secs_f64();
+    let summary = SampleCountsSummary {
+        out: opts.out.clone(),
+        inputs: all.len(),
+        n: opts.n,
+        shard: opts.shard,
+        chunks: chunks.len(),
+        chunks_resumed: resumed,
+        noisy_passes_this_run: passes,
+        wall_seconds: wall,
+        passes_per_second: passes as f64 / wall.max(1e-9),
+    };
+    write_json(&summary_path(&opts.out), &summary)?;
+    Ok(SampleOutcome::Finished(summary))
+}
+
+fn summary_path(out: &Path) -> PathBuf {
+    let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("counts");
+    out.with_file_name(format!("{stem}.summary.json"))
+}
+
+/// Joins shards of one run into one file; refuses shards of different runs and
+/// overlapping inputs. Missing shards are reported, not invented.
+pub fn merge_counts(files: &[PathBuf], out: &Path) -> Result<Counts, PipelineError> {
+    let first = files
+        .first()
+        .ok_or_else(|| PipelineError::Invalid("merge-counts needs at least one file".into()))?;
+    let parts: Vec<Counts> = files
+        .iter()
+        .map(|f| Counts::read(f))
+        .collect::<Result<_, _>>()?;
+    let meta = parts[0].meta.clone();
+    for (file, part) in files.iter().zip(&parts) {
+        if !part.meta.same_run(&meta) {
+            return Err(PipelineError::Invalid(format!(
+                "{} is from another run than {} ({:?} vs {:?})",
+                file.display(),
+                first.display(),
+                part.meta,
+                meta
+            )));
+        }
+    }
+    let mut rows: Vec<(i64, &[i32])> = Vec::new();
+    for part in &parts {
+        rows.extend((0..part.len()).map(|i| (part.indices[i], part.row(i))));
+    }
+    rows.sort_by_key(|r| r.0);
+    if let Some(w) = rows.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(PipelineError::Invalid(format!(
+            "input {} appears in more than one file: shards overlap",
+            w[0].0
+        )));
+    }
+    let shard_indices: BTreeSet<usize> = parts
+        .iter()
+        .filter_map(|p| p.meta.shard)
+        .map(|s| s.index)
+        .collect();
+    if let Some(of) = meta.shard.map(|s| s.count) {
+        if shard_indices.len() < of {
+            tracing::warn!(
+                have = shard_indices.len(),
+                of,
+                "merging an incomplete set of shards"
+            );
+        }
+    }
+    let merged = Counts {
+        meta: CountsMeta {
+            shard: None,
+            ..meta
+        },
+        indices: rows.iter().map(|r| r.0).collect(),
+        counts: rows.iter().flat_map(|r| r.1.iter().copied()).collect(),
+    };
+    merged.check().map_err(PipelineError::Invalid)?;
+    merged.write(out)?;
+    Ok(merged)
+}

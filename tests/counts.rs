@@ -1,0 +1,156 @@
+//! `sample-counts` / `merge-counts`: counts agree with the closed form of a
+//! linear model, shards merge into exactly the unsharded result, a paused run
+//! resumes without redoing chunks, and mismatched or overlapping files are refused.
+use smoothcert::data::Split;
+use smoothcert::pipeline::counts::{
+    merge_counts, sample_counts, Counts, SampleCountsOptions, SampleOutcome, Shard,
+};
+use smoothcert::testing::{phi, rng_lock, write_threshold_bundle};
+use std::path::Path;
+use tch::Device;
+
+const N: u64 = 3_000;
+const SIGMA: f64 = 0.25;
+
+fn opts(bundle: &Path, out: &Path) -> SampleCountsOptions {
+    SampleCountsOptions {
+        bundle: bundle.to_path_buf(),
+        split: Split::Test,
+        data_dir: None,
+        n: N,
+        skip: 500,
+        max: None,
+        shard: None,
+        chunk: 7,
+        batch: 512,
+        seed: 3,
+        device: Device::Cpu,
+        out: out.to_path_buf(),
+        pause_after: None,
+        show_progress: false,
+    }
+}
+
+fn finished(o: &SampleCountsOptions) -> Counts {
+    match sample_counts(o).unwrap() {
+        SampleOutcome::Finished(s) => assert_eq!(s.out, o.out),
+        other => panic!("expected a finished run, got {other:?}"),
+    }
+    Counts::read(&o.out).unwrap()
+}
+
+#[test]
+fn counts_shards_resume_and_merge() {
+    let _rng = rng_lock();
+    let root = tempfile::tempdir().unwrap();
+    let bundle = root.path().join("bundle");
+    // Class 1 iff the first pixel exceeds 0.8; Fashion-MNIST's corner pixel is 0,
+    // so each input sees class 1 with probability 1 - Phi(0.8 / sigma).
+    write_threshold_bundle(&bundle, [1, 28, 28], 0.8, SIGMA);
+
+    let whole = finished(&opts(&bundle, &root.path().join("whole.safetensors")));
+    assert_eq!(whole.len(), 20);
+    assert_eq!(
+        whole.indices,
+        (0..20).map(|i| i * 500).collect::<Vec<i64>>()
+    );
+    let p1 = 1.0 - phi(0.8 / SIGMA);
+    let total1: i64 = (0..whole.len()).map(|i| i64::from(whole.row(i)[1])).sum();
+    let expected = p1 * (N * 20) as f64;
+    let sd = (expected * (1.0 - p1)).sqrt();
+    assert!(
+        (total1 as f64 - expected).abs() < 5.0 * sd,
+        "{total1} vs {expected}"
+    );
+
+    // Three shards in chunks of two, merged: the same counts, input for input.
+    let mut shard_files = vec![];
+    for i in 0..3 {
+        let mut o = opts(&bundle, &root.path().join(format!("s{i}.safetensors")));
+        o.shard = Some(Shard { index: i, count: 3 });
+        o.chunk = 2;
+        let part = finished(&o);
+        assert!(part.indices.iter().all(|&idx| (idx / 500) % 3 == i as i64));
+        shard_files.push(o.out);
+    }
+    let merged = merge_counts(&shard_files, &root.path().join("merged.safetensors")).unwrap();
+    assert_eq!(merged, whole);
+    assert_eq!(
+        Counts::read(&root.path().join("merged.safetensors")).unwrap(),
+        whole
+    );
+
+    // Paused after one chunk, then resumed: the chunk is kept, not redone.
+    let mut o = opts(&bundle, &root.path().join("paused.safetensors"));
+    o.pause_after = Some(1);
+    match sample_counts(&o).unwrap() {
+        SampleOutcome::Paused {
+            chunks_done,
+            chunks,
+        } => assert_eq!((chunks_done, chunks), (1, 3)),
+        other => panic!("expected a pause, got {other:?}"),
+    }
+    let first_chunk = root
+        .path()
+        .join("paused.safetensors.parts/chunk-000000.safetensors");
+    let kept = std::fs::read(&first_chunk).unwrap();
+    o.pause_after = None;
+    match sample_counts(&o).unwrap() {
+        SampleOutcome::Finished(s) => {
+            assert_eq!(s.chunks_resumed, 1);
+            assert_eq!(s.noisy_passes_this_run, N * (20 - 7));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(Counts::read(&o.out).unwrap(), whole);
+    assert!(!first_chunk.exists(), "parts are removed once joined");
+    assert!(!kept.is_empty());
+
+    // Overlapping shards and other runs are refused.
+    let err = merge_counts(
+        &[o.out.clone(), shard_files[0].clone()],
+        &root.path().join("bad.safetensors"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("overlap"), "{err}");
+    let mut other = opts(&bundle, &root.path().join("other.safetensors"));
+    other.n = 1_000;
+    other.shard = Some(Shard { index: 1, count: 3 });
+    finished(&other);
+    let err = merge_counts(
+        &[shard_files[0].clone(), other.out.clone()],
+        &root.path().join("bad.safetensors"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("another run"), "{err}");
+
+    // A parts folder of another run is not mixed into this one.
+    let mut a = opts(&bundle, &root.path().join("mixed.safetensors"));
+    a.pause_after = Some(1);
+    sample_counts(&a).unwrap();
+    a.seed = 4;
+    let err = sample_counts(&a).unwrap_err().to_string();
+    assert!(err.contains("other parameters"), "{err}");
+}
+
+#[test]
+fn shard_syntax() {
+    assert_eq!(
+        "2/5".parse::<Shard>().unwrap(),
+        Shard { index: 2, count: 5 }
+    );
+    for bad in ["5/5", "1", "a/2", "0/0", "-1/3"] {
+        assert!(bad.parse::<Shard>().is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn corrupt_files_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.safetensors");
+    std::fs::write(&path, b"not safetensors").unwrap();
+    assert!(Counts::read(&path).is_err());
+    assert!(Counts::read(&dir.path().join("missing.safetensors")).is_err());
+}
