@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use smoothcert::data::{DatasetKind, Split};
 use smoothcert::engine::CertifyParams;
 use smoothcert::model::{cuda_status, parse_device, Arch};
-use smoothcert::pipeline::{bench, certify, counts, report, train};
+use smoothcert::pipeline::{bench, certify, counts, report, surrogate, train};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -90,6 +90,37 @@ enum Command {
         /// Output safetensors file (chunks collect in FILE.parts/ until done).
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Train the Accelerated Smoothing surrogate on Monte Carlo counts; writes it into the bundle.
+    TrainSurrogate {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Counts file(s) from sample-counts (shards of one run are joined).
+        #[arg(long, required = true, num_args = 1..)]
+        counts: Vec<PathBuf>,
+        #[arg(long, default_value = "small-cnn", value_parser = parse_arch)]
+        arch: Arch,
+        #[arg(long, value_enum, default_value = "js")]
+        loss: surrogate::SurrogateLoss,
+        #[arg(long, default_value_t = 20)]
+        epochs: usize,
+        #[arg(long, default_value_t = 128)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f64,
+        /// The sample count the surrogate stands in for (default 100000).
+        #[arg(long)]
+        nominal_n: Option<u64>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long)]
+        pause_after: Option<usize>,
     },
     /// Join count shards of one run into one file.
     MergeCounts {
@@ -325,6 +356,58 @@ fn main() -> Result<()> {
                     chunks,
                 } => println!(
                     "paused with {chunks_done}/{chunks} chunks; rerun the same command to continue"
+                ),
+            }
+        }
+        Command::TrainSurrogate {
+            bundle,
+            counts,
+            arch,
+            loss,
+            epochs,
+            batch_size,
+            lr,
+            val_fraction,
+            nominal_n,
+            data_dir,
+            seed,
+            device: dev,
+            pause_after,
+        } => {
+            let opts = surrogate::TrainSurrogateOptions {
+                bundle,
+                counts,
+                arch,
+                loss,
+                epochs,
+                batch_size,
+                learning_rate: lr,
+                val_fraction,
+                nominal_n,
+                data_dir,
+                seed,
+                device: device(&dev)?,
+                pause_after,
+                show_progress,
+            };
+            match surrogate::train_surrogate(&opts).context("train-surrogate failed")? {
+                surrogate::SurrogateOutcome::Finished(spec) => {
+                    let t = spec.training.unwrap_or_default();
+                    println!(
+                        "surrogate ({} loss, best epoch {}/{}, nominal N {}): validation mean JS {:.5}, \
+                         top-1 agreement {:.2}%, |p_hat[cA] - p_MC[cA]| mean {:.4} p95 {:.4}",
+                        t.loss,
+                        t.best_epoch,
+                        t.epochs,
+                        spec.nominal_n,
+                        t.val_mean_js,
+                        100.0 * t.val_top1_agreement,
+                        t.val_mean_abs_err_pa,
+                        t.val_p95_abs_err_pa
+                    );
+                }
+                surrogate::SurrogateOutcome::Paused { epochs_done } => println!(
+                    "paused after {epochs_done}/{epochs} epochs; rerun the same command to continue"
                 ),
             }
         }

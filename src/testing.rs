@@ -42,6 +42,7 @@ pub fn write_threshold_bundle(dir: &Path, shape: [usize; 3], threshold: f64, sig
             dataset: Some(DatasetKind::FashionMnist),
             ..Default::default()
         },
+        surrogate: None,
         dir: dir.to_path_buf(),
     };
     bundle.save().expect("save bundle");

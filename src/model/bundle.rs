@@ -63,6 +63,41 @@ pub struct BaseSpec {
     pub arch: Option<String>,
 }
 
+/// The surrogate of Accelerated Smoothing: a network whose softmax predicts the
+/// normalized Monte Carlo class counts of the base classifier at `nominal_n`
+/// samples. Its radii are estimates of the Monte Carlo certificate, not certificates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SurrogateSpec {
+    #[serde(flatten)]
+    pub model: BaseSpec,
+    /// The sample count the surrogate's prediction stands in for.
+    pub nominal_n: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<SurrogateTraining>,
+}
+
+/// How the surrogate was trained and how close it came on held-out inputs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SurrogateTraining {
+    /// "js" (Jensen-Shannon) or "soft-ce" (cross-entropy against the normalized counts).
+    pub loss: String,
+    pub epochs: usize,
+    pub best_epoch: usize,
+    /// Sample count of the training counts.
+    pub counts_n: u64,
+    pub train_inputs: usize,
+    pub validation_inputs: usize,
+    pub seed: u64,
+    pub training_seconds: f64,
+    /// Mean Jensen-Shannon divergence (nats) between p_hat and the normalized counts.
+    pub val_mean_js: f64,
+    /// Fraction of validation inputs where argmax p_hat is the Monte Carlo argmax.
+    pub val_top1_agreement: f64,
+    /// Mean and 95th percentile of |p_hat[cA] - p_MC[cA]|, cA the Monte Carlo argmax.
+    pub val_mean_abs_err_pa: f64,
+    pub val_p95_abs_err_pa: f64,
+}
+
 /// How the base classifier was made: enough to reproduce and to judge it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Provenance {
@@ -101,6 +136,8 @@ pub struct Bundle {
     pub base: BaseSpec,
     #[serde(default)]
     pub provenance: Provenance,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surrogate: Option<SurrogateSpec>,
     /// The directory the manifest was read from (not stored).
     #[serde(skip)]
     pub dir: PathBuf,
@@ -176,11 +213,22 @@ impl Bundle {
                 return Err("normalization.std values must be > 0".into());
             }
         }
-        if self.base.format == WeightsFormat::Safetensors && self.base.arch.is_none() {
-            return Err("base.arch is required when base.format = \"safetensors\"".into());
+        let mut specs = vec![("base", &self.base)];
+        if let Some(s) = &self.surrogate {
+            specs.push(("surrogate", &s.model));
+            if s.nominal_n == 0 {
+                return Err("surrogate.nominal_n must be at least 1".into());
+            }
         }
-        if self.base.file.is_empty() {
-            return Err("base.file is empty".into());
+        for (section, spec) in specs {
+            if spec.format == WeightsFormat::Safetensors && spec.arch.is_none() {
+                return Err(format!(
+                    "{section}.arch is required when {section}.format = \"safetensors\""
+                ));
+            }
+            if spec.file.is_empty() {
+                return Err(format!("{section}.file is empty"));
+            }
         }
         Ok(())
     }
@@ -214,6 +262,19 @@ mod tests {
                 epochs: Some(3),
                 ..Default::default()
             },
+            surrogate: Some(SurrogateSpec {
+                model: BaseSpec {
+                    format: WeightsFormat::Safetensors,
+                    file: "surrogate.safetensors".into(),
+                    arch: Some("small-cnn".into()),
+                },
+                nominal_n: 100_000,
+                training: Some(SurrogateTraining {
+                    loss: "js".into(),
+                    val_mean_js: 0.01,
+                    ..Default::default()
+                }),
+            }),
             dir: dir.to_path_buf(),
         }
     }

@@ -1,6 +1,6 @@
 //! A classifier in pixel space: normalization, then the network. Owns its
 //! tensors; the noisy sampling and the counting run on its device.
-use super::{Arch, Bundle, ModelError, Normalization, WeightsFormat};
+use super::{Arch, BaseSpec, Bundle, ModelError, Normalization, WeightsFormat};
 use std::path::Path;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
@@ -60,11 +60,27 @@ impl Classifier {
 
     /// Loads the base classifier of a bundle onto `device`.
     pub fn load(bundle: &Bundle, device: Device) -> Result<Self, ModelError> {
-        let path = bundle.base_path();
+        Self::load_spec(bundle, &bundle.base, device)
+    }
+
+    /// Loads the bundle's surrogate (same input, same normalization; its softmax
+    /// estimates the normalized Monte Carlo counts).
+    pub fn load_surrogate(bundle: &Bundle, device: Device) -> Result<Self, ModelError> {
+        let spec = bundle.surrogate.as_ref().ok_or_else(|| {
+            ModelError::Bundle(format!(
+                "{}: model.toml has no [surrogate] (train one with train-surrogate)",
+                bundle.dir.display()
+            ))
+        })?;
+        Self::load_spec(bundle, &spec.model, device)
+    }
+
+    fn load_spec(bundle: &Bundle, spec: &BaseSpec, device: Device) -> Result<Self, ModelError> {
+        let path = bundle.dir.join(&spec.file);
         let norm = bundle.normalization.as_ref();
-        match bundle.base.format {
+        match spec.format {
             WeightsFormat::Safetensors => {
-                let arch_name = bundle.base.arch.as_deref().unwrap_or_default();
+                let arch_name = spec.arch.as_deref().unwrap_or_default();
                 let arch = Arch::parse(arch_name)?;
                 let mut model = Self::new_builtin(
                     arch,

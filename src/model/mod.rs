@@ -7,8 +7,8 @@ mod device;
 
 pub use arch::Arch;
 pub use bundle::{
-    BaseSpec, Bundle, BundleError, NoiseKind, NoiseSpec, Normalization, Provenance, WeightsFormat,
-    MANIFEST,
+    BaseSpec, Bundle, BundleError, NoiseKind, NoiseSpec, Normalization, Provenance, SurrogateSpec,
+    SurrogateTraining, WeightsFormat, MANIFEST,
 };
 pub use classifier::{Classifier, Network};
 pub use device::{cuda_status, parse_device, CudaStatus};

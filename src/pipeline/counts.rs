@@ -416,6 +416,13 @@ fn summary_path(out: &Path) -> PathBuf {
 /// Joins shards of one run into one file; refuses shards of different runs and
 /// overlapping inputs. Missing shards are reported, not invented.
 pub fn merge_counts(files: &[PathBuf], out: &Path) -> Result<Counts, PipelineError> {
+    let merged = merge_counts_in_memory(files)?;
+    merged.write(out)?;
+    Ok(merged)
+}
+
+/// [`merge_counts`] without writing: the joined counts of `files`.
+pub fn merge_counts_in_memory(files: &[PathBuf]) -> Result<Counts, PipelineError> {
     let first = files
         .first()
         .ok_or_else(|| PipelineError::Invalid("merge-counts needs at least one file".into()))?;
@@ -469,6 +476,5 @@ pub fn merge_counts(files: &[PathBuf], out: &Path) -> Result<Counts, PipelineErr
         counts: rows.iter().flat_map(|r| r.1.iter().copied()).collect(),
     };
     merged.check().map_err(PipelineError::Invalid)?;
-    merged.write(out)?;
     Ok(merged)
 }

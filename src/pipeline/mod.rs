@@ -2,7 +2,9 @@
 pub mod bench;
 pub mod certify;
 pub mod counts;
+mod optim;
 pub mod report;
+pub mod surrogate;
 pub mod train;
 pub mod tsv;
 

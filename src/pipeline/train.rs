@@ -1,6 +1,7 @@
 //! `train-base`: a base classifier trained with Gaussian noise augmentation
 //! (fresh noise at sigma on every batch, Cohen et al.'s recipe), checkpointed
 //! every epoch so an interrupted run resumes exactly where it stopped.
+use super::optim::{learning_rate, Adam, Checkpoint};
 use super::{io_err, progress_bar, write_json, PipelineError};
 use crate::data::{self, Dataset, DatasetKind, Split};
 use crate::model::{
@@ -8,8 +9,7 @@ use crate::model::{
     WeightsFormat,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -112,148 +112,11 @@ pub fn dataset_tensors(ds: &Dataset, device: Device) -> (Tensor, Tensor) {
     (x, y)
 }
 
-const BETA1: f64 = 0.9;
-const BETA2: f64 = 0.999;
-const EPS: f64 = 1e-8;
-
-/// Adam (Kingma & Ba) written out, so that its moments go into the checkpoint
-/// and a resumed run continues with the same optimizer state.
-struct Adam {
-    params: Vec<(String, Tensor)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
-    step: i64,
-}
-
-impl Adam {
-    fn new(model: &Classifier) -> Result<Self, PipelineError> {
-        let vs = model
-            .var_store()
-            .ok_or_else(|| PipelineError::Invalid("train-base needs a built-in network".into()))?;
-        let mut params: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
-        let m = params.iter().map(|(_, p)| p.zeros_like()).collect();
-        let v = params.iter().map(|(_, p)| p.zeros_like()).collect();
-        Ok(Adam {
-            params,
-            m,
-            v,
-            step: 0,
-        })
-    }
-
-    fn step(&mut self, lr: f64) {
-        let _guard = tch::no_grad_guard();
-        self.step += 1;
-        let bc1 = 1.0 - BETA1.powi(self.step as i32);
-        let bc2 = 1.0 - BETA2.powi(self.step as i32);
-        for ((_, p), (m, v)) in self.params.iter().zip(self.m.iter_mut().zip(&mut self.v)) {
-            let mut g = p.grad();
-            if !g.defined() {
-                continue;
-            }
-            let _ = m.g_mul_scalar_(BETA1).g_add_(&(&g * (1.0 - BETA1)));
-            let _ = v.g_mul_scalar_(BETA2).g_add_(&(&g * &g * (1.0 - BETA2)));
-            let update = (&*m / bc1) / ((&*v / bc2).sqrt() + EPS) * lr;
-            let _ = p.shallow_clone().g_sub_(&update);
-            let _ = g.zero_();
-        }
-    }
-
-    fn moments(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::with_capacity(2 * self.params.len());
-        for ((name, _), (m, v)) in self.params.iter().zip(self.m.iter().zip(&self.v)) {
-            out.push((format!("m.{name}"), m.shallow_clone()));
-            out.push((format!("v.{name}"), v.shallow_clone()));
-        }
-        out
-    }
-
-    fn load_moments(&mut self, path: &Path, step: i64) -> Result<(), PipelineError> {
-        let tensors: BTreeMap<String, Tensor> =
-            Tensor::read_safetensors(path)?.into_iter().collect();
-        let _guard = tch::no_grad_guard();
-        for ((name, _), (m, v)) in self.params.iter().zip(self.m.iter_mut().zip(&mut self.v)) {
-            for (prefix, dst) in [("m", m), ("v", v)] {
-                let key = format!("{prefix}.{name}");
-                let src = tensors
-                    .get(&key)
-                    .filter(|t| t.size() == dst.size())
-                    .ok_or_else(|| {
-                        PipelineError::Invalid(format!(
-                            "{}: {key} missing or of the wrong shape",
-                            path.display()
-                        ))
-                    })?;
-                dst.f_copy_(src)?;
-            }
-        }
-        self.step = step;
-        Ok(())
-    }
-}
-
 /// The seed of one epoch's shuffling and noise, distinct from the
 /// initialisation's (`seed` itself) and from every other epoch's.
 fn epoch_seed(seed: u64, epoch: usize) -> i64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         .wrapping_add(epoch as u64 + 1) as i64
-}
-
-/// Cosine decay over the whole run, a function of the epoch alone (resumable).
-fn learning_rate(base: f64, epoch: usize, epochs: usize) -> f64 {
-    base * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs.max(1) as f64).cos())
-}
-
-struct Checkpoint {
-    dir: PathBuf,
-}
-
-impl Checkpoint {
-    fn state_path(&self) -> PathBuf {
-        self.dir.join("state.json")
-    }
-    fn weights(&self, epoch: usize) -> PathBuf {
-        self.dir.join(format!("weights-{epoch}.safetensors"))
-    }
-    fn adam(&self, epoch: usize) -> PathBuf {
-        self.dir.join(format!("adam-{epoch}.safetensors"))
-    }
-
-    fn read(&self) -> Result<Option<CheckpointState>, PipelineError> {
-        let path = self.state_path();
-        if !path.exists() {
-            return Ok(None);
-        }
-        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| PipelineError::Invalid(format!("{}: {e}", path.display())))
-    }
-
-    /// Weights and moments first, then the state file that points at them: a
-    /// crash at any moment leaves the previous checkpoint intact.
-    fn write(
-        &self,
-        model: &Classifier,
-        adam: &Adam,
-        state: &CheckpointState,
-    ) -> Result<(), PipelineError> {
-        std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
-        let epoch = state.epochs_done;
-        model.save_weights(&self.weights(epoch))?;
-        Tensor::write_safetensors(&adam.moments(), self.adam(epoch))?;
-        write_json(&self.state_path(), state)?;
-        if epoch > 0 {
-            let _ = std::fs::remove_file(self.weights(epoch - 1));
-            let _ = std::fs::remove_file(self.adam(epoch - 1));
-        }
-        Ok(())
-    }
 }
 
 /// What a `train-base` invocation ended with.
@@ -320,7 +183,7 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
         adam_step: 0,
         history: vec![],
     };
-    if let Some(saved) = ckpt.read()? {
+    if let Some(saved) = ckpt.read::<CheckpointState>()? {
         if saved.key != key {
             return Err(PipelineError::Invalid(format!(
                 "{} holds a checkpoint of a different run ({:?}); remove it or choose another --out",
@@ -400,7 +263,7 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
         state.history.push(stats);
         state.epochs_done = epoch + 1;
         state.adam_step = adam.step;
-        ckpt.write(&model, &adam, &state)?;
+        ckpt.write(&model, &adam, state.epochs_done, &state)?;
     }
     if state.epochs_done < opts.epochs {
         return Ok(TrainOutcome::Paused {
@@ -442,6 +305,7 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
                 env!("CARGO_PKG_VERSION")
             )),
         },
+        surrogate: None,
         dir: opts.out.clone(),
     };
     let weights = bundle.base_path();

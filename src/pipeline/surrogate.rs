@@ -1,0 +1,470 @@
+//! `train-surrogate`: the network of Accelerated Smoothing that maps a clean
+//! input to an estimate of the base classifier's normalized Monte Carlo class
+//! counts, trained with the Jensen-Shannon divergence (the paper) or, for
+//! comparison, the soft-label cross-entropy (which weighs log(1 - p) errors in
+//! the tail that JS barely sees). A validation split held out from training
+//! picks the best epoch; its figures go into the bundle.
+use super::counts::Counts;
+use super::optim::{learning_rate, Adam, Checkpoint};
+use super::{io_err, progress_bar, write_json, PipelineError};
+use crate::data::{self, Dataset};
+use crate::model::{
+    Arch, BaseSpec, Bundle, Classifier, SurrogateSpec, SurrogateTraining, WeightsFormat,
+};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// The smallest normal f32: keeps log(m) finite where both distributions are 0.
+const TINY: f64 = 1.2e-38;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SurrogateLoss {
+    /// Jensen-Shannon divergence between softmax(logits) and the normalized counts.
+    Js,
+    /// Cross-entropy against the normalized counts (soft labels).
+    SoftCe,
+}
+
+impl SurrogateLoss {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SurrogateLoss::Js => "js",
+            SurrogateLoss::SoftCe => "soft-ce",
+        }
+    }
+
+    /// Per-input loss [B] of logits [B, K] against target distributions q [B, K].
+    pub fn per_input(self, logits: &Tensor, q: &Tensor) -> Tensor {
+        match self {
+            SurrogateLoss::Js => js_divergence(logits, q),
+            SurrogateLoss::SoftCe => {
+                -(q * logits.log_softmax(1, Kind::Float)).sum_dim_intlist(1, false, Kind::Float)
+            }
+        }
+    }
+}
+
+/// Jensen-Shannon divergence (nats) between softmax(logits) and q, per input:
+/// (KL(p || m) + KL(q || m)) / 2 with m = (p + q) / 2 and 0 log 0 = 0.
+/// log p comes from log_softmax, so confident logits stay finite.
+pub fn js_divergence(logits: &Tensor, q: &Tensor) -> Tensor {
+    let log_p = logits.log_softmax(1, Kind::Float);
+    let p = log_p.exp();
+    let m = ((&p + q) * 0.5).clamp_min(TINY);
+    let log_m = m.log();
+    let kl_pm = (&p * (&log_p - &log_m)).sum_dim_intlist(1, false, Kind::Float);
+    let kl_qm = (q.xlogy(q) - q.xlogy(&m)).sum_dim_intlist(1, false, Kind::Float);
+    (kl_pm + kl_qm) * 0.5
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainSurrogateOptions {
+    pub bundle: PathBuf,
+    pub counts: Vec<PathBuf>,
+    pub arch: Arch,
+    pub loss: SurrogateLoss,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// Fraction of the counted inputs held out for validation.
+    pub val_fraction: f64,
+    /// The sample count the surrogate stands in for (default: the bundle's, else 100,000).
+    pub nominal_n: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub seed: u64,
+    pub device: Device,
+    pub pause_after: Option<usize>,
+    pub show_progress: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunKey {
+    arch: String,
+    loss: SurrogateLoss,
+    epochs: usize,
+    batch_size: usize,
+    learning_rate: f64,
+    val_fraction: f64,
+    seed: u64,
+    counts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ValidationFigures {
+    pub mean_js: f64,
+    pub top1_agreement: f64,
+    pub mean_abs_err_pa: f64,
+    pub p95_abs_err_pa: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SurrogateEpoch {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub validation: ValidationFigures,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    key: RunKey,
+    epochs_done: usize,
+    adam_step: i64,
+    best_epoch: usize,
+    best_val_js: f64,
+    history: Vec<SurrogateEpoch>,
+}
+
+#[derive(Debug, Clone)]
+pub enum SurrogateOutcome {
+    Finished(Box<SurrogateSpec>),
+    Paused { epochs_done: usize },
+}
+
+/// Images of the counted inputs [M, C, H, W] and their normalized counts [M, K].
+fn training_tensors(
+    ds: &Dataset,
+    counts: &Counts,
+    device: Device,
+) -> Result<(Tensor, Tensor), PipelineError> {
+    let numel = ds.image_numel();
+    let mut pixels = Vec::with_capacity(counts.len() * numel);
+    for &idx in &counts.indices {
+        let idx = usize::try_from(idx)
+            .ok()
+            .filter(|&i| i < ds.len())
+            .ok_or_else(|| {
+                PipelineError::Invalid(format!("counted input {idx} is not in the dataset"))
+            })?;
+        pixels.extend_from_slice(ds.image(idx));
+    }
+    let [c, h, w] = ds.shape.map(|d| d as i64);
+    let m = counts.len() as i64;
+    let x = Tensor::from_slice(&pixels)
+        .view([m, c, h, w])
+        .to_device(device);
+    let q = Tensor::from_slice(&counts.counts)
+        .view([m, counts.meta.num_classes as i64])
+        .to_kind(Kind::Float)
+        / counts.meta.n as f64;
+    Ok((x, q.to_device(device)))
+}
+
+/// The validation figures of `model` on (x, q).
+pub fn validate(
+    model: &Classifier,
+    x: &Tensor,
+    q: &Tensor,
+) -> Result<ValidationFigures, PipelineError> {
+    let _guard = tch::no_grad_guard();
+    let n = x.size()[0];
+    if n == 0 {
+        return Ok(ValidationFigures::default());
+    }
+    let mut js = Vec::new();
+    let mut p_all = Vec::new();
+    let chunk = 1000;
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        let logits = model.logits(&x.narrow(0, start, len))?;
+        js.push(js_divergence(&logits, &q.narrow(0, start, len)));
+        p_all.push(logits.softmax(1, Kind::Float));
+        start += len;
+    }
+    let js = Tensor::cat(&js, 0);
+    let p = Tensor::cat(&p_all, 0);
+    let c_a = q.argmax(1, false);
+    let agree = p
+        .argmax(1, false)
+        .eq_tensor(&c_a)
+        .to_kind(Kind::Float)
+        .mean(Kind::Float);
+    let err = (p.gather(1, &c_a.unsqueeze(1), false) - q.gather(1, &c_a.unsqueeze(1), false))
+        .abs()
+        .squeeze_dim(1);
+    let mut errs: Vec<f64> = Vec::try_from(err.to_kind(Kind::Double).to_device(Device::Cpu))?;
+    errs.sort_by(f64::total_cmp);
+    let p95 = errs[((errs.len() as f64 * 0.95).ceil() as usize).clamp(1, errs.len()) - 1];
+    Ok(ValidationFigures {
+        mean_js: js.mean(Kind::Double).double_value(&[]),
+        top1_agreement: agree.double_value(&[]),
+        mean_abs_err_pa: errs.iter().sum::<f64>() / errs.len() as f64,
+        p95_abs_err_pa: p95,
+    })
+}
+
+pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome, PipelineError> {
+    if opts.counts.is_empty() || opts.epochs == 0 || opts.batch_size == 0 {
+        return Err(PipelineError::Invalid(
+            "train-surrogate needs --counts, and --epochs and --batch-size of at least 1".into(),
+        ));
+    }
+    if !(opts.val_fraction > 0.0 && opts.val_fraction < 1.0) {
+        return Err(PipelineError::Invalid(
+            "--val-fraction must be in (0, 1)".into(),
+        ));
+    }
+    let mut bundle = Bundle::load(&opts.bundle)?;
+    let counts = super::counts::merge_counts_in_memory(&opts.counts)?;
+    let base = bundle.base_path();
+    let fingerprint = crate::fsutil::fingerprint(&base).map_err(io_err(&base))?;
+    if counts.meta.base_weights_fnv1a != fingerprint
+        || counts.meta.num_classes != bundle.num_classes()
+    {
+        return Err(PipelineError::Invalid(format!(
+            "the counts were sampled from another base classifier ({} / {} classes) than {}",
+            counts.meta.bundle,
+            counts.meta.num_classes,
+            opts.bundle.display()
+        )));
+    }
+    let data_dir = opts
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| counts.meta.dataset.default_dir());
+    let ds = data::load(counts.meta.dataset, &data_dir, counts.meta.split)?;
+    let (x, q) = training_tensors(&ds, &counts, opts.device)?;
+
+    // A fixed split from the seed: the same inputs are held out on every resume.
+    tch::manual_seed(opts.seed as i64);
+    let m = counts.len() as i64;
+    let perm = Tensor::randperm(m, (Kind::Int64, opts.device));
+    let n_val = ((m as f64 * opts.val_fraction).round() as i64).clamp(1, m - 1);
+    let (val_idx, train_idx) = (perm.narrow(0, 0, n_val), perm.narrow(0, n_val, m - n_val));
+    let (x_val, q_val) = (x.index_select(0, &val_idx), q.index_select(0, &val_idx));
+    let (x_tr, q_tr) = (x.index_select(0, &train_idx), q.index_select(0, &train_idx));
+
+    tch::manual_seed(opts.seed.wrapping_add(1) as i64);
+    let mut model = Classifier::new_builtin(
+        opts.arch,
+        bundle.input_shape,
+        bundle.num_classes(),
+        bundle.normalization.as_ref(),
+        opts.device,
+    )?;
+    let mut adam = Adam::new(&model)?;
+    let key = RunKey {
+        arch: opts.arch.name().into(),
+        loss: opts.loss,
+        epochs: opts.epochs,
+        batch_size: opts.batch_size,
+        learning_rate: opts.learning_rate,
+        val_fraction: opts.val_fraction,
+        seed: opts.seed,
+        counts: vec![format!(
+            "{}:{}",
+            counts.meta.base_weights_fnv1a,
+            counts.len()
+        )],
+    };
+    let ckpt = Checkpoint {
+        dir: bundle.dir.join("surrogate-checkpoint"),
+    };
+    let best_path = ckpt.dir.join("best.safetensors");
+    let mut state = State {
+        key: key.clone(),
+        epochs_done: 0,
+        adam_step: 0,
+        best_epoch: 0,
+        best_val_js: f64::INFINITY,
+        history: vec![],
+    };
+    if let Some(saved) = ckpt.read::<State>()? {
+        if saved.key != key {
+            return Err(PipelineError::Invalid(format!(
+                "{} holds a checkpoint of a different surrogate run; remove it to start over",
+                ckpt.dir.display()
+            )));
+        }
+        model.load_weights(&ckpt.weights(saved.epochs_done))?;
+        adam.load_moments(&ckpt.adam(saved.epochs_done), saved.adam_step)?;
+        state = saved;
+    }
+    let n_tr = m - n_val;
+    let bs = opts.batch_size as i64;
+    let steps = (n_tr + bs - 1) / bs;
+    let last = opts
+        .pause_after
+        .map_or(opts.epochs, |p| (state.epochs_done + p).min(opts.epochs));
+    for epoch in state.epochs_done..last {
+        let started = Instant::now();
+        tch::manual_seed(opts.seed.wrapping_mul(31).wrapping_add(epoch as u64 + 2) as i64);
+        let lr = learning_rate(opts.learning_rate, epoch, opts.epochs);
+        let order = Tensor::randperm(n_tr, (Kind::Int64, opts.device));
+        let bar = progress_bar(
+            steps as u64,
+            &format!("surrogate epoch {}/{}", epoch + 1, opts.epochs),
+        );
+        if !opts.show_progress {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let (mut loss_sum, mut seen) = (0f64, 0i64);
+        for step in 0..steps {
+            let idx = order.narrow(0, step * bs, bs.min(n_tr - step * bs));
+            let logits = model.forward_t(&x_tr.index_select(0, &idx), true)?;
+            let loss = opts
+                .loss
+                .per_input(&logits, &q_tr.index_select(0, &idx))
+                .mean(Kind::Float);
+            loss.backward();
+            adam.step(lr);
+            let b = idx.size()[0];
+            loss_sum += loss.double_value(&[]) * b as f64;
+            seen += b;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let validation = validate(&model, &x_val, &q_val)?;
+        tracing::info!(
+            epoch = epoch + 1,
+            loss = loss_sum / seen.max(1) as f64,
+            val_js = validation.mean_js,
+            val_top1 = validation.top1_agreement,
+            val_p95_err = validation.p95_abs_err_pa,
+            "surrogate epoch done"
+        );
+        if validation.mean_js < state.best_val_js {
+            std::fs::create_dir_all(&ckpt.dir).map_err(io_err(&ckpt.dir))?;
+            model.save_weights(&best_path)?;
+            state.best_val_js = validation.mean_js;
+            state.best_epoch = epoch + 1;
+        }
+        state.history.push(SurrogateEpoch {
+            epoch: epoch + 1,
+            train_loss: loss_sum / seen.max(1) as f64,
+            validation,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        state.epochs_done = epoch + 1;
+        state.adam_step = adam.step;
+        ckpt.write(&model, &adam, state.epochs_done, &state)?;
+    }
+    if state.epochs_done < opts.epochs {
+        return Ok(SurrogateOutcome::Paused {
+            epochs_done: state.epochs_done,
+        });
+    }
+
+    // The best epoch by validation JS is the surrogate.
+    model.load_weights(&best_path)?;
+    let best = state
+        .history
+        .iter()
+        .find(|e| e.epoch == state.best_epoch)
+        .map(|e| e.validation.clone())
+        .unwrap_or_default();
+    let file = "surrogate.safetensors";
+    let target = bundle.dir.join(file);
+    let tmp = bundle.dir.join("surrogate.tmp.safetensors");
+    model.save_weights(&tmp)?;
+    std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
+    let spec = SurrogateSpec {
+        model: BaseSpec {
+            format: WeightsFormat::Safetensors,
+            file: file.into(),
+            arch: Some(opts.arch.name().into()),
+        },
+        nominal_n: opts
+            .nominal_n
+            .or(bundle.surrogate.as_ref().map(|s| s.nominal_n))
+            .unwrap_or(100_000),
+        training: Some(SurrogateTraining {
+            loss: opts.loss.as_str().into(),
+            epochs: opts.epochs,
+            best_epoch: state.best_epoch,
+            counts_n: counts.meta.n,
+            train_inputs: n_tr as usize,
+            validation_inputs: n_val as usize,
+            seed: opts.seed,
+            training_seconds: state.history.iter().map(|e| e.seconds).sum(),
+            val_mean_js: best.mean_js,
+            val_top1_agreement: best.top1_agreement,
+            val_mean_abs_err_pa: best.mean_abs_err_pa,
+            val_p95_abs_err_pa: best.p95_abs_err_pa,
+        }),
+    };
+    bundle.surrogate = Some(spec.clone());
+    bundle.save()?;
+    write_json(&bundle.dir.join("surrogate_summary.json"), &state.history)?;
+    let _ = std::fs::remove_dir_all(&ckpt.dir);
+    Ok(SurrogateOutcome::Finished(Box::new(spec)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// JS in f64 straight from the definition, with 0 log 0 = 0.
+    fn js_reference(logits: &[f64], q: &[f64]) -> f64 {
+        let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+        let p: Vec<f64> = logits.iter().map(|l| (l - max).exp() / z).collect();
+        let kl = |a: &[f64], b: &[f64]| -> f64 {
+            a.iter()
+                .zip(b)
+                .filter(|(x, _)| **x > 0.0)
+                .map(|(x, y)| x * (x / y).ln())
+                .sum()
+        };
+        let m: Vec<f64> = p.iter().zip(q).map(|(a, b)| 0.5 * (a + b)).collect();
+        0.5 * kl(&p, &m) + 0.5 * kl(q, &m)
+    }
+
+    fn tensor(rows: &[Vec<f64>]) -> Tensor {
+        let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
+        Tensor::from_slice(&flat).view([rows.len() as i64, rows[0].len() as i64])
+    }
+
+    #[test]
+    fn js_matches_the_definition() {
+        let logits = vec![
+            vec![2.0, -1.0, 0.5, 0.0],
+            vec![0.0, 0.0, 0.0, 0.0],
+            vec![12.0, -3.0, 4.0, 1.0],
+            vec![-2.0, 5.0, 5.0, -7.0],
+        ];
+        let q = vec![
+            vec![0.7, 0.1, 0.2, 0.0],
+            vec![0.25, 0.25, 0.25, 0.25],
+            vec![0.9999, 0.0, 0.0001, 0.0],
+            vec![0.0, 0.0, 0.0, 1.0],
+        ];
+        let got = Vec::<f64>::try_from(
+            js_divergence(&tensor(&logits), &tensor(&q)).to_kind(Kind::Double),
+        )
+        .unwrap();
+        for ((l, q), g) in logits.iter().zip(&q).zip(&got) {
+            let want = js_reference(l, q);
+            assert!((g - want).abs() < 1e-5, "{g} vs {want}");
+            assert!(*g >= -1e-7 && *g <= std::f64::consts::LN_2 + 1e-6);
+        }
+        // Identical distributions: zero (row 2, uniform logits vs uniform q).
+        assert!(got[1].abs() < 1e-7);
+    }
+
+    #[test]
+    fn soft_ce_matches_the_definition_and_gradients_stay_finite() {
+        let logits = tensor(&[vec![80.0, -80.0, 0.0], vec![1.0, 2.0, 3.0]]).set_requires_grad(true);
+        let q = tensor(&[vec![0.0, 1.0, 0.0], vec![0.2, 0.3, 0.5]]);
+        let ce = SurrogateLoss::SoftCe.per_input(&logits, &q);
+        let row1 = Vec::<f64>::try_from(ce.to_kind(Kind::Double)).unwrap()[1];
+        let lse = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
+        let want = -(0.2 * (1.0 - lse) + 0.3 * (2.0 - lse) + 0.5 * (3.0 - lse));
+        assert!((row1 - want).abs() < 1e-5, "{row1} vs {want}");
+        for loss in [SurrogateLoss::Js, SurrogateLoss::SoftCe] {
+            let l = loss.per_input(&logits, &q).sum(Kind::Float);
+            l.backward();
+            let g = logits.grad();
+            assert!(
+                bool::try_from(g.isfinite().all()).unwrap(),
+                "{} gradient not finite",
+                loss.as_str()
+            );
+            let _ = logits.grad().zero_();
+        }
+    }
+}
