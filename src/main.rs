@@ -133,7 +133,8 @@ enum Command {
     Certify {
         #[arg(long)]
         bundle: PathBuf,
-        /// mc: Monte Carlo CERTIFY (Cohen et al.), a certificate at level 1 - alpha.
+        /// mc: Monte Carlo CERTIFY (Cohen et al.), a certificate at level 1 - alpha;
+        /// surrogate: Accelerated Smoothing's estimate of it (not a guarantee).
         #[arg(long, value_enum, default_value = "mc")]
         method: certify::Method,
         #[arg(long, default_value = "test")]
@@ -149,8 +150,10 @@ enum Command {
         max: Option<usize>,
         #[arg(long, default_value_t = 100)]
         n0: u64,
-        #[arg(long, default_value_t = 100_000)]
-        n: u64,
+        /// Samples (mc) or nominal samples (surrogate); default 100000 for mc and the
+        /// surrogate's nominal N for surrogate.
+        #[arg(long)]
+        n: Option<u64>,
         #[arg(long, default_value_t = 0.001)]
         alpha: f64,
         /// Forward batch size the samples are chunked into.
@@ -281,6 +284,10 @@ fn main() -> Result<()> {
             device: dev,
             out,
         } => {
+            let n = match n {
+                Some(n) => n,
+                None => certify::default_n(&bundle, method)?,
+            };
             let opts = certify::CertifyOptions {
                 bundle,
                 method,

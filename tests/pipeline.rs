@@ -178,3 +178,66 @@ fn statrs_ppf(p: f64) -> f64 {
     use statrs::distribution::{ContinuousCDF, Normal};
     Normal::standard().inverse_cdf(p)
 }
+
+/// A bundle whose base is the rule "class 1 iff x[0] > 0.5" and whose surrogate
+/// is a TorchScript rule with logits (-(x[0] - t), x[0] - t): its softmax is
+/// known in closed form, so every step of ACCELERATED can be checked.
+fn bundle_with_linear_surrogate(root: &Path, t: f64) -> std::path::PathBuf {
+    use smoothcert::model::{BaseSpec, SurrogateSpec, WeightsFormat};
+    let dir = root.join(format!("accel-{t}"));
+    let mut bundle = write_threshold_bundle(&dir, [1, 28, 28], 0.5, 0.25);
+    let other = root.join(format!("surrogate-src-{t}"));
+    write_threshold_bundle(&other, [1, 28, 28], t, 0.25);
+    std::fs::copy(other.join("base.pt"), dir.join("surrogate.pt")).unwrap();
+    bundle.surrogate = Some(SurrogateSpec {
+        model: BaseSpec {
+            format: WeightsFormat::Torchscript,
+            file: "surrogate.pt".into(),
+            arch: None,
+        },
+        nominal_n: 100_000,
+        training: None,
+    });
+    bundle.save().unwrap();
+    dir
+}
+
+#[test]
+fn surrogate_method_follows_the_accelerated_steps() {
+    let _rng = rng_lock();
+    let root = tempfile::tempdir().unwrap();
+    let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+    // Corner pixel 0: the base's cA is class 0. A surrogate with t = 1 gives
+    // class 0 probability sigmoid(2) (agreeing); with t = -1 it prefers class 1.
+    let agree = bundle_with_linear_surrogate(root.path(), 1.0);
+    let mut opts = certify_opts(&agree, &root.path().join("agree.tsv"));
+    opts.method = Method::Surrogate;
+    opts.params.n = 100_000;
+    certify(&opts).unwrap();
+    let expected_k = (100_000.0 * sigmoid(2.0)).round() as u64;
+    for r in read_tsv(&root.path().join("agree.tsv")).unwrap() {
+        assert_eq!(r.method, "surrogate");
+        assert_eq!((r.predict, r.n), (0, 100_000), "{r:?}");
+        // float32 softmax: within one count of the closed form.
+        assert!(r.count_a.abs_diff(expected_k) <= 1, "{r:?} vs {expected_k}");
+        assert!((r.radius - 0.25 * statrs_ppf(r.p_a_lower)).abs() < 1e-5);
+        assert!(r.p_a_lower < sigmoid(2.0) && r.p_a_lower > sigmoid(2.0) - 0.01);
+    }
+
+    let disagree = bundle_with_linear_surrogate(root.path(), -1.0);
+    let mut opts = certify_opts(&disagree, &root.path().join("disagree.tsv"));
+    opts.method = Method::Surrogate;
+    certify(&opts).unwrap();
+    for r in read_tsv(&root.path().join("disagree.tsv")).unwrap() {
+        assert_eq!(r.predict, -1);
+        assert_eq!(r.abstain_reason.as_deref(), Some("class_mismatch"));
+    }
+
+    // Without a surrogate in the bundle the method is refused with a clear message.
+    let plain = root.path().join("plain");
+    write_threshold_bundle(&plain, [1, 28, 28], 0.5, 0.25);
+    let mut opts = certify_opts(&plain, &root.path().join("none.tsv"));
+    opts.method = Method::Surrogate;
+    let err = certify(&opts).unwrap_err().to_string();
+    assert!(err.contains("[surrogate]"), "{err}");
+}

@@ -20,14 +20,29 @@ use tch::{Device, Tensor};
 pub enum Method {
     /// Cohen et al.'s Monte Carlo CERTIFY: a certificate at level 1 - alpha.
     Mc,
+    /// Accelerated Smoothing: cA from n0 samples, the count predicted by the
+    /// bundle's surrogate. An estimate of the Monte Carlo certificate, not a guarantee.
+    Surrogate,
 }
 
 impl Method {
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Mc => "mc",
+            Method::Surrogate => "surrogate",
         }
     }
+}
+
+/// The sample count a method certifies at when `--n` is not given: 100,000 for
+/// Monte Carlo, the surrogate's nominal N for the surrogate.
+pub fn default_n(bundle: &Path, method: Method) -> Result<u64, PipelineError> {
+    Ok(match method {
+        Method::Mc => 100_000,
+        Method::Surrogate => Bundle::load(bundle)?
+            .surrogate
+            .map_or(100_000, |s| s.nominal_n),
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +196,10 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
     }
 
     let model = Classifier::load(&bundle, opts.device)?;
+    let surrogate = match opts.method {
+        Method::Mc => None,
+        Method::Surrogate => Some(Classifier::load_surrogate(&bundle, opts.device)?),
+    };
     let sigma = bundle.sigma();
     let [c, h, w] = bundle.input_shape.map(|d| d as i64);
     let bar = progress_bar(
@@ -198,42 +217,39 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         let x = Tensor::from_slice(ds.image(idx))
             .view([1, c, h, w])
             .to_device(opts.device);
-        let cert = engine::certify(&model, sigma, &x, &opts.params)?
-            .pop()
-            .ok_or_else(|| PipelineError::Invalid("engine returned no certificate".into()))?;
+        let (decision, count_a, n) = match &surrogate {
+            None => engine::certify(&model, sigma, &x, &opts.params)?
+                .pop()
+                .map(|c| (c.decision, c.count_a, c.n)),
+            Some(sur) => engine::certify_accelerated(&model, sur, sigma, &x, &opts.params)?
+                .pop()
+                .map(|e| (e.decision, e.count_a, e.n)),
+        }
+        .ok_or_else(|| PipelineError::Invalid("the engine returned no result".into()))?;
         let time = t0.elapsed().as_secs_f64();
         let label = ds.labels[idx];
-        let row = match cert.decision {
+        let (predict, radius, p_a_lower, abstain_reason) = match decision {
             Decision::Certified {
                 class,
                 p_a_lower,
                 radius,
-            } => CertRow {
-                idx,
-                label,
-                predict: class as i64,
-                radius,
-                correct: class as i64 == label,
-                time,
-                method: opts.method.as_str().into(),
-                count_a: cert.count_a,
-                n: cert.n,
-                p_a_lower,
-                abstain_reason: None,
-            },
-            Decision::Abstain { reason, p_a_lower } => CertRow {
-                idx,
-                label,
-                predict: -1,
-                radius: 0.0,
-                correct: false,
-                time,
-                method: opts.method.as_str().into(),
-                count_a: cert.count_a,
-                n: cert.n,
-                p_a_lower,
-                abstain_reason: Some(reason.as_str().to_string()),
-            },
+            } => (class as i64, radius, p_a_lower, None),
+            Decision::Abstain { reason, p_a_lower } => {
+                (-1, 0.0, p_a_lower, Some(reason.as_str().to_string()))
+            }
+        };
+        let row = CertRow {
+            idx,
+            label,
+            predict,
+            radius,
+            correct: predict == label,
+            time,
+            method: opts.method.as_str().into(),
+            count_a,
+            n,
+            p_a_lower,
+            abstain_reason,
         };
         writeln!(file, "{}", row.to_line())
             .and_then(|_| file.flush())

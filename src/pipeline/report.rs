@@ -224,6 +224,84 @@ struct ReportJson<'a> {
     curve_step: f64,
     note: &'static str,
     files: Vec<FileReport>,
+    comparisons: Vec<Comparison>,
+}
+
+/// An estimate (surrogate) against the Monte Carlo certificate on the inputs both certified.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub reference: String,
+    pub estimate: String,
+    pub common_inputs: usize,
+    /// (radius, estimate's certified accuracy minus the reference's, in percentage points).
+    pub certified_accuracy_gap_pp: Vec<(f64, f64)>,
+    /// Estimate's ACR minus the reference's.
+    pub acr_gap: f64,
+    /// Fraction of inputs with the same prediction (abstentions included).
+    pub prediction_agreement: f64,
+    /// Fraction of inputs whose estimated radius exceeds the certified one.
+    pub overestimation_rate: f64,
+    /// 95th percentile of the excess (estimate - certificate) over those inputs; 0 if none.
+    pub overestimation_p95: f64,
+    pub median_seconds_reference: f64,
+    pub median_seconds_estimate: f64,
+    /// Reference median seconds per input over the estimate's.
+    pub speedup: f64,
+}
+
+/// Compares `estimate` rows with `reference` (Monte Carlo) rows on their common inputs.
+pub fn compare(
+    reference: (&str, &[CertRow]),
+    estimate: (&str, &[CertRow]),
+    radii: &[f64],
+) -> Comparison {
+    let by_idx: BTreeMap<usize, &CertRow> = reference.1.iter().map(|r| (r.idx, r)).collect();
+    let pairs: Vec<(&CertRow, &CertRow)> = estimate
+        .1
+        .iter()
+        .filter_map(|e| by_idx.get(&e.idx).map(|r| (*r, e)))
+        .collect();
+    let refs: Vec<CertRow> = pairs.iter().map(|(r, _)| (*r).clone()).collect();
+    let ests: Vec<CertRow> = pairs.iter().map(|(_, e)| (*e).clone()).collect();
+    let (cr, ce) = (
+        summarize(reference.0, &refs, radii),
+        summarize(estimate.0, &ests, radii),
+    );
+    let n = pairs.len().max(1) as f64;
+    let mut excess: Vec<f64> = pairs
+        .iter()
+        .map(|(r, e)| e.radius - r.radius)
+        .filter(|d| *d > 0.0)
+        .collect();
+    excess.sort_by(f64::total_cmp);
+    let p95 = if excess.is_empty() {
+        0.0
+    } else {
+        excess[((excess.len() as f64 * 0.95).ceil() as usize).clamp(1, excess.len()) - 1]
+    };
+    Comparison {
+        reference: reference.0.to_string(),
+        estimate: estimate.0.to_string(),
+        common_inputs: pairs.len(),
+        certified_accuracy_gap_pp: cr
+            .certified_accuracy
+            .iter()
+            .zip(&ce.certified_accuracy)
+            .map(|((r, a), (_, b))| (*r, 100.0 * (b - a)))
+            .collect(),
+        acr_gap: ce.acr - cr.acr,
+        prediction_agreement: pairs.iter().filter(|(r, e)| r.predict == e.predict).count() as f64
+            / n,
+        overestimation_rate: excess.len() as f64 / n,
+        overestimation_p95: p95,
+        median_seconds_reference: cr.median_seconds,
+        median_seconds_estimate: ce.median_seconds,
+        speedup: if ce.median_seconds > 0.0 {
+            cr.median_seconds / ce.median_seconds
+        } else {
+            f64::INFINITY
+        },
+    }
 }
 
 const NOTE: &str =
@@ -307,6 +385,24 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
         });
     }
 
+    // With one Monte Carlo file, every other file is compared against it.
+    let mc: Vec<usize> = (0..files.len())
+        .filter(|&i| radius_kind(&methods(&all_rows[i])) == "certificate")
+        .collect();
+    let comparisons: Vec<Comparison> = match mc.as_slice() {
+        [m] => (0..files.len())
+            .filter(|i| i != m)
+            .map(|i| {
+                compare(
+                    (&names[*m], &all_rows[*m]),
+                    (&names[i], &all_rows[i]),
+                    &opts.radii,
+                )
+            })
+            .collect(),
+        _ => vec![],
+    };
+
     std::fs::create_dir_all(&opts.out_dir).map_err(io_err(&opts.out_dir))?;
     let json_path = opts.out_dir.join(JSON_NAME);
     let report = ReportJson {
@@ -314,6 +410,7 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
         curve_step: grid.get(1).copied().unwrap_or(CURVE_STEP),
         note: NOTE,
         files: reports,
+        comparisons,
     };
     let json = serde_json::to_vec_pretty(&report).map_err(|e| ReportError::Io {
         path: json_path.clone(),
@@ -348,7 +445,9 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
     })?;
     crate::fsutil::write_atomic(&png_path, &png).map_err(io_err(&png_path))?;
 
-    Ok(markdown(&report.files, &opts.radii, &all_rows))
+    let mut md = markdown(&report.files, &opts.radii, &all_rows);
+    md.push_str(&comparison_markdown(&report.comparisons));
+    Ok(md)
 }
 
 /// 0, 0.01, ... up to the first multiple of the step at or above `max`
@@ -367,6 +466,35 @@ fn curve_grid(max: f64) -> Vec<f64> {
 
 fn escape_md(s: &str) -> String {
     s.replace('|', "\\|")
+}
+
+fn comparison_markdown(comparisons: &[Comparison]) -> String {
+    let mut out = String::new();
+    for c in comparisons {
+        out.push_str(&format!(
+            "\n{} (estimate) against {} (Monte Carlo certificate), {} common inputs:\n\n",
+            escape_md(&c.estimate),
+            escape_md(&c.reference),
+            c.common_inputs
+        ));
+        out.push_str("| r | certified accuracy gap (pp) |\n| ---: | ---: |\n");
+        for (r, gap) in &c.certified_accuracy_gap_pp {
+            out.push_str(&format!("| {r} | {gap:+.1} |\n"));
+        }
+        out.push_str(&format!(
+            "\nACR gap {:+.3}; prediction agreement {:.1}%; overestimation: {:.1}% of inputs \
+             get a larger radius than their certificate (95th percentile of the excess {:.3}); \
+             speedup {:.1}x ({:.4} s vs {:.4} s median per input, as the two certify runs measured them).\n",
+            c.acr_gap,
+            100.0 * c.prediction_agreement,
+            100.0 * c.overestimation_rate,
+            c.overestimation_p95,
+            c.speedup,
+            c.median_seconds_reference,
+            c.median_seconds_estimate
+        ));
+    }
+    out
 }
 
 /// `certify`'s parameter sidecar for `path` (`x.tsv` -> `x.params.json`), if any.
@@ -535,8 +663,14 @@ fn draw_png(curves: &[PlotCurve], max_radius: f64, text: bool) -> Result<Vec<u8>
         let mut builder = ChartBuilder::on(&root);
         builder.margin(20);
         if text {
+            // With an estimate on the plot the title says so: its curve is not certified.
+            let caption = if curves.iter().any(|c| c.estimate) {
+                "Certified accuracy vs L2 radius (dashed: surrogate estimates)"
+            } else {
+                "Certified accuracy vs L2 radius"
+            };
             builder
-                .caption("Certified accuracy vs L2 radius", ("sans-serif", 26))
+                .caption(caption, ("sans-serif", 26))
                 .x_label_area_size(55)
                 .y_label_area_size(75);
         }
@@ -634,6 +768,44 @@ mod tests {
             row(6, 4, -1, 0.0, 0.5, "mc"),
             row(7, 7, -1, 0.0, 0.7, "mc"),
         ]
+    }
+
+    #[test]
+    fn comparison_matches_hand_computed_figures() {
+        let mc = rows();
+        // The estimate: row 0 larger (+0.2), row 1 smaller, row 2 equal, row 3 larger
+        // (+0.05), row 4 the same wrong class, row 5 certified correctly (+0.3 over
+        // an abstention), rows 6 and 7 absent (not common), one extra input 9.
+        let est = vec![
+            row(0, 3, 3, 0.3, 0.01, "surrogate"),
+            row(1, 3, 3, 0.2, 0.02, "surrogate"),
+            row(2, 1, 1, 0.5, 0.03, "surrogate"),
+            row(3, 0, 0, 0.95, 0.04, "surrogate"),
+            row(4, 2, 5, 0.7, 0.05, "surrogate"),
+            row(5, 2, 2, 0.3, 0.06, "surrogate"),
+            row(9, 1, 1, 0.4, 0.07, "surrogate"),
+        ];
+        let c = compare(("mc", &mc), ("sur", &est), &[0.0, 0.25]);
+        assert_eq!(c.common_inputs, 6);
+        // On inputs 0..=5: MC correct-certified {0.1, 0.25, 0.5, 0.9}; estimate
+        // {0.3, 0.2, 0.5, 0.95, 0.3}. r=0: 4/6 vs 5/6; r=0.25: 3/6 vs 4/6.
+        let want = [(0.0, 100.0 / 6.0), (0.25, 100.0 / 6.0)];
+        for ((r, g), (wr, wg)) in c.certified_accuracy_gap_pp.iter().zip(want) {
+            assert_eq!(*r, wr);
+            assert!((g - wg).abs() < 1e-9, "{g} vs {wg}");
+        }
+        let acr_mc = (0.1 + 0.25 + 0.5 + 0.9) / 6.0;
+        let acr_est = (0.3 + 0.2 + 0.5 + 0.95 + 0.3) / 6.0;
+        assert!((c.acr_gap - (acr_est - acr_mc)).abs() < 1e-12);
+        // Same prediction on 0, 1, 2, 3, 4 (5: abstain vs class 2).
+        assert!((c.prediction_agreement - 5.0 / 6.0).abs() < 1e-12);
+        // Larger radius on 0 (+0.2), 3 (+0.05), 5 (+0.3): 3 of 6; p95 of three = the largest.
+        assert!((c.overestimation_rate - 0.5).abs() < 1e-12);
+        assert!((c.overestimation_p95 - 0.3).abs() < 1e-9);
+        // Medians over the common inputs: MC (0.3 + 0.4) / 2, estimate (0.03 + 0.04) / 2.
+        assert!((c.median_seconds_reference - 0.35).abs() < 1e-12);
+        assert!((c.median_seconds_estimate - 0.035).abs() < 1e-12);
+        assert!((c.speedup - 10.0).abs() < 1e-9);
     }
 
     #[test]
