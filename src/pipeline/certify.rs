@@ -71,6 +71,9 @@ struct RunParams {
     bundle_version: String,
     /// Fingerprint of the base weights: a retrained model under the same name is another run.
     base_weights_fnv1a: String,
+    /// The surrogate's fingerprint too, for method surrogate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    surrogate_weights_fnv1a: Option<String>,
     method: Method,
     split: Split,
     skip: usize,
@@ -141,6 +144,13 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         bundle_name: bundle.name.clone(),
         bundle_version: bundle.version.clone(),
         base_weights_fnv1a: crate::fsutil::fingerprint(&base_path).map_err(io_err(&base_path))?,
+        surrogate_weights_fnv1a: match (opts.method, &bundle.surrogate) {
+            (Method::Surrogate, Some(s)) => {
+                let path = bundle.dir.join(&s.model.file);
+                Some(crate::fsutil::fingerprint(&path).map_err(io_err(&path))?)
+            }
+            _ => None,
+        },
         method: opts.method,
         split: opts.split,
         skip: opts.skip,
