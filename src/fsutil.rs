@@ -19,12 +19,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// FNV-1a (64 bit) of a file's bytes, in hex: a stable fingerprint that tells
-/// one set of weights from another (not a security hash).
-pub fn fingerprint(path: &Path) -> std::io::Result<String> {
-    let bytes = std::fs::read(path)?;
-    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+/// FNV-1a (64 bit): a stable fingerprint of bytes (not a security hash).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    Ok(format!("{hash:016x}"))
+    })
+}
+
+/// [`fnv1a`] of a file's bytes, in hex: tells one set of weights from another.
+pub fn fingerprint(path: &Path) -> std::io::Result<String> {
+    Ok(format!("{:016x}", fnv1a(&std::fs::read(path)?)))
+}
+
+/// The file beside `path` that shares its stem: (`runs/mc.tsv`, `params.json`)
+/// -> `runs/mc.params.json`.
+pub fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
+    path.with_file_name(format!("{stem}.{suffix}"))
 }

@@ -307,12 +307,18 @@ fn main() -> Result<()> {
                 show_progress,
             };
             let s = certify::certify(&opts).context("certify failed")?;
+            let what = match s.method {
+                certify::Method::Mc => "certified accuracy",
+                certify::Method::Surrogate => {
+                    "ESTIMATED certified accuracy (surrogate, not a guarantee)"
+                }
+            };
             println!(
-                "{} ({}): {} inputs, certified accuracy at r=0 {:.1}%, abstained {:.1}%, median {:.3} s/input",
+                "{} ({}): {} inputs, {what} at r=0 {:.1}%, abstained {:.1}%, median {:.3} s/input",
                 s.out.display(),
                 s.method.as_str(),
                 s.inputs,
-                100.0 * s.certified_accuracy_at_0,
+                100.0 * s.accuracy_at_radius_0,
                 100.0 * s.abstention_rate,
                 s.median_seconds_per_input
             );

@@ -63,6 +63,16 @@ fn counts_shards_resume_and_merge() {
         "{total1} vs {expected}"
     );
 
+    // Rerunning a finished job samples nothing and keeps the file.
+    match sample_counts(&opts(&bundle, &root.path().join("whole.safetensors"))).unwrap() {
+        SampleOutcome::Finished(s) => assert_eq!(s.noisy_passes_this_run, 0),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        Counts::read(&root.path().join("whole.safetensors")).unwrap(),
+        whole
+    );
+
     // Three shards in chunks of two, merged: the same counts, input for input.
     let mut shard_files = vec![];
     for i in 0..3 {
@@ -106,9 +116,16 @@ fn counts_shards_resume_and_merge() {
     assert!(!first_chunk.exists(), "parts are removed once joined");
     assert!(!kept.is_empty());
 
-    // Overlapping shards and other runs are refused.
+    // Overlapping shards, shards of another split into k, and other runs are refused.
     let err = merge_counts(
         &[o.out.clone(), shard_files[0].clone()],
+        &root.path().join("bad.safetensors"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("another run"), "{err}");
+    let err = merge_counts(
+        &[shard_files[0].clone(), shard_files[0].clone()],
         &root.path().join("bad.safetensors"),
     )
     .unwrap_err()

@@ -3,8 +3,8 @@
 //! so an interrupted run resumes without redoing finished inputs.
 use super::report::summarize;
 use super::tsv::{open_for_resume, CertRow};
-use super::{io_err, progress_bar, write_json, PipelineError};
-use crate::data::{self, Split};
+use super::{io_err, load_inputs, progress_bar, write_json, Inputs, PipelineError};
+use crate::data::Split;
 use crate::engine::{self, CertifyParams};
 use crate::model::{Bundle, Classifier};
 use crate::smoothing::Decision;
@@ -30,6 +30,14 @@ impl Method {
         match self {
             Method::Mc => "mc",
             Method::Surrogate => "surrogate",
+        }
+    }
+
+    /// What this method's radii are: a certificate, or an estimate of one.
+    pub fn radius_kind(self) -> &'static str {
+        match self {
+            Method::Mc => "certificate",
+            Method::Surrogate => "estimate",
         }
     }
 }
@@ -97,47 +105,29 @@ pub struct CertifySummary {
     pub n: u64,
     pub alpha: f64,
     pub sigma: f64,
-    pub certified_accuracy_at_0: f64,
+    /// "certificate" for mc, "estimate" for surrogate: what the radii are.
+    pub radius_kind: &'static str,
+    /// Fraction predicted correctly with a radius (certified, or estimated for surrogate).
+    pub accuracy_at_radius_0: f64,
     pub abstention_rate: f64,
     pub median_seconds_per_input: f64,
     pub wall_seconds: f64,
 }
 
-fn sidecar(out: &Path, suffix: &str) -> PathBuf {
-    let stem = out
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("certify");
-    out.with_file_name(format!("{stem}.{suffix}"))
-}
-
 pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
     opts.params.validate()?;
-    if opts.skip == 0 {
-        return Err(PipelineError::Invalid("--skip must be at least 1".into()));
-    }
-    let bundle = Bundle::load(&opts.bundle)?;
-    let dataset = bundle.provenance.dataset.ok_or_else(|| {
-        PipelineError::Invalid(format!(
-            "{}: model.toml names no provenance.dataset to certify on",
-            opts.bundle.display()
-        ))
-    })?;
-    let data_dir = opts
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| dataset.default_dir());
-    let ds = data::load(dataset, &data_dir, opts.split)?;
-    if ds.shape != bundle.input_shape {
-        return Err(PipelineError::Invalid(format!(
-            "dataset images are {:?} but the model expects {:?}",
-            ds.shape, bundle.input_shape
-        )));
-    }
-    let indices: Vec<usize> = (0..ds.len())
-        .step_by(opts.skip)
-        .take(opts.max.unwrap_or(usize::MAX))
-        .collect();
+    let Inputs {
+        bundle,
+        dataset: ds,
+        indices,
+        ..
+    } = load_inputs(
+        &opts.bundle,
+        opts.split,
+        opts.data_dir.as_deref(),
+        opts.skip,
+        opts.max,
+    )?;
 
     let base_path = bundle.base_path();
     let run = RunParams {
@@ -166,7 +156,7 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
     if let Some(parent) = opts.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
-    let params_path = sidecar(&opts.out, "params.json");
+    let params_path = crate::fsutil::sidecar(&opts.out, "params.json");
     let has_rows = std::fs::read_to_string(&opts.out).is_ok_and(|t| t.lines().count() > 1);
     if has_rows && !params_path.exists() {
         return Err(PipelineError::Invalid(format!(
@@ -285,11 +275,12 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         n: opts.params.n,
         alpha: opts.params.alpha,
         sigma,
-        certified_accuracy_at_0: curve.certified_accuracy.first().map_or(0.0, |p| p.1),
+        radius_kind: opts.method.radius_kind(),
+        accuracy_at_radius_0: curve.certified_accuracy.first().map_or(0.0, |p| p.1),
         abstention_rate: curve.abstention_rate,
         median_seconds_per_input: curve.median_seconds,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
-    write_json(&sidecar(&opts.out, "summary.json"), &summary)?;
+    write_json(&crate::fsutil::sidecar(&opts.out, "summary.json"), &summary)?;
     Ok(summary)
 }

@@ -2,12 +2,13 @@
 //! surrogate learns from. The costly one-time step, so it is sharded
 //! (`--shard i/k` takes every k-th input from the i-th), resumable (inputs are
 //! sampled in chunks, each written atomically and never redone), and
-//! reproducible (each input draws its noise from its own seed, so sharding
-//! and interruptions do not change a single count).
-use super::{io_err, progress_bar, write_json, PipelineError};
-use crate::data::{self, DatasetKind, Split};
+//! reproducible (each input draws its noise from its own seed, so with the same
+//! forward batch and device, sharding and interruptions change no count).
+//! A finished output is never resampled.
+use super::{io_err, load_inputs, progress_bar, write_json, Inputs, PipelineError};
+use crate::data::{DatasetKind, Split};
 use crate::engine;
-use crate::model::{Bundle, Classifier};
+use crate::model::Classifier;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -69,15 +70,17 @@ pub struct CountsMeta {
 }
 
 impl CountsMeta {
-    /// Everything but the shard must agree for two files to be merged.
+    /// Everything but the shard index must agree for two files to be merged.
     fn same_run(&self, other: &CountsMeta) -> bool {
-        CountsMeta {
-            shard: None,
-            ..self.clone()
-        } == CountsMeta {
-            shard: None,
-            ..other.clone()
-        }
+        let shard_count = |m: &CountsMeta| m.shard.map(|s| s.count);
+        shard_count(self) == shard_count(other)
+            && CountsMeta {
+                shard: None,
+                ..self.clone()
+            } == CountsMeta {
+                shard: None,
+                ..other.clone()
+            }
     }
 }
 
@@ -261,24 +264,18 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
             "--skip, --chunk and --batch must be at least 1".into(),
         ));
     }
-    let bundle = Bundle::load(&opts.bundle)?;
-    let dataset = bundle.provenance.dataset.ok_or_else(|| {
-        PipelineError::Invalid(format!(
-            "{}: model.toml names no provenance.dataset",
-            opts.bundle.display()
-        ))
-    })?;
-    let data_dir = opts
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| dataset.default_dir());
-    let ds = data::load(dataset, &data_dir, opts.split)?;
-    if ds.shape != bundle.input_shape {
-        return Err(PipelineError::Invalid(format!(
-            "dataset images are {:?} but the model expects {:?}",
-            ds.shape, bundle.input_shape
-        )));
-    }
+    let Inputs {
+        bundle,
+        kind: dataset,
+        dataset: ds,
+        indices: all_indices,
+    } = load_inputs(
+        &opts.bundle,
+        opts.split,
+        opts.data_dir.as_deref(),
+        opts.skip,
+        opts.max,
+    )?;
     let base = bundle.base_path();
     let meta = CountsMeta {
         format: FORMAT,
@@ -294,20 +291,52 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
         max: opts.max,
         shard: opts.shard,
     };
-    let indices: Vec<usize> = (0..ds.len())
-        .step_by(opts.skip)
-        .take(opts.max.unwrap_or(usize::MAX))
+    let indices: Vec<usize> = all_indices
+        .into_iter()
         .enumerate()
         .filter(|(pos, _)| opts.shard.is_none_or(|s| pos % s.count == s.index))
         .map(|(_, idx)| idx)
         .collect();
+    if indices.is_empty() {
+        return Err(PipelineError::Invalid(
+            "no inputs to sample (check --skip, --max and --shard)".into(),
+        ));
+    }
+    // Done before: the file is the result, not a job to redo.
+    if opts.out.exists() {
+        let existing = Counts::read(&opts.out)?;
+        if existing.meta == meta {
+            tracing::info!(out = %opts.out.display(), "already sampled; nothing to do");
+            return Ok(SampleOutcome::Finished(SampleCountsSummary {
+                out: opts.out.clone(),
+                inputs: existing.len(),
+                n: opts.n,
+                shard: opts.shard,
+                chunks: 0,
+                chunks_resumed: 0,
+                noisy_passes_this_run: 0,
+                wall_seconds: 0.0,
+                passes_per_second: 0.0,
+            }));
+        }
+        return Err(PipelineError::Invalid(format!(
+            "{} holds counts of another run; remove it or choose another --out",
+            opts.out.display()
+        )));
+    }
     let chunks: Vec<&[usize]> = indices.chunks(opts.chunk).collect();
 
     let parts = parts_dir(&opts.out);
     std::fs::create_dir_all(&parts).map_err(io_err(&parts))?;
-    // The run's parameters (and chunk size) pin what every chunk file means.
+    // The run's parameters, chunk size, forward batch and device pin what every
+    // chunk file means (the last two decide which noise an input draws).
     let params_path = parts.join("params.json");
-    let params = serde_json::json!({ "meta": &meta, "chunk": opts.chunk });
+    let params = serde_json::json!({
+        "meta": &meta,
+        "chunk": opts.chunk,
+        "batch": opts.batch,
+        "device": format!("{:?}", opts.device),
+    });
     if params_path.exists() {
         let text = std::fs::read_to_string(&params_path).map_err(io_err(&params_path))?;
         let previous: serde_json::Value = serde_json::from_str(&text)
@@ -404,13 +433,8 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
         wall_seconds: wall,
         passes_per_second: passes as f64 / wall.max(1e-9),
     };
-    write_json(&summary_path(&opts.out), &summary)?;
+    write_json(&crate::fsutil::sidecar(&opts.out, "summary.json"), &summary)?;
     Ok(SampleOutcome::Finished(summary))
-}
-
-fn summary_path(out: &Path) -> PathBuf {
-    let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("counts");
-    out.with_file_name(format!("{stem}.summary.json"))
 }
 
 /// Joins shards of one run into one file; refuses shards of different runs and

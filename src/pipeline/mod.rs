@@ -46,6 +46,53 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PipelineErro
     }
 }
 
+/// A bundle, the dataset split it names (or the one in `data_dir`), and the
+/// inputs to process: every `skip`-th index, at most `max` of them. What
+/// certify and sample-counts both start from.
+pub(crate) struct Inputs {
+    pub bundle: crate::model::Bundle,
+    pub kind: crate::data::DatasetKind,
+    pub dataset: crate::data::Dataset,
+    pub indices: Vec<usize>,
+}
+
+pub(crate) fn load_inputs(
+    bundle: &Path,
+    split: crate::data::Split,
+    data_dir: Option<&Path>,
+    skip: usize,
+    max: Option<usize>,
+) -> Result<Inputs, PipelineError> {
+    if skip == 0 {
+        return Err(PipelineError::Invalid("--skip must be at least 1".into()));
+    }
+    let b = crate::model::Bundle::load(bundle)?;
+    let kind = b.provenance.dataset.ok_or_else(|| {
+        PipelineError::Invalid(format!(
+            "{}: model.toml names no provenance.dataset",
+            bundle.display()
+        ))
+    })?;
+    let dir = data_dir.map_or_else(|| kind.default_dir(), Path::to_path_buf);
+    let dataset = crate::data::load(kind, &dir, split)?;
+    if dataset.shape != b.input_shape {
+        return Err(PipelineError::Invalid(format!(
+            "dataset images are {:?} but the model expects {:?}",
+            dataset.shape, b.input_shape
+        )));
+    }
+    let indices = (0..dataset.len())
+        .step_by(skip)
+        .take(max.unwrap_or(usize::MAX))
+        .collect();
+    Ok(Inputs {
+        bundle: b,
+        kind,
+        dataset,
+        indices,
+    })
+}
+
 /// Writes a machine-readable JSON summary atomically.
 pub(crate) fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), PipelineError> {
     let text = serde_json::to_vec_pretty(value)

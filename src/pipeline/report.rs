@@ -249,6 +249,13 @@ pub struct Comparison {
     pub speedup: f64,
 }
 
+/// The q-quantile of ascending, non-empty `sorted` by the nearest-rank rule
+/// (the ceil(q * len)-th smallest).
+pub fn nearest_rank(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
 /// Compares `estimate` rows with `reference` (Monte Carlo) rows on their common inputs.
 pub fn compare(
     reference: (&str, &[CertRow]),
@@ -277,7 +284,7 @@ pub fn compare(
     let p95 = if excess.is_empty() {
         0.0
     } else {
-        excess[((excess.len() as f64 * 0.95).ceil() as usize).clamp(1, excess.len()) - 1]
+        nearest_rank(&excess, 0.95)
     };
     Comparison {
         reference: reference.0.to_string(),
@@ -389,9 +396,20 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
     let mc: Vec<usize> = (0..files.len())
         .filter(|&i| radius_kind(&methods(&all_rows[i])) == "certificate")
         .collect();
+    let mut not_compared = Vec::new();
     let comparisons: Vec<Comparison> = match mc.as_slice() {
         [m] => (0..files.len())
             .filter(|i| i != m)
+            .filter(|&i| match incomparable(&reports[*m], &reports[i]) {
+                Some(key) => {
+                    not_compared.push(format!(
+                        "{} is not compared with {}: their {key} differ",
+                        names[i], names[*m]
+                    ));
+                    false
+                }
+                None => true,
+            })
             .map(|i| {
                 compare(
                     (&names[*m], &all_rows[*m]),
@@ -447,6 +465,9 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
 
     let mut md = markdown(&report.files, &opts.radii, &all_rows);
     md.push_str(&comparison_markdown(&report.comparisons));
+    for line in not_compared {
+        md.push_str(&format!("\n{}\n", escape_md(&line)));
+    }
     Ok(md)
 }
 
@@ -466,6 +487,18 @@ fn curve_grid(max: f64) -> Vec<f64> {
 
 fn escape_md(s: &str) -> String {
     s.replace('|', "\\|")
+}
+
+/// Two runs are comparable input by input only on the same split of the same
+/// base classifier at the same sigma and alpha (n may differ on purpose).
+/// Returns the first run parameter that differs, when both files have them.
+fn incomparable(a: &FileReport, b: &FileReport) -> Option<&'static str> {
+    let (Some(pa), Some(pb)) = (&a.run_params, &b.run_params) else {
+        return None;
+    };
+    ["split", "base_weights_fnv1a", "sigma", "alpha"]
+        .into_iter()
+        .find(|k| pa.get(*k) != pb.get(*k))
 }
 
 fn comparison_markdown(comparisons: &[Comparison]) -> String {
@@ -499,8 +532,7 @@ fn comparison_markdown(comparisons: &[Comparison]) -> String {
 
 /// `certify`'s parameter sidecar for `path` (`x.tsv` -> `x.params.json`), if any.
 fn read_run_params(path: &Path) -> Option<serde_json::Value> {
-    let stem = path.file_stem()?.to_str()?;
-    let text = std::fs::read_to_string(path.with_file_name(format!("{stem}.params.json"))).ok()?;
+    let text = std::fs::read_to_string(crate::fsutil::sidecar(path, "params.json")).ok()?;
     serde_json::from_str(&text).ok()
 }
 
@@ -541,8 +573,13 @@ fn markdown(files: &[FileReport], radii: &[f64], all_rows: &[Vec<CertRow>]) -> S
     for f in files {
         if let Some(p) = &f.run_params {
             let field = |k: &str| p.get(k).map_or("?".to_string(), |v| v.to_string());
+            let n_kind = if f.radius_kind == "certificate" {
+                "n"
+            } else {
+                "nominal n"
+            };
             out.push_str(&format!(
-                "{}: n0 = {}, n = {}, alpha = {}, sigma = {}\n",
+                "{}: n0 = {}, {n_kind} = {}, alpha = {}, sigma = {}\n",
                 escape_md(&f.summary.name),
                 field("n0"),
                 field("n"),

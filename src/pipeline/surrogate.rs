@@ -89,7 +89,8 @@ struct RunKey {
     learning_rate: f64,
     val_fraction: f64,
     seed: u64,
-    counts: Vec<String>,
+    /// The counts' metadata and a fingerprint of their values: other counts are another run.
+    counts: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -188,7 +189,7 @@ pub fn validate(
         .squeeze_dim(1);
     let mut errs: Vec<f64> = Vec::try_from(err.to_kind(Kind::Double).to_device(Device::Cpu))?;
     errs.sort_by(f64::total_cmp);
-    let p95 = errs[((errs.len() as f64 * 0.95).ceil() as usize).clamp(1, errs.len()) - 1];
+    let p95 = super::report::nearest_rank(&errs, 0.95);
     Ok(ValidationFigures {
         mean_js: js.mean(Kind::Double).double_value(&[]),
         top1_agreement: agree.double_value(&[]),
@@ -210,6 +211,12 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
     }
     let mut bundle = Bundle::load(&opts.bundle)?;
     let counts = super::counts::merge_counts_in_memory(&opts.counts)?;
+    if counts.len() < 2 {
+        return Err(PipelineError::Invalid(format!(
+            "{} counted input(s): a training and a validation split need at least 2",
+            counts.len()
+        )));
+    }
     let base = bundle.base_path();
     let fingerprint = crate::fsutil::fingerprint(&base).map_err(io_err(&base))?;
     if counts.meta.base_weights_fnv1a != fingerprint
@@ -229,10 +236,11 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
     let ds = data::load(counts.meta.dataset, &data_dir, counts.meta.split)?;
     let (x, q) = training_tensors(&ds, &counts, opts.device)?;
 
-    // A fixed split from the seed: the same inputs are held out on every resume.
+    // A fixed split from the seed, drawn on the CPU so that the device does not
+    // change it: the same inputs are held out on every resume.
     tch::manual_seed(opts.seed as i64);
     let m = counts.len() as i64;
-    let perm = Tensor::randperm(m, (Kind::Int64, opts.device));
+    let perm = Tensor::randperm(m, (Kind::Int64, Device::Cpu)).to_device(opts.device);
     let n_val = ((m as f64 * opts.val_fraction).round() as i64).clamp(1, m - 1);
     let (val_idx, train_idx) = (perm.narrow(0, 0, n_val), perm.narrow(0, n_val, m - n_val));
     let (x_val, q_val) = (x.index_select(0, &val_idx), q.index_select(0, &val_idx));
@@ -255,16 +263,23 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         learning_rate: opts.learning_rate,
         val_fraction: opts.val_fraction,
         seed: opts.seed,
-        counts: vec![format!(
-            "{}:{}",
-            counts.meta.base_weights_fnv1a,
-            counts.len()
-        )],
+        counts: format!(
+            "{}:{:016x}",
+            serde_json::to_string(&counts.meta).unwrap_or_default(),
+            crate::fsutil::fnv1a(
+                &counts
+                    .indices
+                    .iter()
+                    .flat_map(|i| i.to_le_bytes())
+                    .chain(counts.counts.iter().flat_map(|c| c.to_le_bytes()))
+                    .collect::<Vec<u8>>()
+            )
+        ),
     };
     let ckpt = Checkpoint {
         dir: bundle.dir.join("surrogate-checkpoint"),
     };
-    let best_path = ckpt.dir.join("best.safetensors");
+    let best_path = |epoch: usize| ckpt.dir.join(format!("best-{epoch}.safetensors"));
     let mut state = State {
         key: key.clone(),
         epochs_done: 0,
@@ -327,9 +342,16 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
             val_p95_err = validation.p95_abs_err_pa,
             "surrogate epoch done"
         );
+        // The best weights go to best-<epoch> (temp file + rename); the state file
+        // written below is what makes them the best, so a kill in between only
+        // leaves a stray file.
+        let previous_best = state.best_epoch;
         if validation.mean_js < state.best_val_js {
             std::fs::create_dir_all(&ckpt.dir).map_err(io_err(&ckpt.dir))?;
-            model.save_weights(&best_path)?;
+            let tmp = ckpt.dir.join("best.tmp.safetensors");
+            model.save_weights(&tmp)?;
+            let path = best_path(epoch + 1);
+            std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
             state.best_val_js = validation.mean_js;
             state.best_epoch = epoch + 1;
         }
@@ -342,6 +364,9 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         state.epochs_done = epoch + 1;
         state.adam_step = adam.step;
         ckpt.write(&model, &adam, state.epochs_done, &state)?;
+        if previous_best != state.best_epoch && previous_best > 0 {
+            let _ = std::fs::remove_file(best_path(previous_best));
+        }
     }
     if state.epochs_done < opts.epochs {
         return Ok(SurrogateOutcome::Paused {
@@ -350,7 +375,7 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
     }
 
     // The best epoch by validation JS is the surrogate.
-    model.load_weights(&best_path)?;
+    model.load_weights(&best_path(state.best_epoch))?;
     let best = state
         .history
         .iter()
@@ -448,8 +473,18 @@ mod tests {
 
     #[test]
     fn soft_ce_matches_the_definition_and_gradients_stay_finite() {
-        let logits = tensor(&[vec![80.0, -80.0, 0.0], vec![1.0, 2.0, 3.0]]).set_requires_grad(true);
-        let q = tensor(&[vec![0.0, 1.0, 0.0], vec![0.2, 0.3, 0.5]]);
+        // Row 3: p and q both 0 in class 1 (softmax underflows), the case log m guards.
+        let logits = tensor(&[
+            vec![80.0, -80.0, 0.0],
+            vec![1.0, 2.0, 3.0],
+            vec![80.0, -80.0, 0.0],
+        ])
+        .set_requires_grad(true);
+        let q = tensor(&[
+            vec![0.0, 1.0, 0.0],
+            vec![0.2, 0.3, 0.5],
+            vec![1.0, 0.0, 0.0],
+        ]);
         let ce = SurrogateLoss::SoftCe.per_input(&logits, &q);
         let row1 = Vec::<f64>::try_from(ce.to_kind(Kind::Double)).unwrap()[1];
         let lse = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
