@@ -121,6 +121,9 @@ enum Command {
         device: String,
         #[arg(long)]
         pause_after: Option<usize>,
+        /// Start from the base classifier's weights (same architecture).
+        #[arg(long)]
+        init_from_base: bool,
     },
     /// Join count shards of one run into one file.
     MergeCounts {
@@ -386,6 +389,7 @@ fn main() -> Result<()> {
             seed,
             device: dev,
             pause_after,
+            init_from_base,
         } => {
             let opts = surrogate::TrainSurrogateOptions {
                 bundle,
@@ -401,6 +405,7 @@ fn main() -> Result<()> {
                 seed,
                 device: device(&dev)?,
                 pause_after,
+                init_from_base,
                 show_progress,
             };
             match surrogate::train_surrogate(&opts).context("train-surrogate failed")? {

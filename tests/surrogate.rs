@@ -52,8 +52,17 @@ fn surrogate_learns_known_counts() {
         seed: 5,
         device: Device::Cpu,
         pause_after: Some(4),
+        init_from_base: false,
         show_progress: false,
     };
+    // The base here is TorchScript: there are no built-in weights to start from.
+    let err = train_surrogate(&TrainSurrogateOptions {
+        init_from_base: true,
+        ..opts.clone()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--init-from-base"), "{err}");
     match train_surrogate(&opts).unwrap() {
         SurrogateOutcome::Paused { epochs_done } => assert_eq!(epochs_done, 4),
         other => panic!("expected a pause, got {other:?}"),

@@ -77,6 +77,9 @@ pub struct TrainSurrogateOptions {
     pub seed: u64,
     pub device: Device,
     pub pause_after: Option<usize>,
+    /// Start from the base classifier's weights (same built-in architecture):
+    /// its softmax on the clean input is already a rough estimate of the counts.
+    pub init_from_base: bool,
     pub show_progress: bool,
 }
 
@@ -89,6 +92,7 @@ struct RunKey {
     learning_rate: f64,
     val_fraction: f64,
     seed: u64,
+    init_from_base: bool,
     /// The counts' metadata and a fingerprint of their values: other counts are another run.
     counts: String,
 }
@@ -254,6 +258,16 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         bundle.normalization.as_ref(),
         opts.device,
     )?;
+    if opts.init_from_base {
+        if bundle.base.arch.as_deref() != Some(opts.arch.name()) {
+            return Err(PipelineError::Invalid(format!(
+                "--init-from-base needs the base's built-in architecture ({:?}), not {}",
+                bundle.base.arch,
+                opts.arch.name()
+            )));
+        }
+        model.load_weights(&bundle.base_path())?;
+    }
     let mut adam = Adam::new(&model)?;
     let key = RunKey {
         arch: opts.arch.name().into(),
@@ -263,6 +277,7 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         learning_rate: opts.learning_rate,
         val_fraction: opts.val_fraction,
         seed: opts.seed,
+        init_from_base: opts.init_from_base,
         counts: format!(
             "{}:{:016x}",
             serde_json::to_string(&counts.meta).unwrap_or_default(),
