@@ -197,6 +197,28 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Time Monte Carlo and surrogate certification on the same inputs in one run.
+    BenchCertify {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        inputs: usize,
+        #[arg(long, default_value_t = 100)]
+        n0: u64,
+        #[arg(long, default_value_t = 100_000)]
+        n: u64,
+        #[arg(long, default_value_t = 0.001)]
+        alpha: f64,
+        #[arg(long, default_value_t = 1000)]
+        batch: i64,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print libtorch, CUDA and thread information.
     Info,
 }
@@ -466,6 +488,36 @@ fn main() -> Result<()> {
                 seed,
             };
             let r = bench::bench(&opts).context("bench failed")?;
+            println!("{}", r.markdown());
+            if let Some(out) = out {
+                std::fs::write(&out, serde_json::to_vec_pretty(&r)?)
+                    .with_context(|| format!("writing {}", out.display()))?;
+            }
+        }
+        Command::BenchCertify {
+            bundle,
+            inputs,
+            n0,
+            n,
+            alpha,
+            batch,
+            device: dev,
+            seed,
+            out,
+        } => {
+            let opts = bench::MethodsBenchOptions {
+                bundle,
+                device: device(&dev)?,
+                inputs,
+                params: CertifyParams {
+                    n0,
+                    n,
+                    alpha,
+                    batch,
+                },
+                seed,
+            };
+            let r = bench::bench_methods(&opts).context("bench-certify failed")?;
             println!("{}", r.markdown());
             if let Some(out) = out {
                 std::fs::write(&out, serde_json::to_vec_pretty(&r)?)

@@ -241,3 +241,29 @@ fn surrogate_method_follows_the_accelerated_steps() {
     let err = certify(&opts).unwrap_err().to_string();
     assert!(err.contains("[surrogate]"), "{err}");
 }
+
+#[test]
+fn bench_certify_times_both_methods_on_the_same_inputs() {
+    use smoothcert::pipeline::bench::{bench_methods, MethodsBenchOptions};
+    let _rng = rng_lock();
+    let root = tempfile::tempdir().unwrap();
+    let bundle = bundle_with_linear_surrogate(root.path(), 1.0);
+    let r = bench_methods(&MethodsBenchOptions {
+        bundle,
+        device: Device::Cpu,
+        inputs: 3,
+        params: CertifyParams {
+            n0: 10,
+            n: 20_000,
+            alpha: 0.001,
+            batch: 1000,
+        },
+        seed: 0,
+    })
+    .unwrap();
+    assert_eq!(r.inputs, 3);
+    assert!((r.ideal_speedup - 20_010.0 / 11.0).abs() < 1e-9);
+    assert!(r.mc_median_seconds > 0.0 && r.surrogate_median_seconds > 0.0);
+    assert!((r.speedup - r.mc_median_seconds / r.surrogate_median_seconds).abs() < 1e-9);
+    assert!(r.markdown().contains("surrogate (estimate)"));
+}

@@ -143,3 +143,103 @@ fn sync(device: Device) {
         tch::Cuda::synchronize(i as i64);
     }
 }
+
+#[derive(Debug, Clone)]
+pub struct MethodsBenchOptions {
+    pub bundle: PathBuf,
+    pub device: Device,
+    /// Test inputs timed (spread over the split).
+    pub inputs: usize,
+    pub params: crate::engine::CertifyParams,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodsBenchReport {
+    pub bundle: String,
+    pub device: String,
+    pub inputs: usize,
+    pub n0: u64,
+    pub n: u64,
+    pub batch: i64,
+    pub mc_median_seconds: f64,
+    pub surrogate_median_seconds: f64,
+    /// mc / surrogate, medians of per-input times measured alternately in this run.
+    pub speedup: f64,
+    /// (n0 + n) / (n0 + 1): the forward-pass ratio, the speedup's ideal.
+    pub ideal_speedup: f64,
+}
+
+impl MethodsBenchReport {
+    pub fn markdown(&self) -> String {
+        format!(
+            "Monte Carlo vs surrogate certification, bundle {}, device {}, {} inputs, n0 {}, N {}, batch {}\n\n\
+             | method | median s/input |\n|---|---:|\n| mc (certificate) | {:.4} |\n| surrogate (estimate) | {:.5} |\n\n\
+             speedup {:.1}x; ideal (n0 + N) / (n0 + 1) = {:.1}x; measured / ideal = {:.2}\n",
+            self.bundle,
+            self.device,
+            self.inputs,
+            self.n0,
+            self.n,
+            self.batch,
+            self.mc_median_seconds,
+            self.surrogate_median_seconds,
+            self.speedup,
+            self.ideal_speedup,
+            self.speedup / self.ideal_speedup
+        )
+    }
+}
+
+/// Times Monte Carlo CERTIFY and ACCELERATED on the same test inputs, one after
+/// the other for each input, so both see the same machine.
+pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, PipelineError> {
+    opts.params.validate()?;
+    if opts.inputs == 0 {
+        return Err(PipelineError::Invalid("--inputs must be at least 1".into()));
+    }
+    let bundle = Bundle::load(&opts.bundle)?;
+    let kind = bundle
+        .provenance
+        .dataset
+        .ok_or_else(|| PipelineError::Invalid("model.toml names no provenance.dataset".into()))?;
+    let ds = crate::data::load(kind, &kind.default_dir(), crate::data::Split::Test)?;
+    let base = Classifier::load(&bundle, opts.device)?;
+    let surrogate = Classifier::load_surrogate(&bundle, opts.device)?;
+    let [c, h, w] = bundle.input_shape.map(|d| d as i64);
+    let step = (ds.len() / opts.inputs).max(1);
+    // Warm-up on one input (allocator, kernels, thread pool), not timed.
+    let first = Tensor::from_slice(ds.image(0))
+        .view([1, c, h, w])
+        .to_device(opts.device);
+    crate::engine::certify(&base, bundle.sigma(), &first, &opts.params)?;
+    crate::engine::certify_accelerated(&base, &surrogate, bundle.sigma(), &first, &opts.params)?;
+    let (mut mc, mut sur) = (Vec::new(), Vec::new());
+    for idx in (0..ds.len()).step_by(step).take(opts.inputs) {
+        let x = Tensor::from_slice(ds.image(idx))
+            .view([1, c, h, w])
+            .to_device(opts.device);
+        tch::manual_seed(crate::engine::input_seed(opts.seed, idx));
+        let t = Instant::now();
+        crate::engine::certify(&base, bundle.sigma(), &x, &opts.params)?;
+        mc.push(t.elapsed().as_secs_f64());
+        tch::manual_seed(crate::engine::input_seed(opts.seed, idx));
+        let t = Instant::now();
+        crate::engine::certify_accelerated(&base, &surrogate, bundle.sigma(), &x, &opts.params)?;
+        sur.push(t.elapsed().as_secs_f64());
+    }
+    let (mc, sur) = (median(&mut mc), median(&mut sur));
+    let p = &opts.params;
+    Ok(MethodsBenchReport {
+        bundle: bundle.name,
+        device: format!("{:?}", opts.device),
+        inputs: opts.inputs,
+        n0: p.n0,
+        n: p.n,
+        batch: p.batch,
+        mc_median_seconds: mc,
+        surrogate_median_seconds: sur,
+        speedup: mc / sur,
+        ideal_speedup: (p.n0 + p.n) as f64 / (p.n0 + 1) as f64,
+    })
+}
