@@ -5,7 +5,7 @@ CARGO ?= cargo
 # tests, CI) that spinning starves real work, so they sleep instead.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup build test lint
+.PHONY: setup build test lint default-model
 
 setup:
 	bash scripts/setup.sh
@@ -19,3 +19,7 @@ lint: setup
 
 test: lint
 	$(CARGO) test
+
+# Rebuilds the shipped default bundle with the whole pipeline (resumable; hours on a CPU).
+default-model: setup
+	bash scripts/default-model.sh
