@@ -227,6 +227,20 @@ fn parse_arch(s: &str) -> Result<Arch, String> {
     Arch::parse(s).map_err(|e| e.to_string())
 }
 
+/// Prints a benchmark's Markdown and, when asked, writes its figures as JSON.
+fn print_and_save(
+    markdown: &str,
+    figures: &impl serde::Serialize,
+    out: Option<PathBuf>,
+) -> Result<()> {
+    println!("{markdown}");
+    if let Some(out) = out {
+        std::fs::write(&out, serde_json::to_vec_pretty(figures)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
 fn device(spec: &str) -> Result<tch::Device> {
     let d = parse_device(spec)?;
     tracing::info!(device = ?d, cuda = %cuda_status().detail, "device selected");
@@ -488,11 +502,7 @@ fn main() -> Result<()> {
                 seed,
             };
             let r = bench::bench(&opts).context("bench failed")?;
-            println!("{}", r.markdown());
-            if let Some(out) = out {
-                std::fs::write(&out, serde_json::to_vec_pretty(&r)?)
-                    .with_context(|| format!("writing {}", out.display()))?;
-            }
+            print_and_save(&r.markdown(), &r, out)?;
         }
         Command::BenchCertify {
             bundle,
@@ -518,11 +528,7 @@ fn main() -> Result<()> {
                 seed,
             };
             let r = bench::bench_methods(&opts).context("bench-certify failed")?;
-            println!("{}", r.markdown());
-            if let Some(out) = out {
-                std::fs::write(&out, serde_json::to_vec_pretty(&r)?)
-                    .with_context(|| format!("writing {}", out.display()))?;
-            }
+            print_and_save(&r.markdown(), &r, out)?;
         }
         Command::Info => {
             let cuda = cuda_status();
