@@ -205,10 +205,8 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
     let bar = progress_bar(
         todo.len() as u64,
         &format!("certify {}", opts.method.as_str()),
+        opts.show_progress,
     );
-    if !opts.show_progress {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
     let started = Instant::now();
     let mut rows = done;
     for idx in todo {

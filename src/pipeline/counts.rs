@@ -362,10 +362,7 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
     let model = Classifier::load(&bundle, opts.device)?;
     let [c, h, w] = bundle.input_shape.map(|d| d as i64);
     let todo_inputs: usize = todo.iter().map(|&j| chunks[j].len()).sum();
-    let bar = progress_bar(todo_inputs as u64, "sample-counts");
-    if !opts.show_progress {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let bar = progress_bar(todo_inputs as u64, "sample-counts", opts.show_progress);
     let started = Instant::now();
     let mut passes = 0u64;
     let limit = opts.pause_after.unwrap_or(usize::MAX);

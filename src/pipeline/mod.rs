@@ -100,9 +100,9 @@ pub(crate) fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<
     crate::fsutil::write_atomic(path, &text).map_err(io_err(path))
 }
 
-/// A progress bar on stderr with rate and ETA; hidden when stderr is not a terminal
-/// is indicatif's own behaviour, so logs stay clean in CI.
-pub(crate) fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+/// A progress bar on stderr with rate and ETA, or a hidden one when the
+/// caller asked for no progress (tests, quiet runs).
+pub(crate) fn progress_bar(len: u64, what: &str, visible: bool) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     let style = indicatif::ProgressStyle::with_template(
         "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, ETA {eta}) {msg}",
@@ -110,5 +110,8 @@ pub(crate) fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style);
     bar.set_prefix(what.to_string());
+    if !visible {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     bar
 }

@@ -328,10 +328,8 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         let bar = progress_bar(
             steps as u64,
             &format!("surrogate epoch {}/{}", epoch + 1, opts.epochs),
+            opts.show_progress,
         );
-        if !opts.show_progress {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
         let (mut loss_sum, mut seen) = (0f64, 0i64);
         for step in 0..steps {
             let idx = order.narrow(0, step * bs, bs.min(n_tr - step * bs));

@@ -218,10 +218,8 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
         let bar = progress_bar(
             steps as u64,
             &format!("epoch {}/{}", epoch + 1, opts.epochs),
+            opts.show_progress,
         );
-        if !opts.show_progress {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0i64, 0i64);
         for step in 0..steps {
             let idx = perm.narrow(0, step * bs, bs.min(n - step * bs));
