@@ -198,12 +198,11 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
     if opts.inputs == 0 {
         return Err(PipelineError::Invalid("--inputs must be at least 1".into()));
     }
-    let bundle = Bundle::load(&opts.bundle)?;
-    let kind = bundle
-        .provenance
-        .dataset
-        .ok_or_else(|| PipelineError::Invalid("model.toml names no provenance.dataset".into()))?;
-    let ds = crate::data::load(kind, &kind.default_dir(), crate::data::Split::Test)?;
+    let super::Inputs {
+        bundle,
+        dataset: ds,
+        ..
+    } = super::load_inputs(&opts.bundle, crate::data::Split::Test, None, 1, None)?;
     let base = Classifier::load(&bundle, opts.device)?;
     let surrogate = Classifier::load_surrogate(&bundle, opts.device)?;
     let [c, h, w] = bundle.input_shape.map(|d| d as i64);
