@@ -72,6 +72,8 @@ pub struct McCertificate {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
     pub class: Option<usize>,
+    /// The most frequent class, whether or not the test separated it.
+    pub top_class: usize,
     pub count_a: u64,
     pub count_b: u64,
     pub n: u64,
@@ -90,19 +92,27 @@ pub fn certify(
     selection
         .iter()
         .zip(&estimation)
-        .map(|(sel, est)| {
-            let (class_a, _) = top_two(sel);
-            let count_a = est[class_a];
-            let decision =
-                smoothing::certify_decision(class_a, count_a, params.n, params.alpha, sigma)?;
-            Ok(McCertificate {
-                class_a,
-                count_a,
-                n: params.n,
-                decision,
-            })
-        })
+        .map(|(sel, est)| mc_certificate(sel, est, params.n, params.alpha, sigma))
         .collect()
+}
+
+/// CERTIFY's decision from one input's selection and estimation counts.
+fn mc_certificate(
+    selection: &[u64],
+    estimation: &[u64],
+    n: u64,
+    alpha: f64,
+    sigma: f64,
+) -> Result<McCertificate, EngineError> {
+    let (class_a, _) = top_two(selection);
+    let count_a = estimation.get(class_a).copied().unwrap_or(0);
+    let decision = smoothing::certify_decision(class_a, count_a, n, alpha, sigma)?;
+    Ok(McCertificate {
+        class_a,
+        count_a,
+        n,
+        decision,
+    })
 }
 
 /// One input's Accelerated Smoothing estimate (arXiv 2402.07498): the class
@@ -136,40 +146,53 @@ pub fn certify_accelerated(
 ) -> Result<Vec<SurrogateEstimate>, EngineError> {
     params.validate()?;
     let selection = count_rows(base, inputs, params.n0, sigma, params.batch)?;
+    let probs = surrogate_probs(surrogate, inputs)?;
+    selection
+        .iter()
+        .zip(&probs)
+        .map(|(sel, p)| surrogate_estimate(sel, p, params.n, params.alpha, sigma))
+        .collect()
+}
+
+/// The surrogate's probabilities [B, classes] as one row per input.
+fn surrogate_probs(surrogate: &Classifier, inputs: &Tensor) -> Result<Vec<Vec<f64>>, EngineError> {
     let probs = surrogate
         .logits(&inputs.to_device(surrogate.device()))?
         .softmax(1, tch::Kind::Double)
         .to_device(tch::Device::Cpu);
-    let k = surrogate.num_classes();
-    let probs: Vec<f64> = Vec::try_from(probs.flatten(0, -1)).map_err(ModelError::from)?;
-    selection
-        .iter()
-        .zip(probs.chunks(k.max(1)))
-        .map(|(sel, p)| {
-            let (class_a, _) = top_two(sel);
-            let surrogate_class = argmax(p);
-            let p_hat_a = p.get(class_a).copied().unwrap_or(0.0);
-            let count_a = ((params.n as f64) * p_hat_a)
-                .round()
-                .clamp(0.0, params.n as f64) as u64;
-            let decision = if surrogate_class == class_a {
-                smoothing::certify_decision(class_a, count_a, params.n, params.alpha, sigma)?
-            } else {
-                Decision::Abstain {
-                    reason: smoothing::AbstainReason::ClassMismatch,
-                    p_a_lower: smoothing::clopper_pearson_lower(count_a, params.n, params.alpha)?,
-                }
-            };
-            Ok(SurrogateEstimate {
-                class_a,
-                p_hat_a,
-                surrogate_class,
-                count_a,
-                n: params.n,
-                decision,
-            })
-        })
-        .collect()
+    let k = surrogate.num_classes().max(1);
+    let flat: Vec<f64> = Vec::try_from(probs.flatten(0, -1)).map_err(ModelError::from)?;
+    Ok(flat.chunks(k).map(<[f64]>::to_vec).collect())
+}
+
+/// ACCELERATED's decision from one input's selection counts and surrogate probabilities.
+fn surrogate_estimate(
+    selection: &[u64],
+    p: &[f64],
+    n: u64,
+    alpha: f64,
+    sigma: f64,
+) -> Result<SurrogateEstimate, EngineError> {
+    let (class_a, _) = top_two(selection);
+    let surrogate_class = argmax(p);
+    let p_hat_a = p.get(class_a).copied().unwrap_or(0.0);
+    let count_a = ((n as f64) * p_hat_a).round().clamp(0.0, n as f64) as u64;
+    let decision = if surrogate_class == class_a {
+        smoothing::certify_decision(class_a, count_a, n, alpha, sigma)?
+    } else {
+        Decision::Abstain {
+            reason: smoothing::AbstainReason::ClassMismatch,
+            p_a_lower: smoothing::clopper_pearson_lower(count_a, n, alpha)?,
+        }
+    };
+    Ok(SurrogateEstimate {
+        class_a,
+        p_hat_a,
+        surrogate_class,
+        count_a,
+        n,
+        decision,
+    })
 }
 
 /// Index of the largest value; ties go to the lower index.
@@ -198,18 +221,23 @@ pub fn predict(
     validate_sampling(n, alpha, batch)?;
     count_rows(model, inputs, n, sigma, batch)?
         .iter()
-        .map(|row| {
-            let (a, b) = top_two(row);
-            let count_b = b.map_or(0, |b| row[b]);
-            let class = smoothing::predict_decision(a, row[a], count_b, alpha)?;
-            Ok(Prediction {
-                class,
-                count_a: row[a],
-                count_b,
-                n,
-            })
-        })
+        .map(|row| prediction(row, n, alpha))
         .collect()
+}
+
+/// PREDICT's decision from one input's counts.
+fn prediction(row: &[u64], n: u64, alpha: f64) -> Result<Prediction, EngineError> {
+    let (a, b) = top_two(row);
+    let count_a = row.get(a).copied().unwrap_or(0);
+    let count_b = b.and_then(|b| row.get(b).copied()).unwrap_or(0);
+    let class = smoothing::predict_decision(a, count_a, count_b, alpha)?;
+    Ok(Prediction {
+        class,
+        top_class: a,
+        count_a,
+        count_b,
+        n,
+    })
 }
 
 /// Class counts as one `Vec<u64>` per input.
@@ -243,6 +271,8 @@ pub fn top_two(counts: &[u64]) -> (usize, Option<usize>) {
     order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
     (order.first().copied().unwrap_or(0), order.get(1).copied())
 }
+
+pub mod requests;
 
 #[cfg(test)]
 mod tests;

@@ -140,3 +140,117 @@ fn statrs_ppf(p: f64) -> f64 {
     use statrs::distribution::{ContinuousCDF, Normal};
     Normal::standard().inverse_cdf(p)
 }
+
+mod requests_batch {
+    use super::*;
+    use crate::engine::requests::{self, RequestParams};
+    use crate::model::NoiseStream;
+
+    fn stream(input: usize, num: u64, seed: u64) -> NoiseStream {
+        NoiseStream { input, num, seed }
+    }
+
+    #[test]
+    fn a_seeded_stream_counts_the_same_whatever_shares_its_batches() {
+        let _rng = rng_lock();
+        let dir = tempfile::tempdir().unwrap();
+        let m = model(dir.path());
+        let x = batch(&[0.52, 0.1, 0.48]);
+        let a = stream(0, 3000, 5);
+        let alone = m
+            .count_streams(&x, &[a], SIGMA, 4096, &mut |_| true)
+            .unwrap();
+        // Other streams before it, a forward batch that straddles blocks and streams.
+        let mixed = m
+            .count_streams(
+                &x,
+                &[stream(1, 700, 9), stream(2, 1500, 3), a],
+                SIGMA,
+                7,
+                &mut |_| true,
+            )
+            .unwrap();
+        assert_eq!(alone[0], mixed[2]);
+        // Closed form: P(class 1) = Phi((x0 - t) / sigma), within 5 standard errors.
+        let counts = alone[0].as_ref().unwrap();
+        assert_eq!(counts.iter().sum::<u64>(), 3000);
+        let p = phi((0.52 - 0.5) / SIGMA);
+        let se = (p * (1.0 - p) / 3000.0).sqrt();
+        assert!((counts[1] as f64 / 3000.0 - p).abs() < 5.0 * se);
+        // Another seed, other noise.
+        let other = m
+            .count_streams(&x, &[stream(0, 3000, 6)], SIGMA, 4096, &mut |_| true)
+            .unwrap();
+        assert_ne!(other[0], alone[0]);
+    }
+
+    #[test]
+    fn an_abandoned_stream_stops_drawing_and_yields_none() {
+        let _rng = rng_lock();
+        let dir = tempfile::tempdir().unwrap();
+        let m = model(dir.path());
+        let x = batch(&[0.8, 0.2]);
+        let mut asked = [0usize; 2];
+        let out = m
+            .count_streams(
+                &x,
+                &[stream(0, 10_000, 1), stream(1, 10_000, 2)],
+                SIGMA,
+                512,
+                &mut |s| {
+                    asked[s] += 1;
+                    s == 1 || asked[0] < 3
+                },
+            )
+            .unwrap();
+        assert!(out[0].is_none());
+        assert_eq!(asked[0], 3, "stream 0 stopped at its third block");
+        assert_eq!(out[1].as_ref().unwrap().iter().sum::<u64>(), 10_000);
+    }
+
+    #[test]
+    fn batched_certificates_match_the_single_request_ones() {
+        let _rng = rng_lock();
+        let dir = tempfile::tempdir().unwrap();
+        let m = model(dir.path());
+        let x = batch(&[0.8, 0.3, 0.5]);
+        let reqs: Vec<RequestParams> = (0..3)
+            .map(|i| RequestParams {
+                input: i,
+                n0: 100 + i as u64,
+                n: 5000 * (i as u64 + 1),
+                alpha: [0.001, 0.01, 0.05][i],
+                seed: 40 + i as u64,
+            })
+            .collect();
+        let (together, _, passes) =
+            requests::certify_mc(&m, SIGMA, &x, &reqs, 999, &mut |_| true).unwrap();
+        assert_eq!(passes.base, reqs.iter().map(|r| r.n0 + r.n).sum::<u64>());
+        for (i, r) in reqs.iter().enumerate() {
+            let one = x.narrow(0, i as i64, 1);
+            let single = RequestParams { input: 0, ..*r };
+            let (alone, _, _) =
+                requests::certify_mc(&m, SIGMA, &one, &[single], 4096, &mut |_| true).unwrap();
+            assert_eq!(together[i], alone[0], "request {i}");
+            let cert = together[i].as_ref().unwrap();
+            // The decision is CERTIFY's on these counts and this request's own alpha.
+            let expected =
+                crate::smoothing::certify_decision(cert.class_a, cert.count_a, r.n, r.alpha, SIGMA)
+                    .unwrap();
+            assert_eq!(cert.decision, expected);
+        }
+        // The far-from-boundary inputs certify their side; the boundary one abstains.
+        assert!(matches!(
+            together[0].as_ref().unwrap().decision,
+            Decision::Certified { class: 1, .. }
+        ));
+        assert!(matches!(
+            together[1].as_ref().unwrap().decision,
+            Decision::Certified { class: 0, .. }
+        ));
+        assert!(matches!(
+            together[2].as_ref().unwrap().decision,
+            Decision::Abstain { .. }
+        ));
+    }
+}

@@ -242,6 +242,102 @@ impl Classifier {
         Ok(counts.f_view([b, k])?.f_to_device(Device::Cpu)?)
     }
 
+    /// Class counts per noise stream: stream s draws `num` noisy copies of input
+    /// `inputs[s.input]` from its own `seed`, in blocks of [`NOISE_BLOCK`] whose
+    /// noise depends only on (seed, block index). A stream's counts are thus the
+    /// same whichever streams share its forward batches and whatever `batch` is
+    /// (up to floating-point ties in the logits), which is what lets a server
+    /// batch requests and still answer a seeded request reproducibly.
+    ///
+    /// `keep(s)` is asked before each block of stream s; `false` abandons the
+    /// stream (a cancelled request), whose result is then `None`.
+    pub fn count_streams(
+        &self,
+        inputs: &Tensor,
+        streams: &[NoiseStream],
+        sigma: f64,
+        batch: i64,
+        keep: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Vec<Option<Vec<u64>>>, ModelError> {
+        let _guard = tch::no_grad_guard();
+        let k = self.num_classes as i64;
+        let s_len = streams.len() as i64;
+        let inputs = inputs.f_to_device(self.device)?.f_to_kind(Kind::Float)?;
+        let b = inputs.size().first().copied().unwrap_or(0);
+        if let Some(bad) = streams.iter().find(|s| s.input as i64 >= b) {
+            return Err(ModelError::Torch(format!(
+                "noise stream for input {} of a batch of {b}",
+                bad.input
+            )));
+        }
+        let [c, h, w] = self.shape.map(|d| d as i64);
+        let batch = batch.max(1);
+        let mut counts = Tensor::f_zeros([s_len * k], (Kind::Int64, self.device))?;
+        let mut alive = vec![true; streams.len()];
+        let mut pending = Pending::default();
+        for (s, stream) in streams.iter().enumerate() {
+            let mut drawn = 0u64;
+            let mut block = 0u64;
+            while drawn < stream.num {
+                if !keep(s) {
+                    alive[s] = false;
+                    break;
+                }
+                let len = (stream.num - drawn).min(NOISE_BLOCK as u64) as i64;
+                let mut noisy = {
+                    let _rng = super::rng_lock();
+                    tch::manual_seed(block_seed(stream.seed, block));
+                    Tensor::f_randn([len, c, h, w], (Kind::Float, self.device))?
+                };
+                let _ = noisy.f_mul_scalar_(sigma)?;
+                let _ = noisy.f_add_(&inputs.f_narrow(0, stream.input as i64, 1)?)?;
+                pending.push(
+                    noisy,
+                    Tensor::f_full([len], s as i64, (Kind::Int64, self.device))?,
+                );
+                while pending.rows >= batch {
+                    self.count_pending(&mut pending, batch, &mut counts, s_len)?;
+                }
+                drawn += len as u64;
+                block += 1;
+            }
+        }
+        while pending.rows > 0 {
+            let rows = pending.rows;
+            self.count_pending(&mut pending, rows, &mut counts, s_len)?;
+        }
+        let flat: Vec<i64> = Vec::try_from(counts.f_to_device(Device::Cpu)?)?;
+        Ok(flat
+            .chunks(k.max(1) as usize)
+            .zip(&alive)
+            .map(|(row, &alive)| alive.then(|| row.iter().map(|&c| c as u64).collect()))
+            .collect())
+    }
+
+    /// Classifies the first `rows` pending noisy inputs and adds their classes
+    /// to `counts` [streams * classes].
+    fn count_pending(
+        &self,
+        pending: &mut Pending,
+        rows: i64,
+        counts: &mut Tensor,
+        streams: i64,
+    ) -> Result<(), ModelError> {
+        let k = self.num_classes as i64;
+        let (noisy, owner) = pending.take(rows)?;
+        let logits = self.forward_t(&noisy, false)?;
+        let size = logits.size();
+        if size.len() != 2 || size[1] != k {
+            return Err(ModelError::BadOutput {
+                got: size,
+                classes: self.num_classes,
+            });
+        }
+        let flat = owner.f_mul_scalar(k)?.f_add(&logits.f_argmax(1, false)?)?;
+        let _ = counts.f_add_(&flat.f_bincount(None::<Tensor>, streams * k)?)?;
+        Ok(())
+    }
+
     /// A TorchScript model must map [B, C, H, W] to [B, classes]; fail at load, not per request.
     fn check_output(&self) -> Result<(), ModelError> {
         let [c, h, w] = self.shape.map(|d| d as i64);
@@ -254,6 +350,60 @@ impl Classifier {
             });
         }
         Ok(())
+    }
+}
+
+/// Noise is drawn in blocks of this many samples, each from its own seed.
+pub const NOISE_BLOCK: i64 = 1024;
+
+/// Noisy samples of one input under one seed (see [`Classifier::count_streams`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoiseStream {
+    /// Row of the inputs tensor.
+    pub input: usize,
+    pub num: u64,
+    pub seed: u64,
+}
+
+/// The seed of block `block` of a stream: splitmix64 of the pair, so nearby
+/// seeds and blocks give unrelated generators.
+fn block_seed(seed: u64, block: u64) -> i64 {
+    let mut z = seed ^ block.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as i64
+}
+
+/// Noisy inputs drawn but not yet classified, with the stream each row belongs to.
+#[derive(Default)]
+struct Pending {
+    noisy: Vec<Tensor>,
+    owner: Vec<Tensor>,
+    rows: i64,
+}
+
+impl Pending {
+    fn push(&mut self, noisy: Tensor, owner: Tensor) {
+        self.rows += noisy.size()[0];
+        self.noisy.push(noisy);
+        self.owner.push(owner);
+    }
+
+    /// The first `rows` rows; the rest stay pending.
+    fn take(&mut self, rows: i64) -> Result<(Tensor, Tensor), ModelError> {
+        let noisy = Tensor::f_cat(&self.noisy, 0)?;
+        let owner = Tensor::f_cat(&self.owner, 0)?;
+        let rest = self.rows - rows;
+        self.noisy.clear();
+        self.owner.clear();
+        self.rows = 0;
+        if rest > 0 {
+            self.push(
+                noisy.f_narrow(0, rows, rest)?,
+                owner.f_narrow(0, rows, rest)?,
+            );
+        }
+        Ok((noisy.f_narrow(0, 0, rows)?, owner.f_narrow(0, 0, rows)?))
     }
 }
 

@@ -10,8 +10,16 @@ pub use bundle::{
     BaseSpec, Bundle, BundleError, NoiseKind, NoiseSpec, Normalization, Provenance, SurrogateSpec,
     SurrogateTraining, WeightsFormat, MANIFEST,
 };
-pub use classifier::{Classifier, Network};
+pub use classifier::{Classifier, Network, NoiseStream, NOISE_BLOCK};
 pub use device::{cuda_status, parse_device, CudaStatus};
+
+/// libtorch has one global random generator (tch exposes no per-call
+/// generator): whoever seeds it and draws from it holds this lock, so that
+/// concurrent draws (server workers, tests) do not interleave.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Failures of model loading and inference; `Clone` so one failed batch can
 /// answer every request in it.
