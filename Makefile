@@ -5,7 +5,7 @@ CARGO ?= cargo
 # tests, CI) that spinning starves real work, so they sleep instead.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup build test lint default-model
+.PHONY: setup build test lint serve default-model
 
 setup:
 	bash scripts/setup.sh
@@ -19,6 +19,11 @@ lint: setup
 
 test: lint
 	$(CARGO) test
+
+# The service on the shipped default bundle (gRPC :50051, metrics :9090).
+# Extra arguments: make serve ARGS="--config config/smoothcert.toml"
+serve: build
+	target/release/smoothcert serve $(ARGS)
 
 # Rebuilds the shipped default bundle with the whole pipeline (resumable; hours on a CPU).
 default-model: setup

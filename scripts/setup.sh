@@ -10,6 +10,8 @@
 #   and by CI: ${SMOOTHCERT_CACHE:-~/.cache/smoothcert}/libtorch-2.11.0
 # - with SMOOTHCERT_CUDA=1 (or automatically where nvidia-smi exists): the CUDA
 #   libraries that wheel depends on, from PyPI, where libtorch's RPATH looks for them
+# - a Python virtual environment with grpcio (a gRPC client that is not ours),
+#   for the interop test and as an example client: $cache/pyclient
 # - .cargo/config.toml (git-ignored) pointing tch's build at that libtorch, so that
 #   plain `cargo build` / `cargo test` work afterwards. The binary carries an
 #   rpath to the same folder (build.rs), so nothing needs exporting at run time.
@@ -22,6 +24,8 @@ MIN_RUST=1.87
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${SMOOTHCERT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/smoothcert}
 libtorch="$cache/libtorch-$TORCH_VERSION"
+GRPCIO_VERSION=1.76.0
+pyclient="$cache/pyclient"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -61,6 +65,7 @@ system_packages() {
     local missing=()
     command -v g++ >/dev/null 2>&1 || missing+=(g++)
     python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+    python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
     [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
     [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
     [ ${#missing[@]} -eq 0 ] && return 0
@@ -148,6 +153,18 @@ PY
     tmp=""
 }
 
+install_python_client() {
+    if [ -x "$pyclient/bin/python" ] &&
+        "$pyclient/bin/python" -c "import grpc, grpc_tools; assert grpc.__version__ == '$GRPCIO_VERSION'" 2>/dev/null; then
+        return 0
+    fi
+    log "installing grpcio $GRPCIO_VERSION (the Python client) into $pyclient"
+    rm -rf "$pyclient"
+    python3 -m venv "$pyclient"
+    "$pyclient/bin/python" -m pip install --quiet --only-binary=:all: \
+        "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION"
+}
+
 write_cargo_config() {
     mkdir -p "$repo_root/.cargo"
     local cfg="$repo_root/.cargo/config.toml"
@@ -157,6 +174,8 @@ write_cargo_config() {
 [env]
 LIBTORCH = "$libtorch"
 LIBTORCH_CXX11_ABI = "1"
+# The Python gRPC client the interop test drives the server with.
+SMOOTHCERT_PYTHON = "$pyclient/bin/python"
 CFG
 )
     if [ ! -f "$cfg" ] || [ "$(cat "$cfg")" != "$want" ]; then
@@ -169,5 +188,6 @@ check_rust
 system_packages
 install_libtorch
 install_cuda
+install_python_client
 write_cargo_config
 log "ready: libtorch $TORCH_VERSION at $libtorch"

@@ -6,11 +6,18 @@
 //! - [`model`]: architectures, bundles, devices, noise and counting on the device.
 //! - [`engine`]: Monte Carlo CERTIFY and PREDICT over batches of inputs.
 //! - [`pipeline`]: training, offline certification, reports, benchmarks.
+//! - [`batcher`]: dynamic batching on dedicated inference threads.
+//! - [`server`]: the gRPC service (tonic), health, reflection, metrics endpoint.
+//! - [`config`], [`metrics`]: the service's configuration and Prometheus metrics.
+pub mod batcher;
+pub mod config;
 pub mod data;
 pub mod engine;
 pub mod fsutil;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod server;
 pub mod smoothing;
 #[doc(hidden)]
 pub mod testing;

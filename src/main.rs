@@ -219,8 +219,45 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Load-test the gRPC service in-process: requests/s and p50/p99 latency at
+    /// several client concurrencies, dynamic batching against batch size 1, and
+    /// both against the offline engine's rate on the same model (the ceiling).
+    BenchServe {
+        #[arg(long, default_value = "models/fashion-mnist-sigma0.25")]
+        bundle: PathBuf,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Concurrent clients, each with one request in flight.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+        concurrency: Vec<usize>,
+        /// Requests measured per concurrency level and batching mode.
+        #[arg(long, default_value_t = 512)]
+        requests: usize,
+        #[arg(long, default_value_t = 100)]
+        n0: u64,
+        #[arg(long, default_value_t = 32)]
+        max_batch_requests: usize,
+        #[arg(long, default_value_t = 0)]
+        max_queue_delay_ms: u64,
+        /// HTTP/2 connections shared by the clients.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print libtorch, CUDA and thread information.
     Info,
+    /// Serve certificates over gRPC (with no arguments: the shipped default
+    /// bundle, on the GPU when there is one). Configuration: defaults < --config
+    /// FILE < SMOOTHCERT__SECTION__KEY environment variables.
+    Serve {
+        /// A TOML configuration file (see config/smoothcert.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn parse_arch(s: &str) -> Result<Arch, String> {
@@ -247,16 +284,66 @@ fn device(spec: &str) -> Result<tch::Device> {
     Ok(d)
 }
 
+/// Runs the server until SIGTERM or SIGINT, then shuts it down gracefully.
+fn serve(config: Option<PathBuf>) -> Result<()> {
+    let config = smoothcert::config::Config::load(config.as_deref())?;
+    let filter = tracing_subscriber::EnvFilter::new(&config.logging.level);
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.logging.format {
+        smoothcert::config::LogFormat::Json => logs.json().init(),
+        smoothcert::config::LogFormat::Human => logs.init(),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let server = smoothcert::server::start(config).await?;
+        tracing::info!(
+            grpc = %server.grpc_addr,
+            metrics = %server.metrics_addr,
+            cuda = %cuda_status().detail,
+            "listening; loading models"
+        );
+        let stop = server.stopper();
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+            }
+            let _ = stop.send(true);
+        });
+        server.wait().await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = Cli::parse();
+    // `serve` sets up its logging from its configuration.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let show_progress = true;
-    match Cli::parse().command {
+    match cli.command {
+        Command::Serve { config } => serve(config)?,
         Command::TrainBase {
             dataset,
             data_dir,
@@ -528,6 +615,33 @@ fn main() -> Result<()> {
                 seed,
             };
             let r = bench::bench_methods(&opts).context("bench-certify failed")?;
+            print_and_save(&r.markdown(), &r, out)?;
+        }
+        Command::BenchServe {
+            bundle,
+            device,
+            concurrency,
+            requests,
+            n0,
+            max_batch_requests,
+            max_queue_delay_ms,
+            connections,
+            data_dir,
+            out,
+        } => {
+            let opts = smoothcert::pipeline::bench_serve::BenchServeOptions {
+                bundle,
+                device,
+                concurrency,
+                requests,
+                n0,
+                max_batch_requests,
+                max_queue_delay_ms,
+                connections,
+                data_dir,
+            };
+            let r = smoothcert::pipeline::bench_serve::bench_serve(&opts)
+                .context("bench-serve failed")?;
             print_and_save(&r.markdown(), &r, out)?;
         }
         Command::Info => {

@@ -179,3 +179,59 @@ fn sample_counts_survives_a_kill() {
         "{summary}"
     );
 }
+
+/// `smoothcert serve` as a deployment runs it: configured by the environment,
+/// JSON logs, SIGTERM ends it with status 0; a bad key stops it at start.
+#[test]
+fn serve_starts_logs_json_and_exits_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smoothcert"))
+        .arg("serve")
+        .current_dir(repo)
+        .env_remove("LD_LIBRARY_PATH")
+        .env("OMP_NUM_THREADS", "1")
+        .env("SMOOTHCERT__SERVER__GRPC_ADDR", "127.0.0.1:0")
+        .env("SMOOTHCERT__SERVER__METRICS_ADDR", "127.0.0.1:0")
+        .env("SMOOTHCERT__LOGGING__FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        let message = v["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        lines.push(message.clone());
+        if message == "serving" {
+            let ok = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status:?}; log: {lines:?}");
+    assert!(lines.iter().any(|l| l == "serving"), "{lines:?}");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("stopped"),
+        "{lines:?}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_smoothcert"))
+        .arg("serve")
+        .current_dir(repo)
+        .env("SMOOTHCERT__LIMITS__REQUEST_TIMEOUT_MS", "soon")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("request_timeout_ms"), "{}", text(&out));
+}

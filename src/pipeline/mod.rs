@@ -1,5 +1,6 @@
 //! The offline pipeline: `train-base`, `sample-counts`, `certify`, `report`, `bench`.
 pub mod bench;
+pub mod bench_serve;
 pub mod certify;
 pub mod counts;
 mod optim;

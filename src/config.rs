@@ -1,0 +1,393 @@
+//! The service's configuration: built-in defaults < a TOML file < environment
+//! variables `SMOOTHCERT__SECTION__KEY` (e.g. `SMOOTHCERT__SERVER__GRPC_ADDR`).
+//! Loading fails with a message naming the offending key; nothing is checked
+//! later, at request time, that could have been checked here.
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub batching: BatchingConfig,
+    pub limits: LimitsConfig,
+    pub logging: LoggingConfig,
+    /// The models to serve; the first is the default unless
+    /// `server.default_model` names another.
+    pub models: Vec<ModelConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            batching: BatchingConfig::default(),
+            limits: LimitsConfig::default(),
+            logging: LoggingConfig::default(),
+            models: vec![ModelConfig::default()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub grpc_addr: SocketAddr,
+    /// Prometheus `/metrics` (and plain-HTTP `/healthz`, `/readyz`).
+    pub metrics_addr: SocketAddr,
+    /// The model an empty `model` field selects (default: the first).
+    pub default_model: Option<String>,
+    /// After SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub grace_period_ms: u64,
+    /// Serve gRPC over TLS with this PEM certificate chain and key.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// When set, Certifier calls must carry `authorization: Bearer <token>`
+    /// (health and reflection stay open for probes and grpcurl).
+    pub auth_token: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            grpc_addr: ([0, 0, 0, 0], 50051).into(),
+            metrics_addr: ([0, 0, 0, 0], 9090).into(),
+            default_model: None,
+            grace_period_ms: 30_000,
+            tls_cert: None,
+            tls_key: None,
+            auth_token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// A batch closes when it holds this many requests...
+    pub max_batch_requests: usize,
+    /// ...or this long after its first request arrived. 0: take what is
+    /// queued and go; under load requests queue while a batch runs, so
+    /// batches fill by themselves without adding latency at low load.
+    pub max_queue_delay_ms: u64,
+    /// Noisy copies per base-classifier forward pass; 0 picks by device
+    /// (32 on a CPU, where small batches are fastest; 4096 on a GPU).
+    pub forward_batch: i64,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        BatchingConfig {
+            max_batch_requests: 32,
+            max_queue_delay_ms: 0,
+            forward_batch: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request message accepted (bytes).
+    pub max_message_bytes: usize,
+    /// Requests waiting per model for the fast (surrogate) lane; beyond it,
+    /// RESOURCE_EXHAUSTED at once.
+    pub queue_capacity: usize,
+    /// The same for the Monte Carlo lane (MONTE_CARLO and Predict).
+    pub mc_queue_capacity: usize,
+    /// The server's own deadline for a request; a client deadline that is
+    /// shorter wins.
+    pub request_timeout_ms: u64,
+    /// Requests of one CertifyStream in flight at once.
+    pub stream_in_flight: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 4 << 20,
+            queue_capacity: 1024,
+            mc_queue_capacity: 64,
+            request_timeout_ms: 300_000,
+            stream_in_flight: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    /// A tracing-subscriber filter, e.g. `info` or `smoothcert=debug,info`.
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultMethod {
+    Surrogate,
+    MonteCarlo,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name requests use (default: the bundle's own name).
+    pub name: Option<String>,
+    pub bundle: PathBuf,
+    /// cpu, cuda, cuda:N or auto (the GPU when there is one).
+    pub device: String,
+    /// What a request gets when it sets no option. `n` defaults to the
+    /// surrogate's nominal N (else 100,000); surrogate falls back to
+    /// monte_carlo for a bundle without a surrogate.
+    pub method: DefaultMethod,
+    pub n0: u64,
+    pub n: Option<u64>,
+    pub alpha: f64,
+    /// The most a request may ask for.
+    pub max_n0: u64,
+    pub max_n: u64,
+    pub min_alpha: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            name: None,
+            bundle: PathBuf::from("models/fashion-mnist-sigma0.25"),
+            device: "auto".into(),
+            method: DefaultMethod::Surrogate,
+            n0: 100,
+            n: None,
+            alpha: 0.001,
+            max_n0: 10_000,
+            max_n: 1_000_000,
+            min_alpha: 1e-9,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (when given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, None)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(invalid(
+                    "--config",
+                    format!("{} is not a readable file", file.display()),
+                ));
+            }
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+        }
+        let environment = config::Environment::with_prefix("SMOOTHCERT")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(env);
+        let cfg: Config = builder.add_source(environment).build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let b = &self.batching;
+        if b.max_batch_requests == 0 {
+            return Err(invalid("batching.max_batch_requests", "must be at least 1"));
+        }
+        if b.forward_batch < 0 {
+            return Err(invalid(
+                "batching.forward_batch",
+                "must be 0 (auto) or positive",
+            ));
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_message_bytes", l.max_message_bytes),
+            ("limits.queue_capacity", l.queue_capacity),
+            ("limits.mc_queue_capacity", l.mc_queue_capacity),
+            ("limits.stream_in_flight", l.stream_in_flight),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if l.request_timeout_ms == 0 {
+            return Err(invalid("limits.request_timeout_ms", "must be at least 1"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
+            return Err(invalid(
+                "logging.level",
+                format!(
+                    "{:?} is not a log filter (try info or debug)",
+                    self.logging.level
+                ),
+            ));
+        }
+        let s = &self.server;
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            return Err(invalid(
+                "server.tls_cert",
+                "server.tls_cert and server.tls_key go together",
+            ));
+        }
+        if s.auth_token.as_deref() == Some("") {
+            return Err(invalid("server.auth_token", "must not be empty when set"));
+        }
+        if self.models.is_empty() {
+            return Err(invalid("models", "at least one model is needed"));
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            let key = |k: &str| format!("models[{i}].{k}");
+            if m.n0 == 0 || m.n0 > m.max_n0 {
+                return Err(invalid(
+                    key("n0"),
+                    format!("must be in 1..={} (max_n0)", m.max_n0),
+                ));
+            }
+            if let Some(n) = m.n {
+                if n == 0 || n > m.max_n {
+                    return Err(invalid(
+                        key("n"),
+                        format!("must be in 1..={} (max_n)", m.max_n),
+                    ));
+                }
+            }
+            if !(m.min_alpha > 0.0 && m.min_alpha < 1.0) {
+                return Err(invalid(key("min_alpha"), "must be in (0, 1)"));
+            }
+            if !(m.alpha >= m.min_alpha && m.alpha < 1.0) {
+                return Err(invalid(key("alpha"), "must be in [min_alpha, 1)"));
+            }
+            if let Err(e) = crate::model::parse_device(&m.device) {
+                return Err(invalid(key("device"), e.to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_then_file_then_environment() {
+        let cfg = Config::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(cfg.server.grpc_addr.port(), 50051);
+        assert_eq!(cfg.server.metrics_addr.port(), 9090);
+        assert_eq!(cfg.models.len(), 1);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[server]\ngrpc_addr = \"127.0.0.1:6000\"\n[batching]\nmax_batch_requests = 8\n\
+             [[models]]\nbundle = \"a\"\nn0 = 50\n[[models]]\nname = \"b\"\nbundle = \"b\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load_with_env(
+            Some(&file),
+            env(&[("SMOOTHCERT__SERVER__GRPC_ADDR", "127.0.0.1:7000")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.server.grpc_addr.port(), 7000, "the environment wins");
+        assert_eq!(
+            cfg.batching.max_batch_requests, 8,
+            "the file wins over defaults"
+        );
+        assert_eq!(cfg.models.len(), 2);
+        assert_eq!(cfg.models[0].n0, 50);
+        assert_eq!(cfg.models[1].n0, 100);
+    }
+
+    #[test]
+    fn the_example_file_documents_the_defaults() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/smoothcert.toml");
+        let cfg = Config::load_with_env(Some(&file), env(&[])).unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = |pairs: &[(&str, &str)]| {
+            Config::load_with_env(None, env(pairs))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&[("SMOOTHCERT__SERVER__GRPC_ADDR", "not-an-address")]);
+        assert!(e.contains("grpc_addr"), "{e}");
+        let e = err(&[("SMOOTHCERT__BATCHING__MAX_BATCH_REQUESTS", "0")]);
+        assert!(e.contains("batching.max_batch_requests"), "{e}");
+        let e = err(&[("SMOOTHCERT__LIMITS__QUEUE_CAPACITY", "many")]);
+        assert!(e.contains("queue_capacity"), "{e}");
+        let e = err(&[("SMOOTHCERT__SERVER__NO_SUCH_KEY", "1")]);
+        assert!(e.contains("no_such_key"), "{e}");
+        let e = err(&[("SMOOTHCERT__SERVER__TLS_CERT", "/x.pem")]);
+        assert!(e.contains("server.tls_cert"), "{e}");
+        let e = err(&[("SMOOTHCERT__LOGGING__FORMAT", "xml")]);
+        assert!(e.contains("format"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[[models]]\nbundle = \"a\"\nn0 = 0\n").unwrap();
+        let e = Config::load_with_env(Some(&file), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("models[0].n0"), "{e}");
+        let e = Config::load_with_env(Some(&dir.path().join("missing.toml")), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.toml"), "{e}");
+    }
+}

@@ -1,0 +1,267 @@
+//! Prometheus metrics (text exposition format), recorded by the server and
+//! the batcher, served on their own HTTP port at `/metrics`.
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub model: String,
+    pub method: String,
+    /// certified, abstain, predicted or error.
+    pub outcome: String,
+    /// The gRPC status code's name (OK, INVALID_ARGUMENT, ...).
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub model: String,
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassLabels {
+    pub model: String,
+    /// base or surrogate.
+    pub network: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabels {
+    pub model: String,
+    pub lane: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~4.6 min: surrogate answers in milliseconds, Monte Carlo in seconds.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 20))
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 10))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<MethodLabels, Histogram>,
+    queue: Family<MethodLabels, Histogram>,
+    batch_size: Family<MethodLabels, Histogram>,
+    passes: Family<PassLabels, Counter>,
+    dropped: Family<MethodLabels, Counter>,
+    queue_depth: Family<LaneLabels, Gauge>,
+    models_loaded: Gauge,
+    in_flight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("smoothcert");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<MethodLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let queue = Family::<MethodLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let batch_size = Family::<MethodLabels, Histogram>::new_with_constructor(
+            batch_histogram as fn() -> Histogram,
+        );
+        let passes = Family::<PassLabels, Counter>::default();
+        let dropped = Family::<MethodLabels, Counter>::default();
+        let queue_depth = Family::<LaneLabels, Gauge>::default();
+        let models_loaded = Gauge::default();
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests",
+            "Requests answered, by model, method, outcome and gRPC code",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from receiving a request to answering it",
+            latency.clone(),
+        );
+        registry.register(
+            "queue_duration_seconds",
+            "Time a request waited for its batch to start",
+            queue.clone(),
+        );
+        registry.register(
+            "batch_size",
+            "Requests per inference batch",
+            batch_size.clone(),
+        );
+        registry.register(
+            "forward_passes",
+            "Inputs passed through a network (noisy copies for base, clean inputs for surrogate)",
+            passes.clone(),
+        );
+        registry.register(
+            "dropped",
+            "Requests dropped unrun or part-run because the caller left or the deadline passed",
+            dropped.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Requests waiting, by model and lane",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "models_loaded",
+            "Models loaded and warmed up",
+            models_loaded.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "Requests being handled",
+            in_flight.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            queue,
+            batch_size,
+            passes,
+            dropped,
+            queue_depth,
+            models_loaded,
+            in_flight,
+        }
+    }
+
+    pub fn request(
+        &self,
+        model: &str,
+        method: &str,
+        outcome: &str,
+        code: tonic::Code,
+        elapsed: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                model: model.into(),
+                method: method.into(),
+                outcome: outcome.into(),
+                code: code_name(code).into(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&MethodLabels {
+                model: model.into(),
+                method: method.into(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn queue_time(&self, model: &str, method: &str, waited: Duration) {
+        self.queue
+            .get_or_create(&MethodLabels {
+                model: model.into(),
+                method: method.into(),
+            })
+            .observe(waited.as_secs_f64());
+    }
+
+    pub fn batch(&self, model: &str, method: &str, size: usize) {
+        self.batch_size
+            .get_or_create(&MethodLabels {
+                model: model.into(),
+                method: method.into(),
+            })
+            .observe(size as f64);
+    }
+
+    pub fn passes(&self, model: &str, base: u64, surrogate: u64) {
+        for (network, count) in [("base", base), ("surrogate", surrogate)] {
+            if count > 0 {
+                self.passes
+                    .get_or_create(&PassLabels {
+                        model: model.into(),
+                        network: network.into(),
+                    })
+                    .inc_by(count);
+            }
+        }
+    }
+
+    pub fn dropped(&self, model: &str, method: &str) {
+        self.dropped
+            .get_or_create(&MethodLabels {
+                model: model.into(),
+                method: method.into(),
+            })
+            .inc();
+    }
+
+    pub fn set_queue_depth(&self, model: &str, lane: &str, depth: usize) {
+        self.queue_depth
+            .get_or_create(&LaneLabels {
+                model: model.into(),
+                lane: lane.into(),
+            })
+            .set(depth as i64);
+    }
+
+    pub fn set_models_loaded(&self, n: usize) {
+        self.models_loaded.set(n as i64);
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The canonical name of a gRPC code, as grpcurl and the gRPC docs spell it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}

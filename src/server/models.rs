@@ -1,0 +1,162 @@
+//! The loaded models: bundle, device, defaults and bounds, and their workers.
+use super::error::ServiceError;
+use crate::batcher::{BatchingOptions, ModelWorkers, Work};
+use crate::config::{Config, DefaultMethod, ModelConfig};
+use crate::metrics::Metrics;
+use crate::model::{parse_device, Bundle};
+use std::sync::Arc;
+use std::time::Duration;
+use tch::Device;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Defaults {
+    pub work: Work,
+    pub n0: u64,
+    pub n: u64,
+    pub alpha: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub max_n0: u64,
+    pub max_n: u64,
+    pub min_alpha: f64,
+}
+
+pub struct LoadedModel {
+    pub name: String,
+    pub bundle: Bundle,
+    pub device: Device,
+    pub defaults: Defaults,
+    pub limits: Limits,
+    pub forward_batch: i64,
+    pub workers: ModelWorkers,
+}
+
+pub struct ModelRegistry {
+    pub models: Vec<Arc<LoadedModel>>,
+    pub default: usize,
+}
+
+impl ModelRegistry {
+    /// The named model, or the default for an empty name.
+    pub fn resolve(&self, name: &str) -> Result<&Arc<LoadedModel>, ServiceError> {
+        if name.is_empty() {
+            return self
+                .models
+                .get(self.default)
+                .ok_or_else(|| ServiceError::Internal("no default model".into()));
+        }
+        self.models
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| ServiceError::UnknownModel(name.to_string()))
+    }
+
+    pub fn default_name(&self) -> &str {
+        self.models
+            .get(self.default)
+            .map_or("", |m| m.name.as_str())
+    }
+
+    /// Loads every configured model, starts its workers and warms it up.
+    /// Blocking: call from a blocking thread.
+    pub fn load(config: &Config, metrics: Arc<Metrics>) -> Result<ModelRegistry, String> {
+        let mut models: Vec<Arc<LoadedModel>> = Vec::new();
+        for (i, mc) in config.models.iter().enumerate() {
+            let model = load_one(i, mc, config, metrics.clone())?;
+            if models.iter().any(|m| m.name == model.name) {
+                return Err(format!(
+                    "models[{i}]: a second model named {:?}; give one a `name`",
+                    model.name
+                ));
+            }
+            tracing::info!(
+                model = %model.name,
+                device = ?model.device,
+                surrogate = model.bundle.surrogate.is_some(),
+                forward_batch = model.forward_batch,
+                "model loaded and warmed up"
+            );
+            models.push(Arc::new(model));
+        }
+        let default = match &config.server.default_model {
+            None => 0,
+            Some(name) => models.iter().position(|m| &m.name == name).ok_or_else(|| {
+                format!("configuration key server.default_model: no model is named {name:?}")
+            })?,
+        };
+        metrics.set_models_loaded(models.len());
+        Ok(ModelRegistry { models, default })
+    }
+
+    /// Closes every model's queues and waits for their threads.
+    pub fn shutdown(self) {
+        for m in self.models {
+            if let Ok(m) = Arc::try_unwrap(m) {
+                m.workers.shutdown();
+            }
+        }
+    }
+}
+
+fn load_one(
+    i: usize,
+    mc: &ModelConfig,
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> Result<LoadedModel, String> {
+    let key = |k: &str| format!("models[{i}].{k}");
+    let bundle = Bundle::load(&mc.bundle).map_err(|e| format!("{}: {e}", key("bundle")))?;
+    let device = parse_device(&mc.device).map_err(|e| format!("{}: {e}", key("device")))?;
+    let name = mc.name.clone().unwrap_or_else(|| bundle.name.clone());
+    let nominal = bundle.surrogate.as_ref().map(|s| s.nominal_n);
+    let n = mc.n.or(nominal).unwrap_or(100_000);
+    if n > mc.max_n {
+        return Err(format!(
+            "{}: the default n {n} exceeds max_n {}",
+            key("n"),
+            mc.max_n
+        ));
+    }
+    let work = match (mc.method, bundle.surrogate.is_some()) {
+        (DefaultMethod::Surrogate, true) => Work::Surrogate,
+        (DefaultMethod::Surrogate, false) => {
+            tracing::warn!(model = %name, "bundle has no surrogate: the default method is monte_carlo");
+            Work::MonteCarlo
+        }
+        (DefaultMethod::MonteCarlo, _) => Work::MonteCarlo,
+    };
+    let forward_batch = match config.batching.forward_batch {
+        0 if device.is_cuda() => 4096,
+        0 => 32,
+        fb => fb,
+    };
+    let opts = BatchingOptions {
+        max_batch_requests: config.batching.max_batch_requests,
+        max_queue_delay: Duration::from_millis(config.batching.max_queue_delay_ms),
+        forward_batch,
+        queue_capacity: config.limits.queue_capacity,
+        mc_queue_capacity: config.limits.mc_queue_capacity,
+    };
+    let workers = ModelWorkers::start(&name, &bundle, device, &opts, metrics)
+        .map_err(|e| format!("{}: {e}", key("bundle")))?;
+    Ok(LoadedModel {
+        name,
+        bundle,
+        device,
+        defaults: Defaults {
+            work,
+            n0: mc.n0,
+            n,
+            alpha: mc.alpha,
+        },
+        limits: Limits {
+            max_n0: mc.max_n0,
+            max_n: mc.max_n,
+            min_alpha: mc.min_alpha,
+        },
+        forward_batch,
+        workers,
+    })
+}

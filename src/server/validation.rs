@@ -1,0 +1,193 @@
+//! Request validation: every field checked against the model before any work
+//! is queued, each failure naming its field.
+use super::error::ServiceError;
+use super::models::LoadedModel;
+use super::pb;
+use crate::batcher::Work;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A request's input, whichever message carried it.
+pub enum Input<'a> {
+    Image(&'a [u8]),
+    Tensor(&'a pb::Tensor),
+    Missing,
+}
+
+impl<'a> From<&'a Option<pb::certify_request::Input>> for Input<'a> {
+    fn from(i: &'a Option<pb::certify_request::Input>) -> Self {
+        match i {
+            Some(pb::certify_request::Input::Image(b)) => Input::Image(b),
+            Some(pb::certify_request::Input::Tensor(t)) => Input::Tensor(t),
+            None => Input::Missing,
+        }
+    }
+}
+
+impl<'a> From<&'a Option<pb::predict_request::Input>> for Input<'a> {
+    fn from(i: &'a Option<pb::predict_request::Input>) -> Self {
+        match i {
+            Some(pb::predict_request::Input::Image(b)) => Input::Image(b),
+            Some(pb::predict_request::Input::Tensor(t)) => Input::Tensor(t),
+            None => Input::Missing,
+        }
+    }
+}
+
+/// The input's pixels, [C, H, W] flattened, finite and in [0, 1].
+pub fn pixels(model: &LoadedModel, input: Input<'_>) -> Result<Vec<f32>, ServiceError> {
+    let shape = model.bundle.input_shape;
+    match input {
+        Input::Missing => Err(ServiceError::invalid(
+            "input",
+            "set either `image` (PNG/JPEG bytes) or `tensor`",
+        )),
+        Input::Image(bytes) => crate::data::decode_image(bytes, shape)
+            .map_err(|e| ServiceError::invalid("image", e.to_string())),
+        Input::Tensor(t) => tensor_pixels(t, shape),
+    }
+}
+
+fn tensor_pixels(t: &pb::Tensor, [c, h, w]: [usize; 3]) -> Result<Vec<f32>, ServiceError> {
+    let got: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+    let fits = got == [c, h, w] || got == [1, c, h, w] || (c == 1 && got == [h, w]);
+    if !fits {
+        return Err(ServiceError::invalid(
+            "tensor.shape",
+            format!("{got:?} does not match the model's input [{c}, {h}, {w}] (also accepted: [1, {c}, {h}, {w}]{})",
+                if c == 1 { format!(", [{h}, {w}]") } else { String::new() }),
+        ));
+    }
+    let numel = c * h * w;
+    if t.data.len() != numel * 4 {
+        return Err(ServiceError::invalid(
+            "tensor.data",
+            format!(
+                "{} bytes, but shape {got:?} needs {} ({numel} little-endian f32 values)",
+                t.data.len(),
+                numel * 4
+            ),
+        ));
+    }
+    let pixels: Vec<f32> = t
+        .data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if let Some((i, v)) = pixels.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(ServiceError::invalid(
+            "tensor.data",
+            format!("element {i} is {v}; pixels must be finite"),
+        ));
+    }
+    if let Some((i, v)) = pixels
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(0.0..=1.0).contains(*v))
+    {
+        return Err(ServiceError::invalid(
+            "tensor.data",
+            format!("element {i} is {v}; pixels must be in [0, 1]"),
+        ));
+    }
+    Ok(pixels)
+}
+
+/// A request's resolved options: the model's defaults where unset, bounds checked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resolved {
+    pub work: Work,
+    pub n0: u64,
+    pub n: u64,
+    pub alpha: f64,
+    pub seed: u64,
+}
+
+pub fn certify_options(
+    model: &LoadedModel,
+    opts: Option<&pb::CertifyOptions>,
+) -> Result<Resolved, ServiceError> {
+    let default = pb::CertifyOptions::default();
+    let o = opts.unwrap_or(&default);
+    let method = pb::Method::try_from(o.method).map_err(|_| {
+        ServiceError::invalid("options.method", format!("unknown value {}", o.method))
+    })?;
+    let work = match method {
+        pb::Method::Unspecified => model.defaults.work,
+        pb::Method::Surrogate => Work::Surrogate,
+        pb::Method::MonteCarlo => Work::MonteCarlo,
+    };
+    if work == Work::Surrogate && model.bundle.surrogate.is_none() {
+        return Err(ServiceError::invalid(
+            "options.method",
+            format!("model {} has no surrogate; ask for MONTE_CARLO", model.name),
+        ));
+    }
+    Ok(Resolved {
+        work,
+        n0: bounded("options.n0", o.n0, model.defaults.n0, model.limits.max_n0)?,
+        n: bounded("options.n", o.n, model.defaults.n, model.limits.max_n)?,
+        alpha: alpha(o.alpha, model)?,
+        seed: o.seed.unwrap_or_else(fresh_seed),
+    })
+}
+
+pub fn predict_options(
+    model: &LoadedModel,
+    opts: Option<&pb::PredictOptions>,
+) -> Result<Resolved, ServiceError> {
+    let default = pb::PredictOptions::default();
+    let o = opts.unwrap_or(&default);
+    Ok(Resolved {
+        work: Work::Predict,
+        n0: 0,
+        n: bounded("options.n", o.n, model.defaults.n, model.limits.max_n)?,
+        alpha: alpha(o.alpha, model)?,
+        seed: o.seed.unwrap_or_else(fresh_seed),
+    })
+}
+
+fn bounded(field: &str, value: Option<u64>, default: u64, max: u64) -> Result<u64, ServiceError> {
+    match value {
+        None => Ok(default),
+        Some(v) if (1..=max).contains(&v) => Ok(v),
+        Some(v) => Err(ServiceError::invalid(
+            field,
+            format!("{v} is out of bounds: must be in 1..={max}"),
+        )),
+    }
+}
+
+fn alpha(value: Option<f64>, model: &LoadedModel) -> Result<f64, ServiceError> {
+    match value {
+        None => Ok(model.defaults.alpha),
+        Some(a) if a >= model.limits.min_alpha && a < 1.0 => Ok(a),
+        Some(a) => Err(ServiceError::invalid(
+            "options.alpha",
+            format!(
+                "{a} is out of bounds: must be in [{:e}, 1)",
+                model.limits.min_alpha
+            ),
+        )),
+    }
+}
+
+/// A seed for a request that set none: distinct per request and per process
+/// start; reported in the response so the answer can be reproduced.
+pub fn fresh_seed() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()).rotate_left(32)
+    });
+    let mut z = start.wrapping_add(
+        COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
