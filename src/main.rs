@@ -300,6 +300,11 @@ fn serve(config: Option<PathBuf>) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
+        // Listening before start-up, so that a signal during it is not the
+        // default (abrupt) one.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
         let server = smoothcert::server::start(config).await?;
         tracing::info!(
             grpc = %server.grpc_addr,
@@ -309,17 +314,9 @@ fn serve(config: Option<PathBuf>) -> Result<()> {
         );
         let stop = server.stopper();
         tokio::spawn(async move {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot listen for SIGTERM");
-                        return;
-                    }
-                };
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+                _ = int.recv() => tracing::info!("SIGINT"),
             }
             let _ = stop.send(true);
         });

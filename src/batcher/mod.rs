@@ -5,8 +5,11 @@
 //!   plus one surrogate pass per batch);
 //! - the slow lane runs MONTE_CARLO certificates and PREDICT (n0 + n passes),
 //!   so that a long Monte Carlo request never holds up surrogate requests.
+//!   It takes one request at a time: n samples of one input already fill the
+//!   forward batches, and a request batched with others would wait for all
+//!   of them.
 //!
-//! A batch closes when it holds `max_batch_requests` requests or
+//! A surrogate batch closes when it holds `max_batch_requests` requests or
 //! `max_queue_delay` after its first request arrived. Inference runs on these
 //! threads, never on the async runtime; answers go back over oneshot channels.
 //! A full queue refuses at once, and a request whose caller has gone or whose
@@ -273,8 +276,25 @@ impl Worker {
         };
         let _ = ready.send(Ok(()));
         drop(ready);
-        while let Some(jobs) = self.next_batch(&rx) {
-            self.run_batch(&models, jobs);
+        let max_batch = if with_surrogate {
+            self.opts.max_batch_requests
+        } else {
+            1
+        };
+        while let Some(jobs) = self.next_batch(&rx, max_batch) {
+            // libtorch ops that panic (a CUDA out-of-memory inside a module's
+            // forward) must not take the lane down: the batch fails, the lane
+            // goes on. The replies are dropped with the jobs, which callers
+            // see as an internal error.
+            let run = std::panic::AssertUnwindSafe(|| self.run_batch(&models, jobs));
+            if let Err(panic) = std::panic::catch_unwind(run) {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown");
+                tracing::error!(model = %self.model, lane = self.lane, panic = what, "inference panicked; batch failed");
+            }
         }
     }
 
@@ -313,11 +333,11 @@ impl Worker {
 
     /// Blocks for the first job, then gathers more until the batch is full or
     /// `max_queue_delay` after the first job's arrival. `None`: queue closed.
-    fn next_batch(&self, rx: &mpsc::Receiver<Job>) -> Option<Vec<Job>> {
+    fn next_batch(&self, rx: &mpsc::Receiver<Job>, max_batch: usize) -> Option<Vec<Job>> {
         let first = rx.recv().ok()?;
         let close_at = first.enqueued + self.opts.max_queue_delay;
         let mut jobs = vec![first];
-        while jobs.len() < self.opts.max_batch_requests {
+        while jobs.len() < max_batch {
             let now = Instant::now();
             let next = if now >= close_at {
                 rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)

@@ -178,7 +178,7 @@ impl Classifier {
     /// `train` switches batch-norm statistics (built-in networks only).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
         let x = match &self.norm {
-            Some((mean, std)) => (x - mean) / std,
+            Some((mean, std)) => x.f_sub(mean)?.f_div(std)?,
             None => x.shallow_clone(),
         };
         match &self.network {

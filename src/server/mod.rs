@@ -90,7 +90,7 @@ impl RunningServer {
     /// server stopped (then its error).
     pub async fn ready(&self) -> Result<(), ServeError> {
         loop {
-            if self.shared.registry().is_some() {
+            if self.shared.serving.load(Ordering::SeqCst) {
                 return Ok(());
             }
             if self.task.is_finished() {
@@ -190,7 +190,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
                 }
             }
             tracing::info!("shutting down: health NOT_SERVING, draining in-flight requests");
-            shared.draining.store(true, Ordering::SeqCst);
+            shared.begin_draining();
             set_all(&health, &shared, ServingStatus::NotServing).await;
             if tokio::time::timeout(grace, shared.idle()).await.is_err() {
                 tracing::warn!(
@@ -235,7 +235,14 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
                         }
                         if !shared.draining.load(Ordering::SeqCst) {
                             set_all(&health, &shared, ServingStatus::Serving).await;
-                            tracing::info!("serving");
+                            // Draining may have begun while SERVING was being
+                            // written: NOT_SERVING must be what stays.
+                            if shared.draining.load(Ordering::SeqCst) {
+                                set_all(&health, &shared, ServingStatus::NotServing).await;
+                            } else {
+                                shared.serving.store(true, Ordering::SeqCst);
+                                tracing::info!("serving");
+                            }
                         }
                     }
                     Ok(Err(e)) => load_error = Some(e),
@@ -248,9 +255,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
                 let _ = stop.send(true);
             }
             let _ = drain_task.await;
-            // The listeners close once drained; connections still open after
-            // the grace period are cut.
-            let served = tokio::time::timeout(grace + Duration::from_secs(1), grpc_task).await;
+            // The listeners close once drained (streams stop reading when
+            // draining begins); a connection still busy 2 s later is cut.
+            let served = tokio::time::timeout(Duration::from_secs(2), grpc_task).await;
             let _ = metrics_task.await;
             let registry = shared.models.write().ok().and_then(|mut m| m.take());
             if let Some(registry) = registry.and_then(|r| Arc::try_unwrap(r).ok()) {
@@ -328,7 +335,7 @@ async fn serve_metrics(
     let ready = move || {
         let shared = shared.clone();
         async move {
-            if shared.registry().is_some() && !shared.draining.load(Ordering::SeqCst) {
+            if shared.serving.load(Ordering::SeqCst) {
                 (StatusCode::OK, "ready\n")
             } else {
                 (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio_stream::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
@@ -24,6 +24,10 @@ pub struct Shared {
     pub models: RwLock<Option<Arc<ModelRegistry>>>,
     pub metrics: Arc<Metrics>,
     pub draining: AtomicBool,
+    /// Turns true with `draining`; open streams stop reading on it.
+    pub draining_tx: watch::Sender<bool>,
+    /// Health says SERVING (models loaded, not draining).
+    pub serving: AtomicBool,
     in_flight: AtomicUsize,
     idle: Notify,
 }
@@ -35,9 +39,18 @@ impl Shared {
             models: RwLock::new(None),
             metrics,
             draining: AtomicBool::new(false),
+            draining_tx: watch::channel(false).0,
+            serving: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
         }
+    }
+
+    /// Refuses new work from now on; open streams stop reading.
+    pub fn begin_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.serving.store(false, Ordering::SeqCst);
+        self.draining_tx.send_replace(true);
     }
 
     pub fn registry(&self) -> Option<Arc<ModelRegistry>> {
@@ -96,9 +109,13 @@ impl Labels {
     }
 }
 
-/// tonic answers a `grpc-timeout` on its own with CANCELLED; firing this much
-/// earlier lets the handler answer DEADLINE_EXCEEDED (and drop the work) first.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+/// tonic answers a `grpc-timeout` on its own with CANCELLED, and tonic
+/// clients enforce it themselves too; firing this much earlier (a tenth of the
+/// timeout, within 5..100 ms) lets the handler answer DEADLINE_EXCEEDED (and
+/// drop the work) first, even on a loaded machine.
+fn deadline_margin(timeout: Duration) -> Duration {
+    (timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(100))
+}
 
 impl CertifierService {
     pub fn new(shared: Arc<Shared>) -> CertifierService {
@@ -118,7 +135,7 @@ impl CertifierService {
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
-            .map(|t| t.saturating_sub(DEADLINE_MARGIN));
+            .map(|t| t.saturating_sub(deadline_margin(t)));
         Instant::now() + client.map_or(server, |c| c.min(server))
     }
 
@@ -146,7 +163,11 @@ impl CertifierService {
         })?;
         match tokio::time::timeout_at(deadline.into(), answer).await {
             Err(_) => Err(ServiceError::DeadlineExceeded(queued.elapsed().as_millis())),
-            Ok(Err(_)) => Err(ServiceError::Unavailable("shutting down")),
+            // The worker dropped the reply: its batch failed hard (logged there).
+            Ok(Err(_)) if self.shared.draining.load(Ordering::SeqCst) => {
+                Err(ServiceError::Unavailable("shutting down"))
+            }
+            Ok(Err(_)) => Err(ServiceError::Internal("the inference batch failed".into())),
             Ok(Ok(Err(crate::batcher::BatchError::DeadlineExceeded))) => {
                 Err(ServiceError::DeadlineExceeded(queued.elapsed().as_millis()))
             }
@@ -452,6 +473,9 @@ impl pb::certifier_server::Certifier for CertifierService {
         request: Request<Streaming<pb::CertifyRequest>>,
     ) -> Result<Response<Self::CertifyStreamStream>, Status> {
         let limit = self.shared.config.limits.stream_in_flight;
+        // The client's deadline, if any, bounds every request of the stream.
+        let stream_deadline = self.deadline(request.metadata());
+        let mut draining = self.shared.draining_tx.subscribe();
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(limit);
         let svc = self.clone();
@@ -459,7 +483,13 @@ impl pb::certifier_server::Certifier for CertifierService {
             let permits = Arc::new(Semaphore::new(limit));
             let mut index = 0u64;
             loop {
-                let req = match inbound.message().await {
+                // On shutdown the stream stops reading; it ends once the
+                // requests already read are answered.
+                let next = tokio::select! {
+                    _ = draining.wait_for(|d| *d) => break,
+                    next = inbound.message() => next,
+                };
+                let req = match next {
                     Ok(Some(req)) => req,
                     Ok(None) => break,
                     Err(status) => {
@@ -476,8 +506,9 @@ impl pb::certifier_server::Certifier for CertifierService {
                 index += 1;
                 tokio::spawn(async move {
                     let request_id = req.request_id.clone();
-                    let deadline = Instant::now()
+                    let own = Instant::now()
                         + Duration::from_millis(svc.shared.config.limits.request_timeout_ms);
+                    let deadline = own.min(stream_deadline);
                     // A client that hangs up drops its pending work with it.
                     let result = tokio::select! {
                         r = svc.certify_tracked(req, deadline) => r,
