@@ -227,16 +227,7 @@ impl Classifier {
             let mut noisy = Tensor::f_randn([end - start, c, h, w], (Kind::Float, self.device))?;
             let _ = noisy.f_mul_scalar_(sigma)?;
             let _ = noisy.f_add_(&inputs.f_index_select(0, &owner)?)?;
-            let logits = self.forward_t(&noisy, false)?;
-            let size = logits.size();
-            if size.len() != 2 || size[1] != k {
-                return Err(ModelError::BadOutput {
-                    got: size,
-                    classes: self.num_classes,
-                });
-            }
-            let flat = owner.f_mul_scalar(k)?.f_add(&logits.f_argmax(1, false)?)?;
-            let _ = counts.f_add_(&flat.f_bincount(None::<Tensor>, b * k)?)?;
+            self.add_class_counts(&noisy, &owner, &mut counts, b)?;
             start = end;
         }
         Ok(counts.f_view([b, k])?.f_to_device(Device::Cpu)?)
@@ -323,9 +314,21 @@ impl Classifier {
         counts: &mut Tensor,
         streams: i64,
     ) -> Result<(), ModelError> {
-        let k = self.num_classes as i64;
         let (noisy, owner) = pending.take(rows)?;
-        let logits = self.forward_t(&noisy, false)?;
+        self.add_class_counts(&noisy, &owner, counts, streams)
+    }
+
+    /// Classifies `noisy` [R, C, H, W] and adds each row's class to `counts`
+    /// [owners * classes] at its owner's slot (`owner` [R]: an input or a stream).
+    fn add_class_counts(
+        &self,
+        noisy: &Tensor,
+        owner: &Tensor,
+        counts: &mut Tensor,
+        owners: i64,
+    ) -> Result<(), ModelError> {
+        let k = self.num_classes as i64;
+        let logits = self.forward_t(noisy, false)?;
         let size = logits.size();
         if size.len() != 2 || size[1] != k {
             return Err(ModelError::BadOutput {
@@ -334,7 +337,7 @@ impl Classifier {
             });
         }
         let flat = owner.f_mul_scalar(k)?.f_add(&logits.f_argmax(1, false)?)?;
-        let _ = counts.f_add_(&flat.f_bincount(None::<Tensor>, streams * k)?)?;
+        let _ = counts.f_add_(&flat.f_bincount(None::<Tensor>, owners * k)?)?;
         Ok(())
     }
 
@@ -365,13 +368,20 @@ pub struct NoiseStream {
     pub seed: u64,
 }
 
+/// splitmix64's golden-ratio increment.
+pub const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// splitmix64's output mix: nearby inputs give unrelated outputs.
+pub fn splitmix64_mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// The seed of block `block` of a stream: splitmix64 of the pair, so nearby
 /// seeds and blocks give unrelated generators.
 fn block_seed(seed: u64, block: u64) -> i64 {
-    let mut z = seed ^ block.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) as i64
+    splitmix64_mix(seed ^ block.wrapping_add(1).wrapping_mul(GOLDEN_GAMMA)) as i64
 }
 
 /// Noisy inputs drawn but not yet classified, with the stream each row belongs to.

@@ -10,7 +10,7 @@ pub use bundle::{
     BaseSpec, Bundle, BundleError, NoiseKind, NoiseSpec, Normalization, Provenance, SurrogateSpec,
     SurrogateTraining, WeightsFormat, MANIFEST,
 };
-pub use classifier::{Classifier, Network, NoiseStream, NOISE_BLOCK};
+pub use classifier::{splitmix64_mix, Classifier, Network, NoiseStream, GOLDEN_GAMMA, NOISE_BLOCK};
 pub use device::{cuda_status, parse_device, CudaStatus};
 
 /// libtorch has one global random generator (tch exposes no per-call

@@ -122,28 +122,17 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    // The listener and the address it got (port 0 picks one).
     let bind = |what: &'static str, addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Bind { what, addr, source })
+        let err = |source| ServeError::Bind { what, addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(err)?;
+        let bound = listener.local_addr().map_err(err)?;
+        Ok::<_, ServeError>((listener, bound))
     };
-    let grpc_listener = bind("gRPC (server.grpc_addr)", config.server.grpc_addr).await?;
-    let metrics_listener =
+    let (grpc_listener, grpc_addr) =
+        bind("gRPC (server.grpc_addr)", config.server.grpc_addr).await?;
+    let (metrics_listener, metrics_addr) =
         bind("metrics (server.metrics_addr)", config.server.metrics_addr).await?;
-    let grpc_addr = grpc_listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            what: "gRPC",
-            addr: config.server.grpc_addr,
-            source,
-        })?;
-    let metrics_addr = metrics_listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            what: "metrics",
-            addr: config.server.metrics_addr,
-            source,
-        })?;
 
     let limit = config.limits.max_message_bytes;
     let certifier =

@@ -127,11 +127,7 @@ fn load_one(
         }
         (DefaultMethod::MonteCarlo, _) => Work::MonteCarlo,
     };
-    let forward_batch = match config.batching.forward_batch {
-        0 if device.is_cuda() => 4096,
-        0 => 32,
-        fb => fb,
-    };
+    let forward_batch = crate::batcher::forward_batch_for(device, config.batching.forward_batch);
     let opts = BatchingOptions {
         max_batch_requests: config.batching.max_batch_requests,
         max_queue_delay: Duration::from_millis(config.batching.max_queue_delay_ms),

@@ -182,12 +182,6 @@ pub fn fresh_seed() -> u64 {
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id()).rotate_left(32)
     });
-    let mut z = start.wrapping_add(
-        COUNTER
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    );
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    crate::model::splitmix64_mix(start.wrapping_add(count.wrapping_mul(crate::model::GOLDEN_GAMMA)))
 }
