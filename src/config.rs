@@ -154,11 +154,16 @@ impl Default for LoggingConfig {
     }
 }
 
+/// AUTO's default band, chosen on the default bundle's calibration inputs (see the README).
+pub const DEFAULT_AUTO_BAND: (f64, f64) = (0.2, 0.5);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DefaultMethod {
     Surrogate,
     MonteCarlo,
+    Calibrated,
+    Auto,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -180,6 +185,15 @@ pub struct ModelConfig {
     pub max_n0: u64,
     pub max_n: u64,
     pub min_alpha: f64,
+    /// Choose cA sequentially (n0 is then the cap) unless a request says otherwise.
+    pub adaptive_n0: bool,
+    /// Adaptive n0: samples per look, and the error level of the stopping rule.
+    pub adaptive_n0_chunk: u64,
+    pub adaptive_n0_alpha: f64,
+    /// AUTO falls back to Monte Carlo when the calibrated pA_lower is in
+    /// (auto_band_low, auto_band_high], or on a class mismatch.
+    pub auto_band_low: f64,
+    pub auto_band_high: f64,
 }
 
 impl Default for ModelConfig {
@@ -195,6 +209,11 @@ impl Default for ModelConfig {
             max_n0: 10_000,
             max_n: 1_000_000,
             min_alpha: 1e-9,
+            adaptive_n0: false,
+            adaptive_n0_chunk: 10,
+            adaptive_n0_alpha: 0.001,
+            auto_band_low: DEFAULT_AUTO_BAND.0,
+            auto_band_high: DEFAULT_AUTO_BAND.1,
         }
     }
 }
@@ -292,6 +311,21 @@ impl Config {
                         format!("must be in 1..={} (max_n)", m.max_n),
                     ));
                 }
+            }
+            if m.adaptive_n0_chunk == 0 {
+                return Err(invalid(key("adaptive_n0_chunk"), "must be at least 1"));
+            }
+            if !(m.adaptive_n0_alpha > 0.0 && m.adaptive_n0_alpha < 1.0) {
+                return Err(invalid(key("adaptive_n0_alpha"), "must be in (0, 1)"));
+            }
+            if !(0.0..=1.0).contains(&m.auto_band_low) {
+                return Err(invalid(key("auto_band_low"), "must be in [0, 1]"));
+            }
+            if !(m.auto_band_low..=1.0).contains(&m.auto_band_high) {
+                return Err(invalid(
+                    key("auto_band_high"),
+                    "must be in [auto_band_low, 1]",
+                ));
             }
             if !(m.min_alpha > 0.0 && m.min_alpha < 1.0) {
                 return Err(invalid(key("min_alpha"), "must be in (0, 1)"));

@@ -164,10 +164,61 @@ enum Command {
         batch: i64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        #[command(flatten)]
+        adaptive: AdaptiveArgs,
+        /// AUTO falls back to Monte Carlo when the calibrated pA_lower is in (low, high].
+        #[arg(long, default_value_t = smoothcert::config::DEFAULT_AUTO_BAND.0)]
+        auto_band_low: f64,
+        #[arg(long, default_value_t = smoothcert::config::DEFAULT_AUTO_BAND.1)]
+        auto_band_high: f64,
         #[arg(long, default_value = "auto")]
         device: String,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Recalibrates the surrogate's tail (its miss mass, binned) on Monte Carlo counts
+    /// of inputs it never trained on; drops a calibration, which measured it without.
+    FitTailMap {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Counts of held-out inputs (shards of one run are joined).
+        #[arg(long, required = true, num_args = 1..)]
+        counts: Vec<PathBuf>,
+        /// Sparser bins are merged into their neighbour.
+        #[arg(long, default_value_t = 40)]
+        min_inputs: usize,
+        #[arg(long, default_value_t = 1000)]
+        batch: i64,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Split-conformal calibration of the surrogate (for methods calibrated and auto):
+    /// on inputs held out from its training, with Monte Carlo counts at its nominal N.
+    Calibrate {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Counts at the nominal N of held-out inputs (shards of one run are joined).
+        #[arg(long, required = true, num_args = 1..)]
+        counts: Vec<PathBuf>,
+        /// The overestimation probability to calibrate for.
+        #[arg(long, default_value_t = 0.05)]
+        delta: f64,
+        /// Selection samples, as certification will draw them.
+        #[arg(long, default_value_t = 100)]
+        n0: u64,
+        /// Certificate level for the AUTO band table.
+        #[arg(long, default_value_t = 0.001)]
+        alpha: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 1000)]
+        batch: i64,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        device: String,
     },
     /// Certified accuracy vs radius, ACR, abstention and timing of certify TSVs.
     Report {
@@ -219,6 +270,30 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Adaptive n0 against fixed n0 on the same inputs: how often cA differs, and
+    /// the throughput gained (one request at a time and batched).
+    BenchAdaptive {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long, default_value_t = 500)]
+        inputs: usize,
+        #[arg(long, default_value_t = 100)]
+        n0: u64,
+        #[arg(long, default_value_t = 10)]
+        chunk: u64,
+        #[arg(long, default_value_t = 0.001)]
+        alpha: f64,
+        #[arg(long, default_value_t = 32)]
+        batch_requests: usize,
+        #[arg(long, default_value_t = 32)]
+        batch: i64,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Load-test the gRPC service in-process: requests/s and p50/p99 latency at
     /// several client concurrencies, dynamic batching against batch size 1, and
     /// both against the offline engine's rate on the same model (the ceiling).
@@ -258,6 +333,29 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+/// Adaptive n0: sequential choice of cA.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct AdaptiveArgs {
+    /// Choose cA sequentially: samples in chunks, stop once a binomial test at
+    /// level alpha / (number of looks) settles the leader; n0 is the cap.
+    #[arg(long)]
+    adaptive_n0: bool,
+    #[arg(long, default_value_t = 10)]
+    adaptive_chunk: u64,
+    #[arg(long, default_value_t = 0.001)]
+    adaptive_alpha: f64,
+}
+
+impl AdaptiveArgs {
+    fn rule(self) -> Option<smoothcert::smoothing::SequentialSelection> {
+        self.adaptive_n0
+            .then_some(smoothcert::smoothing::SequentialSelection {
+                chunk: self.adaptive_chunk,
+                alpha: self.adaptive_alpha,
+            })
+    }
 }
 
 fn parse_arch(s: &str) -> Result<Arch, String> {
@@ -392,6 +490,99 @@ fn main() -> Result<()> {
                 100.0 * s.noisy_test_accuracy
             );
         }
+        Command::FitTailMap {
+            bundle,
+            counts,
+            min_inputs,
+            batch,
+            data_dir,
+            device: dev,
+        } => {
+            let summary = smoothcert::pipeline::tail_map::fit_tail_map(
+                &smoothcert::pipeline::tail_map::FitTailMapOptions {
+                    bundle: bundle.clone(),
+                    counts,
+                    min_inputs,
+                    batch,
+                    data_dir,
+                    device: device(&dev)?,
+                },
+            )
+            .context("fit-tail-map failed")?;
+            println!(
+                "{}: tail map fitted on {} {} inputs at N = {}; mean |log error| of the miss {:.3} -> {:.3} \
+                 ({:.3} cross-fitted){}",
+                bundle.display(),
+                summary.inputs,
+                summary.split,
+                summary.counts_n,
+                summary.log_error_before,
+                summary.log_error_after,
+                summary.log_error_cross_fitted,
+                if summary.dropped_calibration {
+                    "; the calibration was dropped: run calibrate again"
+                } else {
+                    ""
+                }
+            );
+            for b in &summary.bins {
+                println!(
+                    "  miss from {:.2e}: {:>5} inputs, predicted {:.2e}, observed {:.2e}, ratio {:.3}",
+                    b.low, b.inputs, b.mean_predicted_miss, b.mean_observed_miss, b.ratio
+                );
+            }
+        }
+        Command::Calibrate {
+            bundle,
+            counts,
+            delta,
+            n0,
+            alpha,
+            seed,
+            batch,
+            data_dir,
+            device: dev,
+        } => {
+            let summary = smoothcert::pipeline::calibrate::calibrate(
+                &smoothcert::pipeline::calibrate::CalibrateOptions {
+                    bundle: bundle.clone(),
+                    counts,
+                    delta,
+                    n0,
+                    alpha,
+                    seed,
+                    batch,
+                    data_dir,
+                    device: device(&dev)?,
+                },
+            )
+            .context("calibrate failed")?;
+            let c = &summary.calibration;
+            println!(
+                "{}: calibrated on {} {} inputs at N = {}: q = {:.6} (rank {} of {}) for delta = {}; \
+                 {:.1}% of them overestimate (s > 0), {} class mismatches",
+                bundle.display(),
+                c.m,
+                c.split,
+                c.n,
+                c.q,
+                c.rank,
+                c.m,
+                c.delta,
+                100.0 * summary.overestimating,
+                summary.class_mismatch
+            );
+            println!("AUTO bands on these inputs (fallback %, Monte Carlo certificates missed %):");
+            for b in &summary.bands {
+                println!(
+                    "  ({:.2}, {:.2}]: {:.1}% fall back, {:.1}% missed",
+                    b.low,
+                    b.high,
+                    100.0 * b.fallback_fraction,
+                    100.0 * b.missed_certificates
+                );
+            }
+        }
         Command::Certify {
             bundle,
             method,
@@ -404,6 +595,9 @@ fn main() -> Result<()> {
             alpha,
             batch,
             seed,
+            adaptive,
+            auto_band_low,
+            auto_band_high,
             device: dev,
             out,
         } => {
@@ -425,6 +619,11 @@ fn main() -> Result<()> {
                     batch,
                 },
                 seed,
+                adaptive: adaptive.rule(),
+                auto_band: smoothcert::engine::AutoBand {
+                    low: auto_band_low,
+                    high: auto_band_high,
+                },
                 device: device(&dev)?,
                 out,
                 show_progress,
@@ -435,7 +634,16 @@ fn main() -> Result<()> {
                 certify::Method::Surrogate => {
                     "ESTIMATED certified accuracy (surrogate, not a guarantee)"
                 }
+                certify::Method::Calibrated => {
+                    "ESTIMATED certified accuracy (calibrated surrogate, not a certificate)"
+                }
+                certify::Method::Auto => {
+                    "certified accuracy (Monte Carlo certificates and calibrated estimates)"
+                }
             };
+            if let Some(f) = s.fallback_fraction {
+                println!("auto: Monte Carlo answered {:.1}% of inputs", 100.0 * f);
+            }
             println!(
                 "{} ({}): {} inputs, {what} at r=0 {:.1}%, abstained {:.1}%, median {:.3} s/input",
                 s.out.display(),
@@ -612,6 +820,31 @@ fn main() -> Result<()> {
                 seed,
             };
             let r = bench::bench_methods(&opts).context("bench-certify failed")?;
+            print_and_save(&r.markdown(), &r, out)?;
+        }
+        Command::BenchAdaptive {
+            bundle,
+            inputs,
+            n0,
+            chunk,
+            alpha,
+            batch_requests,
+            batch,
+            device: dev,
+            seed,
+            out,
+        } => {
+            let r = bench::bench_adaptive(&bench::AdaptiveBenchOptions {
+                bundle,
+                device: device(&dev)?,
+                inputs,
+                n0,
+                rule: smoothcert::smoothing::SequentialSelection { chunk, alpha },
+                batch_requests,
+                forward_batch: batch,
+                seed,
+            })
+            .context("bench-adaptive failed")?;
             print_and_save(&r.markdown(), &r, out)?;
         }
         Command::BenchServe {

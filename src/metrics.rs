@@ -25,6 +25,13 @@ pub struct MethodLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AutoLabels {
+    pub model: String,
+    /// calibrated or monte_carlo: which method produced an AUTO request's answer.
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PassLabels {
     pub model: String,
     /// base or surrogate.
@@ -54,6 +61,7 @@ pub struct Metrics {
     batch_size: Family<MethodLabels, Histogram>,
     passes: Family<PassLabels, Counter>,
     dropped: Family<MethodLabels, Counter>,
+    auto_paths: Family<AutoLabels, Counter>,
     queue_depth: Family<LaneLabels, Gauge>,
     models_loaded: Gauge,
     in_flight: Gauge,
@@ -80,6 +88,7 @@ impl Metrics {
         );
         let passes = Family::<PassLabels, Counter>::default();
         let dropped = Family::<MethodLabels, Counter>::default();
+        let auto_paths = Family::<AutoLabels, Counter>::default();
         let queue_depth = Family::<LaneLabels, Gauge>::default();
         let models_loaded = Gauge::default();
         let in_flight = Gauge::default();
@@ -114,6 +123,11 @@ impl Metrics {
             dropped.clone(),
         );
         registry.register(
+            "auto_path",
+            "AUTO requests by the method that answered: calibrated, or the monte_carlo fallback",
+            auto_paths.clone(),
+        );
+        registry.register(
             "queue_depth",
             "Requests waiting, by model and lane",
             queue_depth.clone(),
@@ -136,6 +150,7 @@ impl Metrics {
             batch_size,
             passes,
             dropped,
+            auto_paths,
             queue_depth,
             models_loaded,
             in_flight,
@@ -195,6 +210,16 @@ impl Metrics {
                     .inc_by(count);
             }
         }
+    }
+
+    /// An AUTO request answered by `path` (calibrated or monte_carlo).
+    pub fn auto_path(&self, model: &str, path: &str) {
+        self.auto_paths
+            .get_or_create(&AutoLabels {
+                model: model.to_string(),
+                path: path.to_string(),
+            })
+            .inc();
     }
 
     pub fn dropped(&self, model: &str, method: &str) {

@@ -108,6 +108,11 @@ fn certify_opts(bundle: &Path, out: &Path) -> CertifyOptions {
             batch: 1000,
         },
         seed: 9,
+        adaptive: None,
+        auto_band: smoothcert::engine::AutoBand {
+            low: smoothcert::config::DEFAULT_AUTO_BAND.0,
+            high: smoothcert::config::DEFAULT_AUTO_BAND.1,
+        },
         device: Device::Cpu,
         out: out.to_path_buf(),
         show_progress: false,
@@ -197,6 +202,8 @@ fn bundle_with_linear_surrogate(root: &Path, t: f64) -> std::path::PathBuf {
         },
         nominal_n: 100_000,
         training: None,
+        tail_map: None,
+        calibration: None,
     });
     bundle.save().unwrap();
     dir

@@ -14,7 +14,7 @@
 //! threads, never on the async runtime; answers go back over oneshot channels.
 //! A full queue refuses at once, and a request whose caller has gone or whose
 //! deadline has passed is dropped before, or while, its samples are drawn.
-use crate::engine::requests::{self, BatchTiming, PassCounts, RequestParams};
+use crate::engine::requests::{self, BatchTiming, PassCounts, RequestParams, Selected};
 use crate::engine::{EngineError, McCertificate, Prediction, SurrogateEstimate};
 use crate::metrics::Metrics;
 use crate::model::{Bundle, Classifier, ModelError};
@@ -65,8 +65,8 @@ impl Work {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Surrogate(SurrogateEstimate),
-    MonteCarlo(McCertificate),
+    Surrogate(SurrogateEstimate, Selected),
+    MonteCarlo(McCertificate, Selected),
     Predict(Prediction),
 }
 
@@ -88,6 +88,11 @@ pub struct Job {
     pub n: u64,
     pub alpha: f64,
     pub seed: u64,
+    /// Taken off p_hat[cA] (CALIBRATED's q); 0 otherwise.
+    pub offset: f64,
+    pub adaptive: Option<crate::smoothing::SequentialSelection>,
+    /// cA chosen already (AUTO's fallback): no selection samples.
+    pub class_a: Option<usize>,
     pub deadline: Instant,
     pub enqueued: Instant,
     pub reply: oneshot::Sender<Result<Answer, BatchError>>,
@@ -318,13 +323,13 @@ impl Worker {
         };
         let [c, h, w] = self.bundle.input_shape.map(|d| d as i64);
         let x = Tensor::f_full([1, c, h, w], 0.5, (Kind::Float, self.device))?;
-        let warm = [RequestParams {
-            input: 0,
-            n0: self.opts.forward_batch as u64,
-            n: 1,
-            alpha: 0.5,
-            seed: 0,
-        }];
+        let warm = [RequestParams::new(
+            0,
+            self.opts.forward_batch as u64,
+            1,
+            0.5,
+            0,
+        )];
         let sigma = self.bundle.sigma();
         let fb = self.opts.forward_batch;
         let engine_err = |e: EngineError| ModelError::Torch(e.to_string());
@@ -436,11 +441,10 @@ impl Worker {
             .iter()
             .enumerate()
             .map(|(i, j)| RequestParams {
-                input: i,
-                n0: j.n0,
-                n: j.n,
-                alpha: j.alpha,
-                seed: j.seed,
+                offset: j.offset,
+                adaptive: j.adaptive,
+                class_a: j.class_a,
+                ..RequestParams::new(i, j.n0, j.n, j.alpha, j.seed)
             })
             .collect();
         let sigma = self.bundle.sigma();
@@ -466,7 +470,9 @@ impl Worker {
                     &mut keep,
                 )?;
                 (
-                    out.into_iter().map(|o| o.map(Outcome::Surrogate)).collect(),
+                    out.into_iter()
+                        .map(|o| o.map(|(e, s)| Outcome::Surrogate(e, s)))
+                        .collect(),
                     t,
                     p,
                 )
@@ -476,7 +482,7 @@ impl Worker {
                     requests::certify_mc(&models.base, sigma, &inputs, &reqs, fb, &mut keep)?;
                 (
                     out.into_iter()
-                        .map(|o| o.map(Outcome::MonteCarlo))
+                        .map(|o| o.map(|(c, s)| Outcome::MonteCarlo(c, s)))
                         .collect(),
                     t,
                     p,

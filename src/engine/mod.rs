@@ -105,6 +105,17 @@ fn mc_certificate(
     sigma: f64,
 ) -> Result<McCertificate, EngineError> {
     let (class_a, _) = top_two(selection);
+    mc_certificate_for(class_a, estimation, n, alpha, sigma)
+}
+
+/// CERTIFY's decision for a chosen cA from its estimation counts.
+fn mc_certificate_for(
+    class_a: usize,
+    estimation: &[u64],
+    n: u64,
+    alpha: f64,
+    sigma: f64,
+) -> Result<McCertificate, EngineError> {
     let count_a = estimation.get(class_a).copied().unwrap_or(0);
     let decision = smoothing::certify_decision(class_a, count_a, n, alpha, sigma)?;
     Ok(McCertificate {
@@ -124,9 +135,12 @@ pub struct SurrogateEstimate {
     pub class_a: usize,
     /// The surrogate's probability of cA.
     pub p_hat_a: f64,
+    /// What was taken off p_hat_a before counting: 0 for the paper's method,
+    /// the calibration's q for CALIBRATED.
+    pub offset: f64,
     /// The surrogate's own top class.
     pub surrogate_class: usize,
-    /// round(n * p_hat[cA]): the count the surrogate stands in for.
+    /// round(n * (p_hat[cA] - offset)): the count the surrogate stands in for.
     pub count_a: u64,
     /// The nominal sample count.
     pub n: u64,
@@ -150,33 +164,47 @@ pub fn certify_accelerated(
     selection
         .iter()
         .zip(&probs)
-        .map(|(sel, p)| surrogate_estimate(sel, p, params.n, params.alpha, sigma))
+        .map(|(sel, p)| {
+            let (class_a, _) = top_two(sel);
+            surrogate_estimate(class_a, p, 0.0, params.n, params.alpha, sigma)
+        })
         .collect()
 }
 
-/// The surrogate's probabilities [B, classes] as one row per input.
-fn surrogate_probs(surrogate: &Classifier, inputs: &Tensor) -> Result<Vec<Vec<f64>>, EngineError> {
+/// The surrogate's probabilities [B, classes] as one row per input, with its
+/// bundle's tail map applied when it has one.
+pub fn surrogate_probs(
+    surrogate: &Classifier,
+    inputs: &Tensor,
+) -> Result<Vec<Vec<f64>>, EngineError> {
     let probs = surrogate
         .logits(&inputs.to_device(surrogate.device()))?
         .softmax(1, tch::Kind::Double)
         .to_device(tch::Device::Cpu);
     let k = surrogate.num_classes().max(1);
     let flat: Vec<f64> = Vec::try_from(probs.flatten(0, -1)).map_err(ModelError::from)?;
-    Ok(flat.chunks(k).map(<[f64]>::to_vec).collect())
+    let mut rows: Vec<Vec<f64>> = flat.chunks(k).map(<[f64]>::to_vec).collect();
+    if let Some(map) = surrogate.tail_map() {
+        rows.iter_mut().for_each(|p| map.apply(p));
+    }
+    Ok(rows)
 }
 
-/// ACCELERATED's decision from one input's selection counts and surrogate probabilities.
+/// ACCELERATED's decision for class cA from the surrogate's probabilities,
+/// with `offset` taken off p_hat[cA] (CALIBRATED's q; 0 for the paper's method).
 fn surrogate_estimate(
-    selection: &[u64],
+    class_a: usize,
     p: &[f64],
+    offset: f64,
     n: u64,
     alpha: f64,
     sigma: f64,
 ) -> Result<SurrogateEstimate, EngineError> {
-    let (class_a, _) = top_two(selection);
     let surrogate_class = argmax(p);
     let p_hat_a = p.get(class_a).copied().unwrap_or(0.0);
-    let count_a = ((n as f64) * p_hat_a).round().clamp(0.0, n as f64) as u64;
+    let count_a = ((n as f64) * (p_hat_a - offset))
+        .round()
+        .clamp(0.0, n as f64) as u64;
     let decision = if surrogate_class == class_a {
         smoothing::certify_decision(class_a, count_a, n, alpha, sigma)?
     } else {
@@ -188,11 +216,44 @@ fn surrogate_estimate(
     Ok(SurrogateEstimate {
         class_a,
         p_hat_a,
+        offset,
         surrogate_class,
         count_a,
         n,
         decision,
     })
+}
+
+/// AUTO's rule: where the calibrated estimate is not decisive, Monte Carlo
+/// decides. It falls back on a class mismatch, and when the calibrated
+/// pA_lower lies in (low, high]: close enough to 1/2 that the Monte Carlo
+/// certificate could certify where the estimate abstains (or certify a much
+/// larger radius than a barely positive estimate).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AutoBand {
+    pub low: f64,
+    pub high: f64,
+}
+
+impl AutoBand {
+    pub fn validate(&self) -> Result<(), EngineError> {
+        if !(0.0..=1.0).contains(&self.low)
+            || !(0.0..=1.0).contains(&self.high)
+            || self.low > self.high
+        {
+            return Err(invalid("auto_band", "needs 0 <= low <= high <= 1"));
+        }
+        Ok(())
+    }
+
+    pub fn falls_back(&self, estimate: &SurrogateEstimate) -> bool {
+        let p = match estimate.decision {
+            Decision::Certified { p_a_lower, .. } | Decision::Abstain { p_a_lower, .. } => {
+                p_a_lower
+            }
+        };
+        estimate.surrogate_class != estimate.class_a || (p > self.low && p <= self.high)
+    }
 }
 
 /// Index of the largest value; ties go to the lower index.

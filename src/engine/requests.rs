@@ -4,10 +4,11 @@
 //! depend on which requests shared its batch. A request whose caller has gone
 //! (`keep` says no) stops drawing samples and gets `None`.
 use super::{
-    mc_certificate, prediction, surrogate_estimate, surrogate_probs, EngineError, McCertificate,
-    Prediction, SurrogateEstimate,
+    mc_certificate_for, prediction, surrogate_estimate, surrogate_probs, top_two, EngineError,
+    McCertificate, Prediction, SurrogateEstimate,
 };
-use crate::model::{Classifier, NoiseStream};
+use crate::model::{splitmix64_mix, Classifier, NoiseStream};
+use crate::smoothing::SequentialSelection;
 use std::time::{Duration, Instant};
 use tch::Tensor;
 
@@ -15,10 +16,40 @@ use tch::Tensor;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RequestParams {
     pub input: usize,
+    /// Selection samples (the cap, with `adaptive`).
     pub n0: u64,
     pub n: u64,
     pub alpha: f64,
     pub seed: u64,
+    /// Taken off p_hat[cA] by the surrogate methods (CALIBRATED's q), else 0.
+    pub offset: f64,
+    /// Choose cA sequentially, stopping before n0 once the leader is settled.
+    pub adaptive: Option<SequentialSelection>,
+    /// cA already chosen (AUTO's Monte Carlo fallback): no selection samples.
+    pub class_a: Option<usize>,
+}
+
+impl RequestParams {
+    /// Fixed-n0 selection, no offset, no class given.
+    pub fn new(input: usize, n0: u64, n: u64, alpha: f64, seed: u64) -> RequestParams {
+        RequestParams {
+            input,
+            n0,
+            n,
+            alpha,
+            seed,
+            offset: 0.0,
+            adaptive: None,
+            class_a: None,
+        }
+    }
+}
+
+/// A request's cA and the selection samples drawn to choose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selected {
+    pub class_a: usize,
+    pub drawn: u64,
 }
 
 /// Where a batch's time went; every request of the batch reports it.
@@ -28,6 +59,85 @@ pub struct BatchTiming {
     pub sampling: Duration,
     /// The surrogate's forward pass.
     pub surrogate: Duration,
+}
+
+/// cA for each request: the class it brings, or the top class of its n0
+/// selection samples, or (adaptive) of samples drawn a chunk at a time until
+/// the stopping rule settles the leader or the cap n0 is reached. Fixed
+/// selection draws one stream of n0 samples; adaptive look t draws its chunk
+/// from a stream of its own, so no look reuses another's noise. `None`: the
+/// request was cancelled while drawing.
+pub fn select(
+    base: &Classifier,
+    sigma: f64,
+    inputs: &Tensor,
+    reqs: &[RequestParams],
+    forward_batch: i64,
+    keep: &mut dyn FnMut(usize) -> bool,
+) -> Result<Vec<Option<Selected>>, EngineError> {
+    let k = base.num_classes();
+    let mut out: Vec<Option<Selected>> = vec![None; reqs.len()];
+    let mut counts = vec![vec![0u64; k]; reqs.len()];
+    let mut drawn = vec![0u64; reqs.len()];
+    let mut open: Vec<usize> = Vec::new();
+    for (i, r) in reqs.iter().enumerate() {
+        if let Some(rule) = r.adaptive {
+            rule.validate()?;
+        }
+        match r.class_a {
+            Some(class_a) => out[i] = Some(Selected { class_a, drawn: 0 }),
+            None => open.push(i),
+        }
+    }
+    let mut look = 0u64;
+    while !open.is_empty() {
+        let streams: Vec<NoiseStream> = open
+            .iter()
+            .map(|&i| {
+                let r = &reqs[i];
+                let base_seed = stream_seed(r.seed, SELECTION);
+                match r.adaptive {
+                    None => NoiseStream {
+                        input: r.input,
+                        num: r.n0,
+                        seed: base_seed,
+                    },
+                    Some(rule) => NoiseStream {
+                        input: r.input,
+                        num: rule.chunk.min(r.n0 - drawn[i]),
+                        seed: base_seed ^ splitmix64_mix(look.wrapping_add(1)),
+                    },
+                }
+            })
+            .collect();
+        let got = base.count_streams(inputs, &streams, sigma, forward_batch, &mut |s| {
+            open.get(s).is_some_and(|&i| keep(i))
+        })?;
+        let mut still = Vec::new();
+        for ((&i, stream), row) in open.iter().zip(&streams).zip(got) {
+            let Some(row) = row else { continue };
+            for (c, v) in counts[i].iter_mut().zip(row) {
+                *c += v;
+            }
+            drawn[i] += stream.num;
+            let r = &reqs[i];
+            let done = match r.adaptive {
+                None => true,
+                Some(rule) => drawn[i] >= r.n0 || rule.settled(&counts[i], r.n0)?,
+            };
+            if done {
+                out[i] = Some(Selected {
+                    class_a: top_two(&counts[i]).0,
+                    drawn: drawn[i],
+                });
+            } else {
+                still.push(i);
+            }
+        }
+        open = still;
+        look += 1;
+    }
+    Ok(out)
 }
 
 /// Noisy base-classifier passes a batch made, per kind.
@@ -59,7 +169,12 @@ fn streams(
         .collect()
 }
 
-/// ACCELERATED for each request: n0 samples pick cA, one surrogate pass over the batch.
+/// One batch's answers (None where a request was cancelled), with its
+/// timing and forward-pass counts.
+pub type Batch<T> = (Vec<Option<(T, Selected)>>, BatchTiming, PassCounts);
+
+/// ACCELERATED (or CALIBRATED, with the request's offset) for each request:
+/// selection samples pick cA, one surrogate pass over the batch.
 pub fn certify_surrogate(
     base: &Classifier,
     surrogate: &Classifier,
@@ -68,15 +183,9 @@ pub fn certify_surrogate(
     reqs: &[RequestParams],
     forward_batch: i64,
     keep: &mut dyn FnMut(usize) -> bool,
-) -> Result<(Vec<Option<SurrogateEstimate>>, BatchTiming, PassCounts), EngineError> {
+) -> Result<Batch<SurrogateEstimate>, EngineError> {
     let started = Instant::now();
-    let selection = base.count_streams(
-        inputs,
-        &streams(reqs, SELECTION, |r| r.n0),
-        sigma,
-        forward_batch,
-        keep,
-    )?;
+    let selection = select(base, sigma, inputs, reqs, forward_batch, keep)?;
     let sampling = started.elapsed();
     let started = Instant::now();
     let probs = surrogate_probs(surrogate, inputs)?;
@@ -85,7 +194,7 @@ pub fn certify_surrogate(
         surrogate: started.elapsed(),
     };
     let passes = PassCounts {
-        base: reqs.iter().map(|r| r.n0).sum(),
+        base: selection.iter().flatten().map(|s| s.drawn).sum(),
         surrogate: reqs.len() as u64,
     };
     let out = reqs
@@ -93,14 +202,17 @@ pub fn certify_surrogate(
         .zip(selection)
         .map(|(r, sel)| {
             let p = probs.get(r.input).map(Vec::as_slice).unwrap_or(&[]);
-            sel.map(|sel| surrogate_estimate(&sel, p, r.n, r.alpha, sigma))
-                .transpose()
+            sel.map(|sel| {
+                surrogate_estimate(sel.class_a, p, r.offset, r.n, r.alpha, sigma).map(|e| (e, sel))
+            })
+            .transpose()
         })
         .collect::<Result<_, _>>()?;
     Ok((out, timing, passes))
 }
 
-/// CERTIFY for each request: n0 selection samples, then n estimation samples.
+/// CERTIFY for each request: selection samples (none when the request brings
+/// cA), then n estimation samples.
 pub fn certify_mc(
     base: &Classifier,
     sigma: f64,
@@ -108,15 +220,9 @@ pub fn certify_mc(
     reqs: &[RequestParams],
     forward_batch: i64,
     keep: &mut dyn FnMut(usize) -> bool,
-) -> Result<(Vec<Option<McCertificate>>, BatchTiming, PassCounts), EngineError> {
+) -> Result<Batch<McCertificate>, EngineError> {
     let started = Instant::now();
-    let selection = base.count_streams(
-        inputs,
-        &streams(reqs, SELECTION, |r| r.n0),
-        sigma,
-        forward_batch,
-        keep,
-    )?;
+    let selection = select(base, sigma, inputs, reqs, forward_batch, keep)?;
     // A request cancelled during selection draws no estimation samples.
     let alive: Vec<bool> = selection.iter().map(Option::is_some).collect();
     let estimation = base.count_streams(
@@ -131,14 +237,22 @@ pub fn certify_mc(
         surrogate: Duration::ZERO,
     };
     let passes = PassCounts {
-        base: reqs.iter().map(|r| r.n0 + r.n).sum(),
+        base: selection.iter().flatten().map(|s| s.drawn).sum::<u64>()
+            + reqs
+                .iter()
+                .zip(&alive)
+                .filter(|(_, a)| **a)
+                .map(|(r, _)| r.n)
+                .sum::<u64>(),
         surrogate: 0,
     };
     let out = reqs
         .iter()
         .zip(selection.into_iter().zip(estimation))
         .map(|(r, pair)| match pair {
-            (Some(sel), Some(est)) => mc_certificate(&sel, &est, r.n, r.alpha, sigma).map(Some),
+            (Some(sel), Some(est)) => {
+                mc_certificate_for(sel.class_a, &est, r.n, r.alpha, sigma).map(|c| Some((c, sel)))
+            }
             _ => Ok(None),
         })
         .collect::<Result<_, _>>()?;

@@ -215,12 +215,14 @@ mod requests_batch {
         let m = model(dir.path());
         let x = batch(&[0.8, 0.3, 0.5]);
         let reqs: Vec<RequestParams> = (0..3)
-            .map(|i| RequestParams {
-                input: i,
-                n0: 100 + i as u64,
-                n: 5000 * (i as u64 + 1),
-                alpha: [0.001, 0.01, 0.05][i],
-                seed: 40 + i as u64,
+            .map(|i| {
+                RequestParams::new(
+                    i,
+                    100 + i as u64,
+                    5000 * (i as u64 + 1),
+                    [0.001, 0.01, 0.05][i],
+                    40 + i as u64,
+                )
             })
             .collect();
         let (together, _, passes) =
@@ -232,7 +234,9 @@ mod requests_batch {
             let (alone, _, _) =
                 requests::certify_mc(&m, SIGMA, &one, &[single], 4096, &mut |_| true).unwrap();
             assert_eq!(together[i], alone[0], "request {i}");
-            let cert = together[i].as_ref().unwrap();
+            let (cert, selected) = together[i].as_ref().unwrap();
+            assert_eq!(selected.class_a, cert.class_a);
+            assert_eq!(selected.drawn, r.n0, "fixed n0 draws exactly n0");
             // The decision is CERTIFY's on these counts and this request's own alpha.
             let expected =
                 crate::smoothing::certify_decision(cert.class_a, cert.count_a, r.n, r.alpha, SIGMA)
@@ -241,15 +245,15 @@ mod requests_batch {
         }
         // The far-from-boundary inputs certify their side; the boundary one abstains.
         assert!(matches!(
-            together[0].as_ref().unwrap().decision,
+            together[0].as_ref().unwrap().0.decision,
             Decision::Certified { class: 1, .. }
         ));
         assert!(matches!(
-            together[1].as_ref().unwrap().decision,
+            together[1].as_ref().unwrap().0.decision,
             Decision::Certified { class: 0, .. }
         ));
         assert!(matches!(
-            together[2].as_ref().unwrap().decision,
+            together[2].as_ref().unwrap().0.decision,
             Decision::Abstain { .. }
         ));
     }

@@ -74,6 +74,95 @@ pub struct SurrogateSpec {
     pub nominal_n: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<SurrogateTraining>,
+    /// Written by `fit-tail-map`: a correction of the surrogate's tail fitted
+    /// on counts of inputs the base classifier never trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail_map: Option<TailMap>,
+    /// Written by `calibrate`; part of this section so that retraining the
+    /// surrogate drops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+}
+
+/// Histogram-binning recalibration of the surrogate's miss mass
+/// m = 1 - p_hat[top]: in bin b (edges[b] <= m < edges[b + 1], the last bin
+/// open) m becomes m * ratios[b], the other classes scaled with it. Fitted by
+/// `fit-tail-map` as (observed misses + 1/2) / (predicted misses + 1/2) per bin
+/// over held-out Monte Carlo counts: the base classifier is more robust on
+/// inputs it never trained on than on its own training images, which a
+/// surrogate trained on training-image counts cannot know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TailMap {
+    pub edges: Vec<f64>,
+    pub ratios: Vec<f64>,
+    /// Inputs per bin in the fit.
+    pub inputs: Vec<usize>,
+    pub split: crate::data::Split,
+    pub counts_n: u64,
+    /// The bundle file listing the fit's inputs (dataset indices).
+    pub inputs_file: String,
+}
+
+impl TailMap {
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = !self.edges.is_empty()
+            && self.edges.len() == self.ratios.len()
+            && self.inputs.len() == self.ratios.len()
+            && self.edges[0] == 0.0
+            && self.edges.windows(2).all(|w| w[0] < w[1])
+            && self.ratios.iter().all(|r| r.is_finite() && *r > 0.0);
+        if ok {
+            Ok(())
+        } else {
+            Err("surrogate.tail_map: edges must start at 0 and increase, with one positive ratio and count per edge".into())
+        }
+    }
+
+    /// The factor for miss mass `m`.
+    pub fn ratio(&self, m: f64) -> f64 {
+        let bin = self.edges.partition_point(|&e| e <= m).saturating_sub(1);
+        self.ratios.get(bin).copied().unwrap_or(1.0)
+    }
+
+    /// Applies the map to one probability vector in place.
+    pub fn apply(&self, p: &mut [f64]) {
+        let Some(top) = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a))) else {
+            return;
+        };
+        let miss = 1.0 - p[top];
+        if miss <= 0.0 {
+            return;
+        }
+        let mapped = (miss * self.ratio(miss)).clamp(0.0, 1.0);
+        let scale = mapped / miss;
+        for (j, v) in p.iter_mut().enumerate() {
+            *v = if j == top { 1.0 - mapped } else { *v * scale };
+        }
+    }
+}
+
+/// Split-conformal calibration of the surrogate's overestimation
+/// s = p_hat[cA] - p_MC[cA] on inputs held out from its training, with Monte
+/// Carlo counts at `n` samples: `q` is the ceil((m + 1)(1 - delta))-th
+/// smallest of the m scores. Method CALIBRATED uses p_hat[cA] - q, whose
+/// radius exceeds the Monte Carlo certificate's with probability at most
+/// `delta` over inputs exchangeable with the calibration inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub delta: f64,
+    pub q: f64,
+    /// Calibration inputs (scores).
+    pub m: usize,
+    /// The rank of q among the sorted scores, from 1.
+    pub rank: usize,
+    /// Monte Carlo samples behind each p_MC[cA].
+    pub n: u64,
+    /// Base-classifier samples that chose cA, as certification draws them.
+    pub n0: u64,
+    pub split: crate::data::Split,
+    /// The bundle file listing the calibration inputs' dataset indices.
+    pub inputs_file: String,
+    pub seed: u64,
 }
 
 /// How the surrogate was trained and how close it came on held-out inputs.
@@ -219,6 +308,22 @@ impl Bundle {
             if s.nominal_n == 0 {
                 return Err("surrogate.nominal_n must be at least 1".into());
             }
+            if let Some(t) = &s.tail_map {
+                t.validate()?;
+            }
+            if let Some(c) = &s.calibration {
+                if !(c.delta > 0.0 && c.delta < 1.0 && c.q.is_finite()) {
+                    return Err(format!(
+                        "surrogate.calibration: delta must be in (0, 1) and q finite, got {} and {}",
+                        c.delta, c.q
+                    ));
+                }
+                if c.m == 0 || c.rank == 0 || c.rank > c.m || c.n == 0 || c.n0 == 0 {
+                    return Err(
+                        "surrogate.calibration: m, rank (<= m), n and n0 must be at least 1".into(),
+                    );
+                }
+            }
         }
         for (section, spec) in specs {
             if spec.format == WeightsFormat::Safetensors && spec.arch.is_none() {
@@ -237,6 +342,37 @@ impl Bundle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tail_map_scales_the_miss_mass_by_its_bin_and_keeps_a_distribution() {
+        let map = TailMap {
+            edges: vec![0.0, 0.01, 0.1],
+            ratios: vec![0.5, 2.0, 1.0],
+            inputs: vec![1, 1, 1],
+            split: crate::data::Split::Test,
+            counts_n: 10_000,
+            inputs_file: "tail_map_inputs.json".into(),
+        };
+        assert!(map.validate().is_ok());
+        // Miss 0.004 is in the first bin: halved, the others in proportion.
+        let mut p = vec![0.001, 0.996, 0.003];
+        map.apply(&mut p);
+        assert!((p[1] - 0.998).abs() < 1e-12 && (p[0] - 0.0005).abs() < 1e-12);
+        assert!((p[2] - 0.0015).abs() < 1e-12);
+        // Miss 0.05 is in the second: doubled.
+        let mut p = vec![0.95, 0.03, 0.02];
+        map.apply(&mut p);
+        assert!((p[0] - 0.9).abs() < 1e-12 && (p[1] - 0.06).abs() < 1e-12);
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        // An edge belongs to the bin above it.
+        assert_eq!(map.ratio(0.01), 2.0);
+        assert_eq!(map.ratio(0.5), 1.0);
+        let broken = TailMap {
+            edges: vec![0.0, 0.2, 0.1],
+            ..map.clone()
+        };
+        assert!(broken.validate().is_err());
+    }
 
     fn sample(dir: &Path) -> Bundle {
         Bundle {
@@ -273,6 +409,25 @@ mod tests {
                     loss: "js".into(),
                     val_mean_js: 0.01,
                     ..Default::default()
+                }),
+                tail_map: Some(TailMap {
+                    edges: vec![0.0, 1e-4, 1e-3],
+                    ratios: vec![0.5, 0.8, 1.1],
+                    inputs: vec![10, 20, 30],
+                    split: crate::data::Split::Test,
+                    counts_n: 10_000,
+                    inputs_file: "tail_map_inputs.json".into(),
+                }),
+                calibration: Some(Calibration {
+                    delta: 0.05,
+                    q: 0.0123,
+                    m: 200,
+                    rank: 191,
+                    n: 100_000,
+                    n0: 100,
+                    split: crate::data::Split::Test,
+                    inputs_file: "calibration_inputs.json".into(),
+                    seed: 0,
                 }),
             }),
             dir: dir.to_path_buf(),

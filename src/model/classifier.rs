@@ -21,6 +21,8 @@ pub struct Classifier {
     device: Device,
     shape: [usize; 3],
     num_classes: usize,
+    /// A surrogate's tail correction, applied to its probabilities.
+    tail_map: Option<super::TailMap>,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -55,6 +57,7 @@ impl Classifier {
             device,
             shape,
             num_classes,
+            tail_map: None,
         })
     }
 
@@ -72,7 +75,14 @@ impl Classifier {
                 bundle.dir.display()
             ))
         })?;
-        Self::load_spec(bundle, &spec.model, device)
+        let mut model = Self::load_spec(bundle, &spec.model, device)?;
+        model.tail_map = spec.tail_map.clone();
+        Ok(model)
+    }
+
+    /// The surrogate's tail correction, if its bundle has one.
+    pub fn tail_map(&self) -> Option<&super::TailMap> {
+        self.tail_map.as_ref()
     }
 
     fn load_spec(bundle: &Bundle, spec: &BaseSpec, device: Device) -> Result<Self, ModelError> {
@@ -102,6 +112,7 @@ impl Classifier {
                     device,
                     shape: bundle.input_shape,
                     num_classes: bundle.num_classes(),
+                    tail_map: None,
                 };
                 model.check_output()?;
                 Ok(model)

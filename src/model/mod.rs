@@ -7,8 +7,8 @@ mod device;
 
 pub use arch::Arch;
 pub use bundle::{
-    BaseSpec, Bundle, BundleError, NoiseKind, NoiseSpec, Normalization, Provenance, SurrogateSpec,
-    SurrogateTraining, WeightsFormat, MANIFEST,
+    BaseSpec, Bundle, BundleError, Calibration, NoiseKind, NoiseSpec, Normalization, Provenance,
+    SurrogateSpec, SurrogateTraining, TailMap, WeightsFormat, MANIFEST,
 };
 pub use classifier::{splitmix64_mix, Classifier, Network, NoiseStream, GOLDEN_GAMMA, NOISE_BLOCK};
 pub use device::{cuda_status, parse_device, CudaStatus};

@@ -242,3 +242,181 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
         ideal_speedup: (p.n0 + p.n) as f64 / (p.n0 + 1) as f64,
     })
 }
+
+#[derive(Debug, Clone)]
+pub struct AdaptiveBenchOptions {
+    pub bundle: PathBuf,
+    pub device: Device,
+    /// Test inputs (spread over the split).
+    pub inputs: usize,
+    /// The n0 cap, and fixed selection's n0.
+    pub n0: u64,
+    pub rule: crate::smoothing::SequentialSelection,
+    /// Requests per batch in the batched measurement (as the server batches).
+    pub batch_requests: usize,
+    pub forward_batch: i64,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AdaptiveBenchReport {
+    pub bundle: String,
+    pub device: String,
+    pub inputs: usize,
+    pub n0: u64,
+    pub chunk: u64,
+    pub alpha: f64,
+    /// Fraction of inputs whose adaptive cA differs from the fixed-n0 cA.
+    pub differing_class_a: f64,
+    pub mean_samples_adaptive: f64,
+    /// Surrogate certification, one input at a time: median seconds.
+    pub fixed_median_seconds: f64,
+    pub adaptive_median_seconds: f64,
+    /// Fixed over adaptive: the single-request throughput gain.
+    pub single_gain: f64,
+    /// Inputs per second with `batch_requests` requests per batch.
+    pub fixed_batched_rate: f64,
+    pub adaptive_batched_rate: f64,
+    pub batched_gain: f64,
+    pub batch_requests: usize,
+}
+
+impl AdaptiveBenchReport {
+    pub fn markdown(&self) -> String {
+        format!(
+            "Adaptive n0 against fixed n0 = {n0} (surrogate certification), bundle {}, device {}, {} inputs; \
+             rule: chunks of {}, binomial test at {} / {} looks\n\n\
+             | selection | samples / input | median s/input (one at a time) | inputs/s (batches of {}) |\n|---|---:|---:|---:|\n\
+             | fixed | {n0} | {:.5} | {:.1} |\n| adaptive | {:.1} | {:.5} | {:.1} |\n\n\
+             throughput gain {:.2}x one at a time, {:.2}x batched; cA differs from the fixed choice on {:.1}% of inputs\n",
+            self.bundle,
+            self.device,
+            self.inputs,
+            self.chunk,
+            self.alpha,
+            self.n0.div_ceil(self.chunk.max(1)),
+            self.batch_requests,
+            self.fixed_median_seconds,
+            self.fixed_batched_rate,
+            self.mean_samples_adaptive,
+            self.adaptive_median_seconds,
+            self.adaptive_batched_rate,
+            self.single_gain,
+            self.batched_gain,
+            100.0 * self.differing_class_a,
+            n0 = self.n0,
+        )
+    }
+}
+
+/// Surrogate certification with fixed and adaptive n0 on the same inputs,
+/// alternately, through the server's request path: how often the choice of
+/// cA differs and what the early stop gains.
+pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport, PipelineError> {
+    use crate::engine::requests::{certify_surrogate, RequestParams};
+    opts.rule
+        .validate()
+        .map_err(crate::engine::EngineError::from)?;
+    if opts.inputs == 0 || opts.n0 == 0 || opts.batch_requests == 0 {
+        return Err(PipelineError::Invalid(
+            "--inputs, --n0 and --batch-requests must be at least 1".into(),
+        ));
+    }
+    let super::Inputs {
+        bundle,
+        dataset: ds,
+        ..
+    } = super::load_inputs(&opts.bundle, crate::data::Split::Test, None, 1, None)?;
+    let base = Classifier::load(&bundle, opts.device)?;
+    let surrogate = Classifier::load_surrogate(&bundle, opts.device)?;
+    let sigma = bundle.sigma();
+    let [c, h, w] = bundle.input_shape.map(|d| d as i64);
+    let step = (ds.len() / opts.inputs).max(1);
+    let indices: Vec<usize> = (0..ds.len()).step_by(step).take(opts.inputs).collect();
+    let req = |i: usize, idx: usize, adaptive: bool| RequestParams {
+        adaptive: adaptive.then_some(opts.rule),
+        ..RequestParams::new(
+            i,
+            opts.n0,
+            100_000,
+            0.001,
+            crate::engine::input_seed(opts.seed, idx) as u64,
+        )
+    };
+    let image = |idx: usize| {
+        Tensor::from_slice(ds.image(idx))
+            .view([1, c, h, w])
+            .to_device(opts.device)
+    };
+    let run = |x: &Tensor, reqs: &[RequestParams]| {
+        certify_surrogate(
+            &base,
+            &surrogate,
+            sigma,
+            x,
+            reqs,
+            opts.forward_batch,
+            &mut |_| true,
+        )
+    };
+    // Warm-up, not timed.
+    let x0 = image(0);
+    run(&x0, &[req(0, 0, false)])?;
+    run(&x0, &[req(0, 0, true)])?;
+    let (mut fixed_t, mut adaptive_t) = (Vec::new(), Vec::new());
+    let (mut differ, mut drawn) = (0usize, 0u64);
+    for &idx in &indices {
+        let x = image(idx);
+        let t = Instant::now();
+        let (f, _, _) = run(&x, &[req(0, idx, false)])?;
+        fixed_t.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let (a, _, _) = run(&x, &[req(0, idx, true)])?;
+        adaptive_t.push(t.elapsed().as_secs_f64());
+        if let (Some(Some((f, _))), Some(Some((a, sel)))) = (f.first(), a.first()) {
+            differ += usize::from(f.class_a != a.class_a);
+            drawn += sel.drawn;
+        }
+    }
+    // Batched: the inputs in groups of batch_requests, as one server batch each.
+    let batched = |adaptive: bool| -> Result<f64, PipelineError> {
+        let started = Instant::now();
+        for group in indices.chunks(opts.batch_requests) {
+            let pixels: Vec<f32> = group
+                .iter()
+                .flat_map(|&i| ds.image(i).iter().copied())
+                .collect();
+            let x = Tensor::from_slice(&pixels)
+                .view([group.len() as i64, c, h, w])
+                .to_device(opts.device);
+            let reqs: Vec<RequestParams> = group
+                .iter()
+                .enumerate()
+                .map(|(i, &idx)| req(i, idx, adaptive))
+                .collect();
+            run(&x, &reqs)?;
+        }
+        sync(opts.device);
+        Ok(indices.len() as f64 / started.elapsed().as_secs_f64())
+    };
+    let fixed_rate = batched(false)?;
+    let adaptive_rate = batched(true)?;
+    let (f, a) = (median(&mut fixed_t), median(&mut adaptive_t));
+    Ok(AdaptiveBenchReport {
+        bundle: bundle.name,
+        device: format!("{:?}", opts.device),
+        inputs: indices.len(),
+        n0: opts.n0,
+        chunk: opts.rule.chunk,
+        alpha: opts.rule.alpha,
+        differing_class_a: differ as f64 / indices.len() as f64,
+        mean_samples_adaptive: drawn as f64 / indices.len() as f64,
+        fixed_median_seconds: f,
+        adaptive_median_seconds: a,
+        single_gain: f / a,
+        fixed_batched_rate: fixed_rate,
+        adaptive_batched_rate: adaptive_rate,
+        batched_gain: adaptive_rate / fixed_rate,
+        batch_requests: opts.batch_requests,
+    })
+}

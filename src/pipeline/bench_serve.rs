@@ -202,13 +202,7 @@ fn engine_rate(
             .collect();
         let x = Tensor::from_slice(&pixels).view([b as i64, c, h, w]);
         let reqs: Vec<RequestParams> = (0..b)
-            .map(|i| RequestParams {
-                input: i,
-                n0: opts.n0,
-                n,
-                alpha: 0.001,
-                seed: (start + i) as u64,
-            })
+            .map(|i| RequestParams::new(i, opts.n0, n, 0.001, (start + i) as u64))
             .collect();
         requests::certify_surrogate(
             &base,

@@ -5,9 +5,10 @@ use super::report::summarize;
 use super::tsv::{open_for_resume, CertRow};
 use super::{io_err, load_inputs, progress_bar, write_json, Inputs, PipelineError};
 use crate::data::Split;
-use crate::engine::{self, CertifyParams};
+use crate::engine::requests::{self, RequestParams};
+use crate::engine::{self, AutoBand, CertifyParams};
 use crate::model::{Bundle, Classifier};
-use crate::smoothing::Decision;
+use crate::smoothing::{Decision, SequentialSelection};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,12 @@ pub enum Method {
     /// Accelerated Smoothing: cA from n0 samples, the count predicted by the
     /// bundle's surrogate. An estimate of the Monte Carlo certificate, not a guarantee.
     Surrogate,
+    /// The surrogate with p_hat[cA] lowered by the bundle's conformal quantile q:
+    /// exceeds the Monte Carlo radius with probability at most delta. An estimate.
+    Calibrated,
+    /// Calibrated where decisive, else Monte Carlo with the same cA; each row
+    /// names the method that produced it.
+    Auto,
 }
 
 impl Method {
@@ -30,6 +37,8 @@ impl Method {
         match self {
             Method::Mc => "mc",
             Method::Surrogate => "surrogate",
+            Method::Calibrated => "calibrated",
+            Method::Auto => "auto",
         }
     }
 
@@ -37,7 +46,8 @@ impl Method {
     pub fn radius_kind(self) -> &'static str {
         match self {
             Method::Mc => "certificate",
-            Method::Surrogate => "estimate",
+            Method::Surrogate | Method::Calibrated => "estimate",
+            Method::Auto => "mixed",
         }
     }
 }
@@ -50,6 +60,11 @@ pub fn default_n(bundle: &Path, method: Method) -> Result<u64, PipelineError> {
         Method::Surrogate => Bundle::load(bundle)?
             .surrogate
             .map_or(100_000, |s| s.nominal_n),
+        // The N the calibration scores were measured at.
+        Method::Calibrated | Method::Auto => Bundle::load(bundle)?
+            .surrogate
+            .and_then(|s| s.calibration.map(|c| c.n).or(Some(s.nominal_n)))
+            .unwrap_or(100_000),
     })
 }
 
@@ -65,6 +80,10 @@ pub struct CertifyOptions {
     pub max: Option<usize>,
     pub params: CertifyParams,
     pub seed: u64,
+    /// Choose cA sequentially (n0 is the cap).
+    pub adaptive: Option<SequentialSelection>,
+    /// AUTO's fallback band on the calibrated pA_lower.
+    pub auto_band: AutoBand,
     pub device: Device,
     pub out: PathBuf,
     pub show_progress: bool,
@@ -93,6 +112,15 @@ struct RunParams {
     seed: u64,
     batch: i64,
     device: String,
+    /// Adaptive n0 (chunk, alpha); absent for fixed n0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    adaptive: Option<(u64, f64)>,
+    /// CALIBRATED and AUTO: the calibration's (q, delta).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    calibration: Option<(f64, f64)>,
+    /// AUTO: the fallback band (low, high).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auto_band: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -107,6 +135,9 @@ pub struct CertifySummary {
     pub sigma: f64,
     /// "certificate" for mc, "estimate" for surrogate: what the radii are.
     pub radius_kind: &'static str,
+    /// AUTO: the fraction of inputs Monte Carlo answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_fraction: Option<f64>,
     /// Fraction predicted correctly with a radius (certified, or estimated for surrogate).
     pub accuracy_at_radius_0: f64,
     pub abstention_rate: f64,
@@ -129,17 +160,33 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         opts.max,
     )?;
 
+    if let Some(rule) = opts.adaptive {
+        rule.validate().map_err(engine::EngineError::from)?;
+    }
+    opts.auto_band.validate()?;
+    let calibration = match opts.method {
+        Method::Calibrated | Method::Auto => Some(checked_calibration(
+            &bundle,
+            opts.split,
+            &indices,
+            opts.params.n,
+        )?),
+        _ => None,
+    };
+    if opts.method != Method::Mc {
+        warn_if_trained_on(&bundle, opts.split, &indices)?;
+    }
     let base_path = bundle.base_path();
     let run = RunParams {
         bundle_name: bundle.name.clone(),
         bundle_version: bundle.version.clone(),
         base_weights_fnv1a: crate::fsutil::fingerprint(&base_path).map_err(io_err(&base_path))?,
         surrogate_weights_fnv1a: match (opts.method, &bundle.surrogate) {
-            (Method::Surrogate, Some(s)) => {
+            (Method::Mc, _) | (_, None) => None,
+            (_, Some(s)) => {
                 let path = bundle.dir.join(&s.model.file);
                 Some(crate::fsutil::fingerprint(&path).map_err(io_err(&path))?)
             }
-            _ => None,
         },
         method: opts.method,
         split: opts.split,
@@ -152,6 +199,10 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         seed: opts.seed,
         batch: opts.params.batch,
         device: format!("{:?}", opts.device),
+        adaptive: opts.adaptive.map(|a| (a.chunk, a.alpha)),
+        calibration: calibration.as_ref().map(|c| (c.q, c.delta)),
+        auto_band: (opts.method == Method::Auto)
+            .then_some((opts.auto_band.low, opts.auto_band.high)),
     };
     if let Some(parent) = opts.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
@@ -198,8 +249,10 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
     let model = Classifier::load(&bundle, opts.device)?;
     let surrogate = match opts.method {
         Method::Mc => None,
-        Method::Surrogate => Some(Classifier::load_surrogate(&bundle, opts.device)?),
+        _ => Some(Classifier::load_surrogate(&bundle, opts.device)?),
     };
+    let by_request = calibration.is_some() || opts.adaptive.is_some();
+    let offset = calibration.as_ref().map_or(0.0, |c| c.q);
     let sigma = bundle.sigma();
     let [c, h, w] = bundle.input_shape.map(|d| d as i64);
     let bar = progress_bar(
@@ -215,15 +268,35 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         let x = Tensor::from_slice(ds.image(idx))
             .view([1, c, h, w])
             .to_device(opts.device);
-        let (decision, count_a, n) = match &surrogate {
-            None => engine::certify(&model, sigma, &x, &opts.params)?
-                .pop()
-                .map(|c| (c.decision, c.count_a, c.n)),
-            Some(sur) => engine::certify_accelerated(&model, sur, sigma, &x, &opts.params)?
-                .pop()
-                .map(|e| (e.decision, e.count_a, e.n)),
-        }
-        .ok_or_else(|| PipelineError::Invalid("the engine returned no result".into()))?;
+        let one = if by_request {
+            let seed = engine::input_seed(opts.seed, idx) as u64;
+            certify_by_request(&model, surrogate.as_ref(), sigma, &x, opts, seed, offset)?
+        } else {
+            match &surrogate {
+                None => engine::certify(&model, sigma, &x, &opts.params)?
+                    .pop()
+                    .map(|c| One {
+                        decision: c.decision,
+                        count_a: c.count_a,
+                        n: c.n,
+                        class_a: c.class_a,
+                        drawn: opts.params.n0,
+                        method: Method::Mc,
+                    }),
+                Some(sur) => engine::certify_accelerated(&model, sur, sigma, &x, &opts.params)?
+                    .pop()
+                    .map(|e| One {
+                        decision: e.decision,
+                        count_a: e.count_a,
+                        n: e.n,
+                        class_a: e.class_a,
+                        drawn: opts.params.n0,
+                        method: Method::Surrogate,
+                    }),
+            }
+            .ok_or_else(|| PipelineError::Invalid("the engine returned no result".into()))?
+        };
+        let (decision, count_a, n) = (one.decision, one.count_a, one.n);
         let time = t0.elapsed().as_secs_f64();
         let label = ds.labels[idx];
         let (predict, radius, p_a_lower, abstain_reason) = match decision {
@@ -243,11 +316,16 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
             radius,
             correct: predict == label,
             time,
-            method: opts.method.as_str().into(),
+            method: one.method.as_str().into(),
             count_a,
             n,
             p_a_lower,
             abstain_reason,
+            delta: (one.method == Method::Calibrated)
+                .then(|| calibration.as_ref().map(|c| c.delta))
+                .flatten(),
+            class_a: Some(one.class_a),
+            n0_drawn: Some(one.drawn),
         };
         writeln!(file, "{}", row.to_line())
             .and_then(|_| file.flush())
@@ -274,6 +352,12 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         alpha: opts.params.alpha,
         sigma,
         radius_kind: opts.method.radius_kind(),
+        fallback_fraction: (opts.method == Method::Auto).then(|| {
+            rows.iter()
+                .filter(|r| r.method == Method::Mc.as_str())
+                .count() as f64
+                / rows.len().max(1) as f64
+        }),
         accuracy_at_radius_0: curve.certified_accuracy.first().map_or(0.0, |p| p.1),
         abstention_rate: curve.abstention_rate,
         median_seconds_per_input: curve.median_seconds,
@@ -281,4 +365,140 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
     };
     write_json(&crate::fsutil::sidecar(&opts.out, "summary.json"), &summary)?;
     Ok(summary)
+}
+
+/// One input's outcome, and the method that produced it.
+struct One {
+    decision: Decision,
+    count_a: u64,
+    n: u64,
+    class_a: usize,
+    drawn: u64,
+    method: Method,
+}
+
+/// One input through the server's request path (noise from seeded streams):
+/// the calibrated methods and adaptive n0 run here, exactly as served.
+fn certify_by_request(
+    model: &Classifier,
+    surrogate: Option<&Classifier>,
+    sigma: f64,
+    x: &Tensor,
+    opts: &CertifyOptions,
+    seed: u64,
+    offset: f64,
+) -> Result<One, PipelineError> {
+    let p = &opts.params;
+    let req = RequestParams {
+        offset,
+        adaptive: opts.adaptive,
+        ..RequestParams::new(0, p.n0, p.n, p.alpha, seed)
+    };
+    let mc = |req: RequestParams, drawn: Option<u64>| -> Result<One, PipelineError> {
+        let (mut out, _, _) =
+            requests::certify_mc(model, sigma, x, &[req], p.batch, &mut |_| true)?;
+        let (c, sel) = out
+            .pop()
+            .flatten()
+            .ok_or_else(|| PipelineError::Invalid("the engine returned no result".into()))?;
+        Ok(One {
+            decision: c.decision,
+            count_a: c.count_a,
+            n: c.n,
+            class_a: c.class_a,
+            drawn: drawn.unwrap_or(sel.drawn),
+            method: Method::Mc,
+        })
+    };
+    let Some(sur) = surrogate else {
+        return mc(req, None);
+    };
+    let (mut out, _, _) =
+        requests::certify_surrogate(model, sur, sigma, x, &[req], p.batch, &mut |_| true)?;
+    let (e, sel) = out
+        .pop()
+        .flatten()
+        .ok_or_else(|| PipelineError::Invalid("the engine returned no result".into()))?;
+    if opts.method == Method::Auto && opts.auto_band.falls_back(&e) {
+        let fallback = RequestParams {
+            class_a: Some(e.class_a),
+            ..req
+        };
+        return mc(fallback, Some(sel.drawn));
+    }
+    Ok(One {
+        decision: e.decision,
+        count_a: e.count_a,
+        n: e.n,
+        class_a: e.class_a,
+        drawn: sel.drawn,
+        method: match opts.method {
+            Method::Calibrated | Method::Auto => Method::Calibrated,
+            _ => Method::Surrogate,
+        },
+    })
+}
+
+/// The bundle's calibration, refused when it cannot stand behind these
+/// inputs: none, another N, or inputs it was computed on.
+fn checked_calibration(
+    bundle: &Bundle,
+    split: Split,
+    indices: &[usize],
+    n: u64,
+) -> Result<crate::model::Calibration, PipelineError> {
+    let cal = bundle
+        .surrogate
+        .as_ref()
+        .and_then(|s| s.calibration.clone())
+        .ok_or_else(|| {
+            PipelineError::Invalid(format!(
+                "{} has no calibration: run smoothcert calibrate first",
+                bundle.dir.display()
+            ))
+        })?;
+    if n != cal.n {
+        return Err(PipelineError::Invalid(format!(
+            "the calibration holds at n = {}; --n {n} would void its delta = {}",
+            cal.n, cal.delta
+        )));
+    }
+    let used = super::InputList::read(&bundle.dir.join(&cal.inputs_file))?;
+    if used.split == split {
+        let used: std::collections::HashSet<i64> = used.indices.into_iter().collect();
+        let overlap = indices
+            .iter()
+            .filter(|&&i| used.contains(&(i as i64)))
+            .count();
+        if overlap > 0 {
+            return Err(PipelineError::Invalid(format!(
+                "{overlap} of these inputs are calibration inputs; the coverage statement needs \
+                 fresh ones (choose other --skip/--max or another split)"
+            )));
+        }
+    }
+    Ok(cal)
+}
+
+/// Logs how many inputs the surrogate was trained on: its estimates there
+/// say little about fresh inputs.
+fn warn_if_trained_on(
+    bundle: &Bundle,
+    split: Split,
+    indices: &[usize],
+) -> Result<(), PipelineError> {
+    let trained = super::surrogate::SurrogateInputs::fitted(bundle)?;
+    let seen: std::collections::HashSet<i64> = trained.of_split(split).iter().copied().collect();
+    let overlap = indices
+        .iter()
+        .filter(|&&i| seen.contains(&(i as i64)))
+        .count();
+    if overlap > 0 {
+        tracing::warn!(
+            overlap,
+            split = %split,
+            "the surrogate was trained or its tail map fitted on some of these inputs"
+        );
+    }
+    Ok(())
 }

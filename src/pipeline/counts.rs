@@ -108,6 +108,22 @@ impl Counts {
         &self.counts[i * k..(i + 1) * k]
     }
 
+    /// The counted inputs' images [M, C, H, W] from their dataset split.
+    pub fn images(&self, ds: &crate::data::Dataset) -> Result<tch::Tensor, PipelineError> {
+        let mut pixels = Vec::with_capacity(self.len() * ds.image_numel());
+        for &idx in &self.indices {
+            let i = usize::try_from(idx)
+                .ok()
+                .filter(|&i| i < ds.len())
+                .ok_or_else(|| {
+                    PipelineError::Invalid(format!("counted input {idx} is not in the dataset"))
+                })?;
+            pixels.extend_from_slice(ds.image(i));
+        }
+        let [c, h, w] = ds.shape.map(|d| d as i64);
+        Ok(tch::Tensor::from_slice(&pixels).view([self.len() as i64, c, h, w]))
+    }
+
     pub fn write(&self, path: &Path) -> Result<(), PipelineError> {
         let k = self.meta.num_classes;
         let count_bytes: Vec<u8> = self.counts.iter().flat_map(|c| c.to_le_bytes()).collect();
@@ -440,6 +456,42 @@ pub fn merge_counts(files: &[PathBuf], out: &Path) -> Result<Counts, PipelineErr
     let merged = merge_counts_in_memory(files)?;
     merged.write(out)?;
     Ok(merged)
+}
+
+/// The files grouped by run (same bundle, split, N, seed, selection), each
+/// group joined as [`merge_counts_in_memory`] joins it: how training reads
+/// counts of several splits or selections at once. Runs keep their first
+/// file's order.
+pub fn merge_runs(files: &[PathBuf]) -> Result<Vec<Counts>, PipelineError> {
+    let mut groups: Vec<(CountsMeta, Vec<PathBuf>)> = Vec::new();
+    for file in files {
+        let meta = Counts::read(file)?.meta;
+        match groups.iter_mut().find(|(m, _)| m.same_run(&meta)) {
+            Some((_, g)) => g.push(file.clone()),
+            None => groups.push((meta, vec![file.clone()])),
+        }
+    }
+    let runs: Vec<Counts> = groups
+        .iter()
+        .map(|(_, g)| merge_counts_in_memory(g))
+        .collect::<Result<_, _>>()?;
+    for (i, a) in runs.iter().enumerate() {
+        for b in &runs[i + 1..] {
+            if a.meta.split == b.meta.split && a.meta.dataset == b.meta.dataset {
+                if let Some(idx) = a
+                    .indices
+                    .iter()
+                    .find(|i| b.indices.binary_search(i).is_ok())
+                {
+                    return Err(PipelineError::Invalid(format!(
+                        "input {idx} of the {} split is in two runs of counts",
+                        a.meta.split
+                    )));
+                }
+            }
+        }
+    }
+    Ok(runs)
 }
 
 /// [`merge_counts`] without writing: the joined counts of `files`.

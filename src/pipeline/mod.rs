@@ -1,11 +1,14 @@
-//! The offline pipeline: `train-base`, `sample-counts`, `certify`, `report`, `bench`.
+//! The offline pipeline: `train-base`, `sample-counts`, `train-surrogate`,
+//! `fit-tail-map`, `calibrate`, `certify`, `report`, `bench`.
 pub mod bench;
 pub mod bench_serve;
+pub mod calibrate;
 pub mod certify;
 pub mod counts;
 mod optim;
 pub mod report;
 pub mod surrogate;
+pub mod tail_map;
 pub mod train;
 pub mod tsv;
 
@@ -92,6 +95,22 @@ pub(crate) fn load_inputs(
         dataset,
         indices,
     })
+}
+
+/// Dataset indices of one split that a bundle file records as used: the
+/// inputs a tail map was fitted on or a calibration computed on.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InputList {
+    pub split: crate::data::Split,
+    pub indices: Vec<i64>,
+}
+
+impl InputList {
+    pub fn read(path: &Path) -> Result<InputList, PipelineError> {
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        serde_json::from_str(&text)
+            .map_err(|e| PipelineError::Invalid(format!("{}: {e}", path.display())))
+    }
 }
 
 /// Writes a machine-readable JSON summary atomically.

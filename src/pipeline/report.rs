@@ -57,6 +57,8 @@ pub struct Curve {
     /// Fraction of rows with predict == -1.
     pub abstention_rate: f64,
     pub median_seconds: f64,
+    /// What a run costs per input on average (AUTO's fallbacks show here, not in the median).
+    pub mean_seconds: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +195,11 @@ pub fn summarize(name: &str, rows: &[CertRow], radii: &[f64]) -> Curve {
         acr: if n == 0 { 0.0 } else { acr_sum / n as f64 },
         abstention_rate: frac(rows.iter().filter(|r| r.predict == -1).count()),
         median_seconds: median(rows.iter().map(|r| r.time).collect()),
+        mean_seconds: if n == 0 {
+            0.0
+        } else {
+            rows.iter().map(|r| r.time).sum::<f64>() / n as f64
+        },
     }
 }
 
@@ -243,6 +250,24 @@ pub struct Comparison {
     pub overestimation_rate: f64,
     /// 95th percentile of the excess (estimate - certificate) over those inputs; 0 if none.
     pub overestimation_p95: f64,
+    pub overestimation_count: usize,
+    /// Two-sided 95% Clopper-Pearson interval of the overestimation rate.
+    pub overestimation_ci95: (f64, f64),
+    /// The estimate file's methods, with row counts (AUTO: calibrated and mc).
+    pub estimate_methods: BTreeMap<String, usize>,
+    /// Fraction of the estimate's rows that Monte Carlo answered, for a file
+    /// that mixes methods (AUTO's fallbacks); None otherwise.
+    pub fallback_fraction: Option<f64>,
+    /// Fraction of inputs where both runs chose the same cA (when both TSVs say).
+    pub class_a_agreement: Option<f64>,
+    /// Mean selection samples drawn per input (when the TSV says).
+    pub mean_n0_drawn_reference: Option<f64>,
+    pub mean_n0_drawn_estimate: Option<f64>,
+    pub mean_seconds_reference: f64,
+    pub mean_seconds_estimate: f64,
+    /// Reference mean seconds per input over the estimate's: the cost ratio
+    /// when the estimate's time varies (AUTO).
+    pub speedup_mean: f64,
     pub median_seconds_reference: f64,
     pub median_seconds_estimate: f64,
     /// Reference median seconds per input over the estimate's.
@@ -286,7 +311,52 @@ pub fn compare(
     } else {
         nearest_rank(&excess, 0.95)
     };
+    let over = excess.len() as u64;
+    let ci = if pairs.is_empty() {
+        (0.0, 1.0)
+    } else {
+        let total = pairs.len() as u64;
+        (
+            crate::smoothing::clopper_pearson_lower(over, total, 0.025).unwrap_or(0.0),
+            crate::smoothing::clopper_pearson_upper(over, total, 0.025).unwrap_or(1.0),
+        )
+    };
+    let mut estimate_methods = BTreeMap::new();
+    for (_, e) in &pairs {
+        *estimate_methods.entry(e.method.clone()).or_insert(0) += 1;
+    }
+    let fallback_fraction = (estimate_methods.len() > 1).then(|| {
+        estimate_methods
+            .iter()
+            .filter(|(m, _)| is_certificate(m))
+            .map(|(_, c)| *c)
+            .sum::<usize>() as f64
+            / n
+    });
+    let both_a: Vec<(usize, usize)> = pairs
+        .iter()
+        .filter_map(|(r, e)| Some((r.class_a?, e.class_a?)))
+        .collect();
+    let mean_drawn = |rows: &[CertRow]| -> Option<f64> {
+        let d: Vec<u64> = rows.iter().filter_map(|r| r.n0_drawn).collect();
+        (!d.is_empty()).then(|| d.iter().sum::<u64>() as f64 / d.len() as f64)
+    };
     Comparison {
+        overestimation_count: excess.len(),
+        overestimation_ci95: ci,
+        estimate_methods,
+        fallback_fraction,
+        class_a_agreement: (!both_a.is_empty())
+            .then(|| both_a.iter().filter(|(a, b)| a == b).count() as f64 / both_a.len() as f64),
+        mean_n0_drawn_reference: mean_drawn(&refs),
+        mean_n0_drawn_estimate: mean_drawn(&ests),
+        mean_seconds_reference: cr.mean_seconds,
+        mean_seconds_estimate: ce.mean_seconds,
+        speedup_mean: if ce.mean_seconds > 0.0 {
+            cr.mean_seconds / ce.mean_seconds
+        } else {
+            f64::INFINITY
+        },
         reference: reference.0.to_string(),
         estimate: estimate.0.to_string(),
         common_inputs: pairs.len(),
@@ -504,8 +574,14 @@ fn incomparable(a: &FileReport, b: &FileReport) -> Option<&'static str> {
 fn comparison_markdown(comparisons: &[Comparison]) -> String {
     let mut out = String::new();
     for c in comparisons {
+        let methods = c
+            .estimate_methods
+            .iter()
+            .map(|(m, k)| format!("{m} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         out.push_str(&format!(
-            "\n{} (estimate) against {} (Monte Carlo certificate), {} common inputs:\n\n",
+            "\n{} ({methods}) against {} (Monte Carlo certificate), {} common inputs:\n\n",
             escape_md(&c.estimate),
             escape_md(&c.reference),
             c.common_inputs
@@ -516,16 +592,63 @@ fn comparison_markdown(comparisons: &[Comparison]) -> String {
         }
         out.push_str(&format!(
             "\nACR gap {:+.3}; prediction agreement {:.1}%; overestimation: {:.1}% of inputs \
-             get a larger radius than their certificate (95th percentile of the excess {:.3}); \
-             speedup {:.1}x ({:.4} s vs {:.4} s median per input, as the two certify runs measured them).\n",
+             ({} of {}, 95% CI {:.1}-{:.1}%) get a larger radius than their certificate \
+             (95th percentile of the excess {:.3}); speedup {:.1}x by median seconds per input \
+             ({:.4} s vs {:.4} s), {:.1}x by mean ({:.4} s vs {:.4} s), as the two certify runs \
+             measured them.\n",
             c.acr_gap,
             100.0 * c.prediction_agreement,
             100.0 * c.overestimation_rate,
+            c.overestimation_count,
+            c.common_inputs,
+            100.0 * c.overestimation_ci95.0,
+            100.0 * c.overestimation_ci95.1,
             c.overestimation_p95,
             c.speedup,
             c.median_seconds_reference,
-            c.median_seconds_estimate
+            c.median_seconds_estimate,
+            c.speedup_mean,
+            c.mean_seconds_reference,
+            c.mean_seconds_estimate
         ));
+        if let Some(f) = c.fallback_fraction {
+            out.push_str(&format!(
+                "Monte Carlo answered {:.1}% of these inputs (fallbacks).\n",
+                100.0 * f
+            ));
+        }
+        if let Some(a) = c.class_a_agreement {
+            out.push_str(&format!(
+                "Same cA in both runs: {:.1}% of inputs.",
+                100.0 * a
+            ));
+            if let (Some(r), Some(e)) = (c.mean_n0_drawn_reference, c.mean_n0_drawn_estimate) {
+                out.push_str(&format!(
+                    " Selection samples per input: {r:.1} (reference) vs {e:.1}."
+                ));
+            }
+            out.push('\n');
+        }
+    }
+    // The price of the coverage statement: calibrated against the plain surrogate.
+    let only = |m: &str| {
+        comparisons
+            .iter()
+            .find(|c| c.estimate_methods.len() == 1 && c.estimate_methods.contains_key(m))
+    };
+    if let (Some(sur), Some(cal)) = (only("surrogate"), only("calibrated")) {
+        out.push_str(&format!(
+            "\nCertified-accuracy cost of calibration ({} minus {}, pp):\n\n| r | cost |\n| ---: | ---: |\n",
+            escape_md(&cal.estimate),
+            escape_md(&sur.estimate)
+        ));
+        for ((r, a), (_, b)) in cal
+            .certified_accuracy_gap_pp
+            .iter()
+            .zip(&sur.certified_accuracy_gap_pp)
+        {
+            out.push_str(&format!("| {r} | {:+.1} |\n", a - b));
+        }
     }
     out
 }
@@ -788,6 +911,9 @@ mod tests {
             n: 1000,
             p_a_lower: 0.9,
             abstain_reason: abstain.then(|| "low_confidence".into()),
+            delta: None,
+            class_a: None,
+            n0_drawn: None,
         }
     }
 

@@ -129,28 +129,77 @@ pub enum SurrogateOutcome {
     Paused { epochs_done: usize },
 }
 
+/// The bundle file that lists the inputs a surrogate was trained (and
+/// validated) on, per split: calibration and evaluation inputs must avoid them.
+pub const SURROGATE_INPUTS: &str = "surrogate_inputs.json";
+
+/// Dataset indices of the surrogate's training and validation inputs, per split.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SurrogateInputs {
+    pub train: Vec<i64>,
+    pub test: Vec<i64>,
+}
+
+impl SurrogateInputs {
+    fn of(runs: &[Counts]) -> SurrogateInputs {
+        let mut out = SurrogateInputs::default();
+        for run in runs {
+            match run.meta.split {
+                data::Split::Train => out.train.extend(&run.indices),
+                data::Split::Test => out.test.extend(&run.indices),
+            }
+        }
+        out.train.sort_unstable();
+        out.test.sort_unstable();
+        out
+    }
+
+    /// The inputs of `split` in the bundle at `dir`; empty when the file is absent
+    /// (a surrogate trained before it was written, or none at all).
+    pub fn read(dir: &std::path::Path) -> Result<SurrogateInputs, PipelineError> {
+        let path = dir.join(SURROGATE_INPUTS);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| PipelineError::Invalid(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SurrogateInputs::default()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Every input the bundle's surrogate was fitted on: its training inputs
+    /// and those of its tail map.
+    pub fn fitted(bundle: &Bundle) -> Result<SurrogateInputs, PipelineError> {
+        let mut all = Self::read(&bundle.dir)?;
+        if let Some(map) = bundle.surrogate.as_ref().and_then(|s| s.tail_map.as_ref()) {
+            let list = super::InputList::read(&bundle.dir.join(&map.inputs_file))?;
+            match list.split {
+                data::Split::Train => all.train.extend(list.indices),
+                data::Split::Test => all.test.extend(list.indices),
+            }
+            all.train.sort_unstable();
+            all.train.dedup();
+            all.test.sort_unstable();
+            all.test.dedup();
+        }
+        Ok(all)
+    }
+
+    pub fn of_split(&self, split: data::Split) -> &[i64] {
+        match split {
+            data::Split::Train => &self.train,
+            data::Split::Test => &self.test,
+        }
+    }
+}
+
 /// Images of the counted inputs [M, C, H, W] and their normalized counts [M, K].
 fn training_tensors(
     ds: &Dataset,
     counts: &Counts,
     device: Device,
 ) -> Result<(Tensor, Tensor), PipelineError> {
-    let numel = ds.image_numel();
-    let mut pixels = Vec::with_capacity(counts.len() * numel);
-    for &idx in &counts.indices {
-        let idx = usize::try_from(idx)
-            .ok()
-            .filter(|&i| i < ds.len())
-            .ok_or_else(|| {
-                PipelineError::Invalid(format!("counted input {idx} is not in the dataset"))
-            })?;
-        pixels.extend_from_slice(ds.image(idx));
-    }
-    let [c, h, w] = ds.shape.map(|d| d as i64);
     let m = counts.len() as i64;
-    let x = Tensor::from_slice(&pixels)
-        .view([m, c, h, w])
-        .to_device(device);
+    let x = counts.images(ds)?.to_device(device);
     let q = Tensor::from_slice(&counts.counts)
         .view([m, counts.meta.num_classes as i64])
         .to_kind(Kind::Float)
@@ -214,36 +263,51 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         ));
     }
     let mut bundle = Bundle::load(&opts.bundle)?;
-    let counts = super::counts::merge_counts_in_memory(&opts.counts)?;
-    if counts.len() < 2 {
+    let runs = super::counts::merge_runs(&opts.counts)?;
+    let inputs: usize = runs.iter().map(Counts::len).sum();
+    if inputs < 2 {
         return Err(PipelineError::Invalid(format!(
-            "{} counted input(s): a training and a validation split need at least 2",
-            counts.len()
+            "{inputs} counted input(s): a training and a validation split need at least 2"
         )));
     }
     let base = bundle.base_path();
     let fingerprint = crate::fsutil::fingerprint(&base).map_err(io_err(&base))?;
-    if counts.meta.base_weights_fnv1a != fingerprint
-        || counts.meta.num_classes != bundle.num_classes()
-    {
-        return Err(PipelineError::Invalid(format!(
-            "the counts were sampled from another base classifier ({} / {} classes) than {}",
-            counts.meta.bundle,
-            counts.meta.num_classes,
-            opts.bundle.display()
-        )));
+    let counts_n = runs[0].meta.n;
+    let mut xs = Vec::with_capacity(runs.len());
+    let mut qs = Vec::with_capacity(runs.len());
+    for counts in &runs {
+        if counts.meta.base_weights_fnv1a != fingerprint
+            || counts.meta.num_classes != bundle.num_classes()
+        {
+            return Err(PipelineError::Invalid(format!(
+                "the counts were sampled from another base classifier ({} / {} classes) than {}",
+                counts.meta.bundle,
+                counts.meta.num_classes,
+                opts.bundle.display()
+            )));
+        }
+        if counts.meta.n != counts_n {
+            return Err(PipelineError::Invalid(format!(
+                "counts at N = {} and N = {counts_n} mixed: their targets are not equally precise",
+                counts.meta.n
+            )));
+        }
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| counts.meta.dataset.default_dir());
+        let ds = data::load(counts.meta.dataset, &data_dir, counts.meta.split)?;
+        let (x, q) = training_tensors(&ds, counts, opts.device)?;
+        xs.push(x);
+        qs.push(q);
     }
-    let data_dir = opts
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| counts.meta.dataset.default_dir());
-    let ds = data::load(counts.meta.dataset, &data_dir, counts.meta.split)?;
-    let (x, q) = training_tensors(&ds, &counts, opts.device)?;
+    let (x, q) = (Tensor::cat(&xs, 0), Tensor::cat(&qs, 0));
+    let trained_on = SurrogateInputs::of(&runs);
 
     // A fixed split from the seed, drawn on the CPU so that the device does not
     // change it: the same inputs are held out on every resume.
     tch::manual_seed(opts.seed as i64);
-    let m = counts.len() as i64;
+    let m = inputs as i64;
     let perm = Tensor::randperm(m, (Kind::Int64, Device::Cpu)).to_device(opts.device);
     let n_val = ((m as f64 * opts.val_fraction).round() as i64).clamp(1, m - 1);
     let (val_idx, train_idx) = (perm.narrow(0, 0, n_val), perm.narrow(0, n_val, m - n_val));
@@ -278,18 +342,24 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         val_fraction: opts.val_fraction,
         seed: opts.seed,
         init_from_base: opts.init_from_base,
-        counts: format!(
-            "{}:{:016x}",
-            serde_json::to_string(&counts.meta).unwrap_or_default(),
-            crate::fsutil::fnv1a(
-                &counts
-                    .indices
-                    .iter()
-                    .flat_map(|i| i.to_le_bytes())
-                    .chain(counts.counts.iter().flat_map(|c| c.to_le_bytes()))
-                    .collect::<Vec<u8>>()
-            )
-        ),
+        counts: runs
+            .iter()
+            .map(|counts| {
+                format!(
+                    "{}:{:016x}",
+                    serde_json::to_string(&counts.meta).unwrap_or_default(),
+                    crate::fsutil::fnv1a(
+                        &counts
+                            .indices
+                            .iter()
+                            .flat_map(|i| i.to_le_bytes())
+                            .chain(counts.counts.iter().flat_map(|c| c.to_le_bytes()))
+                            .collect::<Vec<u8>>()
+                    )
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(";"),
     };
     let ckpt = Checkpoint {
         dir: bundle.dir.join("surrogate-checkpoint"),
@@ -414,7 +484,7 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
             loss: opts.loss.as_str().into(),
             epochs: opts.epochs,
             best_epoch: state.best_epoch,
-            counts_n: counts.meta.n,
+            counts_n,
             train_inputs: n_tr as usize,
             validation_inputs: n_val as usize,
             seed: opts.seed,
@@ -424,8 +494,12 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
             val_mean_abs_err_pa: best.mean_abs_err_pa,
             val_p95_abs_err_pa: best.p95_abs_err_pa,
         }),
+        // A tail map and a calibration belong to the surrogate they measured.
+        tail_map: None,
+        calibration: None,
     };
     bundle.surrogate = Some(spec.clone());
+    write_json(&bundle.dir.join(SURROGATE_INPUTS), &trained_on)?;
     bundle.save()?;
     write_json(&bundle.dir.join("surrogate_summary.json"), &state.history)?;
     let _ = std::fs::remove_dir_all(&ckpt.dir);

@@ -9,10 +9,15 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// The header line, without its newline.
-pub const HEADER: &str =
+pub const HEADER: &str = "idx\tlabel\tpredict\tradius\tcorrect\ttime\tmethod\tcount_a\tn\tp_a_lower\tabstain_reason\tdelta\tclass_a\tn0_drawn";
+
+/// The header before the calibrated methods (no delta, class_a, n0_drawn):
+/// still read, never appended to.
+pub const LEGACY_HEADER: &str =
     "idx\tlabel\tpredict\tradius\tcorrect\ttime\tmethod\tcount_a\tn\tp_a_lower\tabstain_reason";
 
-const COLUMNS: usize = 11;
+const COLUMNS: usize = 14;
+const LEGACY_COLUMNS: usize = 11;
 
 /// One certified (or abstained) input.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -37,6 +42,12 @@ pub struct CertRow {
     pub p_a_lower: f64,
     /// Empty when certified, else e.g. "low_confidence", "class_mismatch", "not_significant".
     pub abstain_reason: Option<String>,
+    /// Method calibrated: the stated overestimation probability (empty otherwise).
+    pub delta: Option<f64>,
+    /// cA, the class the selection samples chose (also when abstaining).
+    pub class_a: Option<usize>,
+    /// Selection samples drawn (below n0 when adaptive n0 stopped early).
+    pub n0_drawn: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +95,9 @@ impl CertRow {
     /// decimals so that `sigma * Phi^-1(p_a_lower)` reproduces the radius to
     /// about 1e-6 even for pA near 1, where Phi^-1 is steep.
     pub fn to_line(&self) -> String {
+        let opt = |v: Option<String>| v.unwrap_or_default();
         format!(
-            "{}\t{}\t{}\t{:.6}\t{}\t{:.4}\t{}\t{}\t{}\t{:.12}\t{}",
+            "{}\t{}\t{}\t{:.6}\t{}\t{:.4}\t{}\t{}\t{}\t{:.12}\t{}\t{}\t{}\t{}",
             self.idx,
             self.label,
             self.predict,
@@ -96,19 +108,46 @@ impl CertRow {
             self.count_a,
             self.n,
             self.p_a_lower,
-            self.abstain_reason.as_deref().unwrap_or("")
+            self.abstain_reason.as_deref().unwrap_or(""),
+            opt(self.delta.map(|d| d.to_string())),
+            opt(self.class_a.map(|c| c.to_string())),
+            opt(self.n0_drawn.map(|c| c.to_string())),
         )
     }
 
     /// Parses one line (a trailing `\r` or `\n` is ignored).
     pub fn parse_line(line: &str) -> Result<Self, TsvError> {
+        Self::parse_columns(line, COLUMNS)
+    }
+
+    /// Parses one line of a file whose header has `columns` columns: the
+    /// current or the legacy one, never a mix, so that a line cut short by
+    /// an interruption is not taken for a legacy row.
+    fn parse_columns(line: &str, columns: usize) -> Result<Self, TsvError> {
         let line = line.trim_end_matches(['\n', '\r']);
         let fields: Vec<&str> = line.split('\t').collect();
-        if fields.len() != COLUMNS {
+        if fields.len() != columns {
             return Err(TsvError::Parse(format!(
-                "{} columns, expected {COLUMNS} ({HEADER:?})",
-                fields.len()
+                "{} columns, expected {columns} ({:?})",
+                fields.len(),
+                if columns == COLUMNS {
+                    HEADER
+                } else {
+                    LEGACY_HEADER
+                }
             )));
+        }
+        fn opt<T: std::str::FromStr>(fields: &[&str], i: usize) -> Result<Option<T>, TsvError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            match fields.get(i) {
+                None | Some(&"") => Ok(None),
+                Some(v) => v.parse().map(Some).map_err(|e| {
+                    let name = HEADER.split('\t').nth(i).unwrap_or("?");
+                    TsvError::Parse(format!("column {name}: {v:?}: {e}"))
+                }),
+            }
         }
         fn num<T: std::str::FromStr>(fields: &[&str], i: usize) -> Result<T, TsvError>
         where
@@ -146,6 +185,9 @@ impl CertRow {
             n: num(&fields, 8)?,
             p_a_lower: num(&fields, 9)?,
             abstain_reason: Some(fields[10].to_string()).filter(|s| !s.is_empty()),
+            delta: opt(&fields, 11)?,
+            class_a: opt(&fields, 12)?,
+            n0_drawn: opt(&fields, 13)?,
         };
         if row.predict == -1 && row.correct {
             return Err(TsvError::Parse(
@@ -156,10 +198,14 @@ impl CertRow {
     }
 }
 
-fn check_header(path: &Path, first: &str) -> Result<(), TsvError> {
+/// Accepts the current header, and the legacy one when `legacy_ok`; returns
+/// the header's column count.
+fn check_header(path: &Path, first: &str, legacy_ok: bool) -> Result<usize, TsvError> {
     let first = first.trim_end_matches(['\n', '\r']);
     if first == HEADER {
-        Ok(())
+        Ok(COLUMNS)
+    } else if legacy_ok && first == LEGACY_HEADER {
+        Ok(LEGACY_COLUMNS)
     } else {
         Err(TsvError::Header {
             path: path.to_path_buf(),
@@ -175,14 +221,14 @@ fn check_header(path: &Path, first: &str) -> Result<(), TsvError> {
 pub fn read_tsv(path: &Path) -> Result<Vec<CertRow>, TsvError> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     let mut lines = text.split_inclusive('\n');
-    check_header(path, lines.next().unwrap_or(""))?;
+    let columns = check_header(path, lines.next().unwrap_or(""), true)?;
     let mut rows = Vec::new();
     for (i, line) in lines.enumerate() {
         let number = i + 2;
         if line.trim().is_empty() {
             continue;
         }
-        match CertRow::parse_line(line) {
+        match CertRow::parse_columns(line, columns) {
             Ok(row) => rows.push(row),
             Err(e) if !line.ends_with('\n') => {
                 return Err(TsvError::Line {
@@ -220,7 +266,7 @@ pub fn open_for_resume(path: &Path) -> Result<(File, Vec<CertRow>), TsvError> {
     let header_end = match bytes.iter().position(|&b| b == b'\n') {
         Some(pos) => {
             let first = String::from_utf8_lossy(&bytes[..pos]);
-            check_header(path, &first)?;
+            check_header(path, &first, false)?;
             pos + 1
         }
         None if header_line.as_bytes().starts_with(&bytes) => {
@@ -293,6 +339,9 @@ mod tests {
             n: 100_000,
             p_a_lower: 0.987654321012,
             abstain_reason: abstain.then(|| "low_confidence".to_string()),
+            delta: idx.is_multiple_of(3).then_some(0.05),
+            class_a: Some(idx % 10),
+            n0_drawn: Some(100),
         }
     }
 
@@ -319,7 +368,10 @@ mod tests {
             line.starts_with("3\t3\t-1\t0.000000\t0\t0.0123\tsurrogate\t"),
             "{line}"
         );
-        assert!(line.ends_with("\t0.987654321012\tlow_confidence"), "{line}");
+        assert!(
+            line.contains("\t0.987654321012\tlow_confidence\t"),
+            "{line}"
+        );
         // CRLF files (edited on Windows) still parse.
         assert_eq!(
             CertRow::parse_line(&format!("{}\r\n", row(2, false).to_line())).unwrap(),
@@ -439,5 +491,46 @@ mod tests {
         let err = open_for_resume(&path).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), damaged);
+    }
+
+    #[test]
+    fn legacy_files_are_read_but_not_resumed() {
+        // Files of the eleven-column format (before delta, class_a, n0_drawn)
+        // still feed `report`; appending new rows to them would mix formats.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.tsv");
+        let old_line = |r: &CertRow| {
+            r.to_line()
+                .split('\t')
+                .take(LEGACY_COLUMNS)
+                .collect::<Vec<_>>()
+                .join("\t")
+        };
+        let rows = [row(0, false), row(1, true)];
+        let text = format!(
+            "{LEGACY_HEADER}\n{}\n{}\n",
+            old_line(&rows[0]),
+            old_line(&rows[1])
+        );
+        std::fs::write(&path, &text).unwrap();
+        let read = read_tsv(&path).unwrap();
+        assert_eq!(read.len(), 2);
+        for (got, want) in read.iter().zip(&rows) {
+            let legacy = CertRow {
+                delta: None,
+                class_a: None,
+                n0_drawn: None,
+                ..want.clone()
+            };
+            assert_eq!(got, &legacy);
+        }
+        // A current-format row in a legacy file is damage, not a legacy row.
+        std::fs::write(&path, format!("{text}{}\n", rows[0].to_line())).unwrap();
+        assert!(read_tsv(&path).unwrap_err().to_string().contains("line 4"));
+        std::fs::write(&path, &text).unwrap();
+        assert!(matches!(
+            open_for_resume(&path).unwrap_err(),
+            TsvError::Header { .. }
+        ));
     }
 }

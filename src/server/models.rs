@@ -1,19 +1,23 @@
 //! The loaded models: bundle, device, defaults and bounds, and their workers.
 use super::error::ServiceError;
-use crate::batcher::{BatchingOptions, ModelWorkers, Work};
+use super::validation::Method;
+use crate::batcher::{BatchingOptions, ModelWorkers};
 use crate::config::{Config, DefaultMethod, ModelConfig};
+use crate::engine::AutoBand;
 use crate::metrics::Metrics;
 use crate::model::{parse_device, Bundle};
+use crate::smoothing::SequentialSelection;
 use std::sync::Arc;
 use std::time::Duration;
 use tch::Device;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Defaults {
-    pub work: Work,
+    pub method: Method,
     pub n0: u64,
     pub n: u64,
     pub alpha: f64,
+    pub adaptive_n0: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,6 +34,9 @@ pub struct LoadedModel {
     pub defaults: Defaults,
     pub limits: Limits,
     pub forward_batch: i64,
+    /// Adaptive n0's stopping rule, for requests that ask for it.
+    pub selection_rule: SequentialSelection,
+    pub auto_band: AutoBand,
     pub workers: ModelWorkers,
 }
 
@@ -119,13 +126,37 @@ fn load_one(
             mc.max_n
         ));
     }
-    let work = match (mc.method, bundle.surrogate.is_some()) {
-        (DefaultMethod::Surrogate, true) => Work::Surrogate,
-        (DefaultMethod::Surrogate, false) => {
-            tracing::warn!(model = %name, "bundle has no surrogate: the default method is monte_carlo");
-            Work::MonteCarlo
+    let has_surrogate = bundle.surrogate.is_some();
+    let calibrated = bundle
+        .surrogate
+        .as_ref()
+        .is_some_and(|s| s.calibration.is_some());
+    let wanted = match mc.method {
+        DefaultMethod::Surrogate => Method::Surrogate,
+        DefaultMethod::MonteCarlo => Method::MonteCarlo,
+        DefaultMethod::Calibrated => Method::Calibrated,
+        DefaultMethod::Auto => Method::Auto,
+    };
+    let method = match wanted {
+        Method::Calibrated | Method::Auto if !calibrated => {
+            let instead = if has_surrogate {
+                Method::Surrogate
+            } else {
+                Method::MonteCarlo
+            };
+            tracing::warn!(model = %name, wanted = wanted.as_str(), instead = instead.as_str(),
+                "bundle has no calibration: changing the default method");
+            instead
         }
-        (DefaultMethod::MonteCarlo, _) => Work::MonteCarlo,
+        Method::Surrogate if !has_surrogate => {
+            tracing::warn!(model = %name, "bundle has no surrogate: the default method is monte_carlo");
+            Method::MonteCarlo
+        }
+        m => m,
+    };
+    let auto_band = AutoBand {
+        low: mc.auto_band_low,
+        high: mc.auto_band_high,
     };
     let forward_batch = crate::batcher::forward_batch_for(device, config.batching.forward_batch);
     let opts = BatchingOptions {
@@ -142,10 +173,11 @@ fn load_one(
         bundle,
         device,
         defaults: Defaults {
-            work,
+            method,
             n0: mc.n0,
             n,
             alpha: mc.alpha,
+            adaptive_n0: mc.adaptive_n0,
         },
         limits: Limits {
             max_n0: mc.max_n0,
@@ -153,6 +185,11 @@ fn load_one(
             min_alpha: mc.min_alpha,
         },
         forward_batch,
+        selection_rule: SequentialSelection {
+            chunk: mc.adaptive_n0_chunk,
+            alpha: mc.adaptive_n0_alpha,
+        },
+        auto_band,
         workers,
     })
 }

@@ -2,8 +2,8 @@
 use super::error::ServiceError;
 use super::models::{LoadedModel, ModelRegistry};
 use super::pb;
-use super::validation::{self, Input, Resolved};
-use crate::batcher::{Answer, Job, Outcome, Work};
+use super::validation::{self, Input, Method, Resolved};
+use crate::batcher::{Answer, Job, Outcome};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::smoothing::{AbstainReason, Decision};
@@ -146,6 +146,7 @@ impl CertifierService {
         model: &LoadedModel,
         r: &Resolved,
         pixels: Vec<f32>,
+        class_a: Option<usize>,
         deadline: Instant,
     ) -> Result<Answer, ServiceError> {
         let (reply, answer) = oneshot::channel();
@@ -157,6 +158,9 @@ impl CertifierService {
             n: r.n,
             alpha: r.alpha,
             seed: r.seed,
+            offset: r.offset,
+            adaptive: r.adaptive,
+            class_a,
             deadline,
             enqueued: queued,
             reply,
@@ -186,10 +190,41 @@ impl CertifierService {
         let model = registry.resolve(&req.model)?;
         labels.model = model.name.clone();
         let r = validation::certify_options(model, req.options.as_ref())?;
-        labels.method = r.work.as_str();
-        tracing::Span::current().record("method", r.work.as_str());
+        labels.method = r.method.as_str();
+        tracing::Span::current().record("method", r.method.as_str());
         let pixels = validation::pixels(model, Input::from(&req.input))?;
-        let answer = self.run(model, &r, pixels, deadline).await?;
+        if r.method != Method::Auto {
+            let answer = self.run(model, &r, pixels, None, deadline).await?;
+            return certify_response(model, &r, answer, received.elapsed(), req.request_id);
+        }
+        // AUTO: the calibrated estimate, then Monte Carlo with the same cA
+        // where the estimate is not decisive.
+        let fallback_pixels = pixels.clone();
+        let first = self.run(model, &r, pixels, None, deadline).await?;
+        let class_a = match &first.outcome {
+            Outcome::Surrogate(e, _) if model.auto_band.falls_back(e) => e.class_a,
+            _ => {
+                self.shared.metrics.auto_path(&model.name, "calibrated");
+                return certify_response(model, &r, first, received.elapsed(), req.request_id);
+            }
+        };
+        let mc = Resolved {
+            work: crate::batcher::Work::MonteCarlo,
+            ..r
+        };
+        let mut answer = self
+            .run(model, &mc, fallback_pixels, Some(class_a), deadline)
+            .await?;
+        self.shared.metrics.auto_path(&model.name, "monte_carlo");
+        // The response accounts for both steps.
+        if let (Outcome::MonteCarlo(_, sel), Outcome::Surrogate(_, first_sel)) =
+            (&mut answer.outcome, &first.outcome)
+        {
+            sel.drawn = first_sel.drawn;
+        }
+        answer.queue += first.queue;
+        answer.timing.sampling += first.timing.sampling;
+        answer.timing.surrogate += first.timing.surrogate;
         certify_response(model, &r, answer, received.elapsed(), req.request_id)
     }
 
@@ -205,7 +240,7 @@ impl CertifierService {
         labels.model = model.name.clone();
         let r = validation::predict_options(model, req.options.as_ref())?;
         let pixels = validation::pixels(model, Input::from(&req.input))?;
-        let answer = self.run(model, &r, pixels, deadline).await?;
+        let answer = self.run(model, &r, pixels, None, deadline).await?;
         predict_response(model, &r, answer, received.elapsed(), req.request_id)
     }
 
@@ -306,7 +341,14 @@ fn reason(r: AbstainReason) -> pb::AbstainReason {
     }
 }
 
-fn parameters(model: &LoadedModel, r: &Resolved) -> pb::Parameters {
+/// The response's parameters; `calibrated` when a calibrated estimate
+/// produced the outcome (delta and q apply), `n0_drawn` the selection samples.
+fn parameters(
+    model: &LoadedModel,
+    r: &Resolved,
+    calibrated: bool,
+    n0_drawn: u64,
+) -> pb::Parameters {
     pb::Parameters {
         n0: r.n0,
         n: r.n,
@@ -315,6 +357,10 @@ fn parameters(model: &LoadedModel, r: &Resolved) -> pb::Parameters {
         noise: "gaussian".into(),
         seed: r.seed,
         model_version: model.bundle.version.clone(),
+        delta: if calibrated { r.delta } else { 0.0 },
+        calibration_q: if calibrated { r.offset } else { 0.0 },
+        n0_drawn,
+        adaptive_n0: r.adaptive.is_some(),
     }
 }
 
@@ -335,9 +381,26 @@ fn certify_response(
     total: Duration,
     request_id: String,
 ) -> Result<pb::CertifyResponse, ServiceError> {
-    let (method, decision, class_a, count_a) = match &answer.outcome {
-        Outcome::Surrogate(e) => (pb::Method::Surrogate, &e.decision, e.class_a, e.count_a),
-        Outcome::MonteCarlo(c) => (pb::Method::MonteCarlo, &c.decision, c.class_a, c.count_a),
+    let calibrated = matches!(r.method, Method::Calibrated | Method::Auto);
+    let (method, decision, class_a, count_a, drawn) = match &answer.outcome {
+        Outcome::Surrogate(e, sel) => (
+            if calibrated {
+                pb::Method::Calibrated
+            } else {
+                pb::Method::Surrogate
+            },
+            &e.decision,
+            e.class_a,
+            e.count_a,
+            sel.drawn,
+        ),
+        Outcome::MonteCarlo(c, sel) => (
+            pb::Method::MonteCarlo,
+            &c.decision,
+            c.class_a,
+            c.count_a,
+            sel.drawn,
+        ),
         Outcome::Predict(_) => {
             return Err(ServiceError::Internal(
                 "a certify request got a prediction".into(),
@@ -356,7 +419,7 @@ fn certify_response(
             norm: "L2".into(),
             p_a_lower,
             count_a,
-            estimate: method == pb::Method::Surrogate,
+            estimate: method != pb::Method::MonteCarlo,
         }),
         Decision::Abstain {
             reason: why,
@@ -372,9 +435,15 @@ fn certify_response(
         outcome: Some(outcome),
         method: method as i32,
         model: model.name.clone(),
-        parameters: Some(parameters(model, r)),
+        parameters: Some(parameters(
+            model,
+            r,
+            method == pb::Method::Calibrated,
+            drawn,
+        )),
         timing: Some(timing(&answer, total)),
         request_id,
+        requested_method: r.method.to_pb() as i32,
     })
 }
 
@@ -408,17 +477,18 @@ fn predict_response(
         count_a: p.count_a,
         count_b: p.count_b,
         model: model.name.clone(),
-        parameters: Some(parameters(model, r)),
+        parameters: Some(parameters(model, r, false, 0)),
         timing: Some(timing(&answer, total)),
         request_id,
     })
 }
 
 fn model_info(model: &LoadedModel, is_default: bool) -> pb::ModelInfo {
-    let method = |w: Work| match w {
-        Work::Surrogate => pb::Method::Surrogate,
-        _ => pb::Method::MonteCarlo,
-    } as i32;
+    let calibration = model
+        .bundle
+        .surrogate
+        .as_ref()
+        .and_then(|s| s.calibration.as_ref());
     pb::ModelInfo {
         name: model.name.clone(),
         version: model.bundle.version.clone(),
@@ -429,7 +499,7 @@ fn model_info(model: &LoadedModel, is_default: bool) -> pb::ModelInfo {
         nominal_n: model.bundle.surrogate.as_ref().map_or(0, |s| s.nominal_n),
         device: format!("{:?}", model.device).to_lowercase(),
         defaults: Some(pb::OptionValues {
-            method: method(model.defaults.work),
+            method: model.defaults.method.to_pb() as i32,
             n0: model.defaults.n0,
             n: model.defaults.n,
             alpha: model.defaults.alpha,
@@ -448,6 +518,8 @@ fn model_info(model: &LoadedModel, is_default: bool) -> pb::ModelInfo {
             .map(|d| format!("{d:?}"))
             .unwrap_or_default(),
         is_default,
+        calibrated: calibration.is_some(),
+        delta: calibration.map_or(0.0, |c| c.delta),
     }
 }
 

@@ -92,14 +92,56 @@ fn tensor_pixels(t: &pb::Tensor, [c, h, w]: [usize; 3]) -> Result<Vec<f32>, Serv
     Ok(pixels)
 }
 
+/// The certification methods a request can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Surrogate,
+    Calibrated,
+    Auto,
+    MonteCarlo,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Surrogate => "surrogate",
+            Method::Calibrated => "calibrated",
+            Method::Auto => "auto",
+            Method::MonteCarlo => "monte_carlo",
+        }
+    }
+
+    pub fn to_pb(self) -> pb::Method {
+        match self {
+            Method::Surrogate => pb::Method::Surrogate,
+            Method::Calibrated => pb::Method::Calibrated,
+            Method::Auto => pb::Method::Auto,
+            Method::MonteCarlo => pb::Method::MonteCarlo,
+        }
+    }
+
+    /// The lane the request starts in (AUTO may go on to the Monte Carlo lane).
+    pub fn work(self) -> Work {
+        match self {
+            Method::MonteCarlo => Work::MonteCarlo,
+            _ => Work::Surrogate,
+        }
+    }
+}
+
 /// A request's resolved options: the model's defaults where unset, bounds checked.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Resolved {
     pub work: Work,
+    pub method: Method,
     pub n0: u64,
     pub n: u64,
     pub alpha: f64,
     pub seed: u64,
+    /// CALIBRATED and AUTO: the bundle's q (taken off p_hat[cA]) and delta.
+    pub offset: f64,
+    pub delta: f64,
+    pub adaptive: Option<crate::smoothing::SequentialSelection>,
 }
 
 pub fn certify_options(
@@ -111,23 +153,62 @@ pub fn certify_options(
     let method = pb::Method::try_from(o.method).map_err(|_| {
         ServiceError::invalid("options.method", format!("unknown value {}", o.method))
     })?;
-    let work = match method {
-        pb::Method::Unspecified => model.defaults.work,
-        pb::Method::Surrogate => Work::Surrogate,
-        pb::Method::MonteCarlo => Work::MonteCarlo,
+    let method = match method {
+        pb::Method::Unspecified => model.defaults.method,
+        pb::Method::Surrogate => Method::Surrogate,
+        pb::Method::MonteCarlo => Method::MonteCarlo,
+        pb::Method::Calibrated => Method::Calibrated,
+        pb::Method::Auto => Method::Auto,
     };
-    if work == Work::Surrogate && model.bundle.surrogate.is_none() {
+    let surrogate = model.bundle.surrogate.as_ref();
+    if method != Method::MonteCarlo && surrogate.is_none() {
         return Err(ServiceError::invalid(
             "options.method",
             format!("model {} has no surrogate; ask for MONTE_CARLO", model.name),
         ));
     }
+    let n = bounded("options.n", o.n, model.defaults.n, model.limits.max_n)?;
+    let (offset, delta) = match method {
+        Method::Calibrated | Method::Auto => {
+            let cal = surrogate.and_then(|s| s.calibration.as_ref()).ok_or_else(|| {
+                ServiceError::invalid(
+                    "options.method",
+                    format!(
+                        "model {} has no calibration (smoothcert calibrate); ask for SURROGATE or MONTE_CARLO",
+                        model.name
+                    ),
+                )
+            })?;
+            // The coverage statement holds for the N the scores were measured at.
+            if n != cal.n {
+                return Err(ServiceError::invalid(
+                    "options.n",
+                    format!(
+                        "{} is calibrated at n = {}; {n} would void its delta = {}",
+                        method.to_pb().as_str_name(),
+                        cal.n,
+                        cal.delta
+                    ),
+                ));
+            }
+            (cal.q, cal.delta)
+        }
+        _ => (0.0, 0.0),
+    };
+    let adaptive = o
+        .adaptive_n0
+        .unwrap_or(model.defaults.adaptive_n0)
+        .then_some(model.selection_rule);
     Ok(Resolved {
-        work,
+        work: method.work(),
+        method,
         n0: bounded("options.n0", o.n0, model.defaults.n0, model.limits.max_n0)?,
-        n: bounded("options.n", o.n, model.defaults.n, model.limits.max_n)?,
+        n,
         alpha: alpha(o.alpha, model)?,
         seed: o.seed.unwrap_or_else(fresh_seed),
+        offset,
+        delta,
+        adaptive,
     })
 }
 
@@ -139,10 +220,14 @@ pub fn predict_options(
     let o = opts.unwrap_or(&default);
     Ok(Resolved {
         work: Work::Predict,
+        method: Method::MonteCarlo,
         n0: 0,
         n: bounded("options.n", o.n, model.defaults.n, model.limits.max_n)?,
         alpha: alpha(o.alpha, model)?,
         seed: o.seed.unwrap_or_else(fresh_seed),
+        offset: 0.0,
+        delta: 0.0,
+        adaptive: None,
     })
 }
 

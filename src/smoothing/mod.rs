@@ -8,6 +8,9 @@
 //! and never returns for Beta(9 999 990, 11) or Beta(1, 1e7) (measured with statrs 0.18).
 
 mod binomial;
+mod conformal;
+
+pub use conformal::{conformal_quantile, conformal_rank, SequentialSelection};
 
 use serde::{Deserialize, Serialize};
 

@@ -560,3 +560,127 @@ fn timing_large_n() {
         start.elapsed().as_secs_f64() / 200.0 * 1e6
     );
 }
+
+/// ceil((m + 1)(1 - k / 1000)) in integers: ((m + 1)(1000 - k) + 999) / 1000.
+fn rank_by_integers(m: usize, k: usize) -> usize {
+    ((m + 1) * (1000 - k)).div_ceil(1000)
+}
+
+#[test]
+fn conformal_rank_is_the_finite_sample_rank() {
+    for k in [1, 5, 10, 20, 50, 100, 250, 500, 900, 999] {
+        let delta = k as f64 / 1000.0;
+        for m in 1..=600 {
+            let want = rank_by_integers(m, k);
+            let got = conformal_rank(m, delta);
+            if want <= m {
+                assert_eq!(got, Some(want), "m = {m}, delta = {delta}");
+            } else {
+                assert_eq!(got, None, "m = {m}, delta = {delta}: rank {want} > m");
+            }
+        }
+    }
+    // The case: m = 200, delta = 0.05 -> ceil(201 * 0.95) = ceil(190.95) = 191;
+    // m = 199 -> 200 * 0.95 = 190 exactly, which must not round up.
+    assert_eq!(conformal_rank(200, 0.05), Some(191));
+    assert_eq!(conformal_rank(199, 0.05), Some(190));
+    assert_eq!(conformal_rank(18, 0.05), None);
+    assert_eq!(conformal_rank(10, 0.0), None);
+}
+
+#[test]
+fn conformal_quantile_picks_that_rank_and_covers() {
+    let scores: Vec<f64> = (0..200).rev().map(|i| i as f64 / 1000.0).collect();
+    let (q, rank) = conformal_quantile(&scores, 0.05).unwrap();
+    assert_eq!(rank, 191);
+    assert!((q - 0.190).abs() < 1e-12, "{q}");
+    assert!(conformal_quantile(&scores[..10], 0.05).is_err());
+    assert!(conformal_quantile(&[0.1, f64::NAN], 0.5).is_err());
+
+    // Coverage over exchangeable draws: a fresh score exceeds q with
+    // probability in [delta - 1/(m + 1), delta] (continuous scores).
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let mut uniform = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let (m, delta, trials) = (39, 0.1, 20_000);
+    let mut exceed = 0;
+    for _ in 0..trials {
+        let cal: Vec<f64> = (0..m).map(|_| uniform()).collect();
+        let (q, _) = conformal_quantile(&cal, delta).unwrap();
+        if uniform() > q {
+            exceed += 1;
+        }
+    }
+    let rate = exceed as f64 / trials as f64;
+    // Exactly 1 - rank/(m + 1) = 1 - 36/40 = 0.1 in expectation; 4 sd of slack.
+    let sd = (0.1f64 * 0.9 / trials as f64).sqrt();
+    assert!((rate - 0.1).abs() < 4.0 * sd, "exceedance {rate}");
+}
+
+/// Two-sided binomial p-value at 1/2 by exact summation of binomial terms.
+fn binom_two_sided_by_sum(k: u64, n: u64) -> f64 {
+    let m = k.max(n - k);
+    if 2 * m == n {
+        return 1.0;
+    }
+    let tail: f64 = (m..=n)
+        .map(|j| {
+            (ln_gamma(n as f64 + 1.0) - ln_gamma(j as f64 + 1.0) - ln_gamma((n - j) as f64 + 1.0))
+                .exp()
+        })
+        .sum::<f64>()
+        / 2f64.powi(n as i32);
+    (2.0 * tail).min(1.0)
+}
+
+#[test]
+fn sequential_selection_stops_when_the_bonferroni_test_rejects() {
+    let rule = SequentialSelection {
+        chunk: 10,
+        alpha: 0.01,
+    };
+    assert_eq!(rule.looks(100), 10);
+    assert_eq!(rule.looks(95), 10);
+    assert_eq!(rule.looks(5), 1);
+    for (counts, drawn) in [
+        (vec![10u64, 0, 0], 10u64),
+        (vec![20, 0, 0], 20),
+        (vec![15, 5, 0], 20),
+        (vec![27, 2, 1], 30),
+        (vec![40, 0, 0], 40),
+        (vec![0, 33, 30, 7], 70),
+        (vec![60, 40, 0], 100),
+    ] {
+        assert_eq!(counts.iter().sum::<u64>(), drawn);
+        let mut top = counts.clone();
+        top.sort_unstable_by(|a, b| b.cmp(a));
+        let p = binom_two_sided_by_sum(top[0], top[0] + top[1]);
+        let want = p <= 0.01 / 10.0;
+        assert_eq!(
+            rule.settled(&counts, 100).unwrap(),
+            want,
+            "{counts:?}: p = {p}"
+        );
+    }
+    // 10 of 10 (p = 2^-9 = 0.00195) is not enough at 0.001; 20 of 20 is.
+    assert!(!rule.settled(&[10, 0], 100).unwrap());
+    assert!(rule.settled(&[20, 0], 100).unwrap());
+    assert!(!rule.settled(&[0, 0], 100).unwrap());
+    assert!(SequentialSelection {
+        chunk: 0,
+        alpha: 0.01
+    }
+    .validate()
+    .is_err());
+    assert!(SequentialSelection {
+        chunk: 10,
+        alpha: 1.0
+    }
+    .validate()
+    .is_err());
+}

@@ -1,0 +1,259 @@
+//! `calibrate`: split-conformal calibration of the surrogate. On inputs held
+//! out from its training, with Monte Carlo counts at the bundle's nominal N,
+//! the overestimation score s = p_hat[cA] - p_MC[cA] is computed for each
+//! input (cA chosen by n0 base-classifier samples, exactly as certification
+//! chooses it), and q is the ceil((m + 1)(1 - delta))-th smallest score. For a
+//! fresh input exchangeable with these, P(s > q) <= delta; since method
+//! CALIBRATED counts round(N (p_hat[cA] - q)) <= N p_MC[cA] whenever s <= q,
+//! its radius exceeds the Monte Carlo certificate's with probability at most
+//! delta. Also measures, for candidate AUTO bands, how often AUTO would fall
+//! back and how many Monte Carlo certificates it would still miss.
+use super::counts::Counts;
+use super::surrogate::SurrogateInputs;
+use super::{io_err, write_json, InputList, PipelineError};
+use crate::data;
+use crate::engine::requests::{self, RequestParams};
+use crate::engine::{self, AutoBand, EngineError};
+use crate::model::{Bundle, Calibration, Classifier};
+use crate::smoothing::{self, Decision};
+use serde::Serialize;
+use std::path::PathBuf;
+use tch::Device;
+
+pub const INPUTS_FILE: &str = "calibration_inputs.json";
+pub const SUMMARY_FILE: &str = "calibration_summary.json";
+
+#[derive(Debug, Clone)]
+pub struct CalibrateOptions {
+    pub bundle: PathBuf,
+    pub counts: Vec<PathBuf>,
+    pub delta: f64,
+    pub n0: u64,
+    /// The certificate level used to tell which inputs Monte Carlo certifies (band table).
+    pub alpha: f64,
+    pub seed: u64,
+    pub batch: i64,
+    pub data_dir: Option<PathBuf>,
+    pub device: Device,
+}
+
+/// One calibration input's score.
+#[derive(Debug, Clone, Serialize)]
+pub struct Score {
+    pub idx: i64,
+    pub class_a: usize,
+    pub surrogate_class: usize,
+    pub p_hat_a: f64,
+    pub p_mc_a: f64,
+    pub s: f64,
+}
+
+/// AUTO with fallback band (low, high] on these inputs.
+#[derive(Debug, Clone, Serialize)]
+pub struct BandFigures {
+    pub low: f64,
+    pub high: f64,
+    /// Fraction of inputs that would fall back to Monte Carlo.
+    pub fallback_fraction: f64,
+    /// Fraction Monte Carlo certifies (pA_lower > 1/2 at alpha) that AUTO
+    /// would leave to an abstaining calibrated estimate.
+    pub missed_certificates: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibrationSummary {
+    pub calibration: Calibration,
+    pub counts_split: data::Split,
+    /// Fraction of inputs whose surrogate overestimates (s > 0).
+    pub overestimating: f64,
+    pub mean_score: f64,
+    /// Inputs whose surrogate class is not cA (CALIBRATED abstains there).
+    pub class_mismatch: usize,
+    pub bands: Vec<BandFigures>,
+    pub scores: Vec<Score>,
+}
+
+pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, PipelineError> {
+    let mut bundle = Bundle::load(&opts.bundle)?;
+    let spec = bundle.surrogate.clone().ok_or_else(|| {
+        PipelineError::Invalid(format!(
+            "{} has no surrogate to calibrate (train-surrogate first)",
+            opts.bundle.display()
+        ))
+    })?;
+    if !(opts.delta > 0.0 && opts.delta < 1.0) {
+        return Err(PipelineError::Invalid("--delta must be in (0, 1)".into()));
+    }
+    let counts = super::counts::merge_counts_in_memory(&opts.counts)?;
+    let base = bundle.base_path();
+    let fingerprint = crate::fsutil::fingerprint(&base).map_err(io_err(&base))?;
+    if counts.meta.base_weights_fnv1a != fingerprint {
+        return Err(PipelineError::Invalid(format!(
+            "the counts were sampled from another base classifier than {}",
+            opts.bundle.display()
+        )));
+    }
+    if counts.meta.n != spec.nominal_n {
+        return Err(PipelineError::Invalid(format!(
+            "the counts are at N = {}, the surrogate stands in for N = {}: calibrate with counts \
+             at the nominal N, so that the scores measure the certificate it is compared with",
+            counts.meta.n, spec.nominal_n
+        )));
+    }
+    let trained = SurrogateInputs::fitted(&bundle)?;
+    let seen: std::collections::HashSet<i64> = trained
+        .of_split(counts.meta.split)
+        .iter()
+        .copied()
+        .collect();
+    if let Some(idx) = counts.indices.iter().find(|i| seen.contains(i)) {
+        return Err(PipelineError::Invalid(format!(
+            "input {idx} of the {} split trained the surrogate or fitted its tail map; calibration inputs must be held out",
+            counts.meta.split
+        )));
+    }
+    let m = counts.len();
+    let rank = smoothing::conformal_rank(m, opts.delta).ok_or_else(|| {
+        PipelineError::Invalid(format!(
+            "{m} calibration inputs are too few for delta = {}: need at least {}",
+            opts.delta,
+            ((1.0 - opts.delta) / opts.delta).ceil()
+        ))
+    })?;
+
+    let data_dir = opts
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| counts.meta.dataset.default_dir());
+    let ds = data::load(counts.meta.dataset, &data_dir, counts.meta.split)?;
+    let x = counts.images(&ds)?.to_device(opts.device);
+    let model = Classifier::load(&bundle, opts.device)?;
+    let surrogate = Classifier::load_surrogate(&bundle, opts.device)?;
+    let sigma = bundle.sigma();
+    // cA as certification draws it: the same seeded streams per input.
+    let reqs: Vec<RequestParams> = counts
+        .indices
+        .iter()
+        .enumerate()
+        .map(|(i, &idx)| {
+            RequestParams::new(
+                i,
+                opts.n0,
+                1,
+                opts.alpha,
+                engine::input_seed(opts.seed, idx as usize) as u64,
+            )
+        })
+        .collect();
+    let selected = requests::select(&model, sigma, &x, &reqs, opts.batch, &mut |_| true)?;
+    let probs: Vec<f64> = engine::surrogate_probs(&surrogate, &x)?.concat();
+    let k = bundle.num_classes();
+    let n = counts.meta.n as f64;
+    let mut scores = Vec::with_capacity(m);
+    for (i, sel) in selected.iter().enumerate() {
+        let sel = sel.ok_or_else(|| PipelineError::Invalid("selection was cancelled".into()))?;
+        let p = &probs[i * k..(i + 1) * k];
+        let row = counts.row(i);
+        let p_hat_a = p[sel.class_a];
+        let p_mc_a = f64::from(row[sel.class_a]) / n;
+        let surrogate_class = (0..k)
+            .max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)))
+            .unwrap_or(0);
+        scores.push(Score {
+            idx: counts.indices[i],
+            class_a: sel.class_a,
+            surrogate_class,
+            p_hat_a,
+            p_mc_a,
+            s: p_hat_a - p_mc_a,
+        });
+    }
+    let s: Vec<f64> = scores.iter().map(|x| x.s).collect();
+    let (q, got_rank) = smoothing::conformal_quantile(&s, opts.delta).map_err(EngineError::from)?;
+    debug_assert_eq!(got_rank, rank);
+    let calibration = Calibration {
+        delta: opts.delta,
+        q,
+        m,
+        rank,
+        n: counts.meta.n,
+        n0: opts.n0,
+        split: counts.meta.split,
+        inputs_file: INPUTS_FILE.into(),
+        seed: opts.seed,
+    };
+    let bands = [0.0, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5]
+        .iter()
+        .map(|&low| band_figures(&scores, &counts, q, low, 0.5, opts.alpha, sigma))
+        .collect::<Result<Vec<_>, _>>()?;
+    let summary = CalibrationSummary {
+        calibration: calibration.clone(),
+        counts_split: counts.meta.split,
+        overestimating: s.iter().filter(|&&v| v > 0.0).count() as f64 / m as f64,
+        mean_score: s.iter().sum::<f64>() / m as f64,
+        class_mismatch: scores
+            .iter()
+            .filter(|x| x.surrogate_class != x.class_a)
+            .count(),
+        bands,
+        scores,
+    };
+    write_json(
+        &bundle.dir.join(INPUTS_FILE),
+        &InputList {
+            split: counts.meta.split,
+            indices: counts.indices.clone(),
+        },
+    )?;
+    write_json(&bundle.dir.join(SUMMARY_FILE), &summary)?;
+    if let Some(s) = bundle.surrogate.as_mut() {
+        s.calibration = Some(calibration);
+    }
+    bundle.save()?;
+    Ok(summary)
+}
+
+/// AUTO's fallback fraction and missed Monte Carlo certificates for a band.
+fn band_figures(
+    scores: &[Score],
+    counts: &Counts,
+    q: f64,
+    low: f64,
+    high: f64,
+    alpha: f64,
+    sigma: f64,
+) -> Result<BandFigures, PipelineError> {
+    let band = AutoBand { low, high };
+    let n = counts.meta.n;
+    let (mut fallback, mut missed) = (0usize, 0usize);
+    for (i, sc) in scores.iter().enumerate() {
+        let k_cal = ((n as f64) * (sc.p_hat_a - q)).round().clamp(0.0, n as f64) as u64;
+        let p_cal = smoothing::clopper_pearson_lower(k_cal, n, alpha).map_err(EngineError::from)?;
+        let estimate = engine::SurrogateEstimate {
+            class_a: sc.class_a,
+            p_hat_a: sc.p_hat_a,
+            offset: q,
+            surrogate_class: sc.surrogate_class,
+            count_a: k_cal,
+            n,
+            decision: Decision::Abstain {
+                reason: smoothing::AbstainReason::LowConfidence,
+                p_a_lower: p_cal,
+            },
+        };
+        let mc_count = counts.row(i)[sc.class_a].max(0) as u64;
+        let mc_certifies = smoothing::certify_decision(sc.class_a, mc_count, n, alpha, sigma)
+            .map_err(EngineError::from)?;
+        if band.falls_back(&estimate) {
+            fallback += 1;
+        } else if p_cal <= 0.5 && matches!(mc_certifies, Decision::Certified { .. }) {
+            missed += 1;
+        }
+    }
+    Ok(BandFigures {
+        low,
+        high,
+        fallback_fraction: fallback as f64 / scores.len().max(1) as f64,
+        missed_certificates: missed as f64 / scores.len().max(1) as f64,
+    })
+}

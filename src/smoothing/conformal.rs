@@ -1,0 +1,86 @@
+//! Split-conformal calibration of the surrogate and the sequential choice of
+//! cA (adaptive n0): the two pieces of statistics the methods beyond the
+//! paper add, torch-free like the rest of `smoothing`.
+use super::{binomial_test_two_sided, SmoothingError};
+
+/// The finite-sample conformal rank ceil((m + 1)(1 - delta)), from 1: the
+/// rank among m sorted calibration scores whose value bounds a fresh,
+/// exchangeable score with probability at least 1 - delta. `None` when it
+/// exceeds m (too few scores for this delta: the bound would be +inf).
+pub fn conformal_rank(m: usize, delta: f64) -> Option<usize> {
+    if !(delta > 0.0 && delta < 1.0) || m == 0 {
+        return None;
+    }
+    // The product is an integer whenever (m + 1) * delta is one; the tolerance
+    // keeps 0.95 * 200 = 189.99999999999997 from rounding up to 191.
+    let exact = (m as f64 + 1.0) * (1.0 - delta);
+    let rank = (exact - 1e-9 * exact.max(1.0)).ceil().max(1.0) as usize;
+    (rank <= m).then_some(rank)
+}
+
+/// The conformal (1 - delta) quantile of `scores` and its rank.
+pub fn conformal_quantile(scores: &[f64], delta: f64) -> Result<(f64, usize), SmoothingError> {
+    if scores.iter().any(|s| !s.is_finite()) {
+        return Err(SmoothingError::NumericalFailure(
+            "a calibration score is not finite".into(),
+        ));
+    }
+    let rank = conformal_rank(scores.len(), delta).ok_or_else(|| {
+        SmoothingError::NumericalFailure(format!(
+            "{} scores are too few for delta = {delta}: need at least {}",
+            scores.len(),
+            ((1.0 - delta) / delta).ceil()
+        ))
+    })?;
+    let mut sorted = scores.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    Ok((sorted[rank - 1], rank))
+}
+
+/// The adaptive-n0 stopping rule. Base-classifier samples are drawn in
+/// chunks of `chunk` up to the cap n0; after each chunk the leading class is
+/// settled when the two-sided binomial test of the top two counts rejects
+/// p_A = p_B at level alpha / L, L = ceil(n0 / chunk) the most looks there
+/// can be. By Bonferroni over the looks, for each competing class B the
+/// chance of ever stopping on a class less likely than B is at most alpha.
+/// At the cap, the leader is taken as fixed-n0 selection takes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SequentialSelection {
+    pub chunk: u64,
+    pub alpha: f64,
+}
+
+impl SequentialSelection {
+    pub fn validate(&self) -> Result<(), SmoothingError> {
+        if self.chunk == 0 {
+            return Err(SmoothingError::ZeroSamples);
+        }
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err(SmoothingError::InvalidAlpha(self.alpha));
+        }
+        Ok(())
+    }
+
+    /// The most looks under cap `n0`.
+    pub fn looks(&self, n0: u64) -> u64 {
+        n0.div_ceil(self.chunk.max(1)).max(1)
+    }
+
+    /// Whether the top class of `counts` is settled after a look, under cap `n0`.
+    pub fn settled(&self, counts: &[u64], n0: u64) -> Result<bool, SmoothingError> {
+        let (mut a, mut b) = (0u64, 0u64);
+        for &c in counts {
+            if c > a {
+                b = a;
+                a = c;
+            } else if c > b {
+                b = c;
+            }
+        }
+        if a == 0 {
+            return Ok(false);
+        }
+        let p = binomial_test_two_sided(a, a + b)?;
+        Ok(p <= self.alpha / self.looks(n0) as f64)
+    }
+}

@@ -1,0 +1,321 @@
+//! `fit-tail-map`, `calibrate` and the methods CALIBRATED and AUTO on a
+//! bundle whose base and surrogate are closed-form rules on the first pixel:
+//! every score, quantile and count is recomputed here independently.
+use smoothcert::data::{self, DatasetKind, Split};
+use smoothcert::engine::{AutoBand, CertifyParams};
+use smoothcert::model::{BaseSpec, Bundle, SurrogateSpec, WeightsFormat};
+use smoothcert::pipeline::calibrate::{calibrate, CalibrateOptions};
+use smoothcert::pipeline::certify::{certify, CertifyOptions, Method};
+use smoothcert::pipeline::counts::{sample_counts, Counts, SampleCountsOptions, SampleOutcome};
+use smoothcert::pipeline::tail_map::{fit_tail_map, FitTailMapOptions};
+use smoothcert::pipeline::tsv::read_tsv;
+use smoothcert::smoothing::clopper_pearson_lower;
+use smoothcert::testing::{rng_lock, write_threshold_bundle};
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+const N: u64 = 4_000;
+const SIGMA: f64 = 0.25;
+
+/// Base: class 1 iff x[0] > 0.5. Surrogate: logits (-(x[0] - 1), x[0] - 1),
+/// so p_hat[0] = sigmoid(2 (1 - x[0])), about 0.881 where the base's
+/// P(class 0) is Phi(2) = 0.977: a surrogate that underestimates.
+fn bundle(root: &Path) -> PathBuf {
+    let dir = root.join("b");
+    let mut b = write_threshold_bundle(&dir, [1, 28, 28], 0.5, SIGMA);
+    let src = root.join("surrogate-src");
+    write_threshold_bundle(&src, [1, 28, 28], 1.0, SIGMA);
+    std::fs::copy(src.join("base.pt"), dir.join("surrogate.pt")).unwrap();
+    b.surrogate = Some(SurrogateSpec {
+        model: BaseSpec {
+            format: WeightsFormat::Torchscript,
+            file: "surrogate.pt".into(),
+            arch: None,
+        },
+        nominal_n: N,
+        training: None,
+        tail_map: None,
+        calibration: None,
+    });
+    b.save().unwrap();
+    dir
+}
+
+fn p_hat_0(x0: f64) -> f64 {
+    1.0 / (1.0 + (-2.0 * (1.0 - x0)).exp())
+}
+
+fn counts(bundle: &Path, out: &Path, split: Split, skip: usize, n: u64) -> Counts {
+    let opts = SampleCountsOptions {
+        bundle: bundle.to_path_buf(),
+        split,
+        data_dir: None,
+        n,
+        skip,
+        max: None,
+        shard: None,
+        chunk: 50,
+        batch: 1000,
+        seed: 5,
+        device: Device::Cpu,
+        out: out.to_path_buf(),
+        pause_after: None,
+        show_progress: false,
+    };
+    assert!(matches!(
+        sample_counts(&opts).unwrap(),
+        SampleOutcome::Finished(_)
+    ));
+    Counts::read(out).unwrap()
+}
+
+fn certify_opts(bundle: &Path, out: &Path, method: Method) -> CertifyOptions {
+    CertifyOptions {
+        bundle: bundle.to_path_buf(),
+        method,
+        split: Split::Train,
+        data_dir: None,
+        skip: 6_000,
+        max: None,
+        params: CertifyParams {
+            n0: 50,
+            n: N,
+            alpha: 0.001,
+            batch: 1000,
+        },
+        seed: 2,
+        adaptive: None,
+        auto_band: AutoBand {
+            low: 0.2,
+            high: 0.5,
+        },
+        device: Device::Cpu,
+        out: out.to_path_buf(),
+        show_progress: false,
+    }
+}
+
+#[test]
+fn calibration_quantile_and_the_calibrated_and_auto_methods() {
+    let _rng = rng_lock();
+    let root = tempfile::tempdir().unwrap();
+    let b = bundle(root.path());
+    let test = data::load(
+        DatasetKind::FashionMnist,
+        &DatasetKind::FashionMnist.default_dir(),
+        Split::Test,
+    )
+    .unwrap();
+
+    // 40 calibration inputs of the test split at the nominal N.
+    let cal = counts(
+        &b,
+        &root.path().join("cal.safetensors"),
+        Split::Test,
+        250,
+        N,
+    );
+    assert_eq!(cal.len(), 40);
+    let delta = 0.1;
+    let summary = calibrate(&CalibrateOptions {
+        bundle: b.clone(),
+        counts: vec![root.path().join("cal.safetensors")],
+        delta,
+        n0: 50,
+        alpha: 0.001,
+        seed: 2,
+        batch: 1000,
+        data_dir: None,
+        device: Device::Cpu,
+    })
+    .unwrap();
+
+    // Independently: cA is class 0 for these dark-cornered images (P = 0.977
+    // per sample), s = p_hat[0] - count[0] / N, and q the
+    // ceil(41 * 0.9) = 37th smallest.
+    let mut s: Vec<f64> = (0..cal.len())
+        .map(|i| {
+            let x0 = f64::from(test.image(cal.indices[i] as usize)[0]);
+            assert!(x0 < 0.2, "a bright corner would change cA");
+            p_hat_0(x0) - f64::from(cal.row(i)[0]) / N as f64
+        })
+        .collect();
+    s.sort_by(f64::total_cmp);
+    let c = &summary.calibration;
+    assert_eq!((c.m, c.rank, c.n, c.delta), (40, 37, N, delta));
+    assert!((c.q - s[36]).abs() < 1e-6, "q {} vs {}", c.q, s[36]);
+    assert!(summary
+        .scores
+        .iter()
+        .all(|x| x.class_a == 0 && x.surrogate_class == 0));
+    let saved = Bundle::load(&b)
+        .unwrap()
+        .surrogate
+        .unwrap()
+        .calibration
+        .unwrap();
+    assert_eq!(&saved, c);
+
+    // CALIBRATED refuses the calibration inputs, and another N.
+    let on_cal = CertifyOptions {
+        split: Split::Test,
+        skip: 250,
+        ..certify_opts(&b, &root.path().join("x.tsv"), Method::Calibrated)
+    };
+    let err = certify(&on_cal).unwrap_err().to_string();
+    assert!(err.contains("calibration inputs"), "{err}");
+    let mut other_n = certify_opts(&b, &root.path().join("y.tsv"), Method::Calibrated);
+    other_n.params.n = 2 * N;
+    let err = certify(&other_n).unwrap_err().to_string();
+    assert!(err.contains("calibration holds at n"), "{err}");
+
+    // On fresh (training-split) inputs: count = round(N (p_hat[cA] - q)).
+    let train = data::load(
+        DatasetKind::FashionMnist,
+        &DatasetKind::FashionMnist.default_dir(),
+        Split::Train,
+    )
+    .unwrap();
+    let out = root.path().join("calibrated.tsv");
+    certify(&certify_opts(&b, &out, Method::Calibrated)).unwrap();
+    let rows = read_tsv(&out).unwrap();
+    assert_eq!(rows.len(), 10);
+    for r in &rows {
+        let x0 = f64::from(train.image(r.idx)[0]);
+        let expected = (N as f64 * (p_hat_0(x0) - c.q)).round() as u64;
+        assert_eq!(r.method, "calibrated");
+        assert_eq!(r.delta, Some(delta));
+        assert!(r.count_a.abs_diff(expected) <= 1, "{r:?} vs {expected}");
+        let bound = clopper_pearson_lower(r.count_a, N, 0.001).unwrap();
+        assert!((r.p_a_lower - bound).abs() < 1e-12);
+    }
+
+    // AUTO with a band that holds every calibrated bound falls back to Monte
+    // Carlo everywhere; with the default band, nowhere (the bounds are near 0.97).
+    let mut everywhere = certify_opts(&b, &root.path().join("auto-all.tsv"), Method::Auto);
+    everywhere.auto_band = AutoBand {
+        low: 0.0,
+        high: 1.0,
+    };
+    let all = certify(&everywhere).unwrap();
+    assert_eq!(all.fallback_fraction, Some(1.0));
+    for r in read_tsv(&root.path().join("auto-all.tsv")).unwrap() {
+        assert_eq!((r.method.as_str(), r.delta, r.n), ("mc", None, N), "{r:?}");
+        let bound = clopper_pearson_lower(r.count_a, N, 0.001).unwrap();
+        assert!((r.p_a_lower - bound).abs() < 1e-12);
+    }
+    let none = certify(&certify_opts(
+        &b,
+        &root.path().join("auto.tsv"),
+        Method::Auto,
+    ))
+    .unwrap();
+    assert_eq!(none.fallback_fraction, Some(0.0));
+    let auto_rows = read_tsv(&root.path().join("auto.tsv")).unwrap();
+    for (a, r) in auto_rows.iter().zip(&rows) {
+        assert_eq!((a.method.as_str(), a.count_a), ("calibrated", r.count_a));
+    }
+
+    // Too few inputs for the asked delta is a clear error.
+    let err = calibrate(&CalibrateOptions {
+        bundle: b.clone(),
+        counts: vec![root.path().join("cal.safetensors")],
+        delta: 0.01,
+        n0: 50,
+        alpha: 0.001,
+        seed: 2,
+        batch: 1000,
+        data_dir: None,
+        device: Device::Cpu,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("too few"), "{err}");
+}
+
+#[test]
+fn tail_map_rescales_the_miss_and_fences_off_its_inputs() {
+    let _rng = rng_lock();
+    let root = tempfile::tempdir().unwrap();
+    let b = bundle(root.path());
+    let fit_counts = counts(
+        &b,
+        &root.path().join("fit.safetensors"),
+        Split::Test,
+        200,
+        N,
+    );
+    let summary = fit_tail_map(&FitTailMapOptions {
+        bundle: b.clone(),
+        counts: vec![root.path().join("fit.safetensors")],
+        min_inputs: 10,
+        batch: 16,
+        data_dir: None,
+        device: Device::Cpu,
+    })
+    .unwrap();
+    // Every input predicts the same miss, 1 - sigmoid(2): one bin, and its
+    // ratio is (sum observed + 1/2N) / (sum predicted + 1/2N).
+    let predicted = 1.0 - p_hat_0(0.0);
+    let observed: f64 = (0..fit_counts.len())
+        .map(|i| 1.0 - f64::from(fit_counts.row(i)[0]) / N as f64)
+        .sum();
+    let c = 0.5 / N as f64;
+    let ratio = (observed + c) / (predicted * fit_counts.len() as f64 + c);
+    let map = Bundle::load(&b)
+        .unwrap()
+        .surrogate
+        .unwrap()
+        .tail_map
+        .unwrap();
+    let bin = map.edges.partition_point(|&e| e <= predicted) - 1;
+    assert_eq!(map.inputs.iter().sum::<usize>(), fit_counts.len());
+    assert!((map.ratios[bin] - ratio).abs() < 1e-4, "{map:?} vs {ratio}");
+    assert!(ratio < 0.5, "the surrogate overpredicts misses by about 5x");
+    assert!(summary.log_error_after < summary.log_error_before);
+
+    // The surrogate now answers with the mapped miss.
+    let out = root.path().join("mapped.tsv");
+    certify(&certify_opts(&b, &out, Method::Surrogate)).unwrap();
+    for r in read_tsv(&out).unwrap() {
+        let expected = (N as f64 * (1.0 - predicted * map.ratios[bin])).round() as u64;
+        assert!(r.count_a.abs_diff(expected) <= 2, "{r:?} vs {expected}");
+    }
+    // Its inputs are fenced off from calibration.
+    let err = calibrate(&CalibrateOptions {
+        bundle: b.clone(),
+        counts: vec![root.path().join("fit.safetensors")],
+        delta: 0.1,
+        n0: 50,
+        alpha: 0.001,
+        seed: 2,
+        batch: 1000,
+        data_dir: None,
+        device: Device::Cpu,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("tail map"), "{err}");
+    // Counts at another N than the nominal one cannot calibrate.
+    counts(
+        &b,
+        &root.path().join("small.safetensors"),
+        Split::Train,
+        3000,
+        N / 2,
+    );
+    let err = calibrate(&CalibrateOptions {
+        bundle: b.clone(),
+        counts: vec![root.path().join("small.safetensors")],
+        delta: 0.1,
+        n0: 50,
+        alpha: 0.001,
+        seed: 2,
+        batch: 1000,
+        data_dir: None,
+        device: Device::Cpu,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("nominal N"), "{err}");
+}
