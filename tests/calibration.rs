@@ -245,6 +245,8 @@ fn tail_map_rescales_the_miss_and_fences_off_its_inputs() {
         200,
         N,
     );
+    let before = root.path().join("before.tsv");
+    certify(&certify_opts(&b, &before, Method::Surrogate)).unwrap();
     let summary = fit_tail_map(&FitTailMapOptions {
         bundle: b.clone(),
         counts: vec![root.path().join("fit.safetensors")],
@@ -273,6 +275,12 @@ fn tail_map_rescales_the_miss_and_fences_off_its_inputs() {
     assert!((map.ratios[bin] - ratio).abs() < 1e-4, "{map:?} vs {ratio}");
     assert!(ratio < 0.5, "the surrogate overpredicts misses by about 5x");
     assert!(summary.log_error_after < summary.log_error_before);
+
+    // Rows of the unmapped surrogate are not resumed by the mapped one.
+    let err = certify(&certify_opts(&b, &before, Method::Surrogate))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("other parameters"), "{err}");
 
     // The surrogate now answers with the mapped miss.
     let out = root.path().join("mapped.tsv");

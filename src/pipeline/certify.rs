@@ -121,6 +121,9 @@ struct RunParams {
     /// AUTO: the fallback band (low, high).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     auto_band: Option<(f64, f64)>,
+    /// The surrogate's tail map (its ratios): refitting it changes every estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tail_map: Option<Vec<f64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -203,6 +206,14 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         calibration: calibration.as_ref().map(|c| (c.q, c.delta)),
         auto_band: (opts.method == Method::Auto)
             .then_some((opts.auto_band.low, opts.auto_band.high)),
+        tail_map: match opts.method {
+            Method::Mc => None,
+            _ => bundle
+                .surrogate
+                .as_ref()
+                .and_then(|s| s.tail_map.as_ref())
+                .map(|m| m.edges.iter().chain(&m.ratios).copied().collect()),
+        },
     };
     if let Some(parent) = opts.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
