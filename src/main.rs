@@ -266,6 +266,12 @@ enum Command {
         device: String,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// AUTO's band (the calibrated methods are timed too when the bundle
+        /// is calibrated at this N).
+        #[arg(long, default_value_t = smoothcert::config::DEFAULT_AUTO_BAND.0)]
+        auto_band_low: f64,
+        #[arg(long, default_value_t = smoothcert::config::DEFAULT_AUTO_BAND.1)]
+        auto_band_high: f64,
         /// Also write the figures as JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -805,9 +811,15 @@ fn main() -> Result<()> {
             batch,
             device: dev,
             seed,
+            auto_band_low,
+            auto_band_high,
             out,
         } => {
             let opts = bench::MethodsBenchOptions {
+                auto_band: smoothcert::engine::AutoBand {
+                    low: auto_band_low,
+                    high: auto_band_high,
+                },
                 bundle,
                 device: device(&dev)?,
                 inputs,

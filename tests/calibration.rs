@@ -216,6 +216,32 @@ fn calibration_quantile_and_the_calibrated_and_auto_methods() {
         assert_eq!((a.method.as_str(), a.count_a), ("calibrated", r.count_a));
     }
 
+    // bench-certify times the calibrated methods beside the other two, on
+    // the same inputs; with the all-covering band AUTO always falls back.
+    use smoothcert::pipeline::bench::{bench_methods, MethodsBenchOptions};
+    let bench = |low, high| {
+        bench_methods(&MethodsBenchOptions {
+            bundle: b.clone(),
+            device: Device::Cpu,
+            inputs: 3,
+            params: CertifyParams {
+                n0: 50,
+                n: N,
+                alpha: 0.001,
+                batch: 1000,
+            },
+            seed: 0,
+            auto_band: AutoBand { low, high },
+        })
+        .unwrap()
+        .calibrated
+        .unwrap()
+    };
+    let decisive = bench(0.2, 0.5);
+    assert_eq!((decisive.auto_fallbacks, decisive.delta), (0, delta));
+    assert!(decisive.calibrated_speedup > 0.0 && decisive.auto_speedup_mean > 0.0);
+    assert_eq!(bench(0.0, 1.0).auto_fallbacks, 3);
+
     // Too few inputs for the asked delta is a clear error.
     let err = calibrate(&CalibrateOptions {
         bundle: b.clone(),

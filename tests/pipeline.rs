@@ -266,8 +266,16 @@ fn bench_certify_times_both_methods_on_the_same_inputs() {
             batch: 1000,
         },
         seed: 0,
+        auto_band: smoothcert::engine::AutoBand {
+            low: 0.2,
+            high: 0.5,
+        },
     })
     .unwrap();
+    assert!(
+        r.calibrated.is_none(),
+        "an uncalibrated bundle times two methods"
+    );
     assert_eq!(r.inputs, 3);
     assert!((r.ideal_speedup - 20_010.0 / 11.0).abs() < 1e-9);
     assert!(r.mc_median_seconds > 0.0 && r.surrogate_median_seconds > 0.0);

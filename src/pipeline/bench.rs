@@ -1,6 +1,7 @@
 //! `bench`: Monte Carlo throughput (noisy forward passes per second) at several
 //! forward batch sizes, next to the same model's plain forward rate — the
 //! ceiling — measured in the same run, and printed as ratios.
+use super::certify::{certify_by_request, Method};
 use super::PipelineError;
 use crate::model::{Bundle, Classifier};
 use serde::Serialize;
@@ -152,6 +153,23 @@ pub struct MethodsBenchOptions {
     pub inputs: usize,
     pub params: crate::engine::CertifyParams,
     pub seed: u64,
+    /// AUTO's band, for the calibrated methods (timed when the bundle is
+    /// calibrated at this n).
+    pub auto_band: crate::engine::AutoBand,
+}
+
+/// CALIBRATED and AUTO timed on the same inputs as the other two.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibratedTimes {
+    pub delta: f64,
+    pub calibrated_median_seconds: f64,
+    /// AUTO's cost is a mixture (an estimate, or a full Monte Carlo run), so
+    /// its speedup is by mean seconds, against Monte Carlo's mean.
+    pub auto_mean_seconds: f64,
+    pub mc_mean_seconds: f64,
+    pub auto_fallbacks: usize,
+    pub calibrated_speedup: f64,
+    pub auto_speedup_mean: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -168,11 +186,13 @@ pub struct MethodsBenchReport {
     pub speedup: f64,
     /// (n0 + n) / (n0 + 1): the forward-pass ratio, the speedup's ideal.
     pub ideal_speedup: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibrated: Option<CalibratedTimes>,
 }
 
 impl MethodsBenchReport {
     pub fn markdown(&self) -> String {
-        format!(
+        let mut text = format!(
             "Monte Carlo vs surrogate certification, bundle {}, device {}, {} inputs, n0 {}, N {}, batch {}\n\n\
              | method | median s/input |\n|---|---:|\n| mc (certificate) | {:.4} |\n| surrogate (estimate) | {:.5} |\n\n\
              speedup {:.1}x; ideal (n0 + N) / (n0 + 1) = {:.1}x; measured / ideal = {:.2}\n",
@@ -187,7 +207,23 @@ impl MethodsBenchReport {
             self.speedup,
             self.ideal_speedup,
             self.speedup / self.ideal_speedup
-        )
+        );
+        if let Some(c) = &self.calibrated {
+            text.push_str(&format!(
+                "\ncalibrated (estimate, delta {}): median {:.5} s/input, speedup {:.1}x\n\
+                 auto: mean {:.4} s/input against Monte Carlo's mean {:.4} s ({} of {} inputs fell back), \
+                 speedup {:.1}x by mean\n",
+                c.delta,
+                c.calibrated_median_seconds,
+                c.calibrated_speedup,
+                c.auto_mean_seconds,
+                c.mc_mean_seconds,
+                c.auto_fallbacks,
+                self.inputs,
+                c.auto_speedup_mean
+            ));
+        }
+        text
     }
 }
 
@@ -213,6 +249,28 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
         .to_device(opts.device);
     crate::engine::certify(&base, bundle.sigma(), &first, &opts.params)?;
     crate::engine::certify_accelerated(&base, &surrogate, bundle.sigma(), &first, &opts.params)?;
+    let calibration = bundle
+        .surrogate
+        .as_ref()
+        .and_then(|s| s.calibration.clone())
+        .filter(|c| c.n == opts.params.n);
+    let by_request = |method: Method| super::certify::CertifyOptions {
+        bundle: opts.bundle.clone(),
+        method,
+        split: crate::data::Split::Test,
+        data_dir: None,
+        skip: 1,
+        max: None,
+        params: opts.params,
+        seed: opts.seed,
+        adaptive: None,
+        auto_band: opts.auto_band,
+        device: opts.device,
+        out: PathBuf::new(),
+        show_progress: false,
+    };
+    let (cal_opts, auto_opts) = (by_request(Method::Calibrated), by_request(Method::Auto));
+    let (mut cal, mut auto, mut fallbacks) = (Vec::new(), Vec::new(), 0usize);
     let (mut mc, mut sur) = (Vec::new(), Vec::new());
     for idx in (0..ds.len()).step_by(step).take(opts.inputs) {
         let x = Tensor::from_slice(ds.image(idx))
@@ -226,7 +284,33 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
         let t = Instant::now();
         crate::engine::certify_accelerated(&base, &surrogate, bundle.sigma(), &x, &opts.params)?;
         sur.push(t.elapsed().as_secs_f64());
+        if let Some(c) = &calibration {
+            let seed = crate::engine::input_seed(opts.seed, idx) as u64;
+            let sigma = bundle.sigma();
+            let t = Instant::now();
+            certify_by_request(&base, Some(&surrogate), sigma, &x, &cal_opts, seed, c.q)?;
+            cal.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let one =
+                certify_by_request(&base, Some(&surrogate), sigma, &x, &auto_opts, seed, c.q)?;
+            auto.push(t.elapsed().as_secs_f64());
+            fallbacks += usize::from(one.method == Method::Mc);
+        }
     }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let calibrated = calibration.map(|c| {
+        let (mc_mean, auto_mean) = (mean(&mc), mean(&auto));
+        let cal_median = median(&mut cal);
+        CalibratedTimes {
+            delta: c.delta,
+            calibrated_median_seconds: cal_median,
+            auto_mean_seconds: auto_mean,
+            mc_mean_seconds: mc_mean,
+            auto_fallbacks: fallbacks,
+            calibrated_speedup: median(&mut mc.clone()) / cal_median,
+            auto_speedup_mean: mc_mean / auto_mean,
+        }
+    });
     let (mc, sur) = (median(&mut mc), median(&mut sur));
     let p = &opts.params;
     Ok(MethodsBenchReport {
@@ -240,6 +324,7 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
         surrogate_median_seconds: sur,
         speedup: mc / sur,
         ideal_speedup: (p.n0 + p.n) as f64 / (p.n0 + 1) as f64,
+        calibrated,
     })
 }
 

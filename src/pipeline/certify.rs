@@ -379,18 +379,18 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
 }
 
 /// One input's outcome, and the method that produced it.
-struct One {
+pub(crate) struct One {
     decision: Decision,
     count_a: u64,
     n: u64,
     class_a: usize,
     drawn: u64,
-    method: Method,
+    pub(crate) method: Method,
 }
 
 /// One input through the server's request path (noise from seeded streams):
 /// the calibrated methods and adaptive n0 run here, exactly as served.
-fn certify_by_request(
+pub(crate) fn certify_by_request(
     model: &Classifier,
     surrogate: Option<&Classifier>,
     sigma: f64,
