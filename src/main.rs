@@ -578,7 +578,10 @@ fn main() -> Result<()> {
                 100.0 * summary.overestimating,
                 summary.class_mismatch
             );
-            println!("AUTO bands on these inputs (fallback %, Monte Carlo certificates missed %):");
+            println!(
+                "AUTO bands on these inputs (in-sample: the same scores set q; \
+                 fallback %, Monte Carlo certificates missed %):"
+            );
             for b in &summary.bands {
                 println!(
                     "  ({:.2}, {:.2}]: {:.1}% fall back, {:.1}% missed",
@@ -644,7 +647,7 @@ fn main() -> Result<()> {
                     "ESTIMATED certified accuracy (calibrated surrogate, not a certificate)"
                 }
                 certify::Method::Auto => {
-                    "certified accuracy (Monte Carlo certificates and calibrated estimates)"
+                    "accuracy with a radius (mixed: Monte Carlo certificates and calibrated estimates, each row names its method)"
                 }
             };
             if let Some(f) = s.fallback_fraction {

@@ -6,7 +6,9 @@ use smoothcert::engine::{AutoBand, CertifyParams};
 use smoothcert::model::{BaseSpec, Bundle, SurrogateSpec, WeightsFormat};
 use smoothcert::pipeline::calibrate::{calibrate, CalibrateOptions};
 use smoothcert::pipeline::certify::{certify, CertifyOptions, Method};
-use smoothcert::pipeline::counts::{sample_counts, Counts, SampleCountsOptions, SampleOutcome};
+use smoothcert::pipeline::counts::{
+    sample_counts, Counts, SampleCountsOptions, SampleOutcome, Shard,
+};
 use smoothcert::pipeline::tail_map::{fit_tail_map, FitTailMapOptions};
 use smoothcert::pipeline::tsv::read_tsv;
 use smoothcert::smoothing::clopper_pearson_lower;
@@ -46,6 +48,17 @@ fn p_hat_0(x0: f64) -> f64 {
 }
 
 fn counts(bundle: &Path, out: &Path, split: Split, skip: usize, n: u64) -> Counts {
+    counts_shard(bundle, out, split, skip, n, None)
+}
+
+fn counts_shard(
+    bundle: &Path,
+    out: &Path,
+    split: Split,
+    skip: usize,
+    n: u64,
+    shard: Option<Shard>,
+) -> Counts {
     let opts = SampleCountsOptions {
         bundle: bundle.to_path_buf(),
         split,
@@ -53,7 +66,7 @@ fn counts(bundle: &Path, out: &Path, split: Split, skip: usize, n: u64) -> Count
         n,
         skip,
         max: None,
-        shard: None,
+        shard,
         chunk: 50,
         batch: 1000,
         seed: 5,
@@ -168,6 +181,19 @@ fn calibration_quantile_and_the_calibrated_and_auto_methods() {
     other_n.params.n = 2 * N;
     let err = certify(&other_n).unwrap_err().to_string();
     assert!(err.contains("calibration holds at n"), "{err}");
+
+    // cA must be chosen as the calibration chose it: n0 = 50, fixed.
+    let mut other_n0 = certify_opts(&b, &root.path().join("z.tsv"), Method::Auto);
+    other_n0.params.n0 = 40;
+    let err = certify(&other_n0).unwrap_err().to_string();
+    assert!(err.contains("n0 = 50"), "{err}");
+    let mut adaptive = certify_opts(&b, &root.path().join("z.tsv"), Method::Calibrated);
+    adaptive.adaptive = Some(smoothcert::smoothing::SequentialSelection {
+        chunk: 10,
+        alpha: 0.001,
+    });
+    let err = certify(&adaptive).unwrap_err().to_string();
+    assert!(err.contains("--adaptive-n0"), "{err}");
 
     // On fresh (training-split) inputs: count = round(N (p_hat[cA] - q)).
     let train = data::load(
@@ -330,6 +356,45 @@ fn tail_map_rescales_the_miss_and_fences_off_its_inputs() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("tail map"), "{err}");
+    // Calibrating a mapped surrogate scores the mapped probabilities. (Shard
+    // 1 of 2 leaves index 0 out, so that the run below can start there.)
+    let cal_counts = counts_shard(
+        &b,
+        &root.path().join("cal.safetensors"),
+        Split::Train,
+        2500,
+        N,
+        Some(Shard { index: 1, count: 2 }),
+    );
+    let summary = calibrate(&CalibrateOptions {
+        bundle: b.clone(),
+        counts: vec![root.path().join("cal.safetensors")],
+        delta: 0.1,
+        n0: 50,
+        alpha: 0.001,
+        seed: 2,
+        batch: 1000,
+        data_dir: None,
+        device: Device::Cpu,
+    })
+    .unwrap();
+    let mapped_p0 = 1.0 - predicted * map.ratios[bin];
+    let mut s: Vec<f64> = (0..cal_counts.len())
+        .map(|i| mapped_p0 - f64::from(cal_counts.row(i)[0]) / N as f64)
+        .collect();
+    s.sort_by(f64::total_cmp);
+    let rank = summary.calibration.rank;
+    assert_eq!((cal_counts.len(), rank), (12, 12));
+    assert!((summary.calibration.q - s[rank - 1]).abs() < 1e-5);
+    // A calibrated run of this bundle resumes (its q and map read back exactly).
+    let out = CertifyOptions {
+        skip: 7_000,
+        ..certify_opts(&b, &root.path().join("cal-run.tsv"), Method::Calibrated)
+    };
+    certify(&out).unwrap();
+    let again = certify(&out).unwrap();
+    assert_eq!(again.resumed_rows, again.inputs);
+
     // Counts at another N than the nominal one cannot calibrate.
     counts(
         &b,

@@ -1016,7 +1016,24 @@ async fn calibrated_auto_and_adaptive_n0_over_grpc() {
         .inverse_cdf(0.001);
     assert!((c.p_a_lower - cp).abs() < 1e-6);
 
-    // Another n would void the stated delta; a model without calibration refuses.
+    // Another n, n0 or selection rule would void the stated delta; a model
+    // without calibration refuses.
+    for (n0, adaptive, field) in [
+        (Some(50), None, "options.n0"),
+        (None, Some(true), "options.adaptive_n0"),
+    ] {
+        let extra = pb::CertifyOptions {
+            n0,
+            adaptive_n0: adaptive,
+            ..Default::default()
+        };
+        let err = client
+            .certify(ask("cal", pb::Method::Calibrated, n, extra))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains(field), "{}", err.message());
+    }
     for (model, method, n, field) in [
         ("cal", pb::Method::Calibrated, 3_000, "options.n"),
         ("cal", pb::Method::Auto, 3_000, "options.n"),

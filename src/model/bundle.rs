@@ -133,7 +133,13 @@ impl TailMap {
         if miss <= 0.0 {
             return;
         }
-        let mapped = (miss * self.ratio(miss)).clamp(0.0, 1.0);
+        // Capped so that the top class stays on top: with the runner-up at
+        // p2 scaled alike, 1 - mapped >= p2 * mapped / miss.
+        let runner_up = (0..p.len())
+            .filter(|&j| j != top)
+            .map(|j| p[j])
+            .fold(0.0, f64::max);
+        let mapped = (miss * self.ratio(miss)).min(miss / (miss + runner_up));
         let scale = mapped / miss;
         for (j, v) in p.iter_mut().enumerate() {
             *v = if j == top { 1.0 - mapped } else { *v * scale };
@@ -347,7 +353,7 @@ mod tests {
     fn tail_map_scales_the_miss_mass_by_its_bin_and_keeps_a_distribution() {
         let map = TailMap {
             edges: vec![0.0, 0.01, 0.1],
-            ratios: vec![0.5, 2.0, 1.0],
+            ratios: vec![0.5, 2.0, 1.5],
             inputs: vec![1, 1, 1],
             split: crate::data::Split::Test,
             counts_n: 10_000,
@@ -364,9 +370,14 @@ mod tests {
         map.apply(&mut p);
         assert!((p[0] - 0.9).abs() < 1e-12 && (p[1] - 0.06).abs() < 1e-12);
         assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        // A ratio that would hand the lead to the runner-up stops at a tie.
+        let mut p = vec![0.52, 0.46, 0.02];
+        map.apply(&mut p);
+        assert!((p[0] - p[1]).abs() < 1e-12 && p[0] > p[2], "{p:?}");
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
         // An edge belongs to the bin above it.
         assert_eq!(map.ratio(0.01), 2.0);
-        assert_eq!(map.ratio(0.5), 1.0);
+        assert_eq!(map.ratio(0.5), 1.5);
         let broken = TailMap {
             edges: vec![0.0, 0.2, 0.1],
             ..map.clone()

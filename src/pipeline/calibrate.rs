@@ -48,7 +48,8 @@ pub struct Score {
     pub s: f64,
 }
 
-/// AUTO with fallback band (low, high] on these inputs.
+/// AUTO with fallback band (low, high] on these inputs. In-sample: the
+/// same scores set q, so on fresh inputs expect somewhat worse figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct BandFigures {
     pub low: f64,
@@ -81,8 +82,15 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
             opts.bundle.display()
         ))
     })?;
+    // Everything checked before any work, so that nothing is written for a
+    // calibration the bundle would then refuse to hold.
     if !(opts.delta > 0.0 && opts.delta < 1.0) {
         return Err(PipelineError::Invalid("--delta must be in (0, 1)".into()));
+    }
+    if !(opts.alpha > 0.0 && opts.alpha < 1.0) || opts.n0 == 0 || opts.batch < 1 {
+        return Err(PipelineError::Invalid(
+            "--alpha must be in (0, 1), --n0 and --batch at least 1".into(),
+        ));
     }
     let counts = super::counts::merge_counts_in_memory(&opts.counts)?;
     let base = bundle.base_path();

@@ -136,7 +136,8 @@ pub struct CertifySummary {
     pub n: u64,
     pub alpha: f64,
     pub sigma: f64,
-    /// "certificate" for mc, "estimate" for surrogate: what the radii are.
+    /// What the radii are: "certificate" (mc), "estimate" (surrogate,
+    /// calibrated) or "mixed" (auto: each row's method says which).
     pub radius_kind: &'static str,
     /// AUTO: the fraction of inputs Monte Carlo answered.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -168,16 +169,23 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
     }
     opts.auto_band.validate()?;
     let calibration = match opts.method {
-        Method::Calibrated | Method::Auto => Some(checked_calibration(
-            &bundle,
-            opts.split,
-            &indices,
-            opts.params.n,
-        )?),
+        Method::Calibrated | Method::Auto => {
+            let cal = checked_calibration(&bundle, opts.split, &indices, opts.params.n)?;
+            if opts.params.n0 != cal.n0 || opts.adaptive.is_some() {
+                return Err(PipelineError::Invalid(format!(
+                    "the calibration chose cA from n0 = {} fixed samples; --n0 {}{} would void its delta = {}",
+                    cal.n0,
+                    opts.params.n0,
+                    if opts.adaptive.is_some() { " --adaptive-n0" } else { "" },
+                    cal.delta
+                )));
+            }
+            Some(cal)
+        }
         _ => None,
     };
     if opts.method != Method::Mc {
-        warn_if_trained_on(&bundle, opts.split, &indices)?;
+        check_not_fitted_on(&bundle, opts.split, &indices, calibration.is_some())?;
     }
     let base_path = bundle.base_path();
     let run = RunParams {
@@ -491,19 +499,27 @@ fn checked_calibration(
     Ok(cal)
 }
 
-/// Logs how many inputs the surrogate was trained on: its estimates there
-/// say little about fresh inputs.
-fn warn_if_trained_on(
+/// Inputs the surrogate was trained on, or its tail map fitted on: its
+/// estimates there say little about fresh inputs (logged), and a calibrated
+/// statement does not hold there at all (refused).
+fn check_not_fitted_on(
     bundle: &Bundle,
     split: Split,
     indices: &[usize],
+    calibrated: bool,
 ) -> Result<(), PipelineError> {
-    let trained = super::surrogate::SurrogateInputs::fitted(bundle)?;
-    let seen: std::collections::HashSet<i64> = trained.of_split(split).iter().copied().collect();
+    let fitted = super::surrogate::SurrogateInputs::fitted(bundle)?;
+    let seen: std::collections::HashSet<i64> = fitted.of_split(split).iter().copied().collect();
     let overlap = indices
         .iter()
         .filter(|&&i| seen.contains(&(i as i64)))
         .count();
+    if overlap > 0 && calibrated {
+        return Err(PipelineError::Invalid(format!(
+            "{overlap} of these inputs trained the surrogate or fitted its tail map; \
+             a calibrated delta needs fresh inputs (choose other --skip/--max or another split)"
+        )));
+    }
     if overlap > 0 {
         tracing::warn!(
             overlap,

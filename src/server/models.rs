@@ -154,6 +154,23 @@ fn load_one(
         }
         m => m,
     };
+    if let (Method::Calibrated | Method::Auto, Some(cal)) = (
+        method,
+        bundle
+            .surrogate
+            .as_ref()
+            .and_then(|s| s.calibration.as_ref()),
+    ) {
+        // Otherwise every request left to the defaults would be refused.
+        if n != cal.n {
+            return Err(format!(
+                "{}: the default method {} holds at the calibrated n = {}, not {n}",
+                key("n"),
+                method.as_str(),
+                cal.n
+            ));
+        }
+    }
     let auto_band = AutoBand {
         low: mc.auto_band_low,
         high: mc.auto_band_high,

@@ -168,6 +168,11 @@ pub fn certify_options(
         ));
     }
     let n = bounded("options.n", o.n, model.defaults.n, model.limits.max_n)?;
+    let mut n0 = bounded("options.n0", o.n0, model.defaults.n0, model.limits.max_n0)?;
+    let mut adaptive = o
+        .adaptive_n0
+        .unwrap_or(model.defaults.adaptive_n0)
+        .then_some(model.selection_rule);
     let (offset, delta) = match method {
         Method::Calibrated | Method::Auto => {
             let cal = surrogate.and_then(|s| s.calibration.as_ref()).ok_or_else(|| {
@@ -179,30 +184,45 @@ pub fn certify_options(
                     ),
                 )
             })?;
-            // The coverage statement holds for the N the scores were measured at.
+            // The coverage statement holds for scores made the way the
+            // calibration made them: at its N, with cA from n0 fixed samples.
+            let name = method.to_pb().as_str_name();
             if n != cal.n {
                 return Err(ServiceError::invalid(
                     "options.n",
                     format!(
-                        "{} is calibrated at n = {}; {n} would void its delta = {}",
-                        method.to_pb().as_str_name(),
-                        cal.n,
-                        cal.delta
+                        "{name} is calibrated at n = {}; {n} would void its delta = {}",
+                        cal.n, cal.delta
                     ),
                 ));
             }
+            match o.n0 {
+                Some(asked) if asked != cal.n0 => {
+                    return Err(ServiceError::invalid(
+                        "options.n0",
+                        format!(
+                            "{name} is calibrated with cA from n0 = {} samples; {asked} would void its delta",
+                            cal.n0
+                        ),
+                    ))
+                }
+                _ => n0 = cal.n0,
+            }
+            if o.adaptive_n0 == Some(true) {
+                return Err(ServiceError::invalid(
+                    "options.adaptive_n0",
+                    format!("{name} is calibrated with fixed n0; adaptive selection would void its delta"),
+                ));
+            }
+            adaptive = None;
             (cal.q, cal.delta)
         }
         _ => (0.0, 0.0),
     };
-    let adaptive = o
-        .adaptive_n0
-        .unwrap_or(model.defaults.adaptive_n0)
-        .then_some(model.selection_rule);
     Ok(Resolved {
         work: method.work(),
         method,
-        n0: bounded("options.n0", o.n0, model.defaults.n0, model.limits.max_n0)?,
+        n0,
         n,
         alpha: alpha(o.alpha, model)?,
         seed: o.seed.unwrap_or_else(fresh_seed),

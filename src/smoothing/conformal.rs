@@ -11,10 +11,12 @@ pub fn conformal_rank(m: usize, delta: f64) -> Option<usize> {
     if !(delta > 0.0 && delta < 1.0) || m == 0 {
         return None;
     }
-    // The product is an integer whenever (m + 1) * delta is one; the tolerance
-    // keeps 0.95 * 200 = 189.99999999999997 from rounding up to 191.
+    // The product is an integer whenever (m + 1) * delta is one; the absolute
+    // tolerance (far above f64's error for any m that fits in memory, far
+    // below a fractional part for delta of up to six decimals) keeps
+    // 0.95 * 201 = 190.95 at 191 and 0.95 * 200 = 189.99999999999997 at 190.
     let exact = (m as f64 + 1.0) * (1.0 - delta);
-    let rank = (exact - 1e-9 * exact.max(1.0)).ceil().max(1.0) as usize;
+    let rank = (exact - 1e-7).ceil().max(1.0) as usize;
     (rank <= m).then_some(rank)
 }
 
@@ -41,8 +43,8 @@ pub fn conformal_quantile(scores: &[f64], delta: f64) -> Result<(f64, usize), Sm
 /// chunks of `chunk` up to the cap n0; after each chunk the leading class is
 /// settled when the two-sided binomial test of the top two counts rejects
 /// p_A = p_B at level alpha / L, L = ceil(n0 / chunk) the most looks there
-/// can be. By Bonferroni over the looks, for each competing class B the
-/// chance of ever stopping on a class less likely than B is at most alpha.
+/// can be. By Bonferroni over the looks, the chance of stopping early on a
+/// class that is not the smoothed classifier's top class is at most alpha.
 /// At the cap, the leader is taken as fixed-n0 selection takes it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SequentialSelection {
