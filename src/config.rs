@@ -191,7 +191,7 @@ pub struct ModelConfig {
     pub adaptive_n0_chunk: u64,
     pub adaptive_n0_alpha: f64,
     /// AUTO falls back to Monte Carlo when the calibrated pA_lower is in
-    /// (auto_band_low, auto_band_high], or on a class mismatch.
+    /// [auto_band_low, auto_band_high], or on a class mismatch.
     pub auto_band_low: f64,
     pub auto_band_high: f64,
 }

@@ -166,7 +166,7 @@ enum Command {
         seed: u64,
         #[command(flatten)]
         adaptive: AdaptiveArgs,
-        /// AUTO falls back to Monte Carlo when the calibrated pA_lower is in (low, high].
+        /// AUTO falls back to Monte Carlo when the calibrated pA_lower is in [low, high].
         #[arg(long, default_value_t = smoothcert::config::DEFAULT_AUTO_BAND.0)]
         auto_band_low: f64,
         #[arg(long, default_value_t = smoothcert::config::DEFAULT_AUTO_BAND.1)]
@@ -205,6 +205,12 @@ enum Command {
         /// The overestimation probability to calibrate for.
         #[arg(long, default_value_t = 0.05)]
         delta: f64,
+        /// p-gap: s = p_hat[cA] - p_MC[cA], CALIBRATED takes q off p_hat[cA].
+        /// log-miss: s = ln(miss_MC + c) - ln(miss_hat + c), c = 1/(2N): the
+        /// surrogate's miss 1 - p_hat[cA] is scaled by e^q instead.
+        /// root-miss: s = (miss_MC + c)^(1/4) - (miss_hat + c)^(1/4).
+        #[arg(long, default_value = "p-gap", value_parser = ["p-gap", "log-miss", "root-miss"])]
+        score: String,
         /// Selection samples, as certification will draw them.
         #[arg(long, default_value_t = 100)]
         n0: u64,
@@ -542,6 +548,7 @@ fn main() -> Result<()> {
             bundle,
             counts,
             delta,
+            score,
             n0,
             alpha,
             seed,
@@ -554,6 +561,11 @@ fn main() -> Result<()> {
                     bundle: bundle.clone(),
                     counts,
                     delta,
+                    score: match score.as_str() {
+                        "log-miss" => smoothcert::smoothing::ConformalScore::LogMiss,
+                        "root-miss" => smoothcert::smoothing::ConformalScore::RootMiss,
+                        _ => smoothcert::smoothing::ConformalScore::PGap,
+                    },
                     n0,
                     alpha,
                     seed,
@@ -565,12 +577,13 @@ fn main() -> Result<()> {
             .context("calibrate failed")?;
             let c = &summary.calibration;
             println!(
-                "{}: calibrated on {} {} inputs at N = {}: q = {:.6} (rank {} of {}) for delta = {}; \
+                "{}: calibrated on {} {} inputs at N = {}, score {}: q = {:.6} (rank {} of {}) for delta = {}; \
                  {:.1}% of them overestimate (s > 0), {} class mismatches",
                 bundle.display(),
                 c.m,
                 c.split,
                 c.n,
+                c.score.as_str(),
                 c.q,
                 c.rank,
                 c.m,
@@ -584,7 +597,7 @@ fn main() -> Result<()> {
             );
             for b in &summary.bands {
                 println!(
-                    "  ({:.2}, {:.2}]: {:.1}% fall back, {:.1}% missed",
+                    "  [{:.2}, {:.2}]: {:.1}% fall back, {:.1}% missed",
                     b.low,
                     b.high,
                     100.0 * b.fallback_fraction,

@@ -11,7 +11,7 @@ use smoothcert::pipeline::counts::{
 };
 use smoothcert::pipeline::tail_map::{fit_tail_map, FitTailMapOptions};
 use smoothcert::pipeline::tsv::read_tsv;
-use smoothcert::smoothing::clopper_pearson_lower;
+use smoothcert::smoothing::{clopper_pearson_lower, ConformalScore};
 use smoothcert::testing::{rng_lock, write_threshold_bundle};
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -134,6 +134,7 @@ fn calibration_quantile_and_the_calibrated_and_auto_methods() {
         bundle: b.clone(),
         counts: vec![root.path().join("cal.safetensors")],
         delta,
+        score: ConformalScore::PGap,
         n0: 50,
         alpha: 0.001,
         seed: 2,
@@ -273,6 +274,7 @@ fn calibration_quantile_and_the_calibrated_and_auto_methods() {
         bundle: b.clone(),
         counts: vec![root.path().join("cal.safetensors")],
         delta: 0.01,
+        score: ConformalScore::PGap,
         n0: 50,
         alpha: 0.001,
         seed: 2,
@@ -346,6 +348,7 @@ fn tail_map_rescales_the_miss_and_fences_off_its_inputs() {
         bundle: b.clone(),
         counts: vec![root.path().join("fit.safetensors")],
         delta: 0.1,
+        score: ConformalScore::PGap,
         n0: 50,
         alpha: 0.001,
         seed: 2,
@@ -366,10 +369,12 @@ fn tail_map_rescales_the_miss_and_fences_off_its_inputs() {
         N,
         Some(Shard { index: 1, count: 2 }),
     );
+    // With the log-miss score, here: s = ln(m_MC + c) - ln(m_hat + c).
     let summary = calibrate(&CalibrateOptions {
         bundle: b.clone(),
         counts: vec![root.path().join("cal.safetensors")],
         delta: 0.1,
+        score: ConformalScore::LogMiss,
         n0: 50,
         alpha: 0.001,
         seed: 2,
@@ -378,20 +383,38 @@ fn tail_map_rescales_the_miss_and_fences_off_its_inputs() {
         device: Device::Cpu,
     })
     .unwrap();
-    let mapped_p0 = 1.0 - predicted * map.ratios[bin];
+    let mapped_miss = predicted * map.ratios[bin];
+    let c = 0.5 / N as f64;
     let mut s: Vec<f64> = (0..cal_counts.len())
-        .map(|i| mapped_p0 - f64::from(cal_counts.row(i)[0]) / N as f64)
+        .map(|i| {
+            let mc_miss = 1.0 - f64::from(cal_counts.row(i)[0]) / N as f64;
+            ((mc_miss + c) / (mapped_miss + c)).ln()
+        })
         .collect();
     s.sort_by(f64::total_cmp);
-    let rank = summary.calibration.rank;
-    assert_eq!((cal_counts.len(), rank), (12, 12));
-    assert!((summary.calibration.q - s[rank - 1]).abs() < 1e-5);
-    // A calibrated run of this bundle resumes (its q and map read back exactly).
+    let cal = &summary.calibration;
+    assert_eq!(
+        (cal_counts.len(), cal.rank, cal.score),
+        (12, 12, ConformalScore::LogMiss)
+    );
+    assert!(
+        (cal.q - s[cal.rank - 1]).abs() < 1e-4,
+        "{} vs {}",
+        cal.q,
+        s[11]
+    );
+    // CALIBRATED scales the miss by e^q; a run of this bundle resumes (its
+    // q and map read back exactly).
     let out = CertifyOptions {
         skip: 7_000,
         ..certify_opts(&b, &root.path().join("cal-run.tsv"), Method::Calibrated)
     };
     certify(&out).unwrap();
+    let expected = (N as f64 * (1.0 - ((mapped_miss + c) * cal.q.exp() - c))).round() as u64;
+    for r in read_tsv(&root.path().join("cal-run.tsv")).unwrap() {
+        assert!(r.count_a.abs_diff(expected) <= 2, "{r:?} vs {expected}");
+        assert_eq!(r.delta, Some(0.1));
+    }
     let again = certify(&out).unwrap();
     assert_eq!(again.resumed_rows, again.inputs);
 
@@ -407,6 +430,7 @@ fn tail_map_rescales_the_miss_and_fences_off_its_inputs() {
         bundle: b.clone(),
         counts: vec![root.path().join("small.safetensors")],
         delta: 0.1,
+        score: ConformalScore::PGap,
         n0: 50,
         alpha: 0.001,
         seed: 2,

@@ -975,11 +975,12 @@ async fn serves_over_tls() {
     server.wait().await.unwrap();
 }
 
-/// A copy of the shipped bundle, calibrated at a small n so that Monte Carlo
-/// fallbacks stay cheap: q is set by hand here (`calibrate` is tested on its
-/// own); the server only has to apply it.
-fn calibrated_copy(root: &std::path::Path, q: f64, n: u64) -> PathBuf {
-    let dir = root.join("calibrated");
+/// A copy of the shipped bundle with the given calibration (None: none).
+/// Tests calibrate at a small n so that Monte Carlo fallbacks stay cheap; q is
+/// set by hand here (`calibrate` is tested on its own): the server only has
+/// to apply it.
+fn bundle_copy(root: &std::path::Path, name: &str, calibration: Option<(f64, u64)>) -> PathBuf {
+    let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     for entry in std::fs::read_dir(bundle_dir()).unwrap() {
         let path = entry.unwrap().path();
@@ -988,17 +989,19 @@ fn calibrated_copy(root: &std::path::Path, q: f64, n: u64) -> PathBuf {
         }
     }
     let mut b = smoothcert::model::Bundle::load(&dir).unwrap();
-    b.surrogate.as_mut().unwrap().calibration = Some(smoothcert::model::Calibration {
-        delta: 0.05,
-        q,
-        m: 200,
-        rank: 191,
-        n,
-        n0: 100,
-        split: Split::Test,
-        inputs_file: "calibration_inputs.json".into(),
-        seed: 0,
-    });
+    b.surrogate.as_mut().unwrap().calibration =
+        calibration.map(|(q, n)| smoothcert::model::Calibration {
+            delta: 0.05,
+            score: smoothcert::smoothing::ConformalScore::PGap,
+            q,
+            m: 200,
+            rank: 191,
+            n,
+            n0: 100,
+            split: Split::Test,
+            inputs_file: "calibration_inputs.json".into(),
+            seed: 0,
+        });
     b.save().unwrap();
     dir
 }
@@ -1029,7 +1032,8 @@ fn certified(r: &pb::CertifyResponse) -> &pb::Certified {
 async fn calibrated_auto_and_adaptive_n0_over_grpc() {
     let root = tempfile::tempdir().unwrap();
     let (q, n) = (0.004, 2_000);
-    let cal = calibrated_copy(root.path(), q, n);
+    let cal = bundle_copy(root.path(), "calibrated", Some((q, n)));
+    let uncalibrated = bundle_copy(root.path(), "uncalibrated", None);
     let (server, mut client) = start(config_for(&[
         ("cal", &cal, ""),
         (
@@ -1037,7 +1041,7 @@ async fn calibrated_auto_and_adaptive_n0_over_grpc() {
             &cal,
             "auto_band_low = 0.0\nauto_band_high = 1.0",
         ),
-        ("plain", &bundle_dir(), ""),
+        ("plain", &uncalibrated, ""),
     ]))
     .await;
     let models = client
@@ -1080,6 +1084,7 @@ async fn calibrated_auto_and_adaptive_n0_over_grpc() {
         (p.delta, p.calibration_q, p.n0_drawn, p.adaptive_n0),
         (0.05, q, 100, false)
     );
+    assert_eq!(p.calibration_score, "p_gap");
     assert_eq!(plain.parameters.as_ref().unwrap().delta, 0.0);
     let (c, s) = (certified(&calibrated), certified(&plain));
     assert!(c.estimate && c.class_index == s.class_index);

@@ -88,8 +88,8 @@ pub struct Job {
     pub n: u64,
     pub alpha: f64,
     pub seed: u64,
-    /// Taken off p_hat[cA] (CALIBRATED's q); 0 otherwise.
-    pub offset: f64,
+    /// CALIBRATED's adjustment of p_hat[cA].
+    pub shift: Option<crate::smoothing::CalibrationShift>,
     pub adaptive: Option<crate::smoothing::SequentialSelection>,
     /// cA chosen already (AUTO's fallback): no selection samples.
     pub class_a: Option<usize>,
@@ -441,7 +441,7 @@ impl Worker {
             .iter()
             .enumerate()
             .map(|(i, j)| RequestParams {
-                offset: j.offset,
+                shift: j.shift,
                 adaptive: j.adaptive,
                 class_a: j.class_a,
                 ..RequestParams::new(i, j.n0, j.n, j.alpha, j.seed)

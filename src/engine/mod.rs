@@ -1,7 +1,7 @@
 //! Monte Carlo CERTIFY and PREDICT (Cohen et al. 2019) over a batch of inputs,
 //! on top of the model's noisy counting and the smoothing statistics.
 use crate::model::{Classifier, ModelError};
-use crate::smoothing::{self, Decision, SmoothingError};
+use crate::smoothing::{self, CalibrationShift, Decision, SmoothingError};
 use tch::Tensor;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -136,7 +136,7 @@ pub struct SurrogateEstimate {
     /// The surrogate's probability of cA.
     pub p_hat_a: f64,
     /// What was taken off p_hat_a before counting: 0 for the paper's method,
-    /// the calibration's q for CALIBRATED.
+    /// p_hat_a minus the calibrated probability for CALIBRATED.
     pub offset: f64,
     /// The surrogate's own top class.
     pub surrogate_class: usize,
@@ -166,7 +166,7 @@ pub fn certify_accelerated(
         .zip(&probs)
         .map(|(sel, p)| {
             let (class_a, _) = top_two(sel);
-            surrogate_estimate(class_a, p, 0.0, params.n, params.alpha, sigma)
+            surrogate_estimate(class_a, p, None, params.n, params.alpha, sigma)
         })
         .collect()
 }
@@ -191,20 +191,20 @@ pub fn surrogate_probs(
 }
 
 /// ACCELERATED's decision for class cA from the surrogate's probabilities,
-/// with `offset` taken off p_hat[cA] (CALIBRATED's q; 0 for the paper's method).
-fn surrogate_estimate(
+/// p_hat[cA] calibrated first when a shift is given (CALIBRATED).
+pub fn surrogate_estimate(
     class_a: usize,
     p: &[f64],
-    offset: f64,
+    shift: Option<CalibrationShift>,
     n: u64,
     alpha: f64,
     sigma: f64,
 ) -> Result<SurrogateEstimate, EngineError> {
     let surrogate_class = argmax(p);
     let p_hat_a = p.get(class_a).copied().unwrap_or(0.0);
-    let count_a = ((n as f64) * (p_hat_a - offset))
-        .round()
-        .clamp(0.0, n as f64) as u64;
+    let p_used = shift.map_or(p_hat_a, |s| s.apply(p_hat_a, n));
+    let offset = p_hat_a - p_used;
+    let count_a = ((n as f64) * p_used).round().clamp(0.0, n as f64) as u64;
     let decision = if surrogate_class == class_a {
         smoothing::certify_decision(class_a, count_a, n, alpha, sigma)?
     } else {
@@ -226,7 +226,7 @@ fn surrogate_estimate(
 
 /// AUTO's rule: where the calibrated estimate is not decisive, Monte Carlo
 /// decides. It falls back on a class mismatch, and when the calibrated
-/// pA_lower lies in (low, high]: close enough to 1/2 that the Monte Carlo
+/// pA_lower lies in [low, high]: close enough to 1/2 that the Monte Carlo
 /// certificate could certify where the estimate abstains (or certify a much
 /// larger radius than a barely positive estimate).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -252,7 +252,7 @@ impl AutoBand {
                 p_a_lower
             }
         };
-        estimate.surrogate_class != estimate.class_a || (p > self.low && p <= self.high)
+        estimate.surrogate_class != estimate.class_a || (p >= self.low && p <= self.high)
     }
 }
 

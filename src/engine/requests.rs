@@ -8,7 +8,7 @@ use super::{
     McCertificate, Prediction, SurrogateEstimate,
 };
 use crate::model::{splitmix64_mix, Classifier, NoiseStream};
-use crate::smoothing::SequentialSelection;
+use crate::smoothing::{CalibrationShift, SequentialSelection};
 use std::time::{Duration, Instant};
 use tch::Tensor;
 
@@ -21,8 +21,8 @@ pub struct RequestParams {
     pub n: u64,
     pub alpha: f64,
     pub seed: u64,
-    /// Taken off p_hat[cA] by the surrogate methods (CALIBRATED's q), else 0.
-    pub offset: f64,
+    /// CALIBRATED's adjustment of p_hat[cA]; None for the paper's method.
+    pub shift: Option<CalibrationShift>,
     /// Choose cA sequentially, stopping before n0 once the leader is settled.
     pub adaptive: Option<SequentialSelection>,
     /// cA already chosen (AUTO's Monte Carlo fallback): no selection samples.
@@ -30,7 +30,7 @@ pub struct RequestParams {
 }
 
 impl RequestParams {
-    /// Fixed-n0 selection, no offset, no class given.
+    /// Fixed-n0 selection, no calibration, no class given.
     pub fn new(input: usize, n0: u64, n: u64, alpha: f64, seed: u64) -> RequestParams {
         RequestParams {
             input,
@@ -38,7 +38,7 @@ impl RequestParams {
             n,
             alpha,
             seed,
-            offset: 0.0,
+            shift: None,
             adaptive: None,
             class_a: None,
         }
@@ -173,7 +173,7 @@ fn streams(
 /// timing and forward-pass counts.
 pub type Batch<T> = (Vec<Option<(T, Selected)>>, BatchTiming, PassCounts);
 
-/// ACCELERATED (or CALIBRATED, with the request's offset) for each request:
+/// ACCELERATED (or CALIBRATED, with the request's shift) for each request:
 /// selection samples pick cA, one surrogate pass over the batch.
 pub fn certify_surrogate(
     base: &Classifier,
@@ -203,7 +203,7 @@ pub fn certify_surrogate(
         .map(|(r, sel)| {
             let p = probs.get(r.input).map(Vec::as_slice).unwrap_or(&[]);
             sel.map(|sel| {
-                surrogate_estimate(sel.class_a, p, r.offset, r.n, r.alpha, sigma).map(|e| (e, sel))
+                surrogate_estimate(sel.class_a, p, r.shift, r.n, r.alpha, sigma).map(|e| (e, sel))
             })
             .transpose()
         })

@@ -147,15 +147,20 @@ impl TailMap {
     }
 }
 
-/// Split-conformal calibration of the surrogate's overestimation
-/// s = p_hat[cA] - p_MC[cA] on inputs held out from its training, with Monte
-/// Carlo counts at `n` samples: `q` is the ceil((m + 1)(1 - delta))-th
-/// smallest of the m scores. Method CALIBRATED uses p_hat[cA] - q, whose
-/// radius exceeds the Monte Carlo certificate's with probability at most
-/// `delta` over inputs exchangeable with the calibration inputs.
+/// Split-conformal calibration of the surrogate's overestimation score s
+/// (p_hat[cA] - p_MC[cA], or its log-miss form) on inputs held out from its
+/// training, with Monte Carlo counts at `n` samples: `q` is the
+/// ceil((m + 1)(1 - delta))-th smallest of the m scores. Method CALIBRATED
+/// uses the calibrated p_hat[cA] (p_hat - q for p_gap), whose radius exceeds
+/// the Monte Carlo certificate's with probability at most `delta` over inputs
+/// exchangeable with the calibration inputs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
     pub delta: f64,
+    /// How the scores were computed (and so how q is applied); p_gap when
+    /// a bundle does not say.
+    #[serde(default)]
+    pub score: crate::smoothing::ConformalScore,
     pub q: f64,
     /// Calibration inputs (scores).
     pub m: usize,
@@ -431,6 +436,7 @@ mod tests {
                 }),
                 calibration: Some(Calibration {
                     delta: 0.05,
+                    score: crate::smoothing::ConformalScore::LogMiss,
                     q: 0.0123,
                     m: 200,
                     rank: 191,

@@ -287,12 +287,31 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
         if let Some(c) = &calibration {
             let seed = crate::engine::input_seed(opts.seed, idx) as u64;
             let sigma = bundle.sigma();
+            let shift = crate::smoothing::CalibrationShift {
+                score: c.score,
+                q: c.q,
+            };
             let t = Instant::now();
-            certify_by_request(&base, Some(&surrogate), sigma, &x, &cal_opts, seed, c.q)?;
+            certify_by_request(
+                &base,
+                Some(&surrogate),
+                sigma,
+                &x,
+                &cal_opts,
+                seed,
+                Some(shift),
+            )?;
             cal.push(t.elapsed().as_secs_f64());
             let t = Instant::now();
-            let one =
-                certify_by_request(&base, Some(&surrogate), sigma, &x, &auto_opts, seed, c.q)?;
+            let one = certify_by_request(
+                &base,
+                Some(&surrogate),
+                sigma,
+                &x,
+                &auto_opts,
+                seed,
+                Some(shift),
+            )?;
             auto.push(t.elapsed().as_secs_f64());
             fallbacks += usize::from(one.method == Method::Mc);
         }

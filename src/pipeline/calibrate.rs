@@ -15,7 +15,7 @@ use crate::data;
 use crate::engine::requests::{self, RequestParams};
 use crate::engine::{self, AutoBand, EngineError};
 use crate::model::{Bundle, Calibration, Classifier};
-use crate::smoothing::{self, Decision};
+use crate::smoothing::{self, CalibrationShift, ConformalScore, Decision};
 use serde::Serialize;
 use std::path::PathBuf;
 use tch::Device;
@@ -28,6 +28,7 @@ pub struct CalibrateOptions {
     pub bundle: PathBuf,
     pub counts: Vec<PathBuf>,
     pub delta: f64,
+    pub score: ConformalScore,
     pub n0: u64,
     /// The certificate level used to tell which inputs Monte Carlo certifies (band table).
     pub alpha: f64,
@@ -48,7 +49,7 @@ pub struct Score {
     pub s: f64,
 }
 
-/// AUTO with fallback band (low, high] on these inputs. In-sample: the
+/// AUTO with fallback band [low, high] on these inputs. In-sample: the
 /// same scores set q, so on fresh inputs expect somewhat worse figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct BandFigures {
@@ -173,7 +174,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
             surrogate_class,
             p_hat_a,
             p_mc_a,
-            s: p_hat_a - p_mc_a,
+            s: opts.score.score(p_hat_a, p_mc_a, counts.meta.n),
         });
     }
     let s: Vec<f64> = scores.iter().map(|x| x.s).collect();
@@ -181,6 +182,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
     debug_assert_eq!(got_rank, rank);
     let calibration = Calibration {
         delta: opts.delta,
+        score: opts.score,
         q,
         m,
         rank,
@@ -192,7 +194,13 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
     };
     let bands = [0.0, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5]
         .iter()
-        .map(|&low| band_figures(&scores, &counts, q, low, 0.5, opts.alpha, sigma))
+        .map(|&low| {
+            let shift = CalibrationShift {
+                score: opts.score,
+                q,
+            };
+            band_figures(&scores, &counts, shift, low, 0.5, opts.alpha, sigma)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let summary = CalibrationSummary {
         calibration: calibration.clone(),
@@ -225,7 +233,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
 fn band_figures(
     scores: &[Score],
     counts: &Counts,
-    q: f64,
+    shift: CalibrationShift,
     low: f64,
     high: f64,
     alpha: f64,
@@ -235,19 +243,17 @@ fn band_figures(
     let n = counts.meta.n;
     let (mut fallback, mut missed) = (0usize, 0usize);
     for (i, sc) in scores.iter().enumerate() {
-        let k_cal = ((n as f64) * (sc.p_hat_a - q)).round().clamp(0.0, n as f64) as u64;
-        let p_cal = smoothing::clopper_pearson_lower(k_cal, n, alpha).map_err(EngineError::from)?;
-        let estimate = engine::SurrogateEstimate {
-            class_a: sc.class_a,
-            p_hat_a: sc.p_hat_a,
-            offset: q,
-            surrogate_class: sc.surrogate_class,
-            count_a: k_cal,
-            n,
-            decision: Decision::Abstain {
-                reason: smoothing::AbstainReason::LowConfidence,
-                p_a_lower: p_cal,
-            },
+        let mut p = vec![0.0; counts.meta.num_classes];
+        // Only p_hat[cA] and the surrogate's class matter to the estimate.
+        p[sc.class_a] = sc.p_hat_a;
+        if sc.surrogate_class != sc.class_a {
+            p[sc.surrogate_class] = 2.0;
+        }
+        let estimate = engine::surrogate_estimate(sc.class_a, &p, Some(shift), n, alpha, sigma)?;
+        let p_cal = match estimate.decision {
+            Decision::Certified { p_a_lower, .. } | Decision::Abstain { p_a_lower, .. } => {
+                p_a_lower
+            }
         };
         let mc_count = counts.row(i)[sc.class_a].max(0) as u64;
         let mc_certifies = smoothing::certify_decision(sc.class_a, mc_count, n, alpha, sigma)

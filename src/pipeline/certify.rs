@@ -8,7 +8,7 @@ use crate::data::Split;
 use crate::engine::requests::{self, RequestParams};
 use crate::engine::{self, AutoBand, CertifyParams};
 use crate::model::{Bundle, Classifier};
-use crate::smoothing::{Decision, SequentialSelection};
+use crate::smoothing::{CalibrationShift, Decision, SequentialSelection};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -115,9 +115,9 @@ struct RunParams {
     /// Adaptive n0 (chunk, alpha); absent for fixed n0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     adaptive: Option<(u64, f64)>,
-    /// CALIBRATED and AUTO: the calibration's (q, delta).
+    /// CALIBRATED and AUTO: the calibration's (q, delta, score).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    calibration: Option<(f64, f64)>,
+    calibration: Option<(f64, f64, crate::smoothing::ConformalScore)>,
     /// AUTO: the fallback band (low, high).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     auto_band: Option<(f64, f64)>,
@@ -211,7 +211,7 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         batch: opts.params.batch,
         device: format!("{:?}", opts.device),
         adaptive: opts.adaptive.map(|a| (a.chunk, a.alpha)),
-        calibration: calibration.as_ref().map(|c| (c.q, c.delta)),
+        calibration: calibration.as_ref().map(|c| (c.q, c.delta, c.score)),
         auto_band: (opts.method == Method::Auto)
             .then_some((opts.auto_band.low, opts.auto_band.high)),
         tail_map: match opts.method {
@@ -271,7 +271,10 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         _ => Some(Classifier::load_surrogate(&bundle, opts.device)?),
     };
     let by_request = calibration.is_some() || opts.adaptive.is_some();
-    let offset = calibration.as_ref().map_or(0.0, |c| c.q);
+    let shift = calibration.as_ref().map(|c| CalibrationShift {
+        score: c.score,
+        q: c.q,
+    });
     let sigma = bundle.sigma();
     let [c, h, w] = bundle.input_shape.map(|d| d as i64);
     let bar = progress_bar(
@@ -289,7 +292,7 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
             .to_device(opts.device);
         let one = if by_request {
             let seed = engine::input_seed(opts.seed, idx) as u64;
-            certify_by_request(&model, surrogate.as_ref(), sigma, &x, opts, seed, offset)?
+            certify_by_request(&model, surrogate.as_ref(), sigma, &x, opts, seed, shift)?
         } else {
             match &surrogate {
                 None => engine::certify(&model, sigma, &x, &opts.params)?
@@ -405,11 +408,11 @@ pub(crate) fn certify_by_request(
     x: &Tensor,
     opts: &CertifyOptions,
     seed: u64,
-    offset: f64,
+    shift: Option<CalibrationShift>,
 ) -> Result<One, PipelineError> {
     let p = &opts.params;
     let req = RequestParams {
-        offset,
+        shift,
         adaptive: opts.adaptive,
         ..RequestParams::new(0, p.n0, p.n, p.alpha, seed)
     };

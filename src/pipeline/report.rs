@@ -636,7 +636,10 @@ fn comparison_markdown(comparisons: &[Comparison]) -> String {
             .iter()
             .find(|c| c.estimate_methods.len() == 1 && c.estimate_methods.contains_key(m))
     };
-    if let (Some(sur), Some(cal)) = (only("surrogate"), only("calibrated")) {
+    let calibrated = comparisons
+        .iter()
+        .filter(|c| c.estimate_methods.len() == 1 && c.estimate_methods.contains_key("calibrated"));
+    for (sur, cal) in calibrated.filter_map(|cal| only("surrogate").map(|sur| (sur, cal))) {
         out.push_str(&format!(
             "\nCertified-accuracy cost of calibration ({} minus {}, pp):\n\n| r | cost |\n| ---: | ---: |\n",
             escape_md(&cal.estimate),
@@ -702,13 +705,28 @@ fn markdown(files: &[FileReport], radii: &[f64], all_rows: &[Vec<CertRow>]) -> S
                 "nominal n"
             };
             out.push_str(&format!(
-                "{}: n0 = {}, {n_kind} = {}, alpha = {}, sigma = {}\n",
+                "{}: n0 = {}, {n_kind} = {}, alpha = {}, sigma = {}",
                 escape_md(&f.summary.name),
                 field("n0"),
                 field("n"),
                 field("alpha"),
                 field("sigma")
             ));
+            // CALIBRATED and AUTO: (q, delta, score), and AUTO's band.
+            if let Some(c) = p.get("calibration").and_then(|c| c.as_array()) {
+                let at = |i: usize| c.get(i).map_or("?".to_string(), |v| v.to_string());
+                out.push_str(&format!(
+                    ", calibration delta = {}, score {}, q = {}",
+                    at(1),
+                    at(2).trim_matches('"'),
+                    at(0)
+                ));
+            }
+            if let Some(b) = p.get("auto_band").and_then(|b| b.as_array()) {
+                let at = |i: usize| b.get(i).map_or("?".to_string(), |v| v.to_string());
+                out.push_str(&format!(", AUTO band [{}, {}]", at(0), at(1)));
+            }
+            out.push('\n');
         }
     }
     if any_estimate {

@@ -158,7 +158,7 @@ impl CertifierService {
             n: r.n,
             alpha: r.alpha,
             seed: r.seed,
-            offset: r.offset,
+            shift: r.shift,
             adaptive: r.adaptive,
             class_a,
             deadline,
@@ -358,7 +358,12 @@ fn parameters(
         seed: r.seed,
         model_version: model.bundle.version.clone(),
         delta: if calibrated { r.delta } else { 0.0 },
-        calibration_q: if calibrated { r.offset } else { 0.0 },
+        calibration_q: r.shift.filter(|_| calibrated).map_or(0.0, |s| s.q),
+        calibration_score: r
+            .shift
+            .filter(|_| calibrated)
+            .map(|s| s.score.as_str().to_string())
+            .unwrap_or_default(),
         n0_drawn,
         adaptive_n0: r.adaptive.is_some(),
     }

@@ -138,8 +138,8 @@ pub struct Resolved {
     pub n: u64,
     pub alpha: f64,
     pub seed: u64,
-    /// CALIBRATED and AUTO: the bundle's q (taken off p_hat[cA]) and delta.
-    pub offset: f64,
+    /// CALIBRATED and AUTO: the bundle's calibration (score and q) and delta.
+    pub shift: Option<crate::smoothing::CalibrationShift>,
     pub delta: f64,
     pub adaptive: Option<crate::smoothing::SequentialSelection>,
 }
@@ -173,7 +173,7 @@ pub fn certify_options(
         .adaptive_n0
         .unwrap_or(model.defaults.adaptive_n0)
         .then_some(model.selection_rule);
-    let (offset, delta) = match method {
+    let (shift, delta) = match method {
         Method::Calibrated | Method::Auto => {
             let cal = surrogate.and_then(|s| s.calibration.as_ref()).ok_or_else(|| {
                 ServiceError::invalid(
@@ -215,9 +215,13 @@ pub fn certify_options(
                 ));
             }
             adaptive = None;
-            (cal.q, cal.delta)
+            let shift = crate::smoothing::CalibrationShift {
+                score: cal.score,
+                q: cal.q,
+            };
+            (Some(shift), cal.delta)
         }
-        _ => (0.0, 0.0),
+        _ => (None, 0.0),
     };
     Ok(Resolved {
         work: method.work(),
@@ -226,7 +230,7 @@ pub fn certify_options(
         n,
         alpha: alpha(o.alpha, model)?,
         seed: o.seed.unwrap_or_else(fresh_seed),
-        offset,
+        shift,
         delta,
         adaptive,
     })
@@ -245,7 +249,7 @@ pub fn predict_options(
         n: bounded("options.n", o.n, model.defaults.n, model.limits.max_n)?,
         alpha: alpha(o.alpha, model)?,
         seed: o.seed.unwrap_or_else(fresh_seed),
-        offset: 0.0,
+        shift: None,
         delta: 0.0,
         adaptive: None,
     })

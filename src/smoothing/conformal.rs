@@ -2,6 +2,94 @@
 //! cA (adaptive n0): the two pieces of statistics the methods beyond the
 //! paper add, torch-free like the rest of `smoothing`.
 use super::{binomial_test_two_sided, SmoothingError};
+use serde::{Deserialize, Serialize};
+
+/// How a calibration input's overestimation is scored. Split conformal
+/// holds for any score; the score decides how tight the bound is where.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConformalScore {
+    /// s = p_hat[cA] - p_MC[cA]; CALIBRATED uses p_hat[cA] - q. One shift for
+    /// every input: it must cover the surrogate's worst band (pA around
+    /// 0.9), so it also takes q off the confident inputs, capping the radius.
+    #[default]
+    PGap,
+    /// s = ln(m_MC + c) - ln(m_hat + c) with m = 1 - p[cA] the miss and
+    /// c = 1/(2N): the surrogate's miss scaled by e^q, a relative correction
+    /// that stays small where the miss is small but grows large in the middle.
+    LogMiss,
+    /// s = (m_MC + c)^(1/4) - (m_hat + c)^(1/4): between the two, a shift
+    /// that is nearly additive where the miss is large and nearly relative
+    /// where it is small.
+    RootMiss,
+}
+
+impl ConformalScore {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConformalScore::PGap => "p_gap",
+            ConformalScore::LogMiss => "log_miss",
+            ConformalScore::RootMiss => "root_miss",
+        }
+    }
+
+    /// The score of one input whose surrogate says `p_hat` and whose Monte
+    /// Carlo count over `n` samples gives `p_mc`.
+    pub fn score(self, p_hat: f64, p_mc: f64, n: u64) -> f64 {
+        match self {
+            ConformalScore::PGap => p_hat - p_mc,
+            ConformalScore::LogMiss => {
+                let c = half_sample(n);
+                ((1.0 - p_mc).max(0.0) + c).ln() - ((1.0 - p_hat).max(0.0) + c).ln()
+            }
+            ConformalScore::RootMiss => {
+                let c = half_sample(n);
+                ((1.0 - p_mc).max(0.0) + c).powf(0.25) - ((1.0 - p_hat).max(0.0) + c).powf(0.25)
+            }
+        }
+    }
+
+    /// The calibrated probability: the least p_MC with score(p_hat, p_MC) <= q,
+    /// so that a score within q means p_MC >= this value.
+    pub fn calibrated(self, p_hat: f64, q: f64, n: u64) -> f64 {
+        match self {
+            ConformalScore::PGap => p_hat - q,
+            ConformalScore::LogMiss => {
+                let c = half_sample(n);
+                1.0 - (((1.0 - p_hat).max(0.0) + c) * q.exp() - c)
+            }
+            ConformalScore::RootMiss => {
+                let c = half_sample(n);
+                let root = ((1.0 - p_hat).max(0.0) + c).powf(0.25) + q;
+                // Below zero no miss scores within q: the bound is then 1,
+                // and never reached (p_MC = 1 scores c^(1/4) - root_hat > q).
+                if root <= 0.0 {
+                    1.0
+                } else {
+                    1.0 - (root.powi(4) - c)
+                }
+            }
+        }
+        .clamp(0.0, 1.0)
+    }
+}
+
+fn half_sample(n: u64) -> f64 {
+    0.5 / n.max(1) as f64
+}
+
+/// CALIBRATED's adjustment of p_hat[cA]: a score and its quantile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CalibrationShift {
+    pub score: ConformalScore,
+    pub q: f64,
+}
+
+impl CalibrationShift {
+    pub fn apply(&self, p_hat: f64, n: u64) -> f64 {
+        self.score.calibrated(p_hat, self.q, n)
+    }
+}
 
 /// The finite-sample conformal rank ceil((m + 1)(1 - delta)), from 1: the
 /// rank among m sorted calibration scores whose value bounds a fresh,

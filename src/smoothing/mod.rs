@@ -10,7 +10,9 @@
 mod binomial;
 mod conformal;
 
-pub use conformal::{conformal_quantile, conformal_rank, SequentialSelection};
+pub use conformal::{
+    conformal_quantile, conformal_rank, CalibrationShift, ConformalScore, SequentialSelection,
+};
 
 use serde::{Deserialize, Serialize};
 

@@ -684,3 +684,38 @@ fn sequential_selection_stops_when_the_bonferroni_test_rejects() {
     .validate()
     .is_err());
 }
+
+#[test]
+fn calibrated_probability_is_the_boundary_of_the_score() {
+    // For both scores: a Monte Carlo p at or above the calibrated value scores
+    // at most q, and one below it scores more than q (monotone in p_MC). Grid
+    // over the whole range, tails included.
+
+    let n = 100_000;
+    let ps = [0.0, 0.3, 0.5, 0.9, 0.97, 0.999, 0.99995, 1.0];
+    for score in [
+        ConformalScore::PGap,
+        ConformalScore::LogMiss,
+        ConformalScore::RootMiss,
+    ] {
+        for &p_hat in &ps {
+            for q in [-0.5, -0.01, 0.0, 0.004, 0.07, 0.9, 2.0] {
+                let cal = score.calibrated(p_hat, q, n);
+                assert!((0.0..=1.0).contains(&cal));
+                for k in (0..=n).step_by(997).chain([n]) {
+                    let p_mc = k as f64 / n as f64;
+                    let s = score.score(p_hat, p_mc, n);
+                    if p_mc >= cal + 1e-12 {
+                        assert!(s <= q + 1e-9, "{score:?} p_hat {p_hat} q {q} p_mc {p_mc}");
+                    } else if p_mc < cal - 1e-12 {
+                        assert!(s > q - 1e-9, "{score:?} p_hat {p_hat} q {q} p_mc {p_mc}");
+                    }
+                }
+            }
+        }
+    }
+    // log_miss by hand: miss 1e-3, q = ln 2 doubles it (plus c = 5e-6).
+    let got = ConformalScore::LogMiss.calibrated(0.999, 2f64.ln(), n);
+    assert!((got - (1.0 - (2.0 * (1e-3 + 5e-6) - 5e-6))).abs() < 1e-12);
+    assert_eq!(ConformalScore::PGap.calibrated(0.95, 0.07, n), 0.95 - 0.07);
+}
