@@ -19,6 +19,7 @@ import sys
 
 import grpc
 from google.protobuf import descriptor_pool, json_format, message_factory
+from google.protobuf.descriptor import FieldDescriptor
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -52,10 +53,27 @@ def describe(pool, symbol):
         return
     msg = pool.FindMessageTypeByName(symbol)
     print(f"{msg.full_name} is a message:")
+    scalar = {
+        v: k[len("TYPE_"):].lower()
+        for k, v in vars(FieldDescriptor).items()
+        if k.startswith("TYPE_") and isinstance(v, int)
+    }
     for f in msg.fields:
-        kind = f.message_type.full_name if f.message_type else f.enum_type.full_name if f.enum_type else f.type
-        oneof = f" (oneof {f.containing_oneof.name})" if f.containing_oneof else ""
-        print(f"  {f.name} = {f.number}: {kind}{oneof}")
+        if f.message_type:
+            kind = "." + f.message_type.full_name
+        elif f.enum_type:
+            kind = "." + f.enum_type.full_name
+        else:
+            kind = scalar.get(f.type, str(f.type))
+        # protobuf >= 6.32 has is_repeated (and deprecates label).
+        flag = getattr(f, "is_repeated", None)
+        if flag is None:
+            flag = f.label == FieldDescriptor.LABEL_REPEATED
+        elif callable(flag):
+            flag = flag()
+        repeated = "repeated " if flag else ""
+        oneof = f"  // oneof {f.containing_oneof.name}" if f.containing_oneof else ""
+        print(f"  {repeated}{kind} {f.name} = {f.number};{oneof}")
 
 
 def main(argv):
