@@ -124,7 +124,7 @@ $B report "$reports/mc.tsv" "$reports/surrogate.tsv" "$reports/calibrated.tsv" "
     "$reports/calibrated-root-miss.tsv" "$reports/auto-root-miss.tsv" \
     "$reports/surrogate-no-tail-map.tsv" --radii 0,0.25,0.5,0.75 \
     --out-dir "$reports" | tee "$reports/report.md"
-$B bench-certify --bundle "$bundle" --inputs 10 --n "$nominal_n" --batch "$batch" --device "$device" \
+$B bench-certify --bundle "$bundle" --inputs 50 --n "$nominal_n" --batch "$batch" --device "$device" \
     --out "$reports/bench-certify.json" | tee "$reports/bench-certify.md"
 $B bench-adaptive --bundle "$bundle" --inputs 200 --device "$device" \
     --out "$reports/bench-adaptive.json" | tee "$reports/bench-adaptive.md"

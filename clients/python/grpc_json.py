@@ -36,22 +36,51 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def describe(pool, symbol):
+def lookup(find, name):
+    """A descriptor by name, or None: a miss is a KeyError from the pool, or a
+    NOT_FOUND from the server's reflection behind it."""
     try:
-        svc = pool.FindServiceByName(symbol)
-    except KeyError:
-        svc = None
+        return find(name)
+    except (KeyError, TypeError, grpc.RpcError):
+        # TypeError: the pool refusing a file it already holds, when a name
+        # of one kind was looked up as another.
+        return None
+
+
+def rpc_line(m):
+    stream_in = "stream " if m.client_streaming else ""
+    stream_out = "stream " if m.server_streaming else ""
+    return (
+        f"rpc {m.name} ( {stream_in}.{m.input_type.full_name} ) "
+        f"returns ( {stream_out}.{m.output_type.full_name} );"
+    )
+
+
+def describe(pool, symbol):
+    symbol = symbol.lstrip(".")
+    svc = lookup(pool.FindServiceByName, symbol)
     if svc is not None:
         print(f"{svc.full_name} is a service:")
         for m in svc.methods:
-            stream_in = "stream " if m.client_streaming else ""
-            stream_out = "stream " if m.server_streaming else ""
-            print(
-                f"  rpc {m.name} ( {stream_in}.{m.input_type.full_name} ) "
-                f"returns ( {stream_out}.{m.output_type.full_name} );"
-            )
-        return
-    msg = pool.FindMessageTypeByName(symbol)
+            print(f"  {rpc_line(m)}")
+        return True
+    service, _, name = symbol.rpartition(".")
+    owner = lookup(pool.FindServiceByName, service) if service else None
+    m = owner.methods_by_name.get(name) if owner is not None else None
+    if m is not None:
+        print(f"{m.full_name} is a method:")
+        print(f"  {rpc_line(m)}")
+        return True
+    msg = lookup(pool.FindMessageTypeByName, symbol)
+    if msg is None:
+        enum = lookup(pool.FindEnumTypeByName, symbol)
+        if enum is None:
+            print(f"Failed to resolve symbol {symbol!r}", file=sys.stderr)
+            return False
+        print(f"{enum.full_name} is an enum:")
+        for v in enum.values:
+            print(f"  {v.name} = {v.number};")
+        return True
     print(f"{msg.full_name} is a message:")
     scalar = {
         v: k[len("TYPE_"):].lower()
@@ -72,8 +101,14 @@ def describe(pool, symbol):
         elif callable(flag):
             flag = flag()
         repeated = "repeated " if flag else ""
-        oneof = f"  // oneof {f.containing_oneof.name}" if f.containing_oneof else ""
+        # proto3 `optional` fields sit in synthetic oneofs named _<field>.
+        o = f.containing_oneof
+        synthetic = o is not None and len(o.fields) == 1 and o.name == "_" + f.name
+        if synthetic:
+            repeated = "optional "
+        oneof = f"  // oneof {o.name}" if o is not None and not synthetic else ""
         print(f"  {repeated}{kind} {f.name} = {f.number};{oneof}")
+    return True
 
 
 def main(argv):
@@ -97,8 +132,7 @@ def main(argv):
             if not args.symbol:
                 print("describe needs a symbol", file=sys.stderr)
                 return 2
-            describe(pool, args.symbol)
-            return 0
+            return 0 if describe(pool, args.symbol) else 2
         service, _, method_name = args.verb.replace("/", ".").rpartition(".")
         if not service:
             print(f"{args.verb!r} is not SERVICE/METHOD", file=sys.stderr)
@@ -116,7 +150,13 @@ def main(argv):
             request_serializer=request_cls.SerializeToString,
             response_deserializer=response_cls.FromString,
         )
-        metadata = [tuple(part.strip() for part in h.split(":", 1)) for h in args.headers]
+        metadata = []
+        for h in args.headers:
+            name, sep, value = h.partition(":")
+            if not sep or not name.strip():
+                print(f"-H {h!r} is not 'name: value'", file=sys.stderr)
+                return 2
+            metadata.append((name.strip().lower(), value.strip()))
         response = call(request, metadata=metadata or None, timeout=600)
         print(json_format.MessageToJson(response))
         return 0

@@ -253,7 +253,7 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
         .surrogate
         .as_ref()
         .and_then(|s| s.calibration.clone())
-        .filter(|c| c.n == opts.params.n);
+        .filter(|c| c.n == opts.params.n && c.n0 == opts.params.n0);
     let by_request = |method: Method| super::certify::CertifyOptions {
         bundle: opts.bundle.clone(),
         method,

@@ -1,12 +1,13 @@
 //! `calibrate`: split-conformal calibration of the surrogate. On inputs held
 //! out from its training, with Monte Carlo counts at the bundle's nominal N,
-//! the overestimation score s = p_hat[cA] - p_MC[cA] is computed for each
-//! input (cA chosen by n0 base-classifier samples, exactly as certification
-//! chooses it), and q is the ceil((m + 1)(1 - delta))-th smallest score. For a
-//! fresh input exchangeable with these, P(s > q) <= delta; since method
-//! CALIBRATED counts round(N (p_hat[cA] - q)) <= N p_MC[cA] whenever s <= q,
-//! its radius exceeds the Monte Carlo certificate's with probability at most
-//! delta. Also measures, for candidate AUTO bands, how often AUTO would fall
+//! the overestimation score s (p_hat[cA] - p_MC[cA] for p_gap; see
+//! `ConformalScore`) is computed for each input (cA chosen by n0
+//! base-classifier samples, exactly as certification chooses it), and q is the
+//! ceil((m + 1)(1 - delta))-th smallest score. For a fresh input exchangeable
+//! with these, P(s > q) <= delta; since method CALIBRATED counts
+//! round(N p_cal) <= N p_MC[cA] whenever s <= q (p_cal = p_hat[cA] - q for
+//! p_gap), its radius exceeds the Monte Carlo certificate's with probability
+//! at most delta. Also measures, for candidate AUTO bands, how often AUTO would fall
 //! back and how many Monte Carlo certificates it would still miss.
 use super::counts::Counts;
 use super::surrogate::SurrogateInputs;

@@ -24,8 +24,9 @@ pub enum Method {
     /// Accelerated Smoothing: cA from n0 samples, the count predicted by the
     /// bundle's surrogate. An estimate of the Monte Carlo certificate, not a guarantee.
     Surrogate,
-    /// The surrogate with p_hat[cA] lowered by the bundle's conformal quantile q:
-    /// exceeds the Monte Carlo radius with probability at most delta. An estimate.
+    /// The surrogate with p_hat[cA] lowered by the bundle's conformal calibration
+    /// (p_hat - q for the p_gap score): exceeds the Monte Carlo radius with
+    /// probability at most delta. An estimate.
     Calibrated,
     /// Calibrated where decisive, else Monte Carlo with the same cA; each row
     /// names the method that produced it.
@@ -238,8 +239,14 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
     }
     if has_rows {
         let text = std::fs::read_to_string(&params_path).map_err(io_err(&params_path))?;
-        let previous: RunParams = serde_json::from_str(&text)
-            .map_err(|e| PipelineError::Invalid(format!("{}: {e}", params_path.display())))?;
+        let previous: RunParams = serde_json::from_str(&text).map_err(|e| {
+            PipelineError::Invalid(format!(
+                "{} was started with other parameters ({} is not this version's: {e}); \
+                 remove it or choose another --out",
+                opts.out.display(),
+                params_path.display()
+            ))
+        })?;
         if previous != run {
             return Err(PipelineError::Invalid(format!(
                 "{} was started with other parameters ({previous:?}); \

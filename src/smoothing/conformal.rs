@@ -36,6 +36,10 @@ impl ConformalScore {
     /// The score of one input whose surrogate says `p_hat` and whose Monte
     /// Carlo count over `n` samples gives `p_mc`.
     pub fn score(self, p_hat: f64, p_mc: f64, n: u64) -> f64 {
+        if !p_hat.is_finite() || !p_mc.is_finite() {
+            // Refused by the quantile, rather than read as a sure prediction.
+            return f64::NAN;
+        }
         match self {
             ConformalScore::PGap => p_hat - p_mc,
             ConformalScore::LogMiss => {
@@ -52,6 +56,9 @@ impl ConformalScore {
     /// The calibrated probability: the least p_MC with score(p_hat, p_MC) <= q,
     /// so that a score within q means p_MC >= this value.
     pub fn calibrated(self, p_hat: f64, q: f64, n: u64) -> f64 {
+        if !p_hat.is_finite() || !q.is_finite() {
+            return 0.0;
+        }
         match self {
             ConformalScore::PGap => p_hat - q,
             ConformalScore::LogMiss => {
