@@ -462,9 +462,18 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
         });
     }
 
-    // With one Monte Carlo file, every other file is compared against it.
+    // With one Monte Carlo file, every other file is compared against it. An
+    // AUTO run is never the reference, even where every row fell back.
     let mc: Vec<usize> = (0..files.len())
         .filter(|&i| radius_kind(&methods(&all_rows[i])) == "certificate")
+        .filter(|&i| {
+            reports[i]
+                .run_params
+                .as_ref()
+                .and_then(|p| p.get("method"))
+                .and_then(|m| m.as_str())
+                != Some("auto")
+        })
         .collect();
     let mut not_compared = Vec::new();
     let comparisons: Vec<Comparison> = match mc.as_slice() {
@@ -1122,6 +1131,26 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["certified_accuracy.png", "report.json"]);
+    }
+
+    #[test]
+    fn an_auto_run_that_always_fell_back_is_compared_not_the_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let mc = dir.path().join("mc.tsv");
+        let auto = dir.path().join("auto.tsv");
+        write(&mc, &rows());
+        write(&auto, &rows());
+        std::fs::write(
+            crate::fsutil::sidecar(&auto, "params.json"),
+            r#"{"method": "auto"}"#,
+        )
+        .unwrap();
+        let out = dir.path().join("report");
+        let md = run_report(&[mc, auto], &ReportOptions::new(&out)).unwrap();
+        assert!(
+            md.contains("auto (mc 8) against mc (Monte Carlo certificate)"),
+            "{md}"
+        );
     }
 
     #[test]
