@@ -69,9 +69,17 @@ if ! grep -q '^\[surrogate\]' "$bundle/model.toml"; then
         --epochs 30 --init-from-base --nominal-n "$nominal_n" --device "$device"
 fi
 
+# certify_eval METHOD OUT: the evaluation images by one method. A finished
+# run (its summary written) is left as it is, whatever TSV format it was
+# written in; an interrupted one resumes.
+certify_eval() {
+    [ -f "${2%.tsv}.summary.json" ] && return 0
+    $B certify --bundle "$bundle" --method "$1" --split test --skip "$eval_skip" --n0 100 \
+        --n "$nominal_n" --alpha 0.001 --batch "$batch" --device "$device" --out "$2"
+}
+
 mkdir -p "$reports"
-$B certify --bundle "$bundle" --method mc --split test --skip "$eval_skip" --n0 100 \
-    --n "$nominal_n" --alpha 0.001 --batch "$batch" --device "$device" --out "$reports/mc.tsv"
+certify_eval mc "$reports/mc.tsv"
 
 # The tail map, on held-out test images (their counts are committed under counts/).
 tail_counts=${COUNTS_TAIL:-counts/fashion-mnist-sigma0.25/test-n10000-skip5}
@@ -84,9 +92,7 @@ for i in 1 2 3 4 6 7 8 9; do
 done
 if ! grep -q '^\[surrogate.tail_map\]' "$bundle/model.toml"; then
     # The paper's surrogate as trained, for the record, before the map changes it.
-    $B certify --bundle "$bundle" --method surrogate --split test --skip "$eval_skip" --n0 100 \
-        --n "$nominal_n" --alpha 0.001 --batch "$batch" --device "$device" \
-        --out "$reports/surrogate-no-tail-map.tsv"
+    certify_eval surrogate "$reports/surrogate-no-tail-map.tsv"
     $B fit-tail-map --bundle "$bundle" --counts "${tail_files[@]}" --device "$device"
 fi
 
@@ -101,9 +107,7 @@ calibrate() { # score, then where the summary goes
 }
 certify_calibrated() { # suffix of the TSV names
     for method in calibrated auto; do
-        $B certify --bundle "$bundle" --method "$method" --split test --skip "$eval_skip" --n0 100 \
-            --n "$nominal_n" --alpha 0.001 --batch "$batch" --device "$device" \
-            --out "$reports/$method$1.tsv"
+        certify_eval "$method" "$reports/$method$1.tsv"
     done
 }
 if ! grep -q '^\[surrogate.calibration\]' "$bundle/model.toml"; then
@@ -118,8 +122,7 @@ if ! grep -q '^\[surrogate.calibration\]' "$bundle/model.toml"; then
 fi
 certify_calibrated ""
 
-$B certify --bundle "$bundle" --method surrogate --split test --skip "$eval_skip" --n0 100 \
-    --n "$nominal_n" --alpha 0.001 --batch "$batch" --device "$device" --out "$reports/surrogate.tsv"
+certify_eval surrogate "$reports/surrogate.tsv"
 $B report "$reports/mc.tsv" "$reports/surrogate.tsv" "$reports/calibrated.tsv" "$reports/auto.tsv" \
     "$reports/calibrated-root-miss.tsv" "$reports/auto-root-miss.tsv" \
     "$reports/surrogate-no-tail-map.tsv" --radii 0,0.25,0.5,0.75 \
