@@ -11,7 +11,7 @@
 //! back and how many Monte Carlo certificates it would still miss.
 use super::counts::Counts;
 use super::surrogate::SurrogateInputs;
-use super::{io_err, write_json, InputList, PipelineError};
+use super::{write_json, InputList, PipelineError};
 use crate::data;
 use crate::engine::requests::{self, RequestParams};
 use crate::engine::{self, AutoBand, EngineError};
@@ -95,14 +95,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
         ));
     }
     let counts = super::counts::merge_counts_in_memory(&opts.counts)?;
-    let base = bundle.base_path();
-    let fingerprint = crate::fsutil::fingerprint(&base).map_err(io_err(&base))?;
-    if counts.meta.base_weights_fnv1a != fingerprint {
-        return Err(PipelineError::Invalid(format!(
-            "the counts were sampled from another base classifier than {}",
-            opts.bundle.display()
-        )));
-    }
+    counts.check_base(&bundle, &super::base_fingerprint(&bundle)?)?;
     if counts.meta.n != spec.nominal_n {
         return Err(PipelineError::Invalid(format!(
             "the counts are at N = {}, the surrogate stands in for N = {}: calibrate with counts \
@@ -110,13 +103,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
             counts.meta.n, spec.nominal_n
         )));
     }
-    let trained = SurrogateInputs::fitted(&bundle)?;
-    let seen: std::collections::HashSet<i64> = trained
-        .of_split(counts.meta.split)
-        .iter()
-        .copied()
-        .collect();
-    if let Some(idx) = counts.indices.iter().find(|i| seen.contains(i)) {
+    if let Some(idx) = SurrogateInputs::fitted(&bundle)?.first_of(&counts) {
         return Err(PipelineError::Invalid(format!(
             "input {idx} of the {} split trained the surrogate or fitted its tail map; calibration inputs must be held out",
             counts.meta.split
@@ -131,12 +118,9 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
         ))
     })?;
 
-    let data_dir = opts
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| counts.meta.dataset.default_dir());
-    let ds = data::load(counts.meta.dataset, &data_dir, counts.meta.split)?;
-    let x = counts.images(&ds)?.to_device(opts.device);
+    let x = counts
+        .images(&counts.dataset(opts.data_dir.as_deref())?)?
+        .to_device(opts.device);
     let model = Classifier::load(&bundle, opts.device)?;
     let surrogate = Classifier::load_surrogate(&bundle, opts.device)?;
     let sigma = bundle.sigma();

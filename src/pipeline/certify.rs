@@ -188,11 +188,10 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
     if opts.method != Method::Mc {
         check_not_fitted_on(&bundle, opts.split, &indices, calibration.is_some())?;
     }
-    let base_path = bundle.base_path();
     let run = RunParams {
         bundle_name: bundle.name.clone(),
         bundle_version: bundle.version.clone(),
-        base_weights_fnv1a: crate::fsutil::fingerprint(&base_path).map_err(io_err(&base_path))?,
+        base_weights_fnv1a: super::base_fingerprint(&bundle)?,
         surrogate_weights_fnv1a: match (opts.method, &bundle.surrogate) {
             (Method::Mc, _) | (_, None) => None,
             (_, Some(s)) => {
@@ -519,10 +518,9 @@ fn check_not_fitted_on(
     calibrated: bool,
 ) -> Result<(), PipelineError> {
     let fitted = super::surrogate::SurrogateInputs::fitted(bundle)?;
-    let seen: std::collections::HashSet<i64> = fitted.of_split(split).iter().copied().collect();
     let overlap = indices
         .iter()
-        .filter(|&&i| seen.contains(&(i as i64)))
+        .filter(|&&i| fitted.contains(split, i as i64))
         .count();
     if overlap > 0 && calibrated {
         return Err(PipelineError::Invalid(format!(

@@ -8,7 +8,7 @@
 use super::{io_err, load_inputs, progress_bar, write_json, Inputs, PipelineError};
 use crate::data::{DatasetKind, Split};
 use crate::engine;
-use crate::model::Classifier;
+use crate::model::{Bundle, Classifier};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -106,6 +106,28 @@ impl Counts {
     pub fn row(&self, i: usize) -> &[i32] {
         let k = self.meta.num_classes;
         &self.counts[i * k..(i + 1) * k]
+    }
+
+    /// Refuses counts that another base classifier than `bundle`'s (whose
+    /// weights fingerprint is `fingerprint`) was sampled from.
+    pub fn check_base(&self, bundle: &Bundle, fingerprint: &str) -> Result<(), PipelineError> {
+        if self.meta.base_weights_fnv1a != fingerprint
+            || self.meta.num_classes != bundle.num_classes()
+        {
+            return Err(PipelineError::Invalid(format!(
+                "the counts were sampled from another base classifier ({} / {} classes) than {}",
+                self.meta.bundle,
+                self.meta.num_classes,
+                bundle.dir.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The counted inputs' dataset split, from `data_dir` or its default place.
+    pub fn dataset(&self, data_dir: Option<&Path>) -> Result<crate::data::Dataset, PipelineError> {
+        let dir = data_dir.map_or_else(|| self.meta.dataset.default_dir(), Path::to_path_buf);
+        Ok(crate::data::load(self.meta.dataset, &dir, self.meta.split)?)
     }
 
     /// The counted inputs' images [M, C, H, W] from their dataset split.
@@ -292,11 +314,10 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
         opts.skip,
         opts.max,
     )?;
-    let base = bundle.base_path();
     let meta = CountsMeta {
         format: FORMAT,
         bundle: bundle.name.clone(),
-        base_weights_fnv1a: crate::fsutil::fingerprint(&base).map_err(io_err(&base))?,
+        base_weights_fnv1a: super::base_fingerprint(&bundle)?,
         dataset,
         split: opts.split,
         n: opts.n,

@@ -97,6 +97,13 @@ pub(crate) fn load_inputs(
     })
 }
 
+/// The fingerprint of a bundle's base weights: what counts and certify runs
+/// record, so that a retrained base is never mixed with an earlier one.
+pub(crate) fn base_fingerprint(bundle: &crate::model::Bundle) -> Result<String, PipelineError> {
+    let base = bundle.base_path();
+    crate::fsutil::fingerprint(&base).map_err(io_err(&base))
+}
+
 /// Dataset indices of one split that a bundle file records as used: the
 /// inputs a tail map was fitted on or a calibration computed on.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

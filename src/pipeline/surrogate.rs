@@ -155,15 +155,33 @@ impl SurrogateInputs {
     }
 
     /// The inputs of `split` in the bundle at `dir`; empty when the file is absent
-    /// (a surrogate trained before it was written, or none at all).
+    /// (a surrogate trained before it was written, or none at all). Sorted, for
+    /// [`SurrogateInputs::contains`].
     pub fn read(dir: &std::path::Path) -> Result<SurrogateInputs, PipelineError> {
         let path = dir.join(SURROGATE_INPUTS);
-        match std::fs::read_to_string(&path) {
+        let mut inputs: SurrogateInputs = match std::fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text)
-                .map_err(|e| PipelineError::Invalid(format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SurrogateInputs::default()),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+                .map_err(|e| PipelineError::Invalid(format!("{}: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SurrogateInputs::default(),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        inputs.train.sort_unstable();
+        inputs.test.sort_unstable();
+        Ok(inputs)
+    }
+
+    /// Whether input `idx` of `split` is among these.
+    pub fn contains(&self, split: data::Split, idx: i64) -> bool {
+        self.of_split(split).binary_search(&idx).is_ok()
+    }
+
+    /// The first of `counts`' inputs that is among these, if any.
+    pub fn first_of(&self, counts: &Counts) -> Option<i64> {
+        counts
+            .indices
+            .iter()
+            .copied()
+            .find(|&i| self.contains(counts.meta.split, i))
     }
 
     /// Every input the bundle's surrogate was fitted on: its training inputs
@@ -270,33 +288,19 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
             "{inputs} counted input(s): a training and a validation split need at least 2"
         )));
     }
-    let base = bundle.base_path();
-    let fingerprint = crate::fsutil::fingerprint(&base).map_err(io_err(&base))?;
+    let fingerprint = super::base_fingerprint(&bundle)?;
     let counts_n = runs[0].meta.n;
     let mut xs = Vec::with_capacity(runs.len());
     let mut qs = Vec::with_capacity(runs.len());
     for counts in &runs {
-        if counts.meta.base_weights_fnv1a != fingerprint
-            || counts.meta.num_classes != bundle.num_classes()
-        {
-            return Err(PipelineError::Invalid(format!(
-                "the counts were sampled from another base classifier ({} / {} classes) than {}",
-                counts.meta.bundle,
-                counts.meta.num_classes,
-                opts.bundle.display()
-            )));
-        }
+        counts.check_base(&bundle, &fingerprint)?;
         if counts.meta.n != counts_n {
             return Err(PipelineError::Invalid(format!(
                 "counts at N = {} and N = {counts_n} mixed: their targets are not equally precise",
                 counts.meta.n
             )));
         }
-        let data_dir = opts
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| counts.meta.dataset.default_dir());
-        let ds = data::load(counts.meta.dataset, &data_dir, counts.meta.split)?;
+        let ds = counts.dataset(opts.data_dir.as_deref())?;
         let (x, q) = training_tensors(&ds, counts, opts.device)?;
         xs.push(x);
         qs.push(q);

@@ -8,7 +8,7 @@
 //! correction; a half-sample pseudo-count keeps bins of near-zero misses finite.
 use super::counts::Counts;
 use super::surrogate::SurrogateInputs;
-use super::{io_err, write_json, InputList, PipelineError};
+use super::{write_json, InputList, PipelineError};
 use crate::data;
 use crate::engine;
 use crate::model::{Bundle, Classifier, TailMap};
@@ -80,23 +80,8 @@ pub fn fit_tail_map(opts: &FitTailMapOptions) -> Result<TailMapSummary, Pipeline
         )));
     }
     let counts = super::counts::merge_counts_in_memory(&opts.counts)?;
-    let base = bundle.base_path();
-    let fingerprint = crate::fsutil::fingerprint(&base).map_err(io_err(&base))?;
-    if counts.meta.base_weights_fnv1a != fingerprint
-        || counts.meta.num_classes != bundle.num_classes()
-    {
-        return Err(PipelineError::Invalid(format!(
-            "the counts were sampled from another base classifier than {}",
-            opts.bundle.display()
-        )));
-    }
-    let trained = SurrogateInputs::read(&bundle.dir)?;
-    let seen: std::collections::HashSet<i64> = trained
-        .of_split(counts.meta.split)
-        .iter()
-        .copied()
-        .collect();
-    if let Some(idx) = counts.indices.iter().find(|i| seen.contains(i)) {
+    counts.check_base(&bundle, &super::base_fingerprint(&bundle)?)?;
+    if let Some(idx) = SurrogateInputs::read(&bundle.dir)?.first_of(&counts) {
         return Err(PipelineError::Invalid(format!(
             "input {idx} of the {} split trained the surrogate; a tail map needs held-out inputs",
             counts.meta.split
@@ -109,12 +94,7 @@ pub fn fit_tail_map(opts: &FitTailMapOptions) -> Result<TailMapSummary, Pipeline
         s.tail_map = None;
     }
     let surrogate = Classifier::load_surrogate(&raw, opts.device)?;
-    let data_dir = opts
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| counts.meta.dataset.default_dir());
-    let ds = data::load(counts.meta.dataset, &data_dir, counts.meta.split)?;
-    let x = counts.images(&ds)?;
+    let x = counts.images(&counts.dataset(opts.data_dir.as_deref())?)?;
     let mut probs = Vec::with_capacity(counts.len());
     for start in (0..counts.len() as i64).step_by(opts.batch as usize) {
         let len = opts.batch.min(counts.len() as i64 - start);
