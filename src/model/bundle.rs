@@ -176,6 +176,16 @@ pub struct Calibration {
     pub seed: u64,
 }
 
+impl Calibration {
+    /// What CALIBRATED does to p_hat[cA] under this calibration.
+    pub fn shift(&self) -> crate::smoothing::CalibrationShift {
+        crate::smoothing::CalibrationShift {
+            score: self.score,
+            q: self.q,
+        }
+    }
+}
+
 /// How the surrogate was trained and how close it came on held-out inputs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SurrogateTraining {

@@ -227,6 +227,41 @@ impl MethodsBenchReport {
     }
 }
 
+/// What the method benchmarks share: a bundle's two networks and `inputs`
+/// test images spread evenly over the split.
+struct SpreadInputs {
+    bundle: Bundle,
+    ds: crate::data::Dataset,
+    base: Classifier,
+    surrogate: Classifier,
+    indices: Vec<usize>,
+}
+
+impl SpreadInputs {
+    fn load(
+        bundle: &std::path::Path,
+        inputs: usize,
+        device: Device,
+    ) -> Result<Self, PipelineError> {
+        let super::Inputs {
+            bundle,
+            dataset: ds,
+            ..
+        } = super::load_inputs(bundle, crate::data::Split::Test, None, 1, None)?;
+        let base = Classifier::load(&bundle, device)?;
+        let surrogate = Classifier::load_surrogate(&bundle, device)?;
+        let step = (ds.len() / inputs.max(1)).max(1);
+        let indices = (0..ds.len()).step_by(step).take(inputs).collect();
+        Ok(SpreadInputs {
+            bundle,
+            ds,
+            base,
+            surrogate,
+            indices,
+        })
+    }
+}
+
 /// Times Monte Carlo CERTIFY and ACCELERATED on the same test inputs, one after
 /// the other for each input, so both see the same machine.
 pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, PipelineError> {
@@ -234,26 +269,24 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
     if opts.inputs == 0 {
         return Err(PipelineError::Invalid("--inputs must be at least 1".into()));
     }
-    let super::Inputs {
+    let SpreadInputs {
         bundle,
-        dataset: ds,
-        ..
-    } = super::load_inputs(&opts.bundle, crate::data::Split::Test, None, 1, None)?;
-    let base = Classifier::load(&bundle, opts.device)?;
-    let surrogate = Classifier::load_surrogate(&bundle, opts.device)?;
-    let [c, h, w] = bundle.input_shape.map(|d| d as i64);
-    let step = (ds.len() / opts.inputs).max(1);
+        ds,
+        base,
+        surrogate,
+        indices,
+    } = SpreadInputs::load(&opts.bundle, opts.inputs, opts.device)?;
+    let sigma = bundle.sigma();
     // Warm-up on one input (allocator, kernels, thread pool), not timed.
-    let first = Tensor::from_slice(ds.image(0))
-        .view([1, c, h, w])
-        .to_device(opts.device);
-    crate::engine::certify(&base, bundle.sigma(), &first, &opts.params)?;
-    crate::engine::certify_accelerated(&base, &surrogate, bundle.sigma(), &first, &opts.params)?;
+    let first = super::images_tensor(&ds, &[0], opts.device);
+    crate::engine::certify(&base, sigma, &first, &opts.params)?;
+    crate::engine::certify_accelerated(&base, &surrogate, sigma, &first, &opts.params)?;
     let calibration = bundle
         .surrogate
         .as_ref()
         .and_then(|s| s.calibration.clone())
         .filter(|c| c.n == opts.params.n && c.n0 == opts.params.n0);
+    let shift = calibration.as_ref().map(|c| c.shift());
     let by_request = |method: Method| super::certify::CertifyOptions {
         bundle: opts.bundle.clone(),
         method,
@@ -272,46 +305,24 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
     let (cal_opts, auto_opts) = (by_request(Method::Calibrated), by_request(Method::Auto));
     let (mut cal, mut auto, mut fallbacks) = (Vec::new(), Vec::new(), 0usize);
     let (mut mc, mut sur) = (Vec::new(), Vec::new());
-    for idx in (0..ds.len()).step_by(step).take(opts.inputs) {
-        let x = Tensor::from_slice(ds.image(idx))
-            .view([1, c, h, w])
-            .to_device(opts.device);
+    for &idx in &indices {
+        let x = super::images_tensor(&ds, &[idx], opts.device);
         tch::manual_seed(crate::engine::input_seed(opts.seed, idx));
         let t = Instant::now();
-        crate::engine::certify(&base, bundle.sigma(), &x, &opts.params)?;
+        crate::engine::certify(&base, sigma, &x, &opts.params)?;
         mc.push(t.elapsed().as_secs_f64());
         tch::manual_seed(crate::engine::input_seed(opts.seed, idx));
         let t = Instant::now();
-        crate::engine::certify_accelerated(&base, &surrogate, bundle.sigma(), &x, &opts.params)?;
+        crate::engine::certify_accelerated(&base, &surrogate, sigma, &x, &opts.params)?;
         sur.push(t.elapsed().as_secs_f64());
-        if let Some(c) = &calibration {
+        if shift.is_some() {
             let seed = crate::engine::input_seed(opts.seed, idx) as u64;
-            let sigma = bundle.sigma();
-            let shift = crate::smoothing::CalibrationShift {
-                score: c.score,
-                q: c.q,
-            };
             let t = Instant::now();
-            certify_by_request(
-                &base,
-                Some(&surrogate),
-                sigma,
-                &x,
-                &cal_opts,
-                seed,
-                Some(shift),
-            )?;
+            certify_by_request(&base, Some(&surrogate), sigma, &x, &cal_opts, seed, shift)?;
             cal.push(t.elapsed().as_secs_f64());
             let t = Instant::now();
-            let one = certify_by_request(
-                &base,
-                Some(&surrogate),
-                sigma,
-                &x,
-                &auto_opts,
-                seed,
-                Some(shift),
-            )?;
+            let one =
+                certify_by_request(&base, Some(&surrogate), sigma, &x, &auto_opts, seed, shift)?;
             auto.push(t.elapsed().as_secs_f64());
             fallbacks += usize::from(one.method == Method::Mc);
         }
@@ -426,17 +437,14 @@ pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport
             "--inputs, --n0 and --batch-requests must be at least 1".into(),
         ));
     }
-    let super::Inputs {
+    let SpreadInputs {
         bundle,
-        dataset: ds,
-        ..
-    } = super::load_inputs(&opts.bundle, crate::data::Split::Test, None, 1, None)?;
-    let base = Classifier::load(&bundle, opts.device)?;
-    let surrogate = Classifier::load_surrogate(&bundle, opts.device)?;
+        ds,
+        base,
+        surrogate,
+        indices,
+    } = SpreadInputs::load(&opts.bundle, opts.inputs, opts.device)?;
     let sigma = bundle.sigma();
-    let [c, h, w] = bundle.input_shape.map(|d| d as i64);
-    let step = (ds.len() / opts.inputs).max(1);
-    let indices: Vec<usize> = (0..ds.len()).step_by(step).take(opts.inputs).collect();
     let req = |i: usize, idx: usize, adaptive: bool| RequestParams {
         adaptive: adaptive.then_some(opts.rule),
         ..RequestParams::new(
@@ -446,11 +454,6 @@ pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport
             0.001,
             crate::engine::input_seed(opts.seed, idx) as u64,
         )
-    };
-    let image = |idx: usize| {
-        Tensor::from_slice(ds.image(idx))
-            .view([1, c, h, w])
-            .to_device(opts.device)
     };
     let run = |x: &Tensor, reqs: &[RequestParams]| {
         certify_surrogate(
@@ -464,13 +467,13 @@ pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport
         )
     };
     // Warm-up, not timed.
-    let x0 = image(0);
+    let x0 = super::images_tensor(&ds, &[0], opts.device);
     run(&x0, &[req(0, 0, false)])?;
     run(&x0, &[req(0, 0, true)])?;
     let (mut fixed_t, mut adaptive_t) = (Vec::new(), Vec::new());
     let (mut differ, mut drawn) = (0usize, 0u64);
     for &idx in &indices {
-        let x = image(idx);
+        let x = super::images_tensor(&ds, &[idx], opts.device);
         let t = Instant::now();
         let (f, _, _) = run(&x, &[req(0, idx, false)])?;
         fixed_t.push(t.elapsed().as_secs_f64());
@@ -486,13 +489,7 @@ pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport
     let batched = |adaptive: bool| -> Result<f64, PipelineError> {
         let started = Instant::now();
         for group in indices.chunks(opts.batch_requests) {
-            let pixels: Vec<f32> = group
-                .iter()
-                .flat_map(|&i| ds.image(i).iter().copied())
-                .collect();
-            let x = Tensor::from_slice(&pixels)
-                .view([group.len() as i64, c, h, w])
-                .to_device(opts.device);
+            let x = super::images_tensor(&ds, group, opts.device);
             let reqs: Vec<RequestParams> = group
                 .iter()
                 .enumerate()

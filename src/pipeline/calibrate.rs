@@ -180,11 +180,15 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
     let bands = [0.0, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5]
         .iter()
         .map(|&low| {
-            let shift = CalibrationShift {
-                score: opts.score,
-                q,
-            };
-            band_figures(&scores, &counts, shift, low, 0.5, opts.alpha, sigma)
+            band_figures(
+                &scores,
+                &counts,
+                calibration.shift(),
+                low,
+                0.5,
+                opts.alpha,
+                sigma,
+            )
         })
         .collect::<Result<Vec<_>, _>>()?;
     let summary = CalibrationSummary {

@@ -277,12 +277,8 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         _ => Some(Classifier::load_surrogate(&bundle, opts.device)?),
     };
     let by_request = calibration.is_some() || opts.adaptive.is_some();
-    let shift = calibration.as_ref().map(|c| CalibrationShift {
-        score: c.score,
-        q: c.q,
-    });
+    let shift = calibration.as_ref().map(crate::model::Calibration::shift);
     let sigma = bundle.sigma();
-    let [c, h, w] = bundle.input_shape.map(|d| d as i64);
     let bar = progress_bar(
         todo.len() as u64,
         &format!("certify {}", opts.method.as_str()),
@@ -293,9 +289,7 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
     for idx in todo {
         tch::manual_seed(engine::input_seed(opts.seed, idx));
         let t0 = Instant::now();
-        let x = Tensor::from_slice(ds.image(idx))
-            .view([1, c, h, w])
-            .to_device(opts.device);
+        let x = super::images_tensor(&ds, &[idx], opts.device);
         let one = if by_request {
             let seed = engine::input_seed(opts.seed, idx) as u64;
             certify_by_request(&model, surrogate.as_ref(), sigma, &x, opts, seed, shift)?

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{Device, Tensor};
+use tch::Device;
 
 const META_KEY: &str = "smoothcert";
 const FORMAT: u32 = 1;
@@ -132,18 +132,19 @@ impl Counts {
 
     /// The counted inputs' images [M, C, H, W] from their dataset split.
     pub fn images(&self, ds: &crate::data::Dataset) -> Result<tch::Tensor, PipelineError> {
-        let mut pixels = Vec::with_capacity(self.len() * ds.image_numel());
-        for &idx in &self.indices {
-            let i = usize::try_from(idx)
-                .ok()
-                .filter(|&i| i < ds.len())
-                .ok_or_else(|| {
-                    PipelineError::Invalid(format!("counted input {idx} is not in the dataset"))
-                })?;
-            pixels.extend_from_slice(ds.image(i));
-        }
-        let [c, h, w] = ds.shape.map(|d| d as i64);
-        Ok(tch::Tensor::from_slice(&pixels).view([self.len() as i64, c, h, w]))
+        let indices = self
+            .indices
+            .iter()
+            .map(|&idx| {
+                usize::try_from(idx)
+                    .ok()
+                    .filter(|&i| i < ds.len())
+                    .ok_or_else(|| {
+                        PipelineError::Invalid(format!("counted input {idx} is not in the dataset"))
+                    })
+            })
+            .collect::<Result<Vec<usize>, _>>()?;
+        Ok(super::images_tensor(ds, &indices, Device::Cpu))
     }
 
     pub fn write(&self, path: &Path) -> Result<(), PipelineError> {
@@ -397,7 +398,6 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
         tracing::info!(resumed, remaining = todo.len(), "resuming sample-counts");
     }
     let model = Classifier::load(&bundle, opts.device)?;
-    let [c, h, w] = bundle.input_shape.map(|d| d as i64);
     let todo_inputs: usize = todo.iter().map(|&j| chunks[j].len()).sum();
     let bar = progress_bar(todo_inputs as u64, "sample-counts", opts.show_progress);
     let started = Instant::now();
@@ -407,7 +407,7 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
         let mut rows = Vec::with_capacity(chunks[j].len() * meta.num_classes);
         for &idx in chunks[j] {
             tch::manual_seed(engine::input_seed(opts.seed, idx));
-            let x = Tensor::from_slice(ds.image(idx)).view([1, c, h, w]);
+            let x = super::images_tensor(&ds, &[idx], Device::Cpu);
             let counts = engine::count_rows(&model, &x, opts.n, bundle.sigma(), opts.batch)?;
             rows.extend(counts.iter().flatten().map(|&v| v as i32));
             passes += opts.n;

@@ -97,6 +97,23 @@ pub(crate) fn load_inputs(
     })
 }
 
+/// The dataset's images at `indices` (each below `ds.len()`) as one
+/// [B, C, H, W] tensor on `device`.
+pub(crate) fn images_tensor(
+    ds: &crate::data::Dataset,
+    indices: &[usize],
+    device: tch::Device,
+) -> tch::Tensor {
+    let pixels: Vec<f32> = indices
+        .iter()
+        .flat_map(|&i| ds.image(i).iter().copied())
+        .collect();
+    let [c, h, w] = ds.shape.map(|d| d as i64);
+    tch::Tensor::from_slice(&pixels)
+        .view([indices.len() as i64, c, h, w])
+        .to_device(device)
+}
+
 /// The fingerprint of a bundle's base weights: what counts and certify runs
 /// record, so that a retrained base is never mixed with an earlier one.
 pub(crate) fn base_fingerprint(bundle: &crate::model::Bundle) -> Result<String, PipelineError> {

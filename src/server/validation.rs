@@ -215,11 +215,7 @@ pub fn certify_options(
                 ));
             }
             adaptive = None;
-            let shift = crate::smoothing::CalibrationShift {
-                score: cal.score,
-                q: cal.q,
-            };
-            (Some(shift), cal.delta)
+            (Some(cal.shift()), cal.delta)
         }
         _ => (None, 0.0),
     };
