@@ -1,5 +1,6 @@
 //! The gRPC service end to end: a real server on an ephemeral port, the
 //! shipped default bundle, real Fashion-MNIST test images, a tonic client.
+use base64::Engine;
 use smoothcert::config::Config;
 use smoothcert::data::{self, DatasetKind, Split};
 use smoothcert::server::pb;
@@ -773,76 +774,79 @@ async fn python_grpcio_client_gets_certificates() {
             .collect::<Vec<u8>>(),
     )
     .unwrap();
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/python/smoothcert_client.py");
     let addr = server.grpc_addr.to_string();
-    let run = move |args: Vec<String>| {
-        let (python, script, addr) = (python.clone(), script.clone(), addr.clone());
+    let script = |name: &str| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("clients/python")
+            .join(name)
+            .display()
+            .to_string()
+    };
+    // One Python process per call, off the runtime's threads.
+    let python_run = move |args: Vec<String>| {
+        let python = python.clone();
         tokio::task::spawn_blocking(move || {
             std::process::Command::new(python)
-                .arg(script)
-                .args(["--addr", &addr])
                 .args(args)
                 .output()
                 .unwrap()
         })
     };
-    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let client = script("smoothcert_client.py");
+    let run = |args: &[&str]| {
+        let mut argv = vec![client.clone(), "--addr".into(), addr.clone()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        python_run(argv)
+    };
+    let json_of = |out: &std::process::Output| -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
 
-    let out = run(s(&["list"])).await.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = json_of(&run(&["list"]).await.unwrap());
     assert_eq!(list["models"][0]["name"], "fashion-mnist-sigma0.25");
 
-    let out = run(s(&["certify", "--image", png_path.to_str().unwrap()]))
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = json_of(
+        &run(&["certify", "--image", png_path.to_str().unwrap()])
+            .await
+            .unwrap(),
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["method"], "SURROGATE");
     assert_eq!(r["certified"]["class_index"], labels[0]);
     assert_eq!(r["certified"]["estimate"], true);
 
-    let out = run(s(&[
-        "certify",
-        "--tensor",
-        raw_path.to_str().unwrap(),
-        "--method",
-        "MONTE_CARLO",
-        "--n",
-        "1000",
-        "--seed",
-        "3",
-    ]))
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = json_of(
+        &run(&[
+            "certify",
+            "--tensor",
+            raw_path.to_str().unwrap(),
+            "--method",
+            "MONTE_CARLO",
+            "--n",
+            "1000",
+            "--seed",
+            "3",
+        ])
+        .await
+        .unwrap(),
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["method"], "MONTE_CARLO");
     assert_eq!(
         r["parameters"]["n"], "1000",
         "proto3 JSON writes uint64 as a string"
     );
 
-    let out = run(s(&[
+    let out = run(&[
         "certify",
         "--tensor",
         raw_path.to_str().unwrap(),
         "--shape",
         "28,27",
-    ]))
+    ])
     .await
     .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -850,23 +854,17 @@ async fn python_grpcio_client_gets_certificates() {
 
     // The grpcurl stand-in: no proto file, every type learnt by reflection,
     // grpcurl's arguments and JSON mapping.
-    let python = std::env::var("SMOOTHCERT_PYTHON").unwrap();
-    let tool = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/python/grpc_json.py");
-    let addr = server.grpc_addr.to_string();
-    let grpc_json = move |args: Vec<String>| {
-        let (python, tool, addr) = (python.clone(), tool.clone(), addr.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut cmd = std::process::Command::new(python);
-            cmd.arg(tool).arg("-plaintext");
-            let (flags, rest): (Vec<String>, Vec<String>) =
-                args.into_iter().partition(|a| a.starts_with("-d="));
-            for f in flags {
-                cmd.args(["-d", &f[3..]]);
-            }
-            cmd.arg(addr).args(rest).output().unwrap()
-        })
+    let tool = script("grpc_json.py");
+    let grpc_json = |data: Option<&str>, target: &[&str]| {
+        let mut argv = vec![tool.clone(), "-plaintext".into()];
+        if let Some(d) = data {
+            argv.extend(["-d".to_string(), d.to_string()]);
+        }
+        argv.push(addr.clone());
+        argv.extend(target.iter().map(|a| a.to_string()));
+        python_run(argv)
     };
-    let out = grpc_json(s(&["list"])).await.unwrap();
+    let out = grpc_json(None, &["list"]).await.unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -878,55 +876,29 @@ async fn python_grpcio_client_gets_certificates() {
         "{listed}"
     );
     let body = format!(
-        "-d={{\"image\": \"{}\"}}",
-        base64_encode(&std::fs::read(&png_path).unwrap())
+        "{{\"image\": \"{}\"}}",
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&png_path).unwrap())
     );
-    let out = grpc_json(vec![body, "smoothcert.v1.Certifier/Certify".into()])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = json_of(
+        &grpc_json(Some(&body), &["smoothcert.v1.Certifier/Certify"])
+            .await
+            .unwrap(),
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["method"], "SURROGATE");
     assert_eq!(
         r["certified"]["classIndex"], labels[0],
         "grpcurl's camelCase names"
     );
-    let out = grpc_json(vec![
-        "-d={\"options\": {\"n0\": 0}}".into(),
-        "smoothcert.v1.Certifier/Certify".into(),
-    ])
+    let out = grpc_json(
+        Some("{\"options\": {\"n0\": 0}}"),
+        &["smoothcert.v1.Certifier/Certify"],
+    )
     .await
     .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Code: InvalidArgument"));
     server.shutdown();
     server.wait().await.unwrap();
-}
-
-/// Standard base64 with padding (what grpcurl's JSON takes for bytes).
-fn base64_encode(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(v >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// gRPC over TLS (rustls) with the configured certificate and key.
