@@ -82,6 +82,22 @@ fn counts_shard(
     Counts::read(out).unwrap()
 }
 
+/// calibrate on one counts file, cA from 50 samples as certify_opts draws it.
+fn cal_opts(bundle: &Path, counts: &Path, delta: f64, score: ConformalScore) -> CalibrateOptions {
+    CalibrateOptions {
+        bundle: bundle.to_path_buf(),
+        counts: vec![counts.to_path_buf()],
+        delta,
+        score,
+        n0: 50,
+        alpha: 0.001,
+        seed: 2,
+        batch: 1000,
+        data_dir: None,
+        device: Device::Cpu,
+    }
+}
+
 fn certify_opts(bundle: &Path, out: &Path, method: Method) -> CertifyOptions {
     CertifyOptions {
         bundle: bundle.to_path_buf(),
@@ -130,18 +146,12 @@ fn calibration_quantile_and_the_calibrated_and_auto_methods() {
     );
     assert_eq!(cal.len(), 40);
     let delta = 0.1;
-    let summary = calibrate(&CalibrateOptions {
-        bundle: b.clone(),
-        counts: vec![root.path().join("cal.safetensors")],
+    let summary = calibrate(&cal_opts(
+        &b,
+        &root.path().join("cal.safetensors"),
         delta,
-        score: ConformalScore::PGap,
-        n0: 50,
-        alpha: 0.001,
-        seed: 2,
-        batch: 1000,
-        data_dir: None,
-        device: Device::Cpu,
-    })
+        ConformalScore::PGap,
+    ))
     .unwrap();
 
     // Independently: cA is class 0 for these dark-cornered images (P = 0.977
@@ -270,18 +280,12 @@ fn calibration_quantile_and_the_calibrated_and_auto_methods() {
     assert_eq!(bench(0.0, 1.0).auto_fallbacks, 3);
 
     // Too few inputs for the asked delta is a clear error.
-    let err = calibrate(&CalibrateOptions {
-        bundle: b.clone(),
-        counts: vec![root.path().join("cal.safetensors")],
-        delta: 0.01,
-        score: ConformalScore::PGap,
-        n0: 50,
-        alpha: 0.001,
-        seed: 2,
-        batch: 1000,
-        data_dir: None,
-        device: Device::Cpu,
-    })
+    let err = calibrate(&cal_opts(
+        &b,
+        &root.path().join("cal.safetensors"),
+        0.01,
+        ConformalScore::PGap,
+    ))
     .unwrap_err()
     .to_string();
     assert!(err.contains("too few"), "{err}");
@@ -344,18 +348,12 @@ fn tail_map_rescales_the_miss_and_fences_off_its_inputs() {
         assert!(r.count_a.abs_diff(expected) <= 2, "{r:?} vs {expected}");
     }
     // Its inputs are fenced off from calibration.
-    let err = calibrate(&CalibrateOptions {
-        bundle: b.clone(),
-        counts: vec![root.path().join("fit.safetensors")],
-        delta: 0.1,
-        score: ConformalScore::PGap,
-        n0: 50,
-        alpha: 0.001,
-        seed: 2,
-        batch: 1000,
-        data_dir: None,
-        device: Device::Cpu,
-    })
+    let err = calibrate(&cal_opts(
+        &b,
+        &root.path().join("fit.safetensors"),
+        0.1,
+        ConformalScore::PGap,
+    ))
     .unwrap_err()
     .to_string();
     assert!(err.contains("tail map"), "{err}");
@@ -370,18 +368,12 @@ fn tail_map_rescales_the_miss_and_fences_off_its_inputs() {
         Some(Shard { index: 1, count: 2 }),
     );
     // With the log-miss score, here: s = ln(m_MC + c) - ln(m_hat + c).
-    let summary = calibrate(&CalibrateOptions {
-        bundle: b.clone(),
-        counts: vec![root.path().join("cal.safetensors")],
-        delta: 0.1,
-        score: ConformalScore::LogMiss,
-        n0: 50,
-        alpha: 0.001,
-        seed: 2,
-        batch: 1000,
-        data_dir: None,
-        device: Device::Cpu,
-    })
+    let summary = calibrate(&cal_opts(
+        &b,
+        &root.path().join("cal.safetensors"),
+        0.1,
+        ConformalScore::LogMiss,
+    ))
     .unwrap();
     let mapped_miss = predicted * map.ratios[bin];
     let c = 0.5 / N as f64;
@@ -426,18 +418,12 @@ fn tail_map_rescales_the_miss_and_fences_off_its_inputs() {
         3000,
         N / 2,
     );
-    let err = calibrate(&CalibrateOptions {
-        bundle: b.clone(),
-        counts: vec![root.path().join("small.safetensors")],
-        delta: 0.1,
-        score: ConformalScore::PGap,
-        n0: 50,
-        alpha: 0.001,
-        seed: 2,
-        batch: 1000,
-        data_dir: None,
-        device: Device::Cpu,
-    })
+    let err = calibrate(&cal_opts(
+        &b,
+        &root.path().join("small.safetensors"),
+        0.1,
+        ConformalScore::PGap,
+    ))
     .unwrap_err()
     .to_string();
     assert!(err.contains("nominal N"), "{err}");
