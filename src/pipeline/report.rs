@@ -640,15 +640,15 @@ fn comparison_markdown(comparisons: &[Comparison]) -> String {
         }
     }
     // The price of the coverage statement: calibrated against the plain surrogate.
-    let only = |m: &str| {
+    let only = |m: &'static str| {
         comparisons
             .iter()
-            .find(|c| c.estimate_methods.len() == 1 && c.estimate_methods.contains_key(m))
+            .filter(move |c| c.estimate_methods.len() == 1 && c.estimate_methods.contains_key(m))
     };
-    let calibrated = comparisons
-        .iter()
-        .filter(|c| c.estimate_methods.len() == 1 && c.estimate_methods.contains_key("calibrated"));
-    for (sur, cal) in calibrated.filter_map(|cal| only("surrogate").map(|sur| (sur, cal))) {
+    let Some(sur) = only("surrogate").next() else {
+        return out;
+    };
+    for cal in only("calibrated") {
         out.push_str(&format!(
             "\nCertified-accuracy cost of calibration ({} minus {}, pp):\n\n| r | cost |\n| ---: | ---: |\n",
             escape_md(&cal.estimate),
