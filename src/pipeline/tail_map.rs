@@ -106,14 +106,7 @@ pub fn fit_tail_map(opts: &FitTailMapOptions) -> Result<TailMapSummary, Pipeline
     let (predicted, observed) = misses(&probs, &counts);
     let n = counts.meta.n;
     let fit = fit_bins(&predicted, &observed, n, opts.min_inputs);
-    let map = TailMap {
-        edges: fit.iter().map(|b| b.low).collect(),
-        ratios: fit.iter().map(|b| b.ratio).collect(),
-        inputs: fit.iter().map(|b| b.inputs).collect(),
-        split: counts.meta.split,
-        counts_n: n,
-        inputs_file: INPUTS_FILE.into(),
-    };
+    let map = map_of(&fit, counts.meta.split, n);
     map.validate().map_err(PipelineError::Invalid)?;
 
     let mapped: Vec<f64> = predicted.iter().map(|&m| m * map.ratio(m)).collect();
@@ -210,14 +203,15 @@ pub fn fit_bins(predicted: &[f64], observed: &[f64], n: u64, min_inputs: usize) 
         .collect()
 }
 
-fn map_of(bins: &[BinFigures]) -> TailMap {
+/// The map the fitted bins make, recorded as fitted on `split` at `counts_n`.
+fn map_of(bins: &[BinFigures], split: data::Split, counts_n: u64) -> TailMap {
     TailMap {
         edges: bins.iter().map(|b| b.low).collect(),
         ratios: bins.iter().map(|b| b.ratio).collect(),
         inputs: bins.iter().map(|b| b.inputs).collect(),
-        split: data::Split::Test,
-        counts_n: 0,
-        inputs_file: String::new(),
+        split,
+        counts_n,
+        inputs_file: INPUTS_FILE.into(),
     }
 }
 
@@ -246,7 +240,11 @@ fn cross_fitted_log_error(predicted: &[f64], observed: &[f64], n: u64, min_input
     for parity in 0..2 {
         let (fit_p, fit_o) = fold(1 - parity);
         let (eval_p, eval_o) = fold(parity);
-        let map = map_of(&fit_bins(&fit_p, &fit_o, n, min_inputs));
+        let map = map_of(
+            &fit_bins(&fit_p, &fit_o, n, min_inputs),
+            data::Split::Test,
+            n,
+        );
         mapped.extend(eval_p.iter().map(|&m| m * map.ratio(m)));
         truth.extend(eval_o);
     }
@@ -274,7 +272,7 @@ mod tests {
             assert!((b.ratio - expected).abs() < 1e-12);
             assert!((b.ratio - 0.5).abs() < 0.01, "{b:?}");
         }
-        let map = map_of(&bins);
+        let map = map_of(&bins, data::Split::Test, 100_000);
         let mapped: Vec<f64> = predicted.iter().map(|&m| m * map.ratio(m)).collect();
         assert!(log_error(&mapped, &observed, 100_000) < 0.02);
         assert!(log_error(&predicted, &observed, 100_000) > 0.6);
