@@ -73,13 +73,15 @@ fi
 # run (its summary written) is left as it is, whatever TSV format it was
 # written in; an interrupted one resumes.
 certify_eval() {
-    [ -f "${2%.tsv}.summary.json" ] && return 0
-    $B certify --bundle "$bundle" --method "$1" --split test --skip "$eval_skip" --n0 100 \
-        --n "$nominal_n" --alpha 0.001 --batch "$batch" --device "$device" --out "$2"
+    local method=$1 out=$2
+    shift 2
+    [ -f "${out%.tsv}.summary.json" ] && return 0
+    $B certify --bundle "$bundle" --method "$method" --split test --skip "$eval_skip" --n0 100 \
+        --n "$nominal_n" --alpha 0.001 --batch "$batch" --device "$device" --out "$out" "$@"
 }
 
 mkdir -p "$reports"
-certify_eval mc "$reports/mc.tsv"
+certify_eval monte_carlo "$reports/mc.tsv"
 
 # The tail map, on held-out test images (their counts are committed under counts/).
 tail_counts=${COUNTS_TAIL:-counts/fashion-mnist-sigma0.25/test-n10000-skip5}
@@ -123,11 +125,23 @@ fi
 certify_calibrated ""
 
 certify_eval surrogate "$reports/surrogate.tsv"
+
+# Exact certificates at a required radius (SEQUENTIAL), guided by the
+# surrogate and with the plain schedule, on the same evaluation images.
+sequential=()
+for eps in 0.25 0.5 0.75; do
+    certify_eval sequential "$reports/sequential-$eps-guided.tsv" --target-radius "$eps"
+    certify_eval sequential "$reports/sequential-$eps-plain.tsv" --target-radius "$eps" \
+        --plain-schedule
+    sequential+=("$reports/sequential-$eps-guided.tsv" "$reports/sequential-$eps-plain.tsv")
+done
+
 $B report "$reports/mc.tsv" "$reports/surrogate.tsv" "$reports/calibrated.tsv" "$reports/auto.tsv" \
     "$reports/calibrated-root-miss.tsv" "$reports/auto-root-miss.tsv" \
-    "$reports/surrogate-no-tail-map.tsv" --radii 0,0.25,0.5,0.75 \
+    "$reports/surrogate-no-tail-map.tsv" "${sequential[@]}" --radii 0,0.25,0.5,0.75 \
     --out-dir "$reports" | tee "$reports/report.md"
 $B bench-certify --bundle "$bundle" --inputs 50 --n "$nominal_n" --batch "$batch" --device "$device" \
+    --target-radii 0.25,0.5,0.75 \
     --out "$reports/bench-certify.json" | tee "$reports/bench-certify.md"
 $B bench-adaptive --bundle "$bundle" --inputs 200 --device "$device" \
     --out "$reports/bench-adaptive.json" | tee "$reports/bench-adaptive.md"

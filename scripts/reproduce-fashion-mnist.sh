@@ -10,7 +10,7 @@ B=target/release/smoothcert
 mkdir -p "$out"
 $B train-base --dataset fashion-mnist --arch small-cnn --sigma 0.25 --epochs 20 --seed 0 \
     --name fashion-mnist-sigma0.25 --out "$out/bundle"
-$B certify --bundle "$out/bundle" --method mc --split test --skip 20 \
+$B certify --bundle "$out/bundle" --method monte_carlo --split test --skip 20 \
     --n0 100 --n 10000 --alpha 0.001 --batch 1000 --out "$out/mc-n10k.tsv"
 $B report "$out/mc-n10k.tsv" --radii 0,0.1,0.2,0.25,0.3,0.4,0.5,0.6,0.7,0.75,0.8 \
     --out-dir "$out/report" | tee "$out/report.md"

@@ -2,6 +2,7 @@
 //! variables `SMOOTHCERT__SECTION__KEY` (e.g. `SMOOTHCERT__SERVER__GRPC_ADDR`).
 //! Loading fails with a message naming the offending key; nothing is checked
 //! later, at request time, that could have been checked here.
+use crate::engine::Method;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -154,17 +155,14 @@ impl Default for LoggingConfig {
     }
 }
 
+/// The most requests one stream may have in flight.
+pub const MAX_STREAM_IN_FLIGHT: usize = 65_536;
+
+/// The longest duration any `_ms` key may hold: one day.
+pub const MAX_DURATION_MS: u64 = 86_400_000;
+
 /// AUTO's default band, chosen on the default bundle's calibration inputs (see the README).
 pub const DEFAULT_AUTO_BAND: (f64, f64) = (0.2, 0.5);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DefaultMethod {
-    Surrogate,
-    MonteCarlo,
-    Calibrated,
-    Auto,
-}
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -177,7 +175,7 @@ pub struct ModelConfig {
     /// What a request gets when it sets no option. `n` defaults to the
     /// surrogate's nominal N (else 100,000); surrogate falls back to
     /// monte_carlo for a bundle without a surrogate.
-    pub method: DefaultMethod,
+    pub method: Method,
     pub n0: u64,
     pub n: Option<u64>,
     pub alpha: f64,
@@ -202,7 +200,7 @@ impl Default for ModelConfig {
             name: None,
             bundle: PathBuf::from("models/fashion-mnist-sigma0.25"),
             device: "auto".into(),
-            method: DefaultMethod::Surrogate,
+            method: Method::Surrogate,
             n0: 100,
             n: None,
             alpha: 0.001,
@@ -273,6 +271,25 @@ impl Config {
         }
         if l.request_timeout_ms == 0 {
             return Err(invalid("limits.request_timeout_ms", "must be at least 1"));
+        }
+        if l.stream_in_flight > MAX_STREAM_IN_FLIGHT {
+            return Err(invalid(
+                "limits.stream_in_flight",
+                format!("{} is more than {MAX_STREAM_IN_FLIGHT}", l.stream_in_flight),
+            ));
+        }
+        // Durations are added to "now"; beyond a day they only risk overflow.
+        for (key, v) in [
+            ("limits.request_timeout_ms", l.request_timeout_ms),
+            ("server.grace_period_ms", self.server.grace_period_ms),
+            ("batching.max_queue_delay_ms", b.max_queue_delay_ms),
+        ] {
+            if v > MAX_DURATION_MS {
+                return Err(invalid(
+                    key,
+                    format!("{v} is more than a day ({MAX_DURATION_MS} ms)"),
+                ));
+            }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             return Err(invalid(
@@ -411,6 +428,26 @@ mod tests {
         assert!(e.contains("server.tls_cert"), "{e}");
         let e = err(&[("SMOOTHCERT__LOGGING__FORMAT", "xml")]);
         assert!(e.contains("format"), "{e}");
+        // Values that would overflow a deadline are refused at start, by key.
+        for (var, key) in [
+            (
+                "SMOOTHCERT__LIMITS__REQUEST_TIMEOUT_MS",
+                "limits.request_timeout_ms",
+            ),
+            (
+                "SMOOTHCERT__SERVER__GRACE_PERIOD_MS",
+                "server.grace_period_ms",
+            ),
+            (
+                "SMOOTHCERT__BATCHING__MAX_QUEUE_DELAY_MS",
+                "batching.max_queue_delay_ms",
+            ),
+        ] {
+            let e = err(&[(var, "18446744073709551615")]);
+            assert!(e.contains(key), "{e}");
+        }
+        let e = err(&[("SMOOTHCERT__LIMITS__STREAM_IN_FLIGHT", "10000000000")]);
+        assert!(e.contains("limits.stream_in_flight"), "{e}");
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
@@ -419,6 +456,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("models[0].n0"), "{e}");
+        std::fs::write(&file, "[[models]]\nbundle = \"a\"\nmethod = \"nonsense\"\n").unwrap();
+        let e = Config::load_with_env(Some(&file), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("monte_carlo") && e.contains("auto"), "{e}");
         let e = Config::load_with_env(Some(&dir.path().join("missing.toml")), env(&[]))
             .unwrap_err()
             .to_string();

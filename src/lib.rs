@@ -5,11 +5,13 @@
 //! - [`data`]: datasets (Fashion-MNIST IDX, CIFAR-10 binary) and single images.
 //! - [`model`]: architectures, bundles, devices, noise and counting on the device.
 //! - [`engine`]: Monte Carlo CERTIFY and PREDICT over batches of inputs.
-//! - [`pipeline`]: training, offline certification, reports, benchmarks.
+//! - [`pipeline`]: training, count sampling, offline certification, reports.
+//! - [`bench`]: the benchmarks (engine rate, methods against Monte Carlo, the served rate).
 //! - [`batcher`]: dynamic batching on dedicated inference threads.
 //! - [`server`]: the gRPC service (tonic), health, reflection, metrics endpoint.
 //! - [`config`], [`metrics`]: the service's configuration and Prometheus metrics.
 pub mod batcher;
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod engine;
@@ -19,5 +21,6 @@ pub mod model;
 pub mod pipeline;
 pub mod server;
 pub mod smoothing;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;

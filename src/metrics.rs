@@ -1,5 +1,6 @@
 //! Prometheus metrics (text exposition format), recorded by the server and
 //! the batcher, served on their own HTTP port at `/metrics`.
+use crate::engine::{Method, Task};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -7,6 +8,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::time::Duration;
+
+fn task_labels(model: &str, task: Task) -> TaskLabels {
+    TaskLabels {
+        model: model.into(),
+        task: task.as_str().into(),
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -22,6 +30,23 @@ pub struct RequestLabels {
 pub struct MethodLabels {
     pub model: String,
     pub method: String,
+}
+
+/// Engine tasks (surrogate, monte_carlo, predict): what a batch computes,
+/// which is not the request's method (AUTO runs a surrogate task, then
+/// perhaps a monte_carlo one).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub model: String,
+    pub task: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub model: String,
+    pub method: String,
+    /// low_confidence, class_mismatch, not_significant or target_not_reached.
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,15 +78,23 @@ fn batch_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 10))
 }
 
+fn passes_histogram() -> Histogram {
+    // 16 .. ~4 M base-classifier passes, in powers of 4: n0 alone, a
+    // sequential test's first stages, Monte Carlo's n0 + 100,000.
+    Histogram::new(exponential_buckets(16.0, 4.0, 10))
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<MethodLabels, Histogram>,
-    queue: Family<MethodLabels, Histogram>,
-    batch_size: Family<MethodLabels, Histogram>,
+    queue: Family<TaskLabels, Histogram>,
+    batch_size: Family<TaskLabels, Histogram>,
     passes: Family<PassLabels, Counter>,
-    dropped: Family<MethodLabels, Counter>,
+    dropped: Family<TaskLabels, Counter>,
     auto_paths: Family<AutoLabels, Counter>,
+    request_passes: Family<MethodLabels, Histogram>,
+    abstentions: Family<ReasonLabels, Counter>,
     queue_depth: Family<LaneLabels, Gauge>,
     models_loaded: Gauge,
     in_flight: Gauge,
@@ -80,15 +113,19 @@ impl Metrics {
         let latency = Family::<MethodLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
-        let queue = Family::<MethodLabels, Histogram>::new_with_constructor(
+        let queue = Family::<TaskLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
-        let batch_size = Family::<MethodLabels, Histogram>::new_with_constructor(
+        let batch_size = Family::<TaskLabels, Histogram>::new_with_constructor(
             batch_histogram as fn() -> Histogram,
         );
         let passes = Family::<PassLabels, Counter>::default();
-        let dropped = Family::<MethodLabels, Counter>::default();
+        let dropped = Family::<TaskLabels, Counter>::default();
         let auto_paths = Family::<AutoLabels, Counter>::default();
+        let request_passes = Family::<MethodLabels, Histogram>::new_with_constructor(
+            passes_histogram as fn() -> Histogram,
+        );
+        let abstentions = Family::<ReasonLabels, Counter>::default();
         let queue_depth = Family::<LaneLabels, Gauge>::default();
         let models_loaded = Gauge::default();
         let in_flight = Gauge::default();
@@ -128,6 +165,16 @@ impl Metrics {
             auto_paths.clone(),
         );
         registry.register(
+            "request_passes",
+            "Base-classifier passes per answered request (selection and estimation samples), by the method that answered",
+            request_passes.clone(),
+        );
+        registry.register(
+            "abstentions",
+            "Abstentions by the method that answered and the reason",
+            abstentions.clone(),
+        );
+        registry.register(
             "queue_depth",
             "Requests waiting, by model and lane",
             queue_depth.clone(),
@@ -151,6 +198,8 @@ impl Metrics {
             passes,
             dropped,
             auto_paths,
+            request_passes,
+            abstentions,
             queue_depth,
             models_loaded,
             in_flight,
@@ -181,21 +230,15 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn queue_time(&self, model: &str, method: &str, waited: Duration) {
+    pub fn queue_time(&self, model: &str, task: Task, waited: Duration) {
         self.queue
-            .get_or_create(&MethodLabels {
-                model: model.into(),
-                method: method.into(),
-            })
+            .get_or_create(&task_labels(model, task))
             .observe(waited.as_secs_f64());
     }
 
-    pub fn batch(&self, model: &str, method: &str, size: usize) {
+    pub fn batch(&self, model: &str, task: Task, size: usize) {
         self.batch_size
-            .get_or_create(&MethodLabels {
-                model: model.into(),
-                method: method.into(),
-            })
+            .get_or_create(&task_labels(model, task))
             .observe(size as f64);
     }
 
@@ -213,22 +256,38 @@ impl Metrics {
     }
 
     /// An AUTO request answered by `path` (calibrated or monte_carlo).
-    pub fn auto_path(&self, model: &str, path: &str) {
+    pub fn auto_path(&self, model: &str, path: Method) {
         self.auto_paths
             .get_or_create(&AutoLabels {
                 model: model.to_string(),
-                path: path.to_string(),
+                path: path.as_str().to_string(),
             })
             .inc();
     }
 
-    pub fn dropped(&self, model: &str, method: &str) {
-        self.dropped
-            .get_or_create(&MethodLabels {
-                model: model.into(),
-                method: method.into(),
-            })
-            .inc();
+    /// An answered request: the base-classifier passes it drew and, when it
+    /// abstained, why.
+    pub fn answered(&self, model: &str, method: Method, passes: u64, abstained: Option<&str>) {
+        let labels = MethodLabels {
+            model: model.into(),
+            method: method.as_str().into(),
+        };
+        self.request_passes
+            .get_or_create(&labels)
+            .observe(passes as f64);
+        if let Some(reason) = abstained {
+            self.abstentions
+                .get_or_create(&ReasonLabels {
+                    model: labels.model,
+                    method: labels.method,
+                    reason: reason.into(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn dropped(&self, model: &str, task: Task) {
+        self.dropped.get_or_create(&task_labels(model, task)).inc();
     }
 
     pub fn set_queue_depth(&self, model: &str, lane: &str, depth: usize) {

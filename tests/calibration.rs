@@ -2,10 +2,11 @@
 //! bundle whose base and surrogate are closed-form rules on the first pixel:
 //! every score, quantile and count is recomputed here independently.
 use smoothcert::data::{self, DatasetKind, Split};
+use smoothcert::engine::Method;
 use smoothcert::engine::{AutoBand, CertifyParams};
 use smoothcert::model::{BaseSpec, Bundle, SurrogateSpec, WeightsFormat};
 use smoothcert::pipeline::calibrate::{calibrate, CalibrateOptions};
-use smoothcert::pipeline::certify::{certify, CertifyOptions, Method};
+use smoothcert::pipeline::certify::{certify, CertifyOptions};
 use smoothcert::pipeline::counts::{
     sample_counts, Counts, SampleCountsOptions, SampleOutcome, Shard,
 };
@@ -118,6 +119,7 @@ fn certify_opts(bundle: &Path, out: &Path, method: Method) -> CertifyOptions {
             low: 0.2,
             high: 0.5,
         },
+        target: None,
         device: Device::Cpu,
         out: out.to_path_buf(),
         show_progress: false,
@@ -220,7 +222,7 @@ fn calibration_quantile_and_the_calibrated_and_auto_methods() {
     for r in &rows {
         let x0 = f64::from(train.image(r.idx)[0]);
         let expected = (N as f64 * (p_hat_0(x0) - c.q)).round() as u64;
-        assert_eq!(r.method, "calibrated");
+        assert_eq!(r.method, Method::Calibrated);
         assert_eq!(r.delta, Some(delta));
         assert!(r.count_a.abs_diff(expected) <= 1, "{r:?} vs {expected}");
         let bound = clopper_pearson_lower(r.count_a, N, 0.001).unwrap();
@@ -237,7 +239,11 @@ fn calibration_quantile_and_the_calibrated_and_auto_methods() {
     let all = certify(&everywhere).unwrap();
     assert_eq!(all.fallback_fraction, Some(1.0));
     for r in read_tsv(&root.path().join("auto-all.tsv")).unwrap() {
-        assert_eq!((r.method.as_str(), r.delta, r.n), ("mc", None, N), "{r:?}");
+        assert_eq!(
+            (r.method, r.delta, r.n),
+            (Method::MonteCarlo, None, N),
+            "{r:?}"
+        );
         let bound = clopper_pearson_lower(r.count_a, N, 0.001).unwrap();
         assert!((r.p_a_lower - bound).abs() < 1e-12);
     }
@@ -255,7 +261,7 @@ fn calibration_quantile_and_the_calibrated_and_auto_methods() {
 
     // bench-certify times the calibrated methods beside the other two, on
     // the same inputs; with the all-covering band AUTO always falls back.
-    use smoothcert::pipeline::bench::{bench_methods, MethodsBenchOptions};
+    use smoothcert::bench::{bench_methods, MethodsBenchOptions};
     let bench = |low, high| {
         bench_methods(&MethodsBenchOptions {
             bundle: b.clone(),
@@ -269,6 +275,7 @@ fn calibration_quantile_and_the_calibrated_and_auto_methods() {
             },
             seed: 0,
             auto_band: AutoBand { low, high },
+            target_radii: vec![],
         })
         .unwrap()
         .calibrated

@@ -4,8 +4,9 @@
 //! radius agrees with an independent computation.
 use smoothcert::data::{DatasetKind, Split};
 use smoothcert::engine::CertifyParams;
+use smoothcert::engine::Method;
 use smoothcert::model::{Arch, Bundle, Classifier};
-use smoothcert::pipeline::certify::{certify, CertifyOptions, Method};
+use smoothcert::pipeline::certify::{certify, CertifyOptions};
 use smoothcert::pipeline::train::{train_base, TrainBaseOptions, TrainOutcome};
 use smoothcert::pipeline::tsv::read_tsv;
 use smoothcert::testing::{phi, rng_lock, write_threshold_bundle};
@@ -96,7 +97,7 @@ fn train_base_resumes_to_identical_weights() {
 fn certify_opts(bundle: &Path, out: &Path) -> CertifyOptions {
     CertifyOptions {
         bundle: bundle.to_path_buf(),
-        method: Method::Mc,
+        method: Method::MonteCarlo,
         split: Split::Test,
         data_dir: None,
         skip: 50,
@@ -113,6 +114,7 @@ fn certify_opts(bundle: &Path, out: &Path) -> CertifyOptions {
             low: smoothcert::config::DEFAULT_AUTO_BAND.0,
             high: smoothcert::config::DEFAULT_AUTO_BAND.1,
         },
+        target: None,
         device: Device::Cpu,
         out: out.to_path_buf(),
         show_progress: false,
@@ -138,7 +140,7 @@ fn certify_rows_match_closed_form_and_resume() {
     );
     let p_true = phi(0.5 / sigma);
     for r in &rows {
-        assert_eq!(r.method, "mc");
+        assert_eq!(r.method, Method::MonteCarlo);
         assert_eq!(r.n, 4_000);
         assert_eq!(r.predict, 0, "{r:?}");
         // Radius = sigma * Phi^-1(p_a_lower), and the bound sits below the true pA
@@ -223,7 +225,7 @@ fn surrogate_method_follows_the_accelerated_steps() {
     certify(&opts).unwrap();
     let expected_k = (100_000.0 * sigmoid(2.0)).round() as u64;
     for r in read_tsv(&root.path().join("agree.tsv")).unwrap() {
-        assert_eq!(r.method, "surrogate");
+        assert_eq!(r.method, Method::Surrogate);
         assert_eq!((r.predict, r.n), (0, 100_000), "{r:?}");
         // float32 softmax: within one count of the closed form.
         assert!(r.count_a.abs_diff(expected_k) <= 1, "{r:?} vs {expected_k}");
@@ -251,7 +253,7 @@ fn surrogate_method_follows_the_accelerated_steps() {
 
 #[test]
 fn bench_certify_times_both_methods_on_the_same_inputs() {
-    use smoothcert::pipeline::bench::{bench_methods, MethodsBenchOptions};
+    use smoothcert::bench::{bench_methods, MethodsBenchOptions};
     let _rng = rng_lock();
     let root = tempfile::tempdir().unwrap();
     let bundle = bundle_with_linear_surrogate(root.path(), 1.0);
@@ -270,6 +272,7 @@ fn bench_certify_times_both_methods_on_the_same_inputs() {
             low: 0.2,
             high: 0.5,
         },
+        target_radii: vec![0.1],
     })
     .unwrap();
     assert!(
@@ -281,4 +284,12 @@ fn bench_certify_times_both_methods_on_the_same_inputs() {
     assert!(r.mc_median_seconds > 0.0 && r.surrogate_median_seconds > 0.0);
     assert!((r.speedup - r.mc_median_seconds / r.surrogate_median_seconds).abs() < 1e-9);
     assert!(r.markdown().contains("surrogate (estimate)"));
+    // SEQUENTIAL at 0.1 on the same inputs: passes counted, and fewer than
+    // Monte Carlo's n0 + n; what it certifies, Monte Carlo certifies too
+    // (both exact; the sequential test stops early, never certifies more
+    // than its samples support).
+    let s = &r.sequential[0];
+    assert!(s.mean_passes > 10.0 && s.mean_passes < 20_010.0, "{s:?}");
+    assert!((s.speedup_passes - 20_010.0 / s.mean_passes).abs() < 1e-9);
+    assert!(r.markdown().contains("sequential"));
 }

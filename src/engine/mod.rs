@@ -1,8 +1,14 @@
-//! Monte Carlo CERTIFY and PREDICT (Cohen et al. 2019) over a batch of inputs,
-//! on top of the model's noisy counting and the smoothing statistics.
-use crate::model::{Classifier, ModelError};
+//! The one engine every caller shares: CERTIFY (Monte Carlo), ACCELERATED
+//! (the surrogate, plain or calibrated) and PREDICT over a batch of requests,
+//! each drawing its noise from its own seeded streams, on top of the model's
+//! counting and the smoothing statistics. The server's lanes, offline
+//! `certify` and the benchmarks all run [`Engine::run`], so one seed gives
+//! one answer everywhere, batched or not. AUTO's decision is [`AutoBand::fallback`].
+use crate::model::{Bundle, Classifier, ModelError};
+use crate::smoothing::sequential::{self, SequentialTest};
 use crate::smoothing::{self, CalibrationShift, Decision, SmoothingError};
-use tch::Tensor;
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
@@ -15,6 +21,10 @@ pub enum EngineError {
         field: &'static str,
         message: String,
     },
+    /// A surrogate task for an engine loaded without one: callers check
+    /// `has_surrogate` first, so this is a bug or a bundle changed under us.
+    #[error("this engine has no surrogate")]
+    NoSurrogate,
 }
 
 /// CERTIFY's parameters: n0 selection samples, n estimation samples, level alpha,
@@ -79,35 +89,6 @@ pub struct Prediction {
     pub n: u64,
 }
 
-/// CERTIFY for every input of `inputs` [B, C, H, W] (pixels in [0, 1]).
-pub fn certify(
-    model: &Classifier,
-    sigma: f64,
-    inputs: &Tensor,
-    params: &CertifyParams,
-) -> Result<Vec<McCertificate>, EngineError> {
-    params.validate()?;
-    let selection = count_rows(model, inputs, params.n0, sigma, params.batch)?;
-    let estimation = count_rows(model, inputs, params.n, sigma, params.batch)?;
-    selection
-        .iter()
-        .zip(&estimation)
-        .map(|(sel, est)| mc_certificate(sel, est, params.n, params.alpha, sigma))
-        .collect()
-}
-
-/// CERTIFY's decision from one input's selection and estimation counts.
-fn mc_certificate(
-    selection: &[u64],
-    estimation: &[u64],
-    n: u64,
-    alpha: f64,
-    sigma: f64,
-) -> Result<McCertificate, EngineError> {
-    let (class_a, _) = top_two(selection);
-    mc_certificate_for(class_a, estimation, n, alpha, sigma)
-}
-
 /// CERTIFY's decision for a chosen cA from its estimation counts.
 fn mc_certificate_for(
     class_a: usize,
@@ -145,30 +126,6 @@ pub struct SurrogateEstimate {
     /// The nominal sample count.
     pub n: u64,
     pub decision: Decision,
-}
-
-/// ACCELERATED for every input of `inputs`: n0 noisy base-classifier passes per
-/// input, one surrogate pass over the batch, then Clopper-Pearson at the nominal
-/// `params.n`. Abstains when the surrogate's top class is not cA (class
-/// mismatch) or the bound is not above 1/2 (low confidence).
-pub fn certify_accelerated(
-    base: &Classifier,
-    surrogate: &Classifier,
-    sigma: f64,
-    inputs: &Tensor,
-    params: &CertifyParams,
-) -> Result<Vec<SurrogateEstimate>, EngineError> {
-    params.validate()?;
-    let selection = count_rows(base, inputs, params.n0, sigma, params.batch)?;
-    let probs = surrogate_probs(surrogate, inputs)?;
-    selection
-        .iter()
-        .zip(&probs)
-        .map(|(sel, p)| {
-            let (class_a, _) = top_two(sel);
-            surrogate_estimate(class_a, p, None, params.n, params.alpha, sigma)
-        })
-        .collect()
 }
 
 /// The surrogate's probabilities [B, classes] as one row per input, with its
@@ -246,6 +203,15 @@ impl AutoBand {
         Ok(())
     }
 
+    /// AUTO's decision after its first step: `Some(cA)` when Monte Carlo,
+    /// with that cA, must answer instead of the calibrated estimate.
+    pub fn fallback(&self, first: &Outcome) -> Option<usize> {
+        match first {
+            Outcome::Surrogate(e, _) if self.falls_back(e) => Some(e.class_a),
+            _ => None,
+        }
+    }
+
     pub fn falls_back(&self, estimate: &SurrogateEstimate) -> bool {
         let p = match estimate.decision {
             Decision::Certified { p_a_lower, .. } | Decision::Abstain { p_a_lower, .. } => {
@@ -270,22 +236,6 @@ fn argmax(p: &[f64]) -> usize {
         .0
 }
 
-/// PREDICT for every input: n samples, two-sided binomial test of the top two counts at alpha.
-pub fn predict(
-    model: &Classifier,
-    sigma: f64,
-    inputs: &Tensor,
-    n: u64,
-    alpha: f64,
-    batch: i64,
-) -> Result<Vec<Prediction>, EngineError> {
-    validate_sampling(n, alpha, batch)?;
-    count_rows(model, inputs, n, sigma, batch)?
-        .iter()
-        .map(|row| prediction(row, n, alpha))
-        .collect()
-}
-
 /// PREDICT's decision from one input's counts.
 fn prediction(row: &[u64], n: u64, alpha: f64) -> Result<Prediction, EngineError> {
     let (a, b) = top_two(row);
@@ -301,29 +251,12 @@ fn prediction(row: &[u64], n: u64, alpha: f64) -> Result<Prediction, EngineError
     })
 }
 
-/// Class counts as one `Vec<u64>` per input.
-pub fn count_rows(
-    model: &Classifier,
-    inputs: &Tensor,
-    num: u64,
-    sigma: f64,
-    batch: i64,
-) -> Result<Vec<Vec<u64>>, EngineError> {
-    let num = i64::try_from(num).map_err(|_| invalid("n", "too large"))?;
-    let counts = model.sample_counts(inputs, num, sigma, batch)?;
-    let k = model.num_classes();
-    let flat: Vec<i64> = Vec::try_from(counts.flatten(0, -1)).map_err(ModelError::from)?;
-    Ok(flat
-        .chunks(k.max(1))
-        .map(|row| row.iter().map(|&c| c as u64).collect())
-        .collect())
-}
-
-/// The seed an input's noise is drawn under, from the run's seed and the
-/// input's index: an input gets the same noise whichever inputs ran before
-/// it, so resumed, sharded and uninterrupted runs agree row for row.
-pub fn input_seed(seed: u64, idx: usize) -> i64 {
-    (seed ^ (idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64
+/// The request seed of input `idx` of an offline run with seed `seed`: an
+/// input gets the same noise whichever inputs ran before it, so resumed,
+/// sharded and uninterrupted runs agree row for row, and a served request
+/// with this seed gets the same counts as the row.
+pub fn input_seed(seed: u64, idx: usize) -> u64 {
+    seed ^ (idx as u64).wrapping_mul(crate::model::GOLDEN_GAMMA)
 }
 
 /// Indices of the largest and second-largest counts; ties go to the lower class index.
@@ -333,7 +266,261 @@ pub fn top_two(counts: &[u64]) -> (usize, Option<usize>) {
     (order.first().copied().unwrap_or(0), order.get(1).copied())
 }
 
+/// One input's exact certificate at a target radius (SEQUENTIAL).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequentialCertificate {
+    pub class_a: usize,
+    /// cA's count among the estimation samples drawn.
+    pub count_a: u64,
+    /// Estimation samples drawn up to the stopping stage.
+    pub n: u64,
+    /// The cap (the last stage's size).
+    pub cap: u64,
+    pub target_radius: f64,
+    /// Stages run (1-based: the stopping stage).
+    pub stages: usize,
+    /// Whether the surrogate sized the schedule.
+    pub guided: bool,
+    /// Certified with sigma * Phi^-1(p_a_lower) >= target_radius, or
+    /// Abstain(TargetNotReached); p_a_lower is the stopping stage's bound.
+    pub decision: Decision,
+}
+
+/// One request's result from the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Surrogate(SurrogateEstimate, requests::Selected),
+    MonteCarlo(McCertificate, requests::Selected),
+    Predict(Prediction),
+    /// A stage slice: cA's count in it (a step of SEQUENTIAL, not an answer).
+    Stage(u64, requests::Selected),
+    Sequential(SequentialCertificate, requests::Selected),
+}
+
+impl Outcome {
+    /// The selection samples drawn to choose cA (0 for PREDICT).
+    pub fn n0_drawn(&self) -> u64 {
+        match self {
+            Outcome::Surrogate(_, s)
+            | Outcome::MonteCarlo(_, s)
+            | Outcome::Stage(_, s)
+            | Outcome::Sequential(_, s) => s.drawn,
+            Outcome::Predict(_) => 0,
+        }
+    }
+
+    /// The certificate's (or estimate's) decision; None for PREDICT.
+    pub fn decision(&self) -> Option<&Decision> {
+        match self {
+            Outcome::Surrogate(e, _) => Some(&e.decision),
+            Outcome::MonteCarlo(c, _) => Some(&c.decision),
+            Outcome::Sequential(c, _) => Some(&c.decision),
+            Outcome::Predict(_) | Outcome::Stage(..) => None,
+        }
+    }
+}
+
+impl Method {
+    /// The method that produced `outcome` for a request of this method:
+    /// AUTO answers as CALIBRATED or MONTE_CARLO.
+    pub fn answered_by(self, outcome: &Outcome) -> Method {
+        match (self, outcome) {
+            (_, Outcome::MonteCarlo(..)) | (_, Outcome::Predict(_)) => Method::MonteCarlo,
+            (_, Outcome::Sequential(..)) | (_, Outcome::Stage(..)) => Method::Sequential,
+            (Method::Surrogate | Method::MonteCarlo | Method::Sequential, _) => Method::Surrogate,
+            (Method::Calibrated | Method::Auto, _) => Method::Calibrated,
+        }
+    }
+}
+
+/// A batch's results (None where a request was cancelled), its timing and
+/// its forward-pass counts.
+pub type BatchResult = (
+    Vec<Option<Outcome>>,
+    requests::BatchTiming,
+    requests::PassCounts,
+);
+
+/// The models of one bundle on one device, and the code every method runs.
+pub struct Engine {
+    base: Classifier,
+    surrogate: Option<Classifier>,
+    sigma: f64,
+    forward_batch: i64,
+}
+
+impl Engine {
+    /// Loads the base classifier (and the surrogate, when asked for and the
+    /// bundle has one) on `device`.
+    pub fn load(
+        bundle: &Bundle,
+        device: Device,
+        forward_batch: i64,
+        with_surrogate: bool,
+    ) -> Result<Engine, EngineError> {
+        if forward_batch < 1 {
+            return Err(invalid("forward_batch", "must be at least 1"));
+        }
+        let base = Classifier::load(bundle, device)?;
+        let surrogate = match (&bundle.surrogate, with_surrogate) {
+            (Some(_), true) => Some(Classifier::load_surrogate(bundle, device)?),
+            _ => None,
+        };
+        Ok(Engine {
+            base,
+            surrogate,
+            sigma: bundle.sigma(),
+            forward_batch,
+        })
+    }
+
+    pub fn has_surrogate(&self) -> bool {
+        self.surrogate.is_some()
+    }
+
+    pub fn base(&self) -> &Classifier {
+        &self.base
+    }
+
+    pub fn sigma(&self) -> f64 {
+        self.sigma
+    }
+
+    pub fn forward_batch(&self) -> i64 {
+        self.forward_batch
+    }
+
+    /// `task` for every request of `reqs`; request i reads row `reqs[i].input`
+    /// of `inputs` [B, C, H, W] (pixels in [0, 1]). `keep(i)` is asked before
+    /// each noise block of request i; `false` drops it (its result is None).
+    pub fn run(
+        &self,
+        task: Task,
+        inputs: &Tensor,
+        reqs: &[requests::RequestParams],
+        keep: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<BatchResult, EngineError> {
+        for r in reqs {
+            validate_request(task, r)?;
+        }
+        let (base, sigma, fb) = (&self.base, self.sigma, self.forward_batch);
+        Ok(match task {
+            Task::Surrogate => {
+                let surrogate = self.surrogate.as_ref().ok_or(EngineError::NoSurrogate)?;
+                let (out, t, p) =
+                    requests::certify_surrogate(base, surrogate, sigma, inputs, reqs, fb, keep)?;
+                let out = out
+                    .into_iter()
+                    .map(|o| o.map(|(e, s)| Outcome::Surrogate(e, s)))
+                    .collect();
+                (out, t, p)
+            }
+            Task::MonteCarlo => {
+                let (out, t, p) = requests::certify_mc(base, sigma, inputs, reqs, fb, keep)?;
+                let out = out
+                    .into_iter()
+                    .map(|o| o.map(|(c, s)| Outcome::MonteCarlo(c, s)))
+                    .collect();
+                (out, t, p)
+            }
+            Task::Predict => {
+                let (out, t, p) = requests::predict(base, sigma, inputs, reqs, fb, keep)?;
+                (
+                    out.into_iter().map(|o| o.map(Outcome::Predict)).collect(),
+                    t,
+                    p,
+                )
+            }
+            Task::Stage => {
+                let (out, t, p) = requests::count_stage(base, sigma, inputs, reqs, fb, keep)?;
+                let out = out
+                    .into_iter()
+                    .map(|o| o.map(|(k, s)| Outcome::Stage(k, s)))
+                    .collect();
+                (out, t, p)
+            }
+        })
+    }
+
+    /// One request on one input [C, H, W] or [1, C, H, W], never cancelled.
+    pub fn run_one(
+        &self,
+        task: Task,
+        input: &Tensor,
+        req: requests::RequestParams,
+    ) -> Result<(Outcome, requests::BatchTiming), EngineError> {
+        let x = if input.dim() == 3 {
+            input.unsqueeze(0)
+        } else {
+            input.shallow_clone()
+        };
+        let req = requests::RequestParams { input: 0, ..req };
+        let (mut out, timing, _) = self.run(task, &x, &[req], &mut |_| true)?;
+        let outcome = out.pop().flatten().ok_or_else(|| {
+            EngineError::Model(ModelError::Torch("the engine returned no result".into()))
+        })?;
+        Ok((outcome, timing))
+    }
+
+    /// Runs one small request of every task this engine serves, so the first
+    /// real request does not pay for allocation and kernel selection.
+    pub fn warm_up(&self) -> Result<Duration, EngineError> {
+        let started = Instant::now();
+        let [c, h, w] = self.base.input_shape().map(|d| d as i64);
+        let x = Tensor::f_full([1, c, h, w], 0.5, (Kind::Float, self.base.device()))
+            .map_err(ModelError::from)?;
+        let req = requests::RequestParams::new(0, self.forward_batch as u64, 1, 0.5, 0);
+        self.run_one(Task::MonteCarlo, &x, req)?;
+        if self.has_surrogate() {
+            self.run_one(Task::Surrogate, &x, req)?;
+        }
+        Ok(started.elapsed())
+    }
+}
+
+/// SEQUENTIAL's test for one input, its schedule chosen here and only here:
+/// guided by the surrogate's tail-mapped p_hat[cA] (`guide`, when its top
+/// class is cA), else the plain one. Nothing drawn for estimation may reach
+/// this function: the guide comes from the surrogate and cA from the
+/// selection samples, both independent of the estimation samples.
+pub fn sequential_test(
+    sigma: f64,
+    target_radius: f64,
+    alpha: f64,
+    cap: u64,
+    guide: Option<f64>,
+) -> Result<SequentialTest, EngineError> {
+    let p_star = sequential::p_star(target_radius, sigma).map_err(|_| {
+        invalid(
+            "target_radius",
+            "must be a finite radius >= 0 (in the input's L2 units)",
+        )
+    })?;
+    if cap == 0 {
+        return Err(invalid("n", "must be at least 1"));
+    }
+    let schedule = match guide {
+        Some(p_hat) => sequential::Schedule::guided(alpha, cap, p_star, p_hat)?,
+        None => sequential::Schedule::plain(alpha, cap, p_star)?,
+    };
+    Ok(SequentialTest::new(schedule, p_star, sequential::FUTILITY)?)
+}
+
+/// A request's parameters, each failure naming its field.
+fn validate_request(task: Task, r: &requests::RequestParams) -> Result<(), EngineError> {
+    if task != Task::Predict && r.n0 == 0 && r.class_a.is_none() {
+        return Err(invalid("n0", "must be at least 1"));
+    }
+    if let Some(rule) = r.adaptive {
+        rule.validate()?;
+    }
+    validate_sampling(r.n, r.alpha, 1)
+}
+
+mod method;
 pub mod requests;
+
+pub use method::{Method, Task};
 
 #[cfg(test)]
 mod tests;

@@ -27,6 +27,17 @@ pub struct RequestParams {
     pub adaptive: Option<SequentialSelection>,
     /// cA already chosen (AUTO's Monte Carlo fallback): no selection samples.
     pub class_a: Option<usize>,
+    /// A stage task's samples: this slice of the n estimation samples.
+    pub slice: Option<Slice>,
+}
+
+/// Estimation samples `start .. start + num` of a request's n: stages of a
+/// sequential test drawn a slice at a time. Any slicing draws the same
+/// samples, and the whole n are Monte Carlo's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slice {
+    pub start: u64,
+    pub num: u64,
 }
 
 impl RequestParams {
@@ -41,6 +52,7 @@ impl RequestParams {
             shift: None,
             adaptive: None,
             class_a: None,
+            slice: None,
         }
     }
 }
@@ -97,16 +109,12 @@ pub fn select(
                 let r = &reqs[i];
                 let base_seed = stream_seed(r.seed, SELECTION);
                 match r.adaptive {
-                    None => NoiseStream {
-                        input: r.input,
-                        num: r.n0,
-                        seed: base_seed,
-                    },
-                    Some(rule) => NoiseStream {
-                        input: r.input,
-                        num: rule.chunk.min(r.n0 - drawn[i]),
-                        seed: base_seed ^ splitmix64_mix(look.wrapping_add(1)),
-                    },
+                    None => NoiseStream::whole(r.input, r.n0, base_seed),
+                    Some(rule) => NoiseStream::whole(
+                        r.input,
+                        rule.chunk.min(r.n0 - drawn[i]),
+                        base_seed ^ splitmix64_mix(look.wrapping_add(1)),
+                    ),
                 }
             })
             .collect();
@@ -161,11 +169,7 @@ fn streams(
     num: impl Fn(&RequestParams) -> u64,
 ) -> Vec<NoiseStream> {
     reqs.iter()
-        .map(|r| NoiseStream {
-            input: r.input,
-            num: num(r),
-            seed: stream_seed(r.seed, purpose),
-        })
+        .map(|r| NoiseStream::whole(r.input, num(r), stream_seed(r.seed, purpose)))
         .collect()
 }
 
@@ -289,5 +293,67 @@ pub fn predict(
         .zip(counts)
         .map(|(r, row)| row.map(|row| prediction(&row, r.n, r.alpha)).transpose())
         .collect::<Result<_, _>>()?;
+    Ok((out, timing, passes))
+}
+
+/// A stage task for each request: cA (selection samples first when the
+/// request brings none), then the count of cA in its slice of the
+/// estimation samples (`slice`, required).
+pub fn count_stage(
+    base: &Classifier,
+    sigma: f64,
+    inputs: &Tensor,
+    reqs: &[RequestParams],
+    forward_batch: i64,
+    keep: &mut dyn FnMut(usize) -> bool,
+) -> Result<Batch<u64>, EngineError> {
+    let started = Instant::now();
+    let slices: Vec<Slice> = reqs
+        .iter()
+        .map(|r| {
+            r.slice.ok_or(EngineError::InvalidParam {
+                field: "slice",
+                message: "a stage task needs its slice".into(),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let selection = select(base, sigma, inputs, reqs, forward_batch, keep)?;
+    let alive: Vec<bool> = selection.iter().map(Option::is_some).collect();
+    let streams: Vec<NoiseStream> = reqs
+        .iter()
+        .zip(&slices)
+        .map(|(r, sl)| NoiseStream {
+            input: r.input,
+            num: sl.num,
+            seed: stream_seed(r.seed, ESTIMATION),
+            start: sl.start,
+            len: r.n,
+        })
+        .collect();
+    let counts = base.count_streams(inputs, &streams, sigma, forward_batch, &mut |s| {
+        alive[s] && keep(s)
+    })?;
+    let timing = BatchTiming {
+        sampling: started.elapsed(),
+        surrogate: Duration::ZERO,
+    };
+    let passes = PassCounts {
+        base: selection.iter().flatten().map(|s| s.drawn).sum::<u64>()
+            + slices
+                .iter()
+                .zip(&alive)
+                .filter(|(_, a)| **a)
+                .map(|(s, _)| s.num)
+                .sum::<u64>(),
+        surrogate: 0,
+    };
+    let out = selection
+        .into_iter()
+        .zip(counts)
+        .map(|pair| match pair {
+            (Some(sel), Some(row)) => Some((row.get(sel.class_a).copied().unwrap_or(0), sel)),
+            _ => None,
+        })
+        .collect();
     Ok((out, timing, passes))
 }

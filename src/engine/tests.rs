@@ -1,4 +1,5 @@
 use super::*;
+use crate::engine::requests::RequestParams;
 use crate::testing::{input_with_first_pixel, phi, rng_lock, write_threshold_bundle};
 use tch::Device;
 
@@ -18,43 +19,71 @@ fn batch(firsts: &[f64]) -> Tensor {
     Tensor::from_slice(&data).view([firsts.len() as i64, 1, 4, 4])
 }
 
+fn engine(dir: &std::path::Path, forward_batch: i64) -> Engine {
+    let bundle = write_threshold_bundle(dir, SHAPE, 0.5, SIGMA);
+    Engine::load(&bundle, Device::Cpu, forward_batch, false).unwrap()
+}
+
+fn reqs(n0: u64, n: u64, alpha: f64, seeds: &[u64]) -> Vec<RequestParams> {
+    seeds
+        .iter()
+        .enumerate()
+        .map(|(i, &seed)| RequestParams::new(i, n0, n, alpha, seed))
+        .collect()
+}
+
 #[test]
-fn counts_follow_the_closed_form_probability() {
-    let _rng = rng_lock();
+fn monte_carlo_counts_follow_the_closed_form_probability() {
     let dir = tempfile::tempdir().unwrap();
-    let m = model(dir.path());
-    tch::manual_seed(7);
+    let e = engine(dir.path(), 777);
     let n = 20_000u64;
     // Inputs on both sides of the boundary in one batch, with forward batches
-    // that straddle inputs: each row must see only its own input's noise.
+    // that straddle inputs: each request must see only its own input's noise.
     let firsts = [0.8, 0.1, 0.55];
-    let rows = count_rows(&m, &batch(&firsts), n, SIGMA, 777).unwrap();
-    for (row, &x0) in rows.iter().zip(&firsts) {
-        assert_eq!(row.iter().sum::<u64>(), n);
+    let (out, _, passes) = e
+        .run(
+            Task::MonteCarlo,
+            &batch(&firsts),
+            &reqs(10, n, 0.001, &[1, 2, 3]),
+            &mut |_| true,
+        )
+        .unwrap();
+    assert_eq!(passes.base, 3 * (10 + n));
+    for (o, &x0) in out.iter().zip(&firsts) {
+        let Some(Outcome::MonteCarlo(c, _)) = o else {
+            panic!("{o:?}")
+        };
         let p_high = phi((x0 - 0.5) / SIGMA);
-        let se = (p_high * (1.0 - p_high) / n as f64).sqrt();
-        let observed = row[1] as f64 / n as f64;
+        let p_a = if c.class_a == 1 { p_high } else { 1.0 - p_high };
+        let se = (p_a * (1.0 - p_a) / n as f64).sqrt();
+        let observed = c.count_a as f64 / n as f64;
         assert!(
-            (observed - p_high).abs() < 5.0 * se + 1e-9,
-            "x0 = {x0}: observed {observed}, expected {p_high}"
+            (observed - p_a).abs() < 5.0 * se + 1e-9,
+            "x0 = {x0}: observed {observed}, expected {p_a}"
         );
     }
 }
 
 #[test]
 fn certified_radius_approaches_distance_to_boundary() {
-    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let m = model(dir.path());
-    tch::manual_seed(11);
-    let params = CertifyParams {
-        n0: 100,
-        n: 50_000,
-        alpha: 0.001,
-        batch: 4096,
-    };
+    let e = engine(dir.path(), 4096);
     let firsts = [0.8, 0.2, 0.5];
-    let certs = certify(&m, SIGMA, &batch(&firsts), &params).unwrap();
+    let (out, _, _) = e
+        .run(
+            Task::MonteCarlo,
+            &batch(&firsts),
+            &reqs(100, 50_000, 0.001, &[11, 12, 13]),
+            &mut |_| true,
+        )
+        .unwrap();
+    let certs: Vec<&McCertificate> = out
+        .iter()
+        .map(|o| match o {
+            Some(Outcome::MonteCarlo(c, _)) => c,
+            other => panic!("{other:?}"),
+        })
+        .collect();
     for (cert, &x0) in certs.iter().zip(&firsts[..2]) {
         let distance = (x0 - 0.5f64).abs();
         let expected_class = usize::from(x0 > 0.5);
@@ -66,8 +95,8 @@ fn certified_radius_approaches_distance_to_boundary() {
             } => {
                 assert_eq!(class, expected_class);
                 assert_eq!(cert.class_a, expected_class);
-                // A valid certificate never exceeds the true radius (at this seed), and
-                // with N = 50 000 it comes within a few percent of it.
+                // A valid certificate never exceeds the true radius (at these
+                // seeds), and with N = 50 000 it comes within a few percent of it.
                 assert!(radius < distance, "radius {radius} >= {distance}");
                 assert!(radius > 0.9 * distance, "radius {radius} too small");
                 let recomputed = SIGMA * statrs_ppf(p_a_lower);
@@ -82,52 +111,68 @@ fn certified_radius_approaches_distance_to_boundary() {
 
 #[test]
 fn predict_abstains_on_the_boundary_and_answers_off_it() {
-    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let m = model(dir.path());
-    tch::manual_seed(3);
-    let out = predict(&m, SIGMA, &batch(&[0.5, 0.9, 0.3]), 2_000, 0.001, 1000).unwrap();
-    assert_eq!(out[0].class, None);
-    assert_eq!(out[1].class, Some(1));
-    assert_eq!(out[2].class, Some(0));
-    assert_eq!(out[1].count_a + out[1].count_b, 2_000);
+    let e = engine(dir.path(), 1000);
+    let (out, _, _) = e
+        .run(
+            Task::Predict,
+            &batch(&[0.5, 0.9, 0.3]),
+            &reqs(1, 2_000, 0.001, &[3, 4, 5]),
+            &mut |_| true,
+        )
+        .unwrap();
+    let p: Vec<&Prediction> = out
+        .iter()
+        .map(|o| match o {
+            Some(Outcome::Predict(p)) => p,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(p[0].class, None);
+    assert_eq!(p[1].class, Some(1));
+    assert_eq!(p[2].class, Some(0));
+    assert_eq!(p[1].count_a + p[1].count_b, 2_000);
 }
 
 #[test]
-fn same_seed_same_counts() {
-    let _rng = rng_lock();
+fn same_seed_same_answer_other_seed_other_noise() {
     let dir = tempfile::tempdir().unwrap();
-    let m = model(dir.path());
+    let e = engine(dir.path(), 512);
     let run = |seed| {
-        tch::manual_seed(seed);
-        count_rows(&m, &batch(&[0.55]), 5_000, SIGMA, 512).unwrap()
+        e.run(
+            Task::MonteCarlo,
+            &batch(&[0.55]),
+            &reqs(10, 5_000, 0.001, &[seed]),
+            &mut |_| true,
+        )
+        .unwrap()
+        .0
     };
     assert_eq!(run(5), run(5));
     assert_ne!(run(5), run(6));
 }
 
 #[test]
-fn rejects_bad_params() {
-    let _rng = rng_lock();
+fn rejects_bad_params_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    let m = model(dir.path());
-    let good = CertifyParams {
-        n0: 10,
-        n: 100,
-        alpha: 0.001,
-        batch: 10,
-    };
+    let e = engine(dir.path(), 10);
+    let good = RequestParams::new(0, 10, 100, 0.001, 1);
     for (bad, field) in [
-        (CertifyParams { n0: 0, ..good }, "n0"),
-        (CertifyParams { n: 0, ..good }, "n"),
-        (CertifyParams { alpha: 1.0, ..good }, "alpha"),
-        (CertifyParams { batch: 0, ..good }, "batch"),
+        (RequestParams { n0: 0, ..good }, "n0"),
+        (RequestParams { n: 0, ..good }, "n"),
+        (RequestParams { alpha: 1.0, ..good }, "alpha"),
+        (RequestParams { alpha: 0.0, ..good }, "alpha"),
     ] {
-        match certify(&m, SIGMA, &batch(&[0.7]), &bad) {
+        match e.run(Task::MonteCarlo, &batch(&[0.7]), &[bad], &mut |_| true) {
             Err(EngineError::InvalidParam { field: f, .. }) => assert_eq!(f, field),
             other => panic!("{field}: {other:?}"),
         }
     }
+    // A surrogate task on an engine without one.
+    assert!(matches!(
+        e.run(Task::Surrogate, &batch(&[0.7]), &[good], &mut |_| true),
+        Err(EngineError::NoSurrogate)
+    ));
 }
 
 #[test]
@@ -143,11 +188,11 @@ fn statrs_ppf(p: f64) -> f64 {
 
 mod requests_batch {
     use super::*;
-    use crate::engine::requests::{self, RequestParams};
+    use crate::engine::requests;
     use crate::model::NoiseStream;
 
     fn stream(input: usize, num: u64, seed: u64) -> NoiseStream {
-        NoiseStream { input, num, seed }
+        NoiseStream::whole(input, num, seed)
     }
 
     #[test]
@@ -256,5 +301,97 @@ mod requests_batch {
             together[2].as_ref().unwrap().0.decision,
             Decision::Abstain { .. }
         ));
+    }
+}
+
+mod sequential_stages {
+    use super::*;
+    use crate::engine::requests::{count_stage, Slice};
+    use crate::model::NoiseStream;
+
+    #[test]
+    fn a_stream_drawn_in_slices_counts_what_it_counts_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = model(dir.path());
+        let x = batch(&[0.52]);
+        let len = 5_000u64;
+        let whole = m
+            .count_streams(
+                &x,
+                &[NoiseStream::whole(0, len, 77)],
+                SIGMA,
+                64,
+                &mut |_| true,
+            )
+            .unwrap();
+        // Slices at offsets that straddle noise blocks, in one call.
+        let cuts = [0u64, 300, 1024, 1500, 4096, 4999, 5000];
+        let slices: Vec<NoiseStream> = cuts
+            .windows(2)
+            .map(|w| NoiseStream {
+                input: 0,
+                num: w[1] - w[0],
+                seed: 77,
+                start: w[0],
+                len,
+            })
+            .collect();
+        let parts = m
+            .count_streams(&x, &slices, SIGMA, 100, &mut |_| true)
+            .unwrap();
+        let mut summed = vec![0u64; 2];
+        for p in parts.iter().flatten() {
+            for (s, v) in summed.iter_mut().zip(p) {
+                *s += v;
+            }
+        }
+        assert_eq!(Some(summed), whole[0]);
+        // A slice past the stream's end is refused, not wrapped.
+        let bad = NoiseStream {
+            input: 0,
+            num: 10,
+            seed: 77,
+            start: len - 5,
+            len,
+        };
+        assert!(m
+            .count_streams(&x, &[bad], SIGMA, 64, &mut |_| true)
+            .is_err());
+    }
+
+    #[test]
+    fn stage_slices_add_up_to_the_monte_carlo_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path(), 256);
+        let x = batch(&[0.55]);
+        let req = RequestParams::new(0, 50, 3_000, 0.001, 9);
+        let (mc, _) = e.run_one(Task::MonteCarlo, &x, req).unwrap();
+        let Outcome::MonteCarlo(cert, sel) = mc else {
+            panic!("{mc:?}")
+        };
+        // Slices of the same request's estimation samples: the first selects
+        // cA as Monte Carlo did, the rest reuse it.
+        let mut k = 0;
+        for (start, num) in [(0u64, 700u64), (700, 1_300), (2_000, 1_000)] {
+            let stage = RequestParams {
+                class_a: (start > 0).then_some(sel.class_a),
+                slice: Some(Slice { start, num }),
+                ..req
+            };
+            let (out, _, passes) = count_stage(
+                e.base(),
+                SIGMA,
+                &x,
+                &[stage],
+                e.forward_batch(),
+                &mut |_| true,
+            )
+            .unwrap();
+            let (count, got) = out[0].unwrap();
+            assert_eq!(got.class_a, sel.class_a);
+            assert_eq!(passes.base, num + if start == 0 { 50 } else { 0 });
+            k += count;
+        }
+        assert_eq!(k, cert.count_a);
     }
 }

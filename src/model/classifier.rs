@@ -278,19 +278,36 @@ impl Classifier {
         let mut alive = vec![true; streams.len()];
         let mut pending = Pending::default();
         for (s, stream) in streams.iter().enumerate() {
+            if stream
+                .start
+                .checked_add(stream.num)
+                .is_none_or(|end| end > stream.len)
+            {
+                return Err(ModelError::Torch(format!(
+                    "noise slice {}..+{} of a stream of {}",
+                    stream.start, stream.num, stream.len
+                )));
+            }
+            let block_len = NOISE_BLOCK as u64;
             let mut drawn = 0u64;
-            let mut block = 0u64;
             while drawn < stream.num {
                 if !keep(s) {
                     alive[s] = false;
                     break;
                 }
-                let len = (stream.num - drawn).min(NOISE_BLOCK as u64) as i64;
+                let at = stream.start + drawn;
+                let block = at / block_len;
+                let offset = at % block_len;
+                let whole = (stream.len - block * block_len).min(block_len);
+                let len = (whole - offset).min(stream.num - drawn) as i64;
                 let mut noisy = {
                     let _rng = super::rng_lock();
                     tch::manual_seed(block_seed(stream.seed, block));
-                    Tensor::f_randn([len, c, h, w], (Kind::Float, self.device))?
+                    Tensor::f_randn([whole as i64, c, h, w], (Kind::Float, self.device))?
                 };
+                if offset > 0 || len < whole as i64 {
+                    noisy = noisy.f_narrow(0, offset as i64, len)?;
+                }
                 let _ = noisy.f_mul_scalar_(sigma)?;
                 let _ = noisy.f_add_(&inputs.f_narrow(0, stream.input as i64, 1)?)?;
                 pending.push(
@@ -301,7 +318,6 @@ impl Classifier {
                     self.count_pending(&mut pending, batch, &mut counts, s_len)?;
                 }
                 drawn += len as u64;
-                block += 1;
             }
         }
         while pending.rows > 0 {
@@ -370,13 +386,34 @@ impl Classifier {
 /// Noise is drawn in blocks of this many samples, each from its own seed.
 pub const NOISE_BLOCK: i64 = 1024;
 
-/// Noisy samples of one input under one seed (see [`Classifier::count_streams`]).
+/// Noisy samples of one input under one seed (see [`Classifier::count_streams`]):
+/// samples `start .. start + num` of a stream of `len` samples. Block b of
+/// the stream is always drawn whole, min(NOISE_BLOCK, len - b * NOISE_BLOCK)
+/// samples from its own seed, so any slicing of a stream at any offsets
+/// sees the same samples as drawing it in one go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoiseStream {
     /// Row of the inputs tensor.
     pub input: usize,
     pub num: u64,
     pub seed: u64,
+    /// The first sample of the slice.
+    pub start: u64,
+    /// The whole stream's length (>= start + num).
+    pub len: u64,
+}
+
+impl NoiseStream {
+    /// A whole stream of `num` samples.
+    pub fn whole(input: usize, num: u64, seed: u64) -> NoiseStream {
+        NoiseStream {
+            input,
+            num,
+            seed,
+            start: 0,
+            len: num,
+        }
+    }
 }
 
 /// splitmix64's golden-ratio increment.

@@ -35,13 +35,33 @@ pub enum ModelError {
     Bundle(String),
     #[error("libtorch: {0}")]
     Torch(String),
+    /// The device ran out of memory: the same work may succeed later, or
+    /// with a smaller forward batch.
+    #[error("out of device memory: {0}")]
+    OutOfMemory(String),
     #[error("model output has shape {got:?}, expected [batch, {classes}]")]
     BadOutput { got: Vec<i64>, classes: usize },
 }
 
 impl From<tch::TchError> for ModelError {
     fn from(e: tch::TchError) -> Self {
-        ModelError::Torch(e.to_string())
+        let message = e.to_string();
+        // libtorch reports CUDA's and the CPU allocator's exhaustion in these words.
+        if message.contains("out of memory")
+            || message.contains("DefaultCPUAllocator: can't allocate")
+        {
+            ModelError::OutOfMemory(message)
+        } else {
+            ModelError::Torch(message)
+        }
+    }
+}
+
+impl ModelError {
+    /// Whether a retry of the same work may succeed (the device was short of
+    /// memory), as opposed to a fault of the model or the request.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ModelError::OutOfMemory(_))
     }
 }
 

@@ -135,7 +135,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
                 opts.n0,
                 1,
                 opts.alpha,
-                engine::input_seed(opts.seed, idx as usize) as u64,
+                engine::input_seed(opts.seed, idx as usize),
             )
         })
         .collect();

@@ -4,60 +4,24 @@
 use super::report::summarize;
 use super::tsv::{open_for_resume, CertRow};
 use super::{io_err, load_inputs, progress_bar, write_json, Inputs, PipelineError};
+use crate::batcher::{Answer, Offline, Target};
 use crate::data::Split;
-use crate::engine::requests::{self, RequestParams};
-use crate::engine::{self, AutoBand, CertifyParams};
-use crate::model::{Bundle, Classifier};
+use crate::engine::requests::RequestParams;
+use crate::engine::{self, AutoBand, CertifyParams, Method, Outcome};
+use crate::model::Bundle;
 use crate::smoothing::{CalibrationShift, Decision, SequentialSelection};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{Device, Tensor};
-
-/// Which estimate produced a radius. Named in every row, file and report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// Cohen et al.'s Monte Carlo CERTIFY: a certificate at level 1 - alpha.
-    Mc,
-    /// Accelerated Smoothing: cA from n0 samples, the count predicted by the
-    /// bundle's surrogate. An estimate of the Monte Carlo certificate, not a guarantee.
-    Surrogate,
-    /// The surrogate with p_hat[cA] lowered by the bundle's conformal calibration
-    /// (p_hat - q for the p_gap score): exceeds the Monte Carlo radius with
-    /// probability at most delta. An estimate.
-    Calibrated,
-    /// Calibrated where decisive, else Monte Carlo with the same cA; each row
-    /// names the method that produced it.
-    Auto,
-}
-
-impl Method {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Mc => "mc",
-            Method::Surrogate => "surrogate",
-            Method::Calibrated => "calibrated",
-            Method::Auto => "auto",
-        }
-    }
-
-    /// What this method's radii are: a certificate, or an estimate of one.
-    pub fn radius_kind(self) -> &'static str {
-        match self {
-            Method::Mc => "certificate",
-            Method::Surrogate | Method::Calibrated => "estimate",
-            Method::Auto => "mixed",
-        }
-    }
-}
+use tch::Device;
 
 /// The sample count a method certifies at when `--n` is not given: 100,000 for
 /// Monte Carlo, the surrogate's nominal N for the surrogate.
 pub fn default_n(bundle: &Path, method: Method) -> Result<u64, PipelineError> {
     Ok(match method {
-        Method::Mc => 100_000,
+        // Sequential: the cap, Monte Carlo's N.
+        Method::MonteCarlo | Method::Sequential => 100_000,
         Method::Surrogate => Bundle::load(bundle)?
             .surrogate
             .map_or(100_000, |s| s.nominal_n),
@@ -85,14 +49,17 @@ pub struct CertifyOptions {
     pub adaptive: Option<SequentialSelection>,
     /// AUTO's fallback band on the calibrated pA_lower.
     pub auto_band: AutoBand,
+    /// SEQUENTIAL (and AUTO's Monte Carlo step): the radius to certify, and
+    /// whether the surrogate sizes the stages.
+    pub target: Option<Target>,
     pub device: Device,
     pub out: PathBuf,
     pub show_progress: bool,
 }
 
 /// The parameters a TSV was produced with; a resumed run must match them.
-/// The forward batch and the device are in it because they change which noise
-/// an input draws under a given seed.
+/// The device is in it because it changes which noise an input draws under a
+/// given seed (the forward batch does not: noise comes in seeded blocks).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct RunParams {
     bundle_name: String,
@@ -111,7 +78,10 @@ struct RunParams {
     alpha: f64,
     sigma: f64,
     seed: u64,
-    batch: i64,
+    /// How noise is drawn: "seeded_streams" (the served path, per-input
+    /// request seed `engine::input_seed(seed, idx)`). Files from before it
+    /// lack the key and are not resumed.
+    noise: String,
     device: String,
     /// Adaptive n0 (chunk, alpha); absent for fixed n0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,6 +92,9 @@ struct RunParams {
     /// AUTO: the fallback band (low, high).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     auto_band: Option<(f64, f64)>,
+    /// SEQUENTIAL and AUTO: the target radius and whether the schedule was guided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target_radius: Option<(f64, bool)>,
     /// The surrogate's tail map (its ratios): refitting it changes every estimate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tail_map: Option<Vec<f64>>,
@@ -165,6 +138,27 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         opts.max,
     )?;
 
+    if opts.method.needs_surrogate() && bundle.surrogate.is_none() {
+        return Err(PipelineError::Invalid(format!(
+            "{}: model.toml has no [surrogate] (train one with train-surrogate), \
+             so --method {} cannot run; --method monte_carlo can",
+            bundle.dir.display(),
+            opts.method
+        )));
+    }
+    match (opts.method, opts.target) {
+        (Method::Sequential, None) => {
+            return Err(PipelineError::Invalid(
+                "--method sequential certifies a required radius: give --target-radius".into(),
+            ))
+        }
+        (Method::Sequential | Method::Auto, _) | (_, None) => {}
+        (other, Some(_)) => {
+            return Err(PipelineError::Invalid(format!(
+                "--target-radius is for --method sequential or auto, not {other}"
+            )))
+        }
+    }
     if let Some(rule) = opts.adaptive {
         rule.validate().map_err(engine::EngineError::from)?;
     }
@@ -185,7 +179,7 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         }
         _ => None,
     };
-    if opts.method != Method::Mc {
+    if opts.method != Method::MonteCarlo {
         check_not_fitted_on(&bundle, opts.split, &indices, calibration.is_some())?;
     }
     let run = RunParams {
@@ -193,7 +187,7 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         bundle_version: bundle.version.clone(),
         base_weights_fnv1a: super::base_fingerprint(&bundle)?,
         surrogate_weights_fnv1a: match (opts.method, &bundle.surrogate) {
-            (Method::Mc, _) | (_, None) => None,
+            (Method::MonteCarlo, _) | (_, None) => None,
             (_, Some(s)) => {
                 let path = bundle.dir.join(&s.model.file);
                 Some(crate::fsutil::fingerprint(&path).map_err(io_err(&path))?)
@@ -208,14 +202,15 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         alpha: opts.params.alpha,
         sigma: bundle.sigma(),
         seed: opts.seed,
-        batch: opts.params.batch,
+        noise: NOISE_SCHEME.into(),
         device: format!("{:?}", opts.device),
         adaptive: opts.adaptive.map(|a| (a.chunk, a.alpha)),
         calibration: calibration.as_ref().map(|c| (c.q, c.delta, c.score)),
         auto_band: (opts.method == Method::Auto)
             .then_some((opts.auto_band.low, opts.auto_band.high)),
+        target_radius: opts.target.map(|t| (t.radius, t.guided)),
         tail_map: match opts.method {
-            Method::Mc => None,
+            Method::MonteCarlo => None,
             _ => bundle
                 .surrogate
                 .as_ref()
@@ -271,53 +266,21 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         );
     }
 
-    let model = Classifier::load(&bundle, opts.device)?;
-    let surrogate = match opts.method {
-        Method::Mc => None,
-        _ => Some(Classifier::load_surrogate(&bundle, opts.device)?),
-    };
-    let by_request = calibration.is_some() || opts.adaptive.is_some();
+    let engine = Offline::start(&bundle, opts.device, opts.params.batch, opts.auto_band)?;
     let shift = calibration.as_ref().map(crate::model::Calibration::shift);
     let sigma = bundle.sigma();
     let bar = progress_bar(
         todo.len() as u64,
-        &format!("certify {}", opts.method.as_str()),
+        &format!("certify {}", opts.method),
         opts.show_progress,
     );
     let started = Instant::now();
     let mut rows = done;
     for idx in todo {
-        tch::manual_seed(engine::input_seed(opts.seed, idx));
         let t0 = Instant::now();
-        let x = super::images_tensor(&ds, &[idx], opts.device);
-        let one = if by_request {
-            let seed = engine::input_seed(opts.seed, idx) as u64;
-            certify_by_request(&model, surrogate.as_ref(), sigma, &x, opts, seed, shift)?
-        } else {
-            match &surrogate {
-                None => engine::certify(&model, sigma, &x, &opts.params)?
-                    .pop()
-                    .map(|c| One {
-                        decision: c.decision,
-                        count_a: c.count_a,
-                        n: c.n,
-                        class_a: c.class_a,
-                        drawn: opts.params.n0,
-                        method: Method::Mc,
-                    }),
-                Some(sur) => engine::certify_accelerated(&model, sur, sigma, &x, &opts.params)?
-                    .pop()
-                    .map(|e| One {
-                        decision: e.decision,
-                        count_a: e.count_a,
-                        n: e.n,
-                        class_a: e.class_a,
-                        drawn: opts.params.n0,
-                        method: Method::Surrogate,
-                    }),
-            }
-            .ok_or_else(|| PipelineError::Invalid("the engine returned no result".into()))?
-        };
+        let params = request_params(opts, engine::input_seed(opts.seed, idx), shift);
+        let answer = engine.certify(opts.method, ds.image(idx).to_vec(), params, opts.target)?;
+        let one = One::from_answer(&answer)?;
         let (decision, count_a, n) = (one.decision, one.count_a, one.n);
         let time = t0.elapsed().as_secs_f64();
         let label = ds.labels[idx];
@@ -338,7 +301,7 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
             radius,
             correct: predict == label,
             time,
-            method: one.method.as_str().into(),
+            method: one.method,
             count_a,
             n,
             p_a_lower,
@@ -361,6 +324,7 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         ));
     }
     bar.finish_and_clear();
+    engine.shutdown();
     file.sync_all().map_err(io_err(&opts.out))?;
 
     let curve = summarize(opts.method.as_str(), &rows, &[0.0]);
@@ -376,7 +340,7 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         radius_kind: opts.method.radius_kind(),
         fallback_fraction: (opts.method == Method::Auto).then(|| {
             rows.iter()
-                .filter(|r| r.method == Method::Mc.as_str())
+                .filter(|r| r.method == Method::MonteCarlo)
                 .count() as f64
                 / rows.len().max(1) as f64
         }),
@@ -389,6 +353,24 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
     Ok(summary)
 }
 
+/// How offline runs draw noise (recorded in `params.json`).
+const NOISE_SCHEME: &str = "seeded_streams";
+
+/// The engine's parameters for one input of an offline run: the request a
+/// served client would send with seed `seed` and the run's options.
+pub fn request_params(
+    opts: &CertifyOptions,
+    seed: u64,
+    shift: Option<CalibrationShift>,
+) -> RequestParams {
+    let p = &opts.params;
+    RequestParams {
+        shift: shift.filter(|_| opts.method.needs_calibration()),
+        adaptive: opts.adaptive,
+        ..RequestParams::new(0, p.n0, p.n, p.alpha, seed)
+    }
+}
+
 /// One input's outcome, and the method that produced it.
 pub(crate) struct One {
     decision: Decision,
@@ -399,66 +381,28 @@ pub(crate) struct One {
     pub(crate) method: Method,
 }
 
-/// One input through the server's request path (noise from seeded streams):
-/// the calibrated methods and adaptive n0 run here, exactly as served.
-pub(crate) fn certify_by_request(
-    model: &Classifier,
-    surrogate: Option<&Classifier>,
-    sigma: f64,
-    x: &Tensor,
-    opts: &CertifyOptions,
-    seed: u64,
-    shift: Option<CalibrationShift>,
-) -> Result<One, PipelineError> {
-    let p = &opts.params;
-    let req = RequestParams {
-        shift,
-        adaptive: opts.adaptive,
-        ..RequestParams::new(0, p.n0, p.n, p.alpha, seed)
-    };
-    let mc = |req: RequestParams, drawn: Option<u64>| -> Result<One, PipelineError> {
-        let (mut out, _, _) =
-            requests::certify_mc(model, sigma, x, &[req], p.batch, &mut |_| true)?;
-        let (c, sel) = out
-            .pop()
-            .flatten()
-            .ok_or_else(|| PipelineError::Invalid("the engine returned no result".into()))?;
-        Ok(One {
-            decision: c.decision,
-            count_a: c.count_a,
-            n: c.n,
-            class_a: c.class_a,
-            drawn: drawn.unwrap_or(sel.drawn),
-            method: Method::Mc,
-        })
-    };
-    let Some(sur) = surrogate else {
-        return mc(req, None);
-    };
-    let (mut out, _, _) =
-        requests::certify_surrogate(model, sur, sigma, x, &[req], p.batch, &mut |_| true)?;
-    let (e, sel) = out
-        .pop()
-        .flatten()
-        .ok_or_else(|| PipelineError::Invalid("the engine returned no result".into()))?;
-    if opts.method == Method::Auto && opts.auto_band.falls_back(&e) {
-        let fallback = RequestParams {
-            class_a: Some(e.class_a),
-            ..req
+impl One {
+    pub(crate) fn from_answer(answer: &Answer) -> Result<One, PipelineError> {
+        let (decision, count_a, n, class_a) = match &answer.outcome {
+            Outcome::Surrogate(e, _) => (e.decision, e.count_a, e.n, e.class_a),
+            Outcome::MonteCarlo(c, _) => (c.decision, c.count_a, c.n, c.class_a),
+            // n: the estimation samples drawn up to the stopping stage.
+            Outcome::Sequential(c, _) => (c.decision, c.count_a, c.n, c.class_a),
+            Outcome::Predict(_) | Outcome::Stage(..) => {
+                return Err(PipelineError::Invalid(
+                    "a certificate request got no certificate".into(),
+                ))
+            }
         };
-        return mc(fallback, Some(sel.drawn));
+        Ok(One {
+            decision,
+            count_a,
+            n,
+            class_a,
+            drawn: answer.outcome.n0_drawn(),
+            method: answer.method,
+        })
     }
-    Ok(One {
-        decision: e.decision,
-        count_a: e.count_a,
-        n: e.n,
-        class_a: e.class_a,
-        drawn: sel.drawn,
-        method: match opts.method {
-            Method::Calibrated | Method::Auto => Method::Calibrated,
-            _ => Method::Surrogate,
-        },
-    })
 }
 
 /// The bundle's calibration, refused when it cannot stand behind these

@@ -398,6 +398,8 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
         tracing::info!(resumed, remaining = todo.len(), "resuming sample-counts");
     }
     let model = Classifier::load(&bundle, opts.device)?;
+    let n_samples = i64::try_from(opts.n)
+        .map_err(|_| PipelineError::Invalid(format!("--n {} is too large", opts.n)))?;
     let todo_inputs: usize = todo.iter().map(|&j| chunks[j].len()).sum();
     let bar = progress_bar(todo_inputs as u64, "sample-counts", opts.show_progress);
     let started = Instant::now();
@@ -406,10 +408,18 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
     for &j in todo.iter().take(limit) {
         let mut rows = Vec::with_capacity(chunks[j].len() * meta.num_classes);
         for &idx in chunks[j] {
-            tch::manual_seed(engine::input_seed(opts.seed, idx));
             let x = super::images_tensor(&ds, &[idx], Device::Cpu);
-            let counts = engine::count_rows(&model, &x, opts.n, bundle.sigma(), opts.batch)?;
-            rows.extend(counts.iter().flatten().map(|&v| v as i32));
+            // Training data, not a certificate: the input's n samples come
+            // from the global generator seeded per input, as every committed
+            // shard's did, so a resumed shard stays one run.
+            let counts = {
+                let _rng = crate::model::rng_lock();
+                tch::manual_seed(engine::input_seed(opts.seed, idx) as i64);
+                model.sample_counts(&x, n_samples, bundle.sigma(), opts.batch)?
+            };
+            let counts: Vec<i64> = Vec::try_from(counts.flatten(0, -1))
+                .map_err(|e| PipelineError::Model(crate::model::ModelError::from(e)))?;
+            rows.extend(counts.iter().map(|&v| v as i32));
             passes += opts.n;
             bar.inc(1);
             bar.set_message(format!(

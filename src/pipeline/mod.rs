@@ -1,7 +1,5 @@
 //! The offline pipeline: `train-base`, `sample-counts`, `train-surrogate`,
 //! `fit-tail-map`, `calibrate`, `certify`, `report`, `bench`.
-pub mod bench;
-pub mod bench_serve;
 pub mod calibrate;
 pub mod certify;
 pub mod counts;
@@ -24,6 +22,10 @@ pub enum PipelineError {
     Bundle(#[from] crate::model::BundleError),
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Batch(#[from] crate::batcher::BatchError),
+    #[error(transparent)]
+    Start(#[from] crate::batcher::StartError),
     #[error(transparent)]
     Tsv(#[from] tsv::TsvError),
     #[error(transparent)]

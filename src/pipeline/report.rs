@@ -6,6 +6,7 @@
 //! radii from anything but Monte Carlo are flagged as estimates: a surrogate
 //! radius is not a statistical certificate (DESIGN.md's honesty rule).
 use super::tsv::{read_tsv, CertRow, TsvError};
+use crate::engine::Method;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ pub const DEFAULT_RADII: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 
 /// The methods whose radii are certificates (level 1 - alpha); any other
 /// method's radius is reported as an estimate.
-const CERTIFICATE_METHODS: [&str; 1] = ["mc"];
+const CERTIFICATE_METHODS: [&str; 2] = ["monte_carlo", "sequential"];
 
 /// Spacing of the finely sampled curve in report.json.
 const CURVE_STEP: f64 = 0.01;
@@ -121,8 +122,8 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn methods(rows: &[CertRow]) -> Vec<String> {
     let mut seen: Vec<String> = Vec::new();
     for r in rows {
-        if !seen.contains(&r.method) {
-            seen.push(r.method.clone());
+        if !seen.iter().any(|m| m == r.method.as_str()) {
+            seen.push(r.method.to_string());
         }
     }
     seen
@@ -232,6 +233,113 @@ struct ReportJson<'a> {
     note: &'static str,
     files: Vec<FileReport>,
     comparisons: Vec<Comparison>,
+    sequential: Vec<SequentialComparison>,
+}
+
+/// A sequential run at a target radius against the Monte Carlo certificate
+/// on the same inputs: both are certificates; the question is what each
+/// certifies at the target and what it costs.
+#[derive(Debug, Clone, Serialize)]
+pub struct SequentialComparison {
+    pub file: String,
+    pub reference: String,
+    pub target_radius: f64,
+    /// Whether the surrogate sized the stages (false: the plain schedule).
+    pub guided: Option<bool>,
+    pub inputs: usize,
+    /// Certified and correct at the target radius.
+    pub certified_accuracy: f64,
+    pub mc_certified_accuracy: f64,
+    /// Inputs on which both say the same (certified-correct at the target or not).
+    pub agreement: f64,
+    /// Base-classifier passes per input (selection and estimation samples,
+    /// plus the surrogate's pass where the run had one).
+    pub mean_passes: f64,
+    pub mc_mean_passes: f64,
+    pub speedup_passes: f64,
+    pub mean_seconds: f64,
+    pub mc_mean_seconds: f64,
+    pub speedup_seconds: f64,
+}
+
+/// Certified-correct at radius `eps`.
+fn certified_at(r: &CertRow, eps: f64) -> bool {
+    r.correct && r.radius >= eps
+}
+
+/// Compares a sequential file with the Monte Carlo reference on the inputs
+/// both hold. `mc_n0` stands in for rows that predate the n0_drawn column.
+pub fn compare_sequential(
+    (reference, mc): (&str, &[CertRow]),
+    (file, seq): (&str, &[CertRow]),
+    target_radius: f64,
+    guided: Option<bool>,
+    (mc_n0, surrogate_pass): (u64, bool),
+) -> SequentialComparison {
+    let by_idx: BTreeMap<usize, &CertRow> = mc.iter().map(|r| (r.idx, r)).collect();
+    let pairs: Vec<(&CertRow, &CertRow)> = seq
+        .iter()
+        .filter_map(|s| by_idx.get(&s.idx).map(|m| (*m, s)))
+        .collect();
+    let n = pairs.len().max(1) as f64;
+    let frac = |f: &dyn Fn(&(&CertRow, &CertRow)) -> bool| {
+        pairs.iter().filter(|p| f(p)).count() as f64 / n
+    };
+    let mean = |f: &dyn Fn(&(&CertRow, &CertRow)) -> f64| pairs.iter().map(f).sum::<f64>() / n;
+    let extra = u64::from(surrogate_pass);
+    let mean_passes = mean(&|(_, s)| (s.n0_drawn.unwrap_or(mc_n0) + s.n + extra) as f64);
+    let mc_mean_passes = mean(&|(m, _)| (m.n0_drawn.unwrap_or(mc_n0) + m.n) as f64);
+    let mean_seconds = mean(&|(_, s)| s.time);
+    let mc_mean_seconds = mean(&|(m, _)| m.time);
+    SequentialComparison {
+        file: file.to_string(),
+        reference: reference.to_string(),
+        target_radius,
+        guided,
+        inputs: pairs.len(),
+        certified_accuracy: frac(&|(_, s)| certified_at(s, target_radius)),
+        mc_certified_accuracy: frac(&|(m, _)| certified_at(m, target_radius)),
+        agreement: frac(&|(m, s)| certified_at(m, target_radius) == certified_at(s, target_radius)),
+        mean_passes,
+        mc_mean_passes,
+        speedup_passes: mc_mean_passes / mean_passes.max(f64::MIN_POSITIVE),
+        mean_seconds,
+        mc_mean_seconds,
+        speedup_seconds: mc_mean_seconds / mean_seconds.max(f64::MIN_POSITIVE),
+    }
+}
+
+fn sequential_markdown(rows: &[SequentialComparison]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\nSequential certificates at a target radius (exact, level alpha) against Monte Carlo on the same inputs:\n\n\
+         | file | target | schedule | inputs | certified at target | Monte Carlo | gap (pp) | agreement | mean passes | Monte Carlo passes | speedup (passes) | speedup (time) |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for c in rows {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:+.1} | {:.1} | {:.0} | {:.0} | {:.1}x | {:.1}x |\n",
+            escape_md(&c.file),
+            c.target_radius,
+            match c.guided {
+                Some(true) => "guided",
+                Some(false) => "plain",
+                None => "?",
+            },
+            c.inputs,
+            100.0 * c.certified_accuracy,
+            100.0 * c.mc_certified_accuracy,
+            100.0 * (c.certified_accuracy - c.mc_certified_accuracy),
+            100.0 * c.agreement,
+            c.mean_passes,
+            c.mc_mean_passes,
+            c.speedup_passes,
+            c.speedup_seconds,
+        ));
+    }
+    md
 }
 
 /// An estimate (surrogate) against the Monte Carlo certificate on the inputs both certified.
@@ -323,7 +431,7 @@ pub fn compare(
     };
     let mut estimate_methods = BTreeMap::new();
     for (_, e) in &pairs {
-        *estimate_methods.entry(e.method.clone()).or_insert(0) += 1;
+        *estimate_methods.entry(e.method.to_string()).or_insert(0) += 1;
     }
     let fallback_fraction = (estimate_methods.len() > 1).then(|| {
         estimate_methods
@@ -383,7 +491,7 @@ pub fn compare(
 
 const NOTE: &str =
     "Certified accuracy at r: fraction of inputs predicted correctly with radius >= r. \
-     Radii from method mc are Monte Carlo certificates at level 1 - alpha; radii from any other \
+     Radii from method monte_carlo are Monte Carlo certificates at level 1 - alpha; radii from any other \
      method (surrogate) are estimates of them, not statistical guarantees.";
 
 /// Names from file stems; where stems collide, the whole path tells them apart.
@@ -442,7 +550,7 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
         let mut method_counts = BTreeMap::new();
         let mut reasons = BTreeMap::new();
         for r in rows {
-            *method_counts.entry(r.method.clone()).or_insert(0) += 1;
+            *method_counts.entry(r.method.to_string()).or_insert(0) += 1;
             if let Some(reason) = &r.abstain_reason {
                 *reasons.entry(reason.clone()).or_insert(0) += 1;
             }
@@ -463,9 +571,24 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
     }
 
     // With one Monte Carlo file, every other file is compared against it. An
-    // AUTO run is never the reference, even where every row fell back.
+    // AUTO run is never the reference, even where every row fell back; a
+    // sequential run is compared at its target radius.
+    let run_method = |i: usize| -> Option<String> {
+        reports[i]
+            .run_params
+            .as_ref()
+            .and_then(|p| p.get("method"))
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+    };
+    let is_sequential = |i: usize| {
+        run_method(i).as_deref() == Some("sequential")
+            || (!all_rows[i].is_empty()
+                && all_rows[i].iter().all(|r| r.method == Method::Sequential))
+    };
     let mc: Vec<usize> = (0..files.len())
         .filter(|&i| radius_kind(&methods(&all_rows[i])) == "certificate")
+        .filter(|&i| !is_sequential(i))
         .filter(|&i| {
             reports[i]
                 .run_params
@@ -479,6 +602,7 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
     let comparisons: Vec<Comparison> = match mc.as_slice() {
         [m] => (0..files.len())
             .filter(|i| i != m)
+            .filter(|&i| !is_sequential(i))
             .filter(|&i| match incomparable(&reports[*m], &reports[i]) {
                 Some(key) => {
                     not_compared.push(format!(
@@ -500,6 +624,34 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
         _ => vec![],
     };
 
+    let sequential: Vec<SequentialComparison> = match mc.as_slice() {
+        [m] => (0..files.len())
+            .filter(|&i| is_sequential(i))
+            .filter_map(|i| {
+                let params = reports[i].run_params.as_ref();
+                let target = params.and_then(|p| p.get("target_radius"));
+                let radius = target.and_then(|t| t.get(0)).and_then(|v| v.as_f64())?;
+                let guided = target.and_then(|t| t.get(1)).and_then(|v| v.as_bool());
+                let mc_n0 = reports[*m]
+                    .run_params
+                    .as_ref()
+                    .and_then(|p| p.get("n0"))
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0);
+                let surrogate_pass =
+                    params.is_some_and(|p| p.get("surrogate_weights_fnv1a").is_some());
+                Some(compare_sequential(
+                    (&names[*m], &all_rows[*m]),
+                    (&names[i], &all_rows[i]),
+                    radius,
+                    guided,
+                    (mc_n0, surrogate_pass),
+                ))
+            })
+            .collect(),
+        _ => vec![],
+    };
+
     std::fs::create_dir_all(&opts.out_dir).map_err(io_err(&opts.out_dir))?;
     let json_path = opts.out_dir.join(JSON_NAME);
     let report = ReportJson {
@@ -508,6 +660,7 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
         note: NOTE,
         files: reports,
         comparisons,
+        sequential,
     };
     let json = serde_json::to_vec_pretty(&report).map_err(|e| ReportError::Io {
         path: json_path.clone(),
@@ -544,6 +697,7 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
 
     let mut md = markdown(&report.files, &opts.radii, &all_rows);
     md.push_str(&comparison_markdown(&report.comparisons));
+    md.push_str(&sequential_markdown(&report.sequential));
     for line in not_compared {
         md.push_str(&format!("\n{}\n", escape_md(&line)));
     }
@@ -933,7 +1087,7 @@ mod tests {
             radius,
             correct: predict == label,
             time,
-            method: method.into(),
+            method: method.parse().expect("a method name"),
             count_a: 0,
             n: 1000,
             p_a_lower: 0.9,
@@ -1002,7 +1156,7 @@ mod tests {
     fn summarize_matches_hand_computed_figures() {
         let c = summarize("demo", &rows(), &[0.0, 0.25, 0.5, 0.75, 1.0]);
         assert_eq!(c.name, "demo");
-        assert_eq!(c.method, "mc");
+        assert_eq!(c.method, "monte_carlo");
         assert_eq!(c.rows, 8);
         // r=0: 4 correct of 8; r=0.25: 0.25, 0.5, 0.9 (>= is inclusive); r=0.5: 0.5, 0.9;
         // r=0.75: 0.9; r=1: none. The wrong row's 0.7 never counts.
@@ -1019,9 +1173,9 @@ mod tests {
         // Odd count, mixed methods.
         let mut odd = rows();
         odd.pop();
-        odd[1].method = "surrogate".into();
+        odd[1].method = Method::Surrogate;
         let c = summarize("odd", &odd, &[0.0]);
-        assert_eq!(c.method, "mc+surrogate");
+        assert_eq!(c.method, "monte_carlo+surrogate");
         assert!((c.median_seconds - 0.4).abs() < 1e-12);
         assert!((c.certified_accuracy[0].1 - 4.0 / 7.0).abs() < 1e-12);
 
@@ -1070,7 +1224,7 @@ mod tests {
         let surrogate: Vec<CertRow> = rows()
             .into_iter()
             .map(|mut r| {
-                r.method = "surrogate".into();
+                r.method = Method::Surrogate;
                 r.radius *= 1.1;
                 r.time /= 100.0;
                 r
@@ -1088,7 +1242,7 @@ mod tests {
         );
         assert!(
             lines[2].starts_with(
-                "| fmnist_mc | mc | 8 | 50.0 | 37.5 | 25.0 | 12.5 | 0.0 | 0.219 | 37.5 | 0.4500 |"
+                "| fmnist_mc | monte_carlo | 8 | 50.0 | 37.5 | 25.0 | 12.5 | 0.0 | 0.219 | 37.5 | 0.4500 |"
             ),
             "{md}"
         );
@@ -1102,7 +1256,7 @@ mod tests {
             serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
         let files = json["files"].as_array().unwrap();
         assert_eq!(files.len(), 2);
-        assert_eq!(files[0]["method"], "mc");
+        assert_eq!(files[0]["method"], "monte_carlo");
         assert_eq!(files[0]["radius_kind"], "certificate");
         assert_eq!(files[1]["radius_kind"], "estimate");
         assert_eq!(files[0]["abstain_reasons"]["low_confidence"], 3);
@@ -1148,7 +1302,7 @@ mod tests {
         let out = dir.path().join("report");
         let md = run_report(&[mc, auto], &ReportOptions::new(&out)).unwrap();
         assert!(
-            md.contains("auto (mc 8) against mc (Monte Carlo certificate)"),
+            md.contains("auto (monte_carlo 8) against mc (Monte Carlo certificate)"),
             "{md}"
         );
     }

@@ -3,6 +3,7 @@
 //! scripts read our files; the rest say which method produced the radius and
 //! the numbers behind it, so every radius can be recomputed and no surrogate
 //! estimate passes for a Monte Carlo certificate.
+use crate::engine::Method;
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -33,8 +34,9 @@ pub struct CertRow {
     pub correct: bool,
     /// Seconds spent on this input.
     pub time: f64,
-    /// Which estimate produced the radius, e.g. "mc" or "surrogate".
-    pub method: String,
+    /// Which method produced the radius (files written before the names
+    /// were unified say "mc" for monte_carlo; both parse).
+    pub method: Method,
     /// Count of the predicted class among the `n` samples (nominal for a surrogate).
     pub count_a: u64,
     pub n: u64,
@@ -167,12 +169,9 @@ impl CertRow {
                 )))
             }
         };
-        let method = fields[6].to_string();
-        if method.is_empty() {
-            return Err(TsvError::Parse(
-                "column method is empty; every radius must name its method".into(),
-            ));
-        }
+        let method: Method = fields[6]
+            .parse()
+            .map_err(|e| TsvError::Parse(format!("column method: {e}")))?;
         let row = CertRow {
             idx: num(&fields, 0)?,
             label: num(&fields, 1)?,
@@ -330,11 +329,10 @@ mod tests {
             correct: !abstain,
             time: 0.0123,
             method: if idx.is_multiple_of(2) {
-                "mc"
+                Method::MonteCarlo
             } else {
-                "surrogate"
-            }
-            .into(),
+                Method::Surrogate
+            },
             count_a: 99_123,
             n: 100_000,
             p_a_lower: 0.987654321012,
@@ -387,7 +385,7 @@ mod tests {
             format!("{good}\textra"),                             // too many
             good.replacen("\t1\t", "\tyes\t", 1),                 // correct not 0/1
             good.replacen("4\t4\t4", "4\t4\tx", 1),               // predict not a number
-            good.replace("\tmc\t", "\t\t"),                       // no method
+            good.replace("\tmonte_carlo\t", "\t\t"),              // no method
             row(5, true).to_line().replacen("\t0\t", "\t1\t", 1), // abstain marked correct
         ] {
             assert!(CertRow::parse_line(&bad).is_err(), "{bad}");
@@ -486,7 +484,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), other);
 
         // Damage in the middle is an error, not a reason to truncate.
-        let damaged = full.replacen("\tmc\t", "\t\t", 1);
+        let damaged = full.replacen("\tmonte_carlo\t", "\t\t", 1);
         std::fs::write(&path, &damaged).unwrap();
         let err = open_for_resume(&path).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");

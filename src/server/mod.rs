@@ -2,30 +2,42 @@
 //! model) and reflection (v1 and v1alpha), the metrics endpoint on its own
 //! port, optional TLS and bearer-token check, and graceful shutdown.
 //!
-//! Start-up: both ports are bound at once and health says NOT_SERVING while
-//! the models load and warm up; then SERVING. Shutdown: health NOT_SERVING,
-//! new requests UNAVAILABLE, in-flight requests get the grace period to
-//! finish, then the listeners close.
+//! One lifecycle ([`lifecycle::Phase`]) drives everything:
+//! - **Loading**: both ports are bound at once; health says NOT_SERVING,
+//!   `/readyz` 503, requests UNAVAILABLE, while the models load and warm up
+//!   on a thread of their own.
+//! - **Serving**: every model is loaded; health SERVING, `/readyz` 200.
+//! - **Draining** (on a stop, even during loading): health NOT_SERVING,
+//!   `/readyz` 503, new requests UNAVAILABLE, open CertifyStreams stop
+//!   reading; requests in flight get `server.grace_period_ms` to finish.
+//!   A stop during loading does not wait for the loader.
+//! - **Stopped** (all finished, or the grace period is over): requests still
+//!   in flight are answered UNAVAILABLE and their work is dropped; every
+//!   CertifyStream cut short ends with UNAVAILABLE; every connection gets an
+//!   HTTP/2 GOAWAY and is closed once its answers are written, at most
+//!   [`CLOSE_TIMEOUT`] later; then `wait` returns (the process exits).
 pub mod error;
+pub mod health;
+pub mod lifecycle;
 mod models;
 mod service;
 pub mod validation;
 
-pub use models::{LoadedModel, ModelRegistry};
+pub use health::model_health_name;
+pub use lifecycle::Phase;
+pub use models::{LoadError, LoadedModel, ModelRegistry};
 pub use service::{CertifierService, Shared};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
-use tonic_health::server::HealthReporter;
-use tonic_health::ServingStatus;
 
 /// The generated API (`proto/smoothcert/v1/certifier.proto`).
 pub mod pb {
@@ -35,10 +47,9 @@ pub mod pb {
         tonic::include_file_descriptor_set!("smoothcert_descriptor");
 }
 
-/// The health-check name of one model.
-pub fn model_health_name(model: &str) -> String {
-    format!("smoothcert.v1.Certifier/{model}")
-}
+/// How long connections may take to close after the GOAWAY that follows
+/// the grace period; whatever is still open then is closed with the process.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -51,11 +62,15 @@ pub enum ServeError {
     #[error("TLS: {0}")]
     Tls(String),
     #[error("loading models: {0}")]
-    Load(String),
+    Load(#[from] LoadError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("a server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("the server stopped before it was ready")]
+    StoppedBeforeReady,
 }
 
 /// A started server: its bound addresses, a way to stop it, and its task.
@@ -78,40 +93,62 @@ impl RunningServer {
         self.stop.clone()
     }
 
-    /// Waits until the server has stopped: after shutdown, or a failed model load.
-    pub async fn wait(self) -> Result<(), ServeError> {
-        match self.task.await {
-            Ok(r) => r,
-            Err(e) => Err(ServeError::Load(format!("server task failed: {e}"))),
-        }
+    pub fn phase(&self) -> Phase {
+        self.shared.lifecycle.phase()
     }
 
-    /// Waits until every model is loaded and health says SERVING, or the
-    /// server stopped (then its error).
+    /// Waits until the server has stopped: after shutdown, or a failed model load.
+    pub async fn wait(self) -> Result<(), ServeError> {
+        self.task.await?
+    }
+
+    /// Waits until every model is loaded and the server serves; an error
+    /// when it stopped (or began stopping) first.
     pub async fn ready(&self) -> Result<(), ServeError> {
-        loop {
-            if self.shared.serving.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            if self.task.is_finished() {
-                return Err(ServeError::Load("the server stopped while loading".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut phases = self.shared.lifecycle.subscribe();
+        let phase = phases.wait_for(|p| *p != Phase::Loading).await.map(|p| *p);
+        match phase {
+            Ok(Phase::Serving) => Ok(()),
+            _ => Err(ServeError::StoppedBeforeReady),
         }
     }
+}
+
+/// Resolves once `rx` holds true (or its sender is gone).
+async fn until_true(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Loads the models on a thread of its own, so that a stop need not wait
+/// for it; the thread gives up between models once `cancel` is set.
+fn spawn_loader(
+    config: Config,
+    metrics: Arc<Metrics>,
+    cancel: Arc<AtomicBool>,
+) -> oneshot::Receiver<Result<ModelRegistry, LoadError>> {
+    let (tx, rx) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("model-loader".into())
+        .spawn(move || {
+            let loaded = ModelRegistry::load(&config, metrics, &cancel);
+            if let Err(Ok(registry)) = tx.send(loaded) {
+                // Nobody waits any more (stopped while loading).
+                registry.shutdown();
+            }
+        });
+    if let Err(e) = spawned {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Err(LoadError::Thread(e)));
+        return rx;
+    }
+    rx
 }
 
 /// Binds both ports and starts serving; models load in the background.
 pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared::new(config.clone(), metrics.clone()));
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_not_serving::<pb::certifier_server::CertifierServer<CertifierService>>()
-        .await;
+    let lifecycle = shared.lifecycle.clone();
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -156,65 +193,33 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         .layer(tower::util::MapResponseLayer::new(
             oversize_response_as_resource_exhausted as fn(_) -> _,
         ))
-        .add_service(health_service)
+        .add_service(health::server(shared.clone()))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             certifier, auth,
         ));
 
-    let (stop, mut stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(false);
     let grace = Duration::from_millis(config.server.grace_period_ms);
-
-    // Drain: on the stop signal, refuse new work, wait for in-flight work
-    // (at most the grace period), then let the listeners close.
-    let (closed_tx, closed_rx) = watch::channel(false);
-    let drain = {
-        let shared = shared.clone();
-        let health = health.clone();
-        async move {
-            while !*stop_rx.borrow_and_update() {
-                if stop_rx.changed().await.is_err() {
-                    break;
-                }
-            }
-            tracing::info!("shutting down: health NOT_SERVING, draining in-flight requests");
-            shared.begin_draining();
-            set_all(&health, &shared, ServingStatus::NotServing).await;
-            if tokio::time::timeout(grace, shared.idle()).await.is_err() {
-                tracing::warn!(
-                    grace_ms = grace.as_millis() as u64,
-                    "grace period over with requests in flight"
-                );
-            }
-            let _ = closed_tx.send(true);
+    // Listeners close once the lifecycle reaches Stopped.
+    let closed = {
+        let lifecycle = lifecycle.clone();
+        move || {
+            let lifecycle = lifecycle.clone();
+            async move { lifecycle.reached(Phase::Stopped).await }
         }
     };
-    let closed = |mut rx: watch::Receiver<bool>| async move {
-        while !*rx.borrow_and_update() {
-            if rx.changed().await.is_err() {
-                break;
-            }
-        }
-    };
-    let metrics_task = tokio::spawn(serve_metrics(
-        metrics_listener,
-        shared.clone(),
-        closed(closed_rx.clone()),
-    ));
+    let metrics_task = tokio::spawn(serve_metrics(metrics_listener, shared.clone(), closed()));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
-    let grpc_task =
-        tokio::spawn(router.serve_with_incoming_shutdown(incoming, closed(closed_rx.clone())));
-    let drain_task = tokio::spawn(drain);
+    let grpc_task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, closed()));
 
     let task = {
         let shared = shared.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let loading = {
-                let (config, metrics) = (config.clone(), metrics.clone());
-                tokio::task::spawn_blocking(move || ModelRegistry::load(&config, metrics))
-            };
+            let cancel = Arc::new(AtomicBool::new(false));
+            let loading = spawn_loader(config.clone(), metrics.clone(), cancel.clone());
             let mut load_error = None;
             tokio::select! {
                 loaded = loading => match loaded {
@@ -222,37 +227,51 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
                         if let Ok(mut slot) = shared.models.write() {
                             *slot = Some(Arc::new(registry));
                         }
-                        if !shared.draining.load(Ordering::SeqCst) {
-                            set_all(&health, &shared, ServingStatus::Serving).await;
-                            // Draining may have begun while SERVING was being
-                            // written: NOT_SERVING must be what stays.
-                            if shared.draining.load(Ordering::SeqCst) {
-                                set_all(&health, &shared, ServingStatus::NotServing).await;
-                            } else {
-                                shared.serving.store(true, Ordering::SeqCst);
-                                tracing::info!("serving");
-                            }
+                        if lifecycle.serve() {
+                            tracing::info!("serving");
                         }
                     }
                     Ok(Err(e)) => load_error = Some(e),
-                    Err(e) => load_error = Some(format!("model loading panicked: {e}")),
+                    Err(_) => load_error = Some(LoadError::LoaderDied),
                 },
-                // Stopped while loading: the loader thread finishes on its own.
-                _ = closed(closed_rx.clone()) => {}
+                // Stopped while loading: the loader gives up on its own.
+                _ = until_true(stop_rx.clone()) => {
+                    cancel.store(true, Ordering::SeqCst);
+                    tracing::info!("stopped while loading models");
+                }
             }
-            if load_error.is_some() {
+            if let Some(e) = &load_error {
+                tracing::error!(error = %e, "model loading failed");
                 let _ = stop.send(true);
             }
-            let _ = drain_task.await;
-            // The listeners close once drained (streams stop reading when
-            // draining begins); a connection still busy 2 s later is cut.
-            let served = tokio::time::timeout(Duration::from_secs(2), grpc_task).await;
-            let _ = metrics_task.await;
+            until_true(stop_rx).await;
+            if lifecycle.drain() {
+                tracing::info!(
+                    grace_ms = grace.as_millis() as u64,
+                    in_flight = lifecycle.in_flight(),
+                    "shutting down: health NOT_SERVING, draining in-flight requests"
+                );
+            }
+            if tokio::time::timeout(grace, lifecycle.idle()).await.is_err() {
+                tracing::warn!(
+                    in_flight = lifecycle.in_flight(),
+                    "grace period over: answering the requests still in flight UNAVAILABLE"
+                );
+            }
+            lifecycle.stop();
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, lifecycle.idle()).await;
+            let served = tokio::time::timeout(CLOSE_TIMEOUT, grpc_task).await;
+            if served.is_err() {
+                tracing::warn!(
+                    "connections still open {} ms after GOAWAY close with the process",
+                    CLOSE_TIMEOUT.as_millis()
+                );
+            }
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, metrics_task).await;
             let registry = shared.models.write().ok().and_then(|mut m| m.take());
             if let Some(registry) = registry.and_then(|r| Arc::try_unwrap(r).ok()) {
-                tokio::task::spawn_blocking(move || registry.shutdown())
-                    .await
-                    .ok();
+                // The lanes drop their abandoned work at the next noise block.
+                let _ = tokio::task::spawn_blocking(move || registry.shutdown()).await;
             }
             if let Some(e) = load_error {
                 return Err(ServeError::Load(e));
@@ -260,7 +279,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             match served {
                 Ok(Ok(Ok(()))) | Err(_) => Ok(()),
                 Ok(Ok(Err(e))) => Err(e.into()),
-                Ok(Err(e)) => Err(ServeError::Load(format!("gRPC task failed: {e}"))),
+                Ok(Err(e)) => Err(e.into()),
             }
         })
     };
@@ -271,23 +290,6 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         stop,
         task,
     })
-}
-
-async fn set_all(health: &HealthReporter, shared: &Shared, status: ServingStatus) {
-    health.set_service_status("", status).await;
-    health
-        .set_service_status(
-            <pb::certifier_server::CertifierServer<CertifierService> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
-    if let Some(registry) = shared.registry() {
-        for m in &registry.models {
-            health
-                .set_service_status(model_health_name(&m.name), status)
-                .await;
-        }
-    }
 }
 
 /// `/metrics` (Prometheus text), `/healthz` (alive) and `/readyz` (200 once
@@ -306,9 +308,11 @@ async fn serve_metrics(
             async move {
                 if let Some(registry) = shared.registry() {
                     for m in &registry.models {
-                        let (fast, slow) = m.workers.queue_depths();
-                        shared.metrics.set_queue_depth(&m.name, "surrogate", fast);
-                        shared.metrics.set_queue_depth(&m.name, "monte_carlo", slow);
+                        for (lane, depth) in m.workers.queue_depths() {
+                            shared
+                                .metrics
+                                .set_queue_depth(&m.name, lane.as_str(), depth);
+                        }
                     }
                 }
                 (
@@ -324,10 +328,12 @@ async fn serve_metrics(
     let ready = move || {
         let shared = shared.clone();
         async move {
-            if shared.serving.load(Ordering::SeqCst) {
-                (StatusCode::OK, "ready\n")
-            } else {
-                (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            match shared.lifecycle.phase() {
+                Phase::Serving => (StatusCode::OK, "ready\n".to_string()),
+                other => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {}\n", other.as_str()),
+                ),
             }
         }
     };

@@ -1,15 +1,38 @@
 //! The loaded models: bundle, device, defaults and bounds, and their workers.
 use super::error::ServiceError;
-use super::validation::Method;
-use crate::batcher::{BatchingOptions, ModelWorkers};
-use crate::config::{Config, DefaultMethod, ModelConfig};
-use crate::engine::AutoBand;
+use crate::batcher::{BatchingOptions, ModelWorkers, StartError};
+use crate::config::{Config, ModelConfig};
+use crate::engine::{AutoBand, Method};
 use crate::metrics::Metrics;
-use crate::model::{parse_device, Bundle};
+use crate::model::{parse_device, Bundle, BundleError, ModelError};
 use crate::smoothing::SequentialSelection;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tch::Device;
+
+/// Why the configured models could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("configuration key {key}: {source}")]
+    Bundle { key: String, source: BundleError },
+    #[error("configuration key {key}: {source}")]
+    Device { key: String, source: ModelError },
+    #[error("configuration key {key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("models[{index}]: a second model named {name:?}; give one a `name`")]
+    DuplicateName { index: usize, name: String },
+    #[error("configuration key server.default_model: no model is named {0:?}")]
+    UnknownDefault(String),
+    #[error("cannot start the model loader thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the model loader thread died without a result")]
+    LoaderDied,
+    #[error("loading was cancelled by a stop")]
+    Cancelled,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Defaults {
@@ -67,16 +90,30 @@ impl ModelRegistry {
     }
 
     /// Loads every configured model, starts its workers and warms it up.
-    /// Blocking: call from a blocking thread.
-    pub fn load(config: &Config, metrics: Arc<Metrics>) -> Result<ModelRegistry, String> {
+    /// Blocking: call from a thread of its own. `cancel` is checked between
+    /// models; what was loaded by then is shut down again.
+    pub fn load(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        cancel: &AtomicBool,
+    ) -> Result<ModelRegistry, LoadError> {
         let mut models: Vec<Arc<LoadedModel>> = Vec::new();
+        let give_up = |models: Vec<Arc<LoadedModel>>, e: LoadError| {
+            ModelRegistry { models, default: 0 }.shutdown();
+            Err(e)
+        };
         for (i, mc) in config.models.iter().enumerate() {
-            let model = load_one(i, mc, config, metrics.clone())?;
+            if cancel.load(Ordering::SeqCst) {
+                return give_up(models, LoadError::Cancelled);
+            }
+            let model = match load_one(i, mc, config, metrics.clone()) {
+                Ok(m) => m,
+                Err(e) => return give_up(models, e),
+            };
             if models.iter().any(|m| m.name == model.name) {
-                return Err(format!(
-                    "models[{i}]: a second model named {:?}; give one a `name`",
-                    model.name
-                ));
+                let name = model.name.clone();
+                model.workers.shutdown();
+                return give_up(models, LoadError::DuplicateName { index: i, name });
             }
             tracing::info!(
                 model = %model.name,
@@ -89,10 +126,14 @@ impl ModelRegistry {
         }
         let default = match &config.server.default_model {
             None => 0,
-            Some(name) => models.iter().position(|m| &m.name == name).ok_or_else(|| {
-                format!("configuration key server.default_model: no model is named {name:?}")
-            })?,
+            Some(name) => match models.iter().position(|m| &m.name == name) {
+                Some(i) => i,
+                None => return give_up(models, LoadError::UnknownDefault(name.clone())),
+            },
         };
+        if cancel.load(Ordering::SeqCst) {
+            return give_up(models, LoadError::Cancelled);
+        }
         metrics.set_models_loaded(models.len());
         Ok(ModelRegistry { models, default })
     }
@@ -112,31 +153,31 @@ fn load_one(
     mc: &ModelConfig,
     config: &Config,
     metrics: Arc<Metrics>,
-) -> Result<LoadedModel, String> {
+) -> Result<LoadedModel, LoadError> {
     let key = |k: &str| format!("models[{i}].{k}");
-    let bundle = Bundle::load(&mc.bundle).map_err(|e| format!("{}: {e}", key("bundle")))?;
-    let device = parse_device(&mc.device).map_err(|e| format!("{}: {e}", key("device")))?;
+    let bundle = Bundle::load(&mc.bundle).map_err(|source| LoadError::Bundle {
+        key: key("bundle"),
+        source,
+    })?;
+    let device = parse_device(&mc.device).map_err(|source| LoadError::Device {
+        key: key("device"),
+        source,
+    })?;
     let name = mc.name.clone().unwrap_or_else(|| bundle.name.clone());
     let nominal = bundle.surrogate.as_ref().map(|s| s.nominal_n);
     let n = mc.n.or(nominal).unwrap_or(100_000);
     if n > mc.max_n {
-        return Err(format!(
-            "{}: the default n {n} exceeds max_n {}",
-            key("n"),
-            mc.max_n
-        ));
+        return Err(LoadError::Invalid {
+            key: key("n"),
+            message: format!("the default n {n} exceeds max_n {}", mc.max_n),
+        });
     }
     let has_surrogate = bundle.surrogate.is_some();
     let calibrated = bundle
         .surrogate
         .as_ref()
         .is_some_and(|s| s.calibration.is_some());
-    let wanted = match mc.method {
-        DefaultMethod::Surrogate => Method::Surrogate,
-        DefaultMethod::MonteCarlo => Method::MonteCarlo,
-        DefaultMethod::Calibrated => Method::Calibrated,
-        DefaultMethod::Auto => Method::Auto,
-    };
+    let wanted = mc.method;
     let method = match wanted {
         Method::Calibrated | Method::Auto if !calibrated => {
             let instead = if has_surrogate {
@@ -163,12 +204,13 @@ fn load_one(
     ) {
         // Otherwise every request left to the defaults would be refused.
         if n != cal.n {
-            return Err(format!(
-                "{}: the default method {} holds at the calibrated n = {}, not {n}",
-                key("n"),
-                method.as_str(),
-                cal.n
-            ));
+            return Err(LoadError::Invalid {
+                key: key("n"),
+                message: format!(
+                    "the default method {method} holds at the calibrated n = {}, not {n}",
+                    cal.n
+                ),
+            });
         }
     }
     let auto_band = AutoBand {
@@ -183,8 +225,7 @@ fn load_one(
         queue_capacity: config.limits.queue_capacity,
         mc_queue_capacity: config.limits.mc_queue_capacity,
     };
-    let workers = ModelWorkers::start(&name, &bundle, device, &opts, metrics)
-        .map_err(|e| format!("{}: {e}", key("bundle")))?;
+    let workers = ModelWorkers::start(&name, &bundle, device, &opts, auto_band, metrics)?;
     Ok(LoadedModel {
         name,
         bundle,

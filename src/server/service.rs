@@ -1,35 +1,30 @@
 //! `smoothcert.v1.Certifier`: handler -> validation -> batcher -> response.
 use super::error::ServiceError;
+use super::lifecycle::{InFlight, Lifecycle, Phase};
 use super::models::{LoadedModel, ModelRegistry};
 use super::pb;
-use super::validation::{self, Input, Method, Resolved};
-use crate::batcher::{Answer, Job, Outcome};
+use super::validation::{self, Input, Resolved};
+use crate::batcher::{Answer, Request as EngineRequest};
 use crate::config::Config;
+use crate::engine::Outcome;
 use crate::metrics::Metrics;
 use crate::smoothing::{AbstainReason, Decision};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 /// What every handler shares: the models (once loaded), metrics, and the
-/// drain state that graceful shutdown waits on.
+/// lifecycle that health, readiness, admission and shutdown all read.
 pub struct Shared {
     pub config: Config,
     pub models: RwLock<Option<Arc<ModelRegistry>>>,
     pub metrics: Arc<Metrics>,
-    pub draining: AtomicBool,
-    /// Turns true with `draining`; open streams stop reading on it.
-    pub draining_tx: watch::Sender<bool>,
-    /// Health says SERVING (models loaded, not draining).
-    pub serving: AtomicBool,
-    in_flight: AtomicUsize,
-    idle: Notify,
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 impl Shared {
@@ -38,53 +33,30 @@ impl Shared {
             config,
             models: RwLock::new(None),
             metrics,
-            draining: AtomicBool::new(false),
-            draining_tx: watch::channel(false).0,
-            serving: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
-            idle: Notify::new(),
+            lifecycle: Arc::new(Lifecycle::new()),
         }
-    }
-
-    /// Refuses new work from now on; open streams stop reading.
-    pub fn begin_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-        self.serving.store(false, Ordering::SeqCst);
-        self.draining_tx.send_replace(true);
     }
 
     pub fn registry(&self) -> Option<Arc<ModelRegistry>> {
         self.models.read().ok().and_then(|m| m.clone())
     }
 
-    /// Counts a request as in flight; refused once draining has begun.
-    fn track(self: &Arc<Self>) -> Result<Tracked, ServiceError> {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let tracked = Tracked(self.clone());
-        if self.draining.load(Ordering::SeqCst) {
-            return Err(ServiceError::Unavailable("shutting down"));
-        }
-        Ok(tracked)
+    /// Admits a request while serving; refused (UNAVAILABLE) otherwise.
+    fn admit(&self) -> Result<InFlight, ServiceError> {
+        Ok(self.lifecycle.admit()?)
     }
 
-    /// Resolves when no request is in flight.
-    pub async fn idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.in_flight.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-struct Tracked(Arc<Shared>);
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
+    /// Runs `work` unless the grace period ends first: then the request is
+    /// answered UNAVAILABLE and its work dropped with the future.
+    async fn unless_stopped<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, ServiceError>>,
+    ) -> Result<T, ServiceError> {
+        tokio::select! {
+            r = work => r,
+            _ = self.lifecycle.reached(Phase::Stopped) => Err(ServiceError::Unavailable(
+                "the server stopped: its grace period ended before this request finished; retry on another replica".into(),
+            )),
         }
     }
 }
@@ -125,58 +97,25 @@ impl CertifierService {
     fn registry(&self) -> Result<Arc<ModelRegistry>, ServiceError> {
         self.shared
             .registry()
-            .ok_or(ServiceError::Unavailable("still loading its models"))
+            .ok_or_else(|| super::error::not_serving(Phase::Loading))
     }
 
-    /// The earlier of the client's deadline (`grpc-timeout`) and the server's own.
-    fn deadline(&self, metadata: &MetadataMap) -> Instant {
-        let server = Duration::from_millis(self.shared.config.limits.request_timeout_ms);
-        let client = metadata
+    /// The client's own deadline (`grpc-timeout`), if it set one.
+    fn client_deadline(metadata: &MetadataMap) -> Option<Instant> {
+        let timeout = metadata
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout)
-            .map(|t| t.saturating_sub(deadline_margin(t)));
-        Instant::now() + client.map_or(server, |c| c.min(server))
+            .and_then(parse_grpc_timeout)?;
+        Instant::now().checked_add(timeout.saturating_sub(deadline_margin(timeout)))
     }
 
-    /// Queues the job and waits for its answer until the deadline; dropping
-    /// the receiver on a timeout tells the worker to drop the job.
-    async fn run(
-        &self,
-        model: &LoadedModel,
-        r: &Resolved,
-        pixels: Vec<f32>,
-        class_a: Option<usize>,
-        deadline: Instant,
-    ) -> Result<Answer, ServiceError> {
-        let (reply, answer) = oneshot::channel();
-        let queued = Instant::now();
-        model.workers.submit(Job {
-            work: r.work,
-            pixels,
-            n0: r.n0,
-            n: r.n,
-            alpha: r.alpha,
-            seed: r.seed,
-            shift: r.shift,
-            adaptive: r.adaptive,
-            class_a,
-            deadline,
-            enqueued: queued,
-            reply,
-        })?;
-        match tokio::time::timeout_at(deadline.into(), answer).await {
-            Err(_) => Err(ServiceError::DeadlineExceeded(queued.elapsed().as_millis())),
-            // The worker dropped the reply: its batch failed hard (logged there).
-            Ok(Err(_)) if self.shared.draining.load(Ordering::SeqCst) => {
-                Err(ServiceError::Unavailable("shutting down"))
-            }
-            Ok(Err(_)) => Err(ServiceError::Internal("the inference batch failed".into())),
-            Ok(Ok(Err(crate::batcher::BatchError::DeadlineExceeded))) => {
-                Err(ServiceError::DeadlineExceeded(queued.elapsed().as_millis()))
-            }
-            Ok(Ok(result)) => result.map_err(Into::into),
-        }
+    /// A request's deadline, counted from now: the server's own timeout,
+    /// or the client's deadline when that comes first.
+    fn deadline(&self, client: Option<Instant>) -> Instant {
+        let server = Duration::from_millis(self.shared.config.limits.request_timeout_ms);
+        // The config caps the timeout at a day, so this cannot overflow.
+        let own = Instant::now() + server;
+        client.map_or(own, |c| c.min(own))
     }
 
     async fn certify_one(
@@ -193,38 +132,24 @@ impl CertifierService {
         labels.method = r.method.as_str();
         tracing::Span::current().record("method", r.method.as_str());
         let pixels = validation::pixels(model, Input::from(&req.input))?;
-        if r.method != Method::Auto {
-            let answer = self.run(model, &r, pixels, None, deadline).await?;
-            return certify_response(model, &r, answer, received.elapsed(), req.request_id);
-        }
-        // AUTO: the calibrated estimate, then Monte Carlo with the same cA
-        // where the estimate is not decisive.
-        let fallback_pixels = pixels.clone();
-        let first = self.run(model, &r, pixels, None, deadline).await?;
-        let class_a = match &first.outcome {
-            Outcome::Surrogate(e, _) if model.auto_band.falls_back(e) => e.class_a,
-            _ => {
-                self.shared.metrics.auto_path(&model.name, "calibrated");
-                return certify_response(model, &r, first, received.elapsed(), req.request_id);
-            }
-        };
-        let mc = Resolved {
-            work: crate::batcher::Work::MonteCarlo,
-            ..r
-        };
-        let mut answer = self
-            .run(model, &mc, fallback_pixels, Some(class_a), deadline)
+        let answer = model
+            .workers
+            .certify(EngineRequest {
+                method: r.method,
+                pixels,
+                params: r.params(),
+                target: r.target(),
+                deadline,
+            })
             .await?;
-        self.shared.metrics.auto_path(&model.name, "monte_carlo");
-        // The response accounts for both steps.
-        if let (Outcome::MonteCarlo(_, sel), Outcome::Surrogate(_, first_sel)) =
-            (&mut answer.outcome, &first.outcome)
-        {
-            sel.drawn = first_sel.drawn;
-        }
-        answer.queue += first.queue;
-        answer.timing.sampling += first.timing.sampling;
-        answer.timing.surrogate += first.timing.surrogate;
+        let (n0_drawn, n_drawn) = drawn(&answer.outcome);
+        let abstained = match answer.outcome.decision() {
+            Some(Decision::Abstain { reason, .. }) => Some(reason.as_str()),
+            _ => None,
+        };
+        self.shared
+            .metrics
+            .answered(&model.name, answer.method, n0_drawn + n_drawn, abstained);
         certify_response(model, &r, answer, received.elapsed(), req.request_id)
     }
 
@@ -240,7 +165,7 @@ impl CertifierService {
         labels.model = model.name.clone();
         let r = validation::predict_options(model, req.options.as_ref())?;
         let pixels = validation::pixels(model, Input::from(&req.input))?;
-        let answer = self.run(model, &r, pixels, None, deadline).await?;
+        let answer = model.workers.predict(pixels, r.params(), deadline).await?;
         predict_response(model, &r, answer, received.elapsed(), req.request_id)
     }
 
@@ -283,8 +208,10 @@ impl CertifierService {
         );
         let mut labels = Labels::new("unresolved");
         let result = async {
-            let _tracked = self.shared.track()?;
-            self.certify_one(req, deadline, &mut labels).await
+            let _admitted = self.shared.admit()?;
+            self.shared
+                .unless_stopped(self.certify_one(req, deadline, &mut labels))
+                .await
         }
         .instrument(span.clone())
         .await;
@@ -338,6 +265,7 @@ fn reason(r: AbstainReason) -> pb::AbstainReason {
         AbstainReason::LowConfidence => pb::AbstainReason::LowConfidence,
         AbstainReason::ClassMismatch => pb::AbstainReason::ClassMismatch,
         AbstainReason::NotSignificant => pb::AbstainReason::NotSignificant,
+        AbstainReason::TargetNotReached => pb::AbstainReason::TargetNotReached,
     }
 }
 
@@ -347,7 +275,7 @@ fn parameters(
     model: &LoadedModel,
     r: &Resolved,
     calibrated: bool,
-    n0_drawn: u64,
+    (n0_drawn, n_drawn): (u64, u64),
 ) -> pb::Parameters {
     pb::Parameters {
         n0: r.n0,
@@ -366,6 +294,19 @@ fn parameters(
             .unwrap_or_default(),
         n0_drawn,
         adaptive_n0: r.adaptive.is_some(),
+        n_drawn,
+        target_radius: r.target_radius.unwrap_or(0.0),
+    }
+}
+
+/// Selection and estimation samples an answer drew.
+fn drawn(outcome: &Outcome) -> (u64, u64) {
+    let n0 = outcome.n0_drawn();
+    match outcome {
+        Outcome::MonteCarlo(c, _) => (n0, c.n),
+        Outcome::Sequential(c, _) => (n0, c.n),
+        Outcome::Predict(p) => (0, p.n),
+        Outcome::Surrogate(..) | Outcome::Stage(..) => (n0, 0),
     }
 }
 
@@ -386,29 +327,14 @@ fn certify_response(
     total: Duration,
     request_id: String,
 ) -> Result<pb::CertifyResponse, ServiceError> {
-    let calibrated = matches!(r.method, Method::Calibrated | Method::Auto);
-    let (method, decision, class_a, count_a, drawn) = match &answer.outcome {
-        Outcome::Surrogate(e, sel) => (
-            if calibrated {
-                pb::Method::Calibrated
-            } else {
-                pb::Method::Surrogate
-            },
-            &e.decision,
-            e.class_a,
-            e.count_a,
-            sel.drawn,
-        ),
-        Outcome::MonteCarlo(c, sel) => (
-            pb::Method::MonteCarlo,
-            &c.decision,
-            c.class_a,
-            c.count_a,
-            sel.drawn,
-        ),
-        Outcome::Predict(_) => {
+    let method = pb::Method::from(answer.method);
+    let (decision, class_a, count_a) = match &answer.outcome {
+        Outcome::Surrogate(e, _) => (&e.decision, e.class_a, e.count_a),
+        Outcome::MonteCarlo(c, _) => (&c.decision, c.class_a, c.count_a),
+        Outcome::Sequential(c, _) => (&c.decision, c.class_a, c.count_a),
+        Outcome::Predict(_) | Outcome::Stage(..) => {
             return Err(ServiceError::Internal(
-                "a certify request got a prediction".into(),
+                "a certify request got no certificate".into(),
             ))
         }
     };
@@ -424,7 +350,7 @@ fn certify_response(
             norm: "L2".into(),
             p_a_lower,
             count_a,
-            estimate: method != pb::Method::MonteCarlo,
+            estimate: !matches!(method, pb::Method::MonteCarlo | pb::Method::Sequential),
         }),
         Decision::Abstain {
             reason: why,
@@ -444,11 +370,11 @@ fn certify_response(
             model,
             r,
             method == pb::Method::Calibrated,
-            drawn,
+            drawn(&answer.outcome),
         )),
         timing: Some(timing(&answer, total)),
         request_id,
-        requested_method: r.method.to_pb() as i32,
+        requested_method: pb::Method::from(r.method) as i32,
     })
 }
 
@@ -482,7 +408,7 @@ fn predict_response(
         count_a: p.count_a,
         count_b: p.count_b,
         model: model.name.clone(),
-        parameters: Some(parameters(model, r, false, 0)),
+        parameters: Some(parameters(model, r, false, drawn(&answer.outcome))),
         timing: Some(timing(&answer, total)),
         request_id,
     })
@@ -504,7 +430,7 @@ fn model_info(model: &LoadedModel, is_default: bool) -> pb::ModelInfo {
         nominal_n: model.bundle.surrogate.as_ref().map_or(0, |s| s.nominal_n),
         device: format!("{:?}", model.device).to_lowercase(),
         defaults: Some(pb::OptionValues {
-            method: model.defaults.method.to_pb() as i32,
+            method: pb::Method::from(model.defaults.method) as i32,
             n0: model.defaults.n0,
             n: model.defaults.n,
             alpha: model.defaults.alpha,
@@ -536,7 +462,7 @@ impl pb::certifier_server::Certifier for CertifierService {
         &self,
         request: Request<pb::CertifyRequest>,
     ) -> Result<Response<pb::CertifyResponse>, Status> {
-        let deadline = self.deadline(request.metadata());
+        let deadline = self.deadline(Self::client_deadline(request.metadata()));
         self.certify_tracked(request.into_inner(), deadline)
             .await
             .map(Response::new)
@@ -550,20 +476,25 @@ impl pb::certifier_server::Certifier for CertifierService {
         request: Request<Streaming<pb::CertifyRequest>>,
     ) -> Result<Response<Self::CertifyStreamStream>, Status> {
         let limit = self.shared.config.limits.stream_in_flight;
-        // The client's deadline, if any, bounds every request of the stream.
-        let stream_deadline = self.deadline(request.metadata());
-        let mut draining = self.shared.draining_tx.subscribe();
+        // The client's deadline, if any, bounds the whole stream; each request
+        // gets the server's own timeout from the moment it is read.
+        let client_deadline = Self::client_deadline(request.metadata());
+        let mut phase = self.shared.lifecycle.subscribe();
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(limit);
         let svc = self.clone();
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(limit));
             let mut index = 0u64;
+            let mut cut_short = false;
             loop {
                 // On shutdown the stream stops reading; it ends once the
                 // requests already read are answered.
                 let next = tokio::select! {
-                    _ = draining.wait_for(|d| *d) => break,
+                    _ = phase.wait_for(|p| *p >= Phase::Draining) => {
+                        cut_short = true;
+                        break;
+                    }
                     next = inbound.message() => next,
                 };
                 let req = match next {
@@ -581,11 +512,9 @@ impl pb::certifier_server::Certifier for CertifierService {
                 };
                 let (tx, svc, i) = (tx.clone(), svc.clone(), index);
                 index += 1;
+                let deadline = svc.deadline(client_deadline);
                 tokio::spawn(async move {
                     let request_id = req.request_id.clone();
-                    let own = Instant::now()
-                        + Duration::from_millis(svc.shared.config.limits.request_timeout_ms);
-                    let deadline = own.min(stream_deadline);
                     // A client that hangs up drops its pending work with it.
                     let result = tokio::select! {
                         r = svc.certify_tracked(req, deadline) => r,
@@ -608,6 +537,17 @@ impl pb::certifier_server::Certifier for CertifierService {
                     drop(permit);
                 });
             }
+            if cut_short {
+                // Every request read has its answer (or its error) sent; what
+                // the client sent after these was never read: say so.
+                let _ = permits.acquire_many(limit as u32).await;
+                let _ = tx
+                    .send(Err(Status::unavailable(format!(
+                        "the server is shutting down: this stream stopped reading after {index} requests, \
+                         all of them answered; send the rest to another replica"
+                    ))))
+                    .await;
+            }
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -618,7 +558,7 @@ impl pb::certifier_server::Certifier for CertifierService {
         &self,
         request: Request<pb::PredictRequest>,
     ) -> Result<Response<pb::PredictResponse>, Status> {
-        let deadline = self.deadline(request.metadata());
+        let deadline = self.deadline(Self::client_deadline(request.metadata()));
         let req = request.into_inner();
         let started = Instant::now();
         let _in_flight = self.shared.metrics.in_flight();
@@ -630,8 +570,10 @@ impl pb::certifier_server::Certifier for CertifierService {
         );
         let mut labels = Labels::new("predict");
         let result = async {
-            let _tracked = self.shared.track()?;
-            self.predict_one(req, deadline, &mut labels).await
+            let _admitted = self.shared.admit()?;
+            self.shared
+                .unless_stopped(self.predict_one(req, deadline, &mut labels))
+                .await
         }
         .instrument(span.clone())
         .await;

@@ -3,7 +3,9 @@
 use super::error::ServiceError;
 use super::models::LoadedModel;
 use super::pb;
-use crate::batcher::Work;
+use crate::batcher::Target;
+use crate::engine::requests::RequestParams;
+use crate::engine::Method;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A request's input, whichever message carried it.
@@ -92,39 +94,15 @@ fn tensor_pixels(t: &pb::Tensor, [c, h, w]: [usize; 3]) -> Result<Vec<f32>, Serv
     Ok(pixels)
 }
 
-/// The certification methods a request can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Surrogate,
-    Calibrated,
-    Auto,
-    MonteCarlo,
-}
-
-impl Method {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Surrogate => "surrogate",
-            Method::Calibrated => "calibrated",
-            Method::Auto => "auto",
-            Method::MonteCarlo => "monte_carlo",
-        }
-    }
-
-    pub fn to_pb(self) -> pb::Method {
-        match self {
+/// The proto's names for the engine's methods.
+impl From<Method> for pb::Method {
+    fn from(m: Method) -> pb::Method {
+        match m {
             Method::Surrogate => pb::Method::Surrogate,
             Method::Calibrated => pb::Method::Calibrated,
             Method::Auto => pb::Method::Auto,
             Method::MonteCarlo => pb::Method::MonteCarlo,
-        }
-    }
-
-    /// The lane the request starts in (AUTO may go on to the Monte Carlo lane).
-    pub fn work(self) -> Work {
-        match self {
-            Method::MonteCarlo => Work::MonteCarlo,
-            _ => Work::Surrogate,
+            Method::Sequential => pb::Method::Sequential,
         }
     }
 }
@@ -132,7 +110,6 @@ impl Method {
 /// A request's resolved options: the model's defaults where unset, bounds checked.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Resolved {
-    pub work: Work,
     pub method: Method,
     pub n0: u64,
     pub n: u64,
@@ -142,6 +119,27 @@ pub struct Resolved {
     pub shift: Option<crate::smoothing::CalibrationShift>,
     pub delta: f64,
     pub adaptive: Option<crate::smoothing::SequentialSelection>,
+    /// SEQUENTIAL, and AUTO's Monte Carlo step: the radius to certify.
+    pub target_radius: Option<f64>,
+}
+
+impl Resolved {
+    /// The exact test's target, when the request has one.
+    pub fn target(&self) -> Option<Target> {
+        self.target_radius.map(|radius| Target {
+            radius,
+            guided: true,
+        })
+    }
+
+    /// The engine's parameters for this request (its row is set by the batch).
+    pub fn params(&self) -> RequestParams {
+        RequestParams {
+            shift: self.shift,
+            adaptive: self.adaptive,
+            ..RequestParams::new(0, self.n0, self.n, self.alpha, self.seed)
+        }
+    }
 }
 
 pub fn certify_options(
@@ -159,14 +157,17 @@ pub fn certify_options(
         pb::Method::MonteCarlo => Method::MonteCarlo,
         pb::Method::Calibrated => Method::Calibrated,
         pb::Method::Auto => Method::Auto,
+        pb::Method::Sequential => Method::Sequential,
     };
     let surrogate = model.bundle.surrogate.as_ref();
-    if method != Method::MonteCarlo && surrogate.is_none() {
-        return Err(ServiceError::invalid(
-            "options.method",
-            format!("model {} has no surrogate; ask for MONTE_CARLO", model.name),
+    let name = pb::Method::from(method).as_str_name();
+    if method.needs_surrogate() && surrogate.is_none() {
+        return Err(ServiceError::precondition(
+            &model.name,
+            format!("cannot serve {name}: its bundle has no surrogate; ask for MONTE_CARLO"),
         ));
     }
+    let target_radius = target_radius(method, o.target_radius, model)?;
     let n = bounded("options.n", o.n, model.defaults.n, model.limits.max_n)?;
     let mut n0 = bounded("options.n0", o.n0, model.defaults.n0, model.limits.max_n0)?;
     let mut adaptive = o
@@ -176,17 +177,15 @@ pub fn certify_options(
     let (shift, delta) = match method {
         Method::Calibrated | Method::Auto => {
             let cal = surrogate.and_then(|s| s.calibration.as_ref()).ok_or_else(|| {
-                ServiceError::invalid(
-                    "options.method",
+                ServiceError::precondition(
+                    &model.name,
                     format!(
-                        "model {} has no calibration (smoothcert calibrate); ask for SURROGATE or MONTE_CARLO",
-                        model.name
+                        "cannot serve {name}: its bundle has no calibration (smoothcert calibrate); ask for SURROGATE or MONTE_CARLO"
                     ),
                 )
             })?;
             // The coverage statement holds for scores made the way the
             // calibration made them: at its N, with cA from n0 fixed samples.
-            let name = method.to_pb().as_str_name();
             if n != cal.n {
                 return Err(ServiceError::invalid(
                     "options.n",
@@ -220,7 +219,6 @@ pub fn certify_options(
         _ => (None, 0.0),
     };
     Ok(Resolved {
-        work: method.work(),
         method,
         n0,
         n,
@@ -229,6 +227,7 @@ pub fn certify_options(
         shift,
         delta,
         adaptive,
+        target_radius,
     })
 }
 
@@ -239,7 +238,6 @@ pub fn predict_options(
     let default = pb::PredictOptions::default();
     let o = opts.unwrap_or(&default);
     Ok(Resolved {
-        work: Work::Predict,
         method: Method::MonteCarlo,
         n0: 0,
         n: bounded("options.n", o.n, model.defaults.n, model.limits.max_n)?,
@@ -248,7 +246,50 @@ pub fn predict_options(
         shift: None,
         delta: 0.0,
         adaptive: None,
+        target_radius: None,
     })
+}
+
+/// `options.target_radius`: required by SEQUENTIAL, optional for AUTO (its
+/// Monte Carlo step then tests it), meaningless for the rest.
+fn target_radius(
+    method: Method,
+    value: Option<f64>,
+    model: &LoadedModel,
+) -> Result<Option<f64>, ServiceError> {
+    let field = "options.target_radius";
+    match (method, value) {
+        (Method::Sequential, None) => Err(ServiceError::invalid(
+            field,
+            "SEQUENTIAL certifies a required radius: set target_radius (e.g. 0.5)",
+        )),
+        (Method::Sequential | Method::Auto, Some(r)) if !(r.is_finite() && r >= 0.0) => {
+            Err(ServiceError::invalid(
+                field,
+                format!("{r} is not a radius: must be finite and >= 0"),
+            ))
+        }
+        // Beyond sigma * Phi^-1(1 - 1e-16) nothing can certify it.
+        (Method::Sequential | Method::Auto, Some(r)) if r > 8.2 * model.bundle.sigma() => {
+            Err(ServiceError::invalid(
+                field,
+                format!(
+                    "{r} cannot be certified at sigma = {} (at most about {:.3})",
+                    model.bundle.sigma(),
+                    8.2 * model.bundle.sigma()
+                ),
+            ))
+        }
+        (Method::Sequential | Method::Auto, r) => Ok(r),
+        (_, None) => Ok(None),
+        (other, Some(_)) => Err(ServiceError::invalid(
+            field,
+            format!(
+                "only SEQUENTIAL and AUTO test a target radius, not {}",
+                pb::Method::from(other).as_str_name()
+            ),
+        )),
+    }
 }
 
 fn bounded(field: &str, value: Option<u64>, default: u64, max: u64) -> Result<u64, ServiceError> {

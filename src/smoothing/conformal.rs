@@ -6,21 +6,24 @@ use serde::{Deserialize, Serialize};
 
 /// How a calibration input's overestimation is scored. Split conformal
 /// holds for any score; the score decides how tight the bound is where.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ConformalScore {
     /// s = p_hat[cA] - p_MC[cA]; CALIBRATED uses p_hat[cA] - q. One shift for
     /// every input: it must cover the surrogate's worst band (pA around
     /// 0.9), so it also takes q off the confident inputs, capping the radius.
     #[default]
+    #[value(name = "p-gap", alias = "p_gap")]
     PGap,
     /// s = ln(m_MC + c) - ln(m_hat + c) with m = 1 - p[cA] the miss and
     /// c = 1/(2N): the surrogate's miss scaled by e^q, a relative correction
     /// that stays small where the miss is small but grows large in the middle.
+    #[value(name = "log-miss", alias = "log_miss")]
     LogMiss,
     /// s = (m_MC + c)^(1/4) - (m_hat + c)^(1/4): between the two, a shift
     /// that is nearly additive where the miss is large and nearly relative
     /// where it is small.
+    #[value(name = "root-miss", alias = "root_miss")]
     RootMiss,
 }
 

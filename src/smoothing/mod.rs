@@ -9,6 +9,7 @@
 
 mod binomial;
 mod conformal;
+pub mod sequential;
 
 pub use conformal::{
     conformal_quantile, conformal_rank, CalibrationShift, ConformalScore, SequentialSelection,
@@ -116,6 +117,9 @@ pub enum AbstainReason {
     NotSignificant,
     /// ACCELERATED: the surrogate's argmax differs from the Monte Carlo guess c_A.
     ClassMismatch,
+    /// SEQUENTIAL: the target radius was not certified (out of reach, or not
+    /// reached at the cap).
+    TargetNotReached,
 }
 
 impl AbstainReason {
@@ -125,6 +129,7 @@ impl AbstainReason {
             AbstainReason::LowConfidence => "low_confidence",
             AbstainReason::NotSignificant => "not_significant",
             AbstainReason::ClassMismatch => "class_mismatch",
+            AbstainReason::TargetNotReached => "target_not_reached",
         }
     }
 
@@ -134,6 +139,7 @@ impl AbstainReason {
             "low_confidence" => Some(AbstainReason::LowConfidence),
             "not_significant" => Some(AbstainReason::NotSignificant),
             "class_mismatch" => Some(AbstainReason::ClassMismatch),
+            "target_not_reached" => Some(AbstainReason::TargetNotReached),
             _ => None,
         }
     }

@@ -5,11 +5,11 @@
 //! Clients are tonic clients in this process over a few HTTP/2 connections,
 //! each of `concurrency` tasks sending one request at a time (closed loop),
 //! with real test images as tensors.
-use super::PipelineError;
 use crate::config::Config;
 use crate::data::{self, Split};
 use crate::engine::requests::{self, RequestParams};
 use crate::model::{parse_device, Bundle, Classifier};
+use crate::pipeline::PipelineError;
 use crate::server::pb;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -315,7 +315,7 @@ async fn closed_loop(
     lat.sort();
     let pct = |q: f64| {
         let ms: Vec<f64> = lat.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-        super::report::nearest_rank(&ms, q)
+        crate::pipeline::report::nearest_rank(&ms, q)
     };
     LoadResult {
         concurrency,

@@ -1,9 +1,17 @@
-//! `bench`: Monte Carlo throughput (noisy forward passes per second) at several
-//! forward batch sizes, next to the same model's plain forward rate — the
-//! ceiling — measured in the same run, and printed as ratios.
-use super::certify::{certify_by_request, Method};
-use super::PipelineError;
-use crate::model::{Bundle, Classifier};
+//! The benchmarks, each printing ratios measured in one run:
+//! - `bench`: the engine's noisy counting rate (passes per second) at several
+//!   forward batch sizes, next to the same model's plain forward rate (the ceiling);
+//! - `bench-certify`: every method against Monte Carlo on the same inputs,
+//!   through the served path ([`Offline`]);
+//! - `bench-adaptive`: adaptive against fixed n0;
+//! - [`serve`]: the gRPC service under load.
+use crate::batcher::Offline;
+use crate::engine::requests::RequestParams;
+use crate::engine::{Engine, Method, Task};
+use crate::model::{Bundle, Classifier, NoiseStream};
+use crate::pipeline::PipelineError;
+
+pub mod serve;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -85,7 +93,8 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
         let x = Tensor::rand([batch, c, h, w], (Kind::Float, opts.device));
         // Warm-up: allocator, kernels, thread pool.
         let _ = model.logits(&x)?;
-        let _ = model.sample_counts(&one, batch.min(samples), bundle.sigma(), batch)?;
+        let warm = [NoiseStream::whole(0, batch.min(samples) as u64, opts.seed)];
+        model.count_streams(&one, &warm, bundle.sigma(), batch, &mut |_| true)?;
         sync(opts.device);
         let reps = (samples + batch - 1) / batch;
         let (mut plain_rates, mut mc_rates) = (Vec::new(), Vec::new());
@@ -99,10 +108,14 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
             sync(opts.device);
             plain_rates.push((reps * batch) as f64 / t.elapsed().as_secs_f64());
 
+            // The engine's counting: one seeded stream, as a Monte Carlo request draws.
+            let stream = [NoiseStream::whole(0, opts.samples, opts.seed)];
             let t = Instant::now();
-            let counts = model.sample_counts(&one, samples, bundle.sigma(), batch)?;
+            let counts =
+                model.count_streams(&one, &stream, bundle.sigma(), batch, &mut |_| true)?;
             mc_rates.push(samples as f64 / t.elapsed().as_secs_f64());
-            if counts.sum(Kind::Int64).int64_value(&[]) != samples {
+            let total: u64 = counts.iter().flatten().flatten().sum();
+            if total != opts.samples {
                 return Err(PipelineError::Invalid(
                     "counts do not add up to the samples".into(),
                 ));
@@ -156,6 +169,25 @@ pub struct MethodsBenchOptions {
     /// AUTO's band, for the calibrated methods (timed when the bundle is
     /// calibrated at this n).
     pub auto_band: crate::engine::AutoBand,
+    /// SEQUENTIAL at each of these radii (guided, cap n), timed on the same
+    /// inputs beside Monte Carlo.
+    pub target_radii: Vec<f64>,
+}
+
+/// SEQUENTIAL at one target radius, on the same inputs as Monte Carlo.
+#[derive(Debug, Clone, Serialize)]
+pub struct SequentialTimes {
+    pub target_radius: f64,
+    pub mean_seconds: f64,
+    /// Base-classifier passes per input (selection and estimation).
+    pub mean_passes: f64,
+    /// Certified at the target, and by Monte Carlo at the target, of the inputs.
+    pub certified: usize,
+    pub mc_certified: usize,
+    /// Monte Carlo's mean seconds over this one's, both measured in this run.
+    pub speedup_mean: f64,
+    /// (n0 + n) over the mean passes.
+    pub speedup_passes: f64,
 }
 
 /// CALIBRATED and AUTO timed on the same inputs as the other two.
@@ -188,6 +220,9 @@ pub struct MethodsBenchReport {
     pub ideal_speedup: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calibrated: Option<CalibratedTimes>,
+    pub mc_mean_seconds: f64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sequential: Vec<SequentialTimes>,
 }
 
 impl MethodsBenchReport {
@@ -223,47 +258,62 @@ impl MethodsBenchReport {
                 c.auto_speedup_mean
             ));
         }
+        if !self.sequential.is_empty() {
+            text.push_str(&format!(
+                "\nsequential (exact certificate at a target radius, guided, cap {}) against Monte Carlo's mean {:.4} s/input:\n\n\
+                 | target | mean s/input | mean passes | certified (MC) | speedup by mean time | by passes |\n|---:|---:|---:|---:|---:|---:|\n",
+                self.n, self.mc_mean_seconds
+            ));
+            for t in &self.sequential {
+                text.push_str(&format!(
+                    "| {} | {:.4} | {:.0} | {} ({}) | {:.1}x | {:.1}x |\n",
+                    t.target_radius,
+                    t.mean_seconds,
+                    t.mean_passes,
+                    t.certified,
+                    t.mc_certified,
+                    t.speedup_mean,
+                    t.speedup_passes
+                ));
+            }
+        }
         text
     }
 }
 
-/// What the method benchmarks share: a bundle's two networks and `inputs`
-/// test images spread evenly over the split.
+/// The bundle and its test split, with `inputs` indices spread evenly over it.
 struct SpreadInputs {
     bundle: Bundle,
     ds: crate::data::Dataset,
-    base: Classifier,
-    surrogate: Classifier,
     indices: Vec<usize>,
 }
 
 impl SpreadInputs {
-    fn load(
-        bundle: &std::path::Path,
-        inputs: usize,
-        device: Device,
-    ) -> Result<Self, PipelineError> {
-        let super::Inputs {
+    fn load(bundle: &std::path::Path, inputs: usize) -> Result<Self, PipelineError> {
+        let crate::pipeline::Inputs {
             bundle,
             dataset: ds,
             ..
-        } = super::load_inputs(bundle, crate::data::Split::Test, None, 1, None)?;
-        let base = Classifier::load(&bundle, device)?;
-        let surrogate = Classifier::load_surrogate(&bundle, device)?;
+        } = crate::pipeline::load_inputs(bundle, crate::data::Split::Test, None, 1, None)?;
+        if bundle.surrogate.is_none() {
+            return Err(PipelineError::Invalid(format!(
+                "{} has no surrogate to benchmark",
+                bundle.dir.display()
+            )));
+        }
         let step = (ds.len() / inputs.max(1)).max(1);
         let indices = (0..ds.len()).step_by(step).take(inputs).collect();
         Ok(SpreadInputs {
             bundle,
             ds,
-            base,
-            surrogate,
             indices,
         })
     }
 }
 
-/// Times Monte Carlo CERTIFY and ACCELERATED on the same test inputs, one after
-/// the other for each input, so both see the same machine.
+/// Times every method against Monte Carlo on the same test inputs, one
+/// after the other for each input, so all see the same machine; each runs
+/// the served path with the input's offline seed.
 pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, PipelineError> {
     opts.params.validate()?;
     if opts.inputs == 0 {
@@ -272,62 +322,100 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
     let SpreadInputs {
         bundle,
         ds,
-        base,
-        surrogate,
         indices,
-    } = SpreadInputs::load(&opts.bundle, opts.inputs, opts.device)?;
-    let sigma = bundle.sigma();
-    // Warm-up on one input (allocator, kernels, thread pool), not timed.
-    let first = super::images_tensor(&ds, &[0], opts.device);
-    crate::engine::certify(&base, sigma, &first, &opts.params)?;
-    crate::engine::certify_accelerated(&base, &surrogate, sigma, &first, &opts.params)?;
+    } = SpreadInputs::load(&opts.bundle, opts.inputs)?;
+    let engine = Offline::start(&bundle, opts.device, opts.params.batch, opts.auto_band)?;
     let calibration = bundle
         .surrogate
         .as_ref()
         .and_then(|s| s.calibration.clone())
         .filter(|c| c.n == opts.params.n && c.n0 == opts.params.n0);
     let shift = calibration.as_ref().map(|c| c.shift());
-    let by_request = |method: Method| super::certify::CertifyOptions {
-        bundle: opts.bundle.clone(),
-        method,
-        split: crate::data::Split::Test,
-        data_dir: None,
-        skip: 1,
-        max: None,
-        params: opts.params,
-        seed: opts.seed,
-        adaptive: None,
-        auto_band: opts.auto_band,
-        device: opts.device,
-        out: PathBuf::new(),
-        show_progress: false,
+    let p = opts.params;
+    let params = |idx: usize, method: Method| RequestParams {
+        shift: shift.filter(|_| method.needs_calibration()),
+        ..RequestParams::new(
+            0,
+            p.n0,
+            p.n,
+            p.alpha,
+            crate::engine::input_seed(opts.seed, idx),
+        )
     };
-    let (cal_opts, auto_opts) = (by_request(Method::Calibrated), by_request(Method::Auto));
+    let run = |method: Method, idx: usize, target: Option<f64>| {
+        let t = Instant::now();
+        let target = target.map(|radius| crate::batcher::Target {
+            radius,
+            guided: true,
+        });
+        let answer = engine.certify(method, ds.image(idx).to_vec(), params(idx, method), target)?;
+        Ok::<_, PipelineError>((t.elapsed().as_secs_f64(), answer))
+    };
+    let time = |method: Method, idx: usize| -> Result<(f64, Method), PipelineError> {
+        let (t, answer) = run(method, idx, None)?;
+        Ok((t, answer.method))
+    };
+    // Certified and correct at radius r.
+    let certified_at = |a: &crate::batcher::Answer, label: i64, r: f64| match a.outcome.decision() {
+        Some(crate::smoothing::Decision::Certified { class, radius, .. }) => {
+            *class as i64 == label && *radius >= r
+        }
+        _ => false,
+    };
+    let mut seq: Vec<(Vec<f64>, u64, usize, usize)> =
+        vec![(Vec::new(), 0, 0, 0); opts.target_radii.len()];
+    // Warm-up on one input (allocator, kernels, thread pool), not timed.
+    time(Method::MonteCarlo, 0)?;
+    time(Method::Surrogate, 0)?;
     let (mut cal, mut auto, mut fallbacks) = (Vec::new(), Vec::new(), 0usize);
     let (mut mc, mut sur) = (Vec::new(), Vec::new());
     for &idx in &indices {
-        let x = super::images_tensor(&ds, &[idx], opts.device);
-        tch::manual_seed(crate::engine::input_seed(opts.seed, idx));
-        let t = Instant::now();
-        crate::engine::certify(&base, sigma, &x, &opts.params)?;
-        mc.push(t.elapsed().as_secs_f64());
-        tch::manual_seed(crate::engine::input_seed(opts.seed, idx));
-        let t = Instant::now();
-        crate::engine::certify_accelerated(&base, &surrogate, sigma, &x, &opts.params)?;
-        sur.push(t.elapsed().as_secs_f64());
+        let (t, mc_answer) = run(Method::MonteCarlo, idx, None)?;
+        mc.push(t);
+        sur.push(time(Method::Surrogate, idx)?.0);
+        let label = ds.labels[idx];
+        for (&target, acc) in opts.target_radii.iter().zip(seq.iter_mut()) {
+            let (t, a) = run(Method::Sequential, idx, Some(target))?;
+            let passes = match &a.outcome {
+                crate::engine::Outcome::Sequential(c, sel) => sel.drawn + c.n,
+                _ => 0,
+            };
+            acc.0.push(t);
+            acc.1 += passes;
+            acc.2 += usize::from(certified_at(&a, label, target));
+            acc.3 += usize::from(certified_at(&mc_answer, label, target));
+        }
         if shift.is_some() {
-            let seed = crate::engine::input_seed(opts.seed, idx) as u64;
-            let t = Instant::now();
-            certify_by_request(&base, Some(&surrogate), sigma, &x, &cal_opts, seed, shift)?;
-            cal.push(t.elapsed().as_secs_f64());
-            let t = Instant::now();
-            let one =
-                certify_by_request(&base, Some(&surrogate), sigma, &x, &auto_opts, seed, shift)?;
-            auto.push(t.elapsed().as_secs_f64());
-            fallbacks += usize::from(one.method == Method::Mc);
+            cal.push(time(Method::Calibrated, idx)?.0);
+            let (t, by) = time(Method::Auto, idx)?;
+            auto.push(t);
+            fallbacks += usize::from(by == Method::MonteCarlo);
         }
     }
+    engine.shutdown();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let mc_mean_seconds = mean(&mc);
+    let p = &opts.params;
+    let sequential = opts
+        .target_radii
+        .iter()
+        .zip(&seq)
+        .map(
+            |(&target_radius, (times, passes, certified, mc_certified))| {
+                let mean_seconds = mean(times);
+                let mean_passes = *passes as f64 / indices.len().max(1) as f64;
+                SequentialTimes {
+                    target_radius,
+                    mean_seconds,
+                    mean_passes,
+                    certified: *certified,
+                    mc_certified: *mc_certified,
+                    speedup_mean: mc_mean_seconds / mean_seconds,
+                    speedup_passes: (p.n0 + p.n) as f64 / mean_passes,
+                }
+            },
+        )
+        .collect();
     let calibrated = calibration.map(|c| {
         let (mc_mean, auto_mean) = (mean(&mc), mean(&auto));
         let cal_median = median(&mut cal);
@@ -342,7 +430,6 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
         }
     });
     let (mc, sur) = (median(&mut mc), median(&mut sur));
-    let p = &opts.params;
     Ok(MethodsBenchReport {
         bundle: bundle.name,
         device: format!("{:?}", opts.device),
@@ -355,6 +442,8 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
         speedup: mc / sur,
         ideal_speedup: (p.n0 + p.n) as f64 / (p.n0 + 1) as f64,
         calibrated,
+        mc_mean_seconds,
+        sequential,
     })
 }
 
@@ -428,7 +517,6 @@ impl AdaptiveBenchReport {
 /// alternately, through the server's request path: how often the choice of
 /// cA differs and what the early stop gains.
 pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport, PipelineError> {
-    use crate::engine::requests::{certify_surrogate, RequestParams};
     opts.rule
         .validate()
         .map_err(crate::engine::EngineError::from)?;
@@ -440,11 +528,9 @@ pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport
     let SpreadInputs {
         bundle,
         ds,
-        base,
-        surrogate,
         indices,
-    } = SpreadInputs::load(&opts.bundle, opts.inputs, opts.device)?;
-    let sigma = bundle.sigma();
+    } = SpreadInputs::load(&opts.bundle, opts.inputs)?;
+    let engine = Engine::load(&bundle, opts.device, opts.forward_batch, true)?;
     let req = |i: usize, idx: usize, adaptive: bool| RequestParams {
         adaptive: adaptive.then_some(opts.rule),
         ..RequestParams::new(
@@ -452,35 +538,30 @@ pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport
             opts.n0,
             100_000,
             0.001,
-            crate::engine::input_seed(opts.seed, idx) as u64,
+            crate::engine::input_seed(opts.seed, idx),
         )
     };
-    let run = |x: &Tensor, reqs: &[RequestParams]| {
-        certify_surrogate(
-            &base,
-            &surrogate,
-            sigma,
-            x,
-            reqs,
-            opts.forward_batch,
-            &mut |_| true,
-        )
-    };
+    let run =
+        |x: &Tensor, reqs: &[RequestParams]| engine.run(Task::Surrogate, x, reqs, &mut |_| true);
     // Warm-up, not timed.
-    let x0 = super::images_tensor(&ds, &[0], opts.device);
+    let x0 = crate::pipeline::images_tensor(&ds, &[0], opts.device);
     run(&x0, &[req(0, 0, false)])?;
     run(&x0, &[req(0, 0, true)])?;
     let (mut fixed_t, mut adaptive_t) = (Vec::new(), Vec::new());
     let (mut differ, mut drawn) = (0usize, 0u64);
     for &idx in &indices {
-        let x = super::images_tensor(&ds, &[idx], opts.device);
+        let x = crate::pipeline::images_tensor(&ds, &[idx], opts.device);
         let t = Instant::now();
         let (f, _, _) = run(&x, &[req(0, idx, false)])?;
         fixed_t.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
         let (a, _, _) = run(&x, &[req(0, idx, true)])?;
         adaptive_t.push(t.elapsed().as_secs_f64());
-        if let (Some(Some((f, _))), Some(Some((a, sel)))) = (f.first(), a.first()) {
+        if let (
+            Some(Some(crate::engine::Outcome::Surrogate(f, _))),
+            Some(Some(crate::engine::Outcome::Surrogate(a, sel))),
+        ) = (f.first(), a.first())
+        {
             differ += usize::from(f.class_a != a.class_a);
             drawn += sel.drawn;
         }
@@ -489,7 +570,7 @@ pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport
     let batched = |adaptive: bool| -> Result<f64, PipelineError> {
         let started = Instant::now();
         for group in indices.chunks(opts.batch_requests) {
-            let x = super::images_tensor(&ds, group, opts.device);
+            let x = crate::pipeline::images_tensor(&ds, group, opts.device);
             let reqs: Vec<RequestParams> = group
                 .iter()
                 .enumerate()

@@ -1,0 +1,109 @@
+//! Flag groups that several commands share, declared once and flattened
+//! (`#[command(flatten)]`) into each command's arguments, and the value
+//! parsers of flags whose type the library defines.
+//!
+//! A command whose flag has its own default or help text says so with
+//! `#[command(mut_arg(...))]` on its arguments struct; the group keeps the
+//! flag's name, type and parsing.
+use anyhow::Result;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use smoothcert::config::DEFAULT_AUTO_BAND;
+use smoothcert::engine::{AutoBand, CertifyParams};
+use smoothcert::model::{cuda_status, parse_device, Arch};
+use smoothcert::smoothing::SequentialSelection;
+
+/// `--device`: where the model runs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+impl DeviceArgs {
+    /// The device `--device` names (cpu, cuda, cuda:N, gpu or auto), logged
+    /// with the CUDA status.
+    pub fn device(&self) -> Result<tch::Device> {
+        let d = parse_device(&self.device)?;
+        tracing::info!(device = ?d, cuda = %cuda_status().detail, "device selected");
+        Ok(d)
+    }
+
+    /// `--device` as given, for options that resolve it themselves.
+    pub fn into_spec(self) -> String {
+        self.device
+    }
+}
+
+/// Monte Carlo sampling: n0 selection samples, n estimation samples, the
+/// certificate level and the forward batch. `--n` has no default here: a
+/// command supplies one (`mut_arg`) or resolves it when absent.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct SamplingArgs {
+    #[arg(long, default_value_t = 100)]
+    pub n0: u64,
+    #[arg(long)]
+    pub n: Option<u64>,
+    #[arg(long, default_value_t = 0.001)]
+    pub alpha: f64,
+    #[arg(long, default_value_t = 1000)]
+    pub batch: i64,
+}
+
+impl SamplingArgs {
+    /// The engine's parameters with `n` estimation samples.
+    pub fn params(self, n: u64) -> CertifyParams {
+        CertifyParams {
+            n0: self.n0,
+            n,
+            alpha: self.alpha,
+            batch: self.batch,
+        }
+    }
+}
+
+/// AUTO's band: where the calibrated estimate falls back to Monte Carlo.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct AutoBandArgs {
+    /// AUTO falls back to Monte Carlo when the calibrated pA_lower is in [low, high].
+    #[arg(long, default_value_t = DEFAULT_AUTO_BAND.0)]
+    pub auto_band_low: f64,
+    #[arg(long, default_value_t = DEFAULT_AUTO_BAND.1)]
+    pub auto_band_high: f64,
+}
+
+impl AutoBandArgs {
+    pub fn band(self) -> AutoBand {
+        AutoBand {
+            low: self.auto_band_low,
+            high: self.auto_band_high,
+        }
+    }
+}
+
+/// Adaptive n0: sequential choice of cA.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct AdaptiveArgs {
+    /// Choose cA sequentially: samples in chunks, stop once a binomial test at
+    /// level alpha / (number of looks) settles the leader; n0 is the cap.
+    #[arg(long)]
+    adaptive_n0: bool,
+    #[arg(long, default_value_t = 10)]
+    adaptive_chunk: u64,
+    #[arg(long, default_value_t = 0.001)]
+    adaptive_alpha: f64,
+}
+
+impl AdaptiveArgs {
+    /// The selection rule, when `--adaptive-n0` asks for one.
+    pub fn rule(self) -> Option<SequentialSelection> {
+        self.adaptive_n0.then_some(SequentialSelection {
+            chunk: self.adaptive_chunk,
+            alpha: self.adaptive_alpha,
+        })
+    }
+}
+
+/// `--arch`: one of [`Arch::NAMES`]; another name is an error that lists them.
+pub fn arch_parser() -> impl TypedValueParser<Value = Arch> {
+    PossibleValuesParser::new(Arch::NAMES.iter().copied()).try_map(|name| Arch::parse(&name))
+}

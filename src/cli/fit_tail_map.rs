@@ -1,0 +1,62 @@
+//! `smoothcert fit-tail-map`.
+use super::args::DeviceArgs;
+use anyhow::{Context, Result};
+use smoothcert::pipeline::tail_map;
+use std::path::PathBuf;
+
+/// Recalibrates the surrogate's tail (its miss mass, binned) on Monte Carlo counts
+/// of inputs it never trained on; drops a calibration, which measured it without.
+#[derive(clap::Args, Debug)]
+pub struct FitTailMapArgs {
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Counts of held-out inputs (shards of one run are joined).
+    #[arg(long, required = true, num_args = 1..)]
+    counts: Vec<PathBuf>,
+    /// Sparser bins are merged into their neighbour.
+    #[arg(long, default_value_t = 40)]
+    min_inputs: usize,
+    #[arg(long, default_value_t = 1000)]
+    batch: i64,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+impl FitTailMapArgs {
+    pub fn run(self) -> Result<()> {
+        let summary = tail_map::fit_tail_map(&tail_map::FitTailMapOptions {
+            bundle: self.bundle.clone(),
+            counts: self.counts,
+            min_inputs: self.min_inputs,
+            batch: self.batch,
+            data_dir: self.data_dir,
+            device: self.device.device()?,
+        })
+        .context("fit-tail-map failed")?;
+        println!(
+            "{}: tail map fitted on {} {} inputs at N = {}; mean |log error| of the miss {:.3} -> {:.3} \
+             ({:.3} cross-fitted){}",
+            self.bundle.display(),
+            summary.inputs,
+            summary.split,
+            summary.counts_n,
+            summary.log_error_before,
+            summary.log_error_after,
+            summary.log_error_cross_fitted,
+            if summary.dropped_calibration {
+                "; the calibration was dropped: run calibrate again"
+            } else {
+                ""
+            }
+        );
+        for b in &summary.bins {
+            println!(
+                "  miss from {:.2e}: {:>5} inputs, predicted {:.2e}, observed {:.2e}, ratio {:.3}",
+                b.low, b.inputs, b.mean_predicted_miss, b.mean_observed_miss, b.ratio
+            );
+        }
+        Ok(())
+    }
+}
