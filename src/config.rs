@@ -112,6 +112,8 @@ pub struct LimitsConfig {
     pub queue_capacity: usize,
     /// The same for the Monte Carlo lane (MONTE_CARLO and Predict).
     pub mc_queue_capacity: usize,
+    /// Stage slices waiting in the sequential lane (SEQUENTIAL's stages).
+    pub sequential_queue_capacity: usize,
     /// The server's own deadline for a request; a client deadline that is
     /// shorter wins.
     pub request_timeout_ms: u64,
@@ -125,6 +127,7 @@ impl Default for LimitsConfig {
             max_message_bytes: 4 << 20,
             queue_capacity: 1024,
             mc_queue_capacity: 64,
+            sequential_queue_capacity: 1024,
             request_timeout_ms: 300_000,
             stream_in_flight: 64,
         }
@@ -252,10 +255,10 @@ impl Config {
         if b.max_batch_requests == 0 {
             return Err(invalid("batching.max_batch_requests", "must be at least 1"));
         }
-        if b.forward_batch < 0 {
+        if !(0..=1 << 20).contains(&b.forward_batch) {
             return Err(invalid(
                 "batching.forward_batch",
-                "must be 0 (auto) or positive",
+                "must be 0 (auto) or in 1..=1048576",
             ));
         }
         let l = &self.limits;
@@ -263,6 +266,10 @@ impl Config {
             ("limits.max_message_bytes", l.max_message_bytes),
             ("limits.queue_capacity", l.queue_capacity),
             ("limits.mc_queue_capacity", l.mc_queue_capacity),
+            (
+                "limits.sequential_queue_capacity",
+                l.sequential_queue_capacity,
+            ),
             ("limits.stream_in_flight", l.stream_in_flight),
         ] {
             if v == 0 {
@@ -315,6 +322,13 @@ impl Config {
         }
         for (i, m) in self.models.iter().enumerate() {
             let key = |k: &str| format!("models[{i}].{k}");
+            if m.method == Method::Sequential {
+                return Err(invalid(
+                    key("method"),
+                    "sequential needs each request's target_radius, so it cannot be the default; \
+                     clients ask for SEQUENTIAL per request",
+                ));
+            }
             if m.n0 == 0 || m.n0 > m.max_n0 {
                 return Err(invalid(
                     key("n0"),
@@ -461,6 +475,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("monte_carlo") && e.contains("auto"), "{e}");
+        std::fs::write(
+            &file,
+            "[[models]]\nbundle = \"a\"\nmethod = \"sequential\"\n",
+        )
+        .unwrap();
+        let e = Config::load_with_env(Some(&file), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("models[0].method"), "{e}");
         let e = Config::load_with_env(Some(&dir.path().join("missing.toml")), env(&[]))
             .unwrap_err()
             .to_string();

@@ -31,15 +31,17 @@ fn server_config() -> Config {
 }
 
 const SEED: u64 = 20_261_130;
-/// SEQUENTIAL's target: within reach of n = 3,000 for confident inputs.
-const TARGET: f64 = 0.3;
+/// SEQUENTIAL's target: within reach of n = 10,000 for confident inputs,
+/// after a few thousand samples for most (so stages span several slices).
+const TARGET: f64 = 0.6;
 const PARAMS: CertifyParams = CertifyParams {
     n0: 64,
-    n: 3_000,
+    n: 10_000,
     alpha: 0.001,
     // Offline and served forward batches differ on purpose: noise comes in
-    // seeded blocks, so the batch must not change an answer.
-    batch: 100,
+    // seeded blocks, so the batch must not change an answer; and so do the
+    // sequential stage slices (8,000 samples offline, 4,096 served).
+    batch: 2_000,
 };
 
 /// Offline `certify` of test images 0, 1000, 2000 and 3000.
@@ -91,6 +93,11 @@ async fn offline_certify_and_served_requests_agree_row_for_row() {
     let params = PARAMS;
     assert_eq!(offline_mc.len(), 4);
     assert_eq!(offline_sur.len(), 4);
+    assert_eq!(offline_seq.len(), 4);
+    assert!(
+        offline_seq.iter().any(|r| r.n > 4_096),
+        "some sequential run must span slices: {offline_seq:?}"
+    );
 
     let cfg = server_config();
     assert_ne!(

@@ -64,7 +64,7 @@ async fn bad_input_gets_its_status_code() {
                 surrogate(),
             ),
             Code::InvalidArgument,
-            "image",
+            "image: cannot decode the image: ",
         ),
         (
             "oversize",
@@ -141,6 +141,14 @@ async fn bad_input_gets_its_status_code() {
             "{what}: {:?} lacks {needle:?}",
             status.message()
         );
+        // The field is named once, as the proto spells it.
+        if let Some((field, rest)) = status.message().split_once(": ") {
+            assert!(
+                !rest.starts_with(&format!("{field}:")),
+                "{what}: the field is named twice in {:?}",
+                status.message()
+            );
+        }
     }
     let mut unknown = request(tensor(good, &[1, 28, 28]), surrogate());
     unknown.model = "no-such-model".into();

@@ -187,6 +187,7 @@ pub struct BatchingOptions {
     pub forward_batch: i64,
     pub queue_capacity: usize,
     pub mc_queue_capacity: usize,
+    pub sequential_queue_capacity: usize,
 }
 
 /// The most estimation samples one stage slice draws: several forward
@@ -204,6 +205,7 @@ impl BatchingOptions {
             forward_batch: forward_batch_for(device, forward_batch),
             queue_capacity: 64,
             mc_queue_capacity: 64,
+            sequential_queue_capacity: 64,
         }
     }
 }
@@ -274,7 +276,7 @@ impl ModelWorkers {
         };
         let surrogate = start_lane(Lane::Surrogate, opts.queue_capacity)?;
         let monte_carlo = start_lane(Lane::MonteCarlo, opts.mc_queue_capacity)?;
-        let sequential = start_lane(Lane::Sequential, opts.mc_queue_capacity)?;
+        let sequential = start_lane(Lane::Sequential, opts.sequential_queue_capacity)?;
         drop(ready_tx);
         let workers = ModelWorkers {
             model: name.to_string(),
@@ -436,14 +438,28 @@ impl ModelWorkers {
                     shift: None,
                     ..params
                 };
-                let got = self
-                    .call(Task::Stage, pixels.clone(), slice, deadline)
-                    .await?;
+                let got = loop {
+                    match self
+                        .call(Task::Stage, pixels.clone(), slice, deadline)
+                        .await
+                    {
+                        // A request under way waits for room rather than
+                        // losing the stages it has drawn.
+                        Err(BatchError::QueueFull { .. }) if drawn > 0 => {
+                            if Instant::now() >= deadline {
+                                return Err(BatchError::DeadlineExceeded {
+                                    waited: Duration::ZERO,
+                                });
+                            }
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                        other => break other?,
+                    }
+                };
                 let Outcome::Stage(count, sel) = got.outcome else {
-                    return Err(BatchError::Engine(EngineError::InvalidParam {
-                        field: "slice",
-                        message: "a stage task returned another outcome".into(),
-                    }));
+                    return Err(
+                        EngineError::Internal("a stage task returned another outcome").into(),
+                    );
                 };
                 selected.get_or_insert(sel);
                 k += count;
@@ -486,10 +502,7 @@ impl ModelWorkers {
                 batch_size,
             });
         }
-        Err(BatchError::Engine(EngineError::InvalidParam {
-            field: "n",
-            message: "the sequential test ran past its cap".into(),
-        }))
+        Err(EngineError::Internal("the sequential test ran past its cap").into())
     }
 
     /// PREDICT: n samples and the binomial test.
@@ -614,15 +627,24 @@ impl Worker {
             Lane::Surrogate | Lane::Sequential => self.opts.max_batch_requests.max(1),
             Lane::MonteCarlo => 1,
         };
-        while let Some(jobs) = self.next_batch(&rx, max_batch) {
+        let mut carried = None;
+        while let Some(jobs) = self.next_batch(&rx, max_batch, &mut carried) {
             self.run_batch(&engine, jobs);
         }
     }
 
     /// Blocks for the first job, then gathers more until the batch is full or
     /// `max_queue_delay` after the first job's arrival. `None`: queue closed.
-    fn next_batch(&self, rx: &mpsc::Receiver<Job>, max_batch: usize) -> Option<Vec<Job>> {
-        let first = rx.recv().ok()?;
+    fn next_batch(
+        &self,
+        rx: &mpsc::Receiver<Job>,
+        max_batch: usize,
+        carried: &mut Option<Job>,
+    ) -> Option<Vec<Job>> {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => rx.recv().ok()?,
+        };
         let close_at = first.enqueued + self.opts.max_queue_delay;
         // The sequential lane's batches hold at most one slice's worth of samples.
         let sample_cap = stage_slice(self.opts.forward_batch);
@@ -632,9 +654,7 @@ impl Worker {
                 .sum()
         };
         let mut jobs = vec![first];
-        while jobs.len() < max_batch
-            && (self.lane != Lane::Sequential || samples(&jobs) < sample_cap)
-        {
+        while jobs.len() < max_batch {
             let now = Instant::now();
             let next = if now >= close_at {
                 rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
@@ -642,6 +662,14 @@ impl Worker {
                 rx.recv_timeout(close_at - now)
             };
             match next {
+                // A slice that would take the batch past the cap starts the next one.
+                Ok(job)
+                    if self.lane == Lane::Sequential
+                        && samples(&jobs) + job.params.slice.map_or(0, |s| s.num) > sample_cap =>
+                {
+                    *carried = Some(job);
+                    break;
+                }
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }

@@ -179,7 +179,8 @@ pub struct MethodsBenchOptions {
 pub struct SequentialTimes {
     pub target_radius: f64,
     pub mean_seconds: f64,
-    /// Base-classifier passes per input (selection and estimation).
+    /// Forward passes per input: selection and estimation samples, and the
+    /// surrogate's one pass.
     pub mean_passes: f64,
     /// Certified at the target, and by Monte Carlo at the target, of the inputs.
     pub certified: usize,
@@ -377,7 +378,8 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
         for (&target, acc) in opts.target_radii.iter().zip(seq.iter_mut()) {
             let (t, a) = run(Method::Sequential, idx, Some(target))?;
             let passes = match &a.outcome {
-                crate::engine::Outcome::Sequential(c, sel) => sel.drawn + c.n,
+                // Selection and estimation samples, and the surrogate's pass.
+                crate::engine::Outcome::Sequential(c, sel) => sel.drawn + c.n + 1,
                 _ => 0,
             };
             acc.0.push(t);

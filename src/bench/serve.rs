@@ -7,8 +7,9 @@
 //! with real test images as tensors.
 use crate::config::Config;
 use crate::data::{self, Split};
-use crate::engine::requests::{self, RequestParams};
-use crate::model::{parse_device, Bundle, Classifier};
+use crate::engine::requests::RequestParams;
+use crate::engine::{Engine, Task};
+use crate::model::{parse_device, Bundle};
 use crate::pipeline::PipelineError;
 use crate::server::pb;
 use serde::Serialize;
@@ -31,6 +32,8 @@ pub struct BenchServeOptions {
     /// HTTP/2 connections the client tasks share.
     pub connections: usize,
     pub data_dir: Option<PathBuf>,
+    /// Load with SEQUENTIAL requests at this target radius instead of SURROGATE.
+    pub target_radius: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +53,9 @@ pub struct BenchServeReport {
     pub bundle: String,
     pub device: String,
     pub method: String,
+    /// SEQUENTIAL's target radius, when the load was sequential.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_radius: Option<f64>,
     pub n0: u64,
     pub n: u64,
     pub forward_batch: i64,
@@ -83,6 +89,11 @@ impl BenchServeReport {
             self.engine_before_after_per_s[0],
             self.engine_before_after_per_s[1],
         );
+        if let Some(t) = self.target_radius {
+            s = format!(
+                "SEQUENTIAL at target radius {t} (n is the cap; the reference rate is one request at a time through the served path, not a ceiling)\n\n{s}"
+            );
+        }
         for (d, b) in self.dynamic.iter().zip(&self.batch_one) {
             s += &format!(
                 "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {} | {:.2}x | {:.0}% |\n",
@@ -150,7 +161,10 @@ pub fn bench_serve(opts: &BenchServeOptions) -> Result<BenchServeReport, Pipelin
     config.batching.forward_batch = forward_batch;
 
     let engine = |label: &str| -> Result<f64, PipelineError> {
-        let rate = engine_rate(&bundle, device, &images, opts, forward_batch, nominal)?;
+        let rate = match opts.target_radius {
+            None => engine_rate(&bundle, device, &images, opts, forward_batch, nominal)?,
+            Some(target) => sequential_rate(&bundle, device, &images, opts, nominal, target)?,
+        };
         tracing::info!(rate, "{label}: offline engine certificates/s");
         Ok(rate)
     };
@@ -168,7 +182,12 @@ pub fn bench_serve(opts: &BenchServeOptions) -> Result<BenchServeReport, Pipelin
     Ok(BenchServeReport {
         bundle: bundle.name.clone(),
         device: format!("{device:?}"),
-        method: "surrogate".into(),
+        target_radius: opts.target_radius,
+        method: if opts.target_radius.is_some() {
+            "sequential".into()
+        } else {
+            "surrogate".into()
+        },
         n0: opts.n0,
         n: nominal,
         forward_batch,
@@ -190,8 +209,7 @@ fn engine_rate(
     forward_batch: i64,
     n: u64,
 ) -> Result<f64, PipelineError> {
-    let base = Classifier::load(bundle, device)?;
-    let surrogate = Classifier::load_surrogate(bundle, device)?;
+    let engine = Engine::load(bundle, device, forward_batch, true)?;
     let [c, h, w] = bundle.input_shape.map(|d| d as i64);
     let b = opts.max_batch_requests;
     let run = |start: usize| -> Result<(), PipelineError> {
@@ -204,15 +222,7 @@ fn engine_rate(
         let reqs: Vec<RequestParams> = (0..b)
             .map(|i| RequestParams::new(i, opts.n0, n, 0.001, (start + i) as u64))
             .collect();
-        requests::certify_surrogate(
-            &base,
-            &surrogate,
-            bundle.sigma(),
-            &x,
-            &reqs,
-            forward_batch,
-            &mut |_| true,
-        )?;
+        engine.run(Task::Surrogate, &x, &reqs, &mut |_| true)?;
         Ok(())
     };
     run(0)?; // warm-up
@@ -223,6 +233,47 @@ fn engine_rate(
         done += b;
     }
     Ok(done as f64 / started.elapsed().as_secs_f64())
+}
+
+/// SEQUENTIAL one request at a time through the served path (the same
+/// lanes, no gRPC): the reference the served rate is read against.
+fn sequential_rate(
+    bundle: &Bundle,
+    device: tch::Device,
+    images: &[Vec<f32>],
+    opts: &BenchServeOptions,
+    n: u64,
+    target: f64,
+) -> Result<f64, PipelineError> {
+    let offline = crate::batcher::Offline::start(
+        bundle,
+        device,
+        0,
+        crate::engine::AutoBand {
+            low: crate::config::DEFAULT_AUTO_BAND.0,
+            high: crate::config::DEFAULT_AUTO_BAND.1,
+        },
+    )?;
+    let count = opts.requests.min(images.len()).min(256);
+    let run = |i: usize| {
+        offline.certify(
+            crate::engine::Method::Sequential,
+            images[i % images.len()].clone(),
+            RequestParams::new(0, opts.n0, n, 0.001, i as u64),
+            Some(crate::batcher::Target {
+                radius: target,
+                guided: true,
+            }),
+        )
+    };
+    run(0)?; // warm-up
+    let started = Instant::now();
+    for i in 0..count {
+        run(i)?;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    offline.shutdown();
+    Ok(rate)
 }
 
 async fn load_runs(
@@ -245,9 +296,10 @@ async fn load_runs(
     let mut results = Vec::new();
     // Warm-up at the largest concurrency, unmeasured.
     let top = opts.concurrency.iter().max().copied().unwrap_or(1);
-    closed_loop(&channels, &images, top, top * 2).await;
+    let target = opts.target_radius;
+    closed_loop(&channels, &images, top, top * 2, target).await;
     for &concurrency in &opts.concurrency {
-        results.push(closed_loop(&channels, &images, concurrency, opts.requests).await);
+        results.push(closed_loop(&channels, &images, concurrency, opts.requests, target).await);
         tracing::info!(?results, "load level done");
     }
     server.shutdown();
@@ -261,6 +313,7 @@ async fn closed_loop(
     images: &Arc<Vec<Vec<f32>>>,
     concurrency: usize,
     total: usize,
+    target_radius: Option<f64>,
 ) -> LoadResult {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -286,7 +339,11 @@ async fn closed_loop(
                         shape: vec![1, 28, 28],
                         data: img.iter().flat_map(|p| p.to_le_bytes()).collect(),
                     })),
-                    options: None,
+                    options: target_radius.map(|t| pb::CertifyOptions {
+                        method: pb::Method::Sequential as i32,
+                        target_radius: Some(t),
+                        ..Default::default()
+                    }),
                     request_id: String::new(),
                 };
                 let t0 = Instant::now();

@@ -45,20 +45,27 @@ pub struct SamplingArgs {
     pub n: Option<u64>,
     #[arg(long, default_value_t = 0.001)]
     pub alpha: f64,
-    #[arg(long, default_value_t = 1000)]
-    pub batch: i64,
+    /// Forward batch; default: the device's (32 on a CPU, 4096 on a GPU).
+    #[arg(long)]
+    pub batch: Option<i64>,
 }
 
 impl SamplingArgs {
-    /// The engine's parameters with `n` estimation samples.
-    pub fn params(self, n: u64) -> CertifyParams {
+    /// The engine's parameters with `n` estimation samples on `device`.
+    pub fn params(self, n: u64, device: tch::Device) -> CertifyParams {
         CertifyParams {
             n0: self.n0,
             n,
             alpha: self.alpha,
-            batch: self.batch,
+            batch: forward_batch(self.batch, device),
         }
     }
+}
+
+/// `--batch` when given, else the forward batch that suits the device (the
+/// server's rule): the fast path for a user who sets nothing.
+pub fn forward_batch(given: Option<i64>, device: tch::Device) -> i64 {
+    given.unwrap_or_else(|| smoothcert::batcher::forward_batch_for(device, 0))
 }
 
 /// AUTO's band: where the calibrated estimate falls back to Monte Carlo.

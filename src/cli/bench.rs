@@ -83,12 +83,13 @@ impl BenchCertifyArgs {
             .sampling
             .n
             .context("--n has a default in bench-certify")?;
+        let device = self.device.device()?;
         let opts = bench::MethodsBenchOptions {
             auto_band: self.auto_band.band(),
             bundle: self.bundle,
-            device: self.device.device()?,
+            device,
             inputs: self.inputs,
-            params: self.sampling.params(n),
+            params: self.sampling.params(n, device),
             seed: self.seed,
             target_radii: self.target_radii,
         };

@@ -31,6 +31,10 @@ pub struct BenchServeArgs {
     connections: usize,
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Load with SEQUENTIAL requests certifying this L2 radius (e.g. 0.5)
+    /// instead of SURROGATE ones.
+    #[arg(long)]
+    target_radius: Option<f64>,
     /// Also write the figures as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -49,6 +53,7 @@ impl BenchServeArgs {
             max_queue_delay_ms: self.max_queue_delay_ms,
             connections: self.connections,
             data_dir: self.data_dir,
+            target_radius: self.target_radius,
         };
         let r = serve::bench_serve(&opts).context("bench-serve failed")?;
         print_and_save(&r.markdown(), &r, self.out)

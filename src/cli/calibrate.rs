@@ -31,8 +31,9 @@ pub struct CalibrateArgs {
     alpha: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value_t = 1000)]
-    batch: i64,
+    /// Forward batch; default: the device's (32 on a CPU, 4096 on a GPU).
+    #[arg(long)]
+    batch: Option<i64>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -41,6 +42,7 @@ pub struct CalibrateArgs {
 
 impl CalibrateArgs {
     pub fn run(self) -> Result<()> {
+        let device = self.device.device()?;
         let summary = calibrate::calibrate(&calibrate::CalibrateOptions {
             bundle: self.bundle.clone(),
             counts: self.counts,
@@ -49,9 +51,9 @@ impl CalibrateArgs {
             n0: self.n0,
             alpha: self.alpha,
             seed: self.seed,
-            batch: self.batch,
+            batch: super::args::forward_batch(self.batch, device),
             data_dir: self.data_dir,
-            device: self.device.device()?,
+            device,
         })
         .context("calibrate failed")?;
         let c = &summary.calibration;

@@ -16,8 +16,9 @@ pub struct FitTailMapArgs {
     /// Sparser bins are merged into their neighbour.
     #[arg(long, default_value_t = 40)]
     min_inputs: usize,
-    #[arg(long, default_value_t = 1000)]
-    batch: i64,
+    /// Forward batch; default: the device's (32 on a CPU, 4096 on a GPU).
+    #[arg(long)]
+    batch: Option<i64>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -26,13 +27,14 @@ pub struct FitTailMapArgs {
 
 impl FitTailMapArgs {
     pub fn run(self) -> Result<()> {
+        let device = self.device.device()?;
         let summary = tail_map::fit_tail_map(&tail_map::FitTailMapOptions {
             bundle: self.bundle.clone(),
             counts: self.counts,
             min_inputs: self.min_inputs,
-            batch: self.batch,
+            batch: super::args::forward_batch(self.batch, device),
             data_dir: self.data_dir,
-            device: self.device.device()?,
+            device,
         })
         .context("fit-tail-map failed")?;
         println!(

@@ -228,7 +228,13 @@ mod tests {
         assert_eq!(m.get_one::<u64>("n0"), Some(&100));
         assert_eq!(m.get_one::<u64>("n"), None);
         assert_eq!(m.get_one::<f64>("alpha"), Some(&0.001));
-        assert_eq!(m.get_one::<i64>("batch"), Some(&1000));
+        // No --batch: the device's forward batch, resolved when the command runs.
+        assert_eq!(m.get_one::<i64>("batch"), None);
+        assert_eq!(
+            super::args::forward_batch(None, tch::Device::Cpu),
+            smoothcert::batcher::forward_batch_for(tch::Device::Cpu, 0)
+        );
+        assert_eq!(super::args::forward_batch(Some(7), tch::Device::Cpu), 7);
         assert_eq!(m.get_one::<f64>("auto_band_low"), Some(&band.0));
         assert_eq!(m.get_one::<f64>("auto_band_high"), Some(&band.1));
 
@@ -236,7 +242,7 @@ mod tests {
         assert_eq!(m.get_one::<u64>("n0"), Some(&100));
         assert_eq!(m.get_one::<u64>("n"), Some(&100_000));
         assert_eq!(m.get_one::<f64>("alpha"), Some(&0.001));
-        assert_eq!(m.get_one::<i64>("batch"), Some(&1000));
+        assert_eq!(m.get_one::<i64>("batch"), None);
         assert_eq!(m.get_one::<f64>("auto_band_low"), Some(&band.0));
 
         let help = |command: &str, arg: &str| {
@@ -249,7 +255,7 @@ mod tests {
         assert!(help("certify", "batch").starts_with("Forward batch"));
         assert!(help("certify", "auto_band_low").starts_with("AUTO falls back"));
         assert_eq!(help("bench-certify", "n"), "");
-        assert_eq!(help("bench-certify", "batch"), "");
+        assert!(help("bench-certify", "batch").contains("the device's"));
         assert!(help("bench-certify", "auto_band_low").starts_with("AUTO's band"));
     }
 }

@@ -269,3 +269,19 @@ pub(crate) fn read_file(path: &Path, hint: &str) -> Result<Vec<u8>, DataError> {
 pub(crate) fn bytes_to_unit(bytes: &[u8]) -> Vec<f32> {
     bytes.iter().map(|&b| f32::from(b) / 255.0).collect()
 }
+
+impl DataError {
+    /// The message without its subject (the image's name), for a caller that
+    /// names the subject itself, as a gRPC error names the request field.
+    pub fn without_subject(&self) -> String {
+        let full = self.to_string();
+        match self {
+            DataError::Undecodable { what, .. }
+            | DataError::WrongImageSize { what, .. }
+            | DataError::UnsupportedChannels { what, .. } => full
+                .strip_prefix(&format!("{what}: "))
+                .map_or_else(|| full.clone(), str::to_string),
+            _ => full,
+        }
+    }
+}

@@ -25,6 +25,9 @@ pub enum EngineError {
     /// `has_surrogate` first, so this is a bug or a bundle changed under us.
     #[error("this engine has no surrogate")]
     NoSurrogate,
+    /// A broken invariant between the engine's own parts (not the request's fault).
+    #[error("internal: {0}")]
+    Internal(&'static str),
 }
 
 /// CERTIFY's parameters: n0 selection samples, n estimation samples, level alpha,
@@ -255,8 +258,13 @@ fn prediction(row: &[u64], n: u64, alpha: f64) -> Result<Prediction, EngineError
 /// input gets the same noise whichever inputs ran before it, so resumed,
 /// sharded and uninterrupted runs agree row for row, and a served request
 /// with this seed gets the same counts as the row.
+///
+/// The index goes through splitmix64's mix, not a multiply: noise block b of
+/// a stream is seeded from `stream seed ^ (b + 1) * GAMMA`, so an index
+/// entering as `idx * GAMMA` would let input i's block b and input b + 1's
+/// block i - 1 share their noise.
 pub fn input_seed(seed: u64, idx: usize) -> u64 {
-    seed ^ (idx as u64).wrapping_mul(crate::model::GOLDEN_GAMMA)
+    seed ^ crate::model::splitmix64_mix((idx as u64).wrapping_add(1))
 }
 
 /// Indices of the largest and second-largest counts; ties go to the lower class index.

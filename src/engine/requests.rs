@@ -157,11 +157,11 @@ pub struct PassCounts {
 
 /// The selection (n0) and estimation (n) samples of a request draw from
 /// unrelated streams of its seed.
-fn stream_seed(seed: u64, purpose: u64) -> u64 {
+pub(crate) fn stream_seed(seed: u64, purpose: u64) -> u64 {
     seed ^ purpose.wrapping_mul(0xD6E8_FEB8_6659_FD93)
 }
-const SELECTION: u64 = 1;
-const ESTIMATION: u64 = 2;
+pub(crate) const SELECTION: u64 = 1;
+pub(crate) const ESTIMATION: u64 = 2;
 
 fn streams(
     reqs: &[RequestParams],
@@ -311,10 +311,8 @@ pub fn count_stage(
     let slices: Vec<Slice> = reqs
         .iter()
         .map(|r| {
-            r.slice.ok_or(EngineError::InvalidParam {
-                field: "slice",
-                message: "a stage task needs its slice".into(),
-            })
+            r.slice
+                .ok_or(EngineError::Internal("a stage task needs its slice"))
         })
         .collect::<Result<_, _>>()?;
     let selection = select(base, sigma, inputs, reqs, forward_batch, keep)?;

@@ -395,3 +395,25 @@ mod sequential_stages {
         assert_eq!(k, cert.count_a);
     }
 }
+
+#[test]
+fn offline_inputs_never_share_a_noise_block() {
+    // The block seeds of every (input, block) of a run: all distinct, for
+    // the selection and the estimation streams alike.
+    use std::collections::HashSet;
+    let mut seen = HashSet::new();
+    use crate::engine::requests::{stream_seed, ESTIMATION, SELECTION};
+    for idx in 0..200usize {
+        let seed = input_seed(0, idx);
+        for purpose in [SELECTION, ESTIMATION] {
+            let stream = stream_seed(seed, purpose);
+            for block in 0..100u64 {
+                let block_seed = crate::model::block_seed(stream, block);
+                assert!(
+                    seen.insert(block_seed),
+                    "input {idx} block {block} collides"
+                );
+            }
+        }
+    }
+}

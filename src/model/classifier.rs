@@ -428,7 +428,7 @@ pub fn splitmix64_mix(mut z: u64) -> u64 {
 
 /// The seed of block `block` of a stream: splitmix64 of the pair, so nearby
 /// seeds and blocks give unrelated generators.
-fn block_seed(seed: u64, block: u64) -> i64 {
+pub(crate) fn block_seed(seed: u64, block: u64) -> i64 {
     splitmix64_mix(seed ^ block.wrapping_add(1).wrapping_mul(GOLDEN_GAMMA)) as i64
 }
 

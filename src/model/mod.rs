@@ -10,6 +10,8 @@ pub use bundle::{
     BaseSpec, Bundle, BundleError, Calibration, NoiseKind, NoiseSpec, Normalization, Provenance,
     SurrogateSpec, SurrogateTraining, TailMap, WeightsFormat, MANIFEST,
 };
+#[cfg(test)]
+pub(crate) use classifier::block_seed;
 pub use classifier::{splitmix64_mix, Classifier, Network, NoiseStream, GOLDEN_GAMMA, NOISE_BLOCK};
 pub use device::{cuda_status, parse_device, CudaStatus};
 

@@ -78,7 +78,7 @@ struct RunParams {
     alpha: f64,
     sigma: f64,
     seed: u64,
-    /// How noise is drawn: "seeded_streams" (the served path, per-input
+    /// How noise is drawn: "seeded_streams_v2" (the served path, per-input
     /// request seed `engine::input_seed(seed, idx)`). Files from before it
     /// lack the key and are not resumed.
     noise: String,
@@ -340,7 +340,7 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         radius_kind: opts.method.radius_kind(),
         fallback_fraction: (opts.method == Method::Auto).then(|| {
             rows.iter()
-                .filter(|r| r.method == Method::MonteCarlo)
+                .filter(|r| r.method != Method::Calibrated)
                 .count() as f64
                 / rows.len().max(1) as f64
         }),
@@ -354,7 +354,7 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
 }
 
 /// How offline runs draw noise (recorded in `params.json`).
-const NOISE_SCHEME: &str = "seeded_streams";
+const NOISE_SCHEME: &str = "seeded_streams_v2";
 
 /// The engine's parameters for one input of an offline run: the request a
 /// served client would send with seed `seed` and the run's options.

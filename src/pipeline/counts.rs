@@ -7,7 +7,6 @@
 //! A finished output is never resampled.
 use super::{io_err, load_inputs, progress_bar, write_json, Inputs, PipelineError};
 use crate::data::{DatasetKind, Split};
-use crate::engine;
 use crate::model::{Bundle, Classifier};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
@@ -414,7 +413,7 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
             // shard's did, so a resumed shard stays one run.
             let counts = {
                 let _rng = crate::model::rng_lock();
-                tch::manual_seed(engine::input_seed(opts.seed, idx) as i64);
+                tch::manual_seed(counts_seed(opts.seed, idx));
                 model.sample_counts(&x, n_samples, bundle.sigma(), opts.batch)?
             };
             let counts: Vec<i64> = Vec::try_from(counts.flatten(0, -1))
@@ -581,4 +580,11 @@ pub fn merge_counts_in_memory(files: &[PathBuf]) -> Result<Counts, PipelineError
     };
     merged.check().map_err(PipelineError::Invalid)?;
     Ok(merged)
+}
+
+/// The global generator's seed for input `idx` of a counts run: what every
+/// committed shard was sampled with (one generator per input, so no
+/// block structure to collide with), kept so that shards resume as one run.
+fn counts_seed(seed: u64, idx: usize) -> i64 {
+    (seed ^ (idx as u64).wrapping_mul(crate::model::GOLDEN_GAMMA)) as i64
 }

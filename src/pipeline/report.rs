@@ -1098,6 +1098,43 @@ mod tests {
         }
     }
 
+    #[test]
+    fn sequential_against_monte_carlo_by_hand() {
+        // Monte Carlo: n = 1000 each (n0 20 from its parameters), times 1 s.
+        let mc = vec![
+            row(0, 1, 1, 0.6, 1.0, "monte_carlo"), // certified at 0.5
+            row(1, 1, 1, 0.4, 1.0, "monte_carlo"), // not at 0.5
+            row(2, 1, -1, 0.0, 1.0, "monte_carlo"),
+            row(3, 2, 1, 0.9, 1.0, "monte_carlo"), // wrong class
+        ];
+        let seq_row = |idx, label, predict, radius, n, time| CertRow {
+            n,
+            n0_drawn: Some(20),
+            ..row(idx, label, predict, radius, time, "sequential")
+        };
+        let seq = vec![
+            seq_row(0, 1, 1, 0.55, 100, 0.1), // agrees
+            seq_row(1, 1, 1, 0.52, 400, 0.2), // certifies where MC did not
+            seq_row(2, 1, -1, 0.0, 50, 0.1),  // agrees (abstains)
+            seq_row(9, 1, 1, 0.7, 100, 0.1),  // no Monte Carlo row: left out
+        ];
+        let c = compare_sequential(("mc", &mc), ("seq", &seq), 0.5, Some(true), (20, true));
+        assert_eq!(c.inputs, 3);
+        assert!((c.certified_accuracy - 2.0 / 3.0).abs() < 1e-12);
+        assert!((c.mc_certified_accuracy - 1.0 / 3.0).abs() < 1e-12);
+        assert!((c.agreement - 2.0 / 3.0).abs() < 1e-12);
+        // Passes: (20 + 100 + 1) + (20 + 400 + 1) + (20 + 50 + 1) over 3; Monte Carlo 1020.
+        assert!((c.mean_passes - 613.0 / 3.0).abs() < 1e-9);
+        assert!((c.mc_mean_passes - 1020.0).abs() < 1e-9);
+        assert!((c.speedup_passes - 1020.0 * 3.0 / 613.0).abs() < 1e-9);
+        assert!((c.speedup_seconds - 1.0 / (0.4 / 3.0)).abs() < 1e-9);
+        let md = sequential_markdown(&[c]);
+        assert!(
+            md.contains("| seq | 0.5 | guided | 3 | 66.7 | 33.3 | +33.3 | 66.7 |"),
+            "{md}"
+        );
+    }
+
     /// Eight rows, figures worked out by hand:
     /// correct radii 0.1, 0.25, 0.5, 0.9; one wrong prediction (radius 0.7);
     /// three abstentions.

@@ -109,7 +109,7 @@ impl From<EngineError> for ServiceError {
             EngineError::Model(ModelError::BadOutput { .. }) | EngineError::Model(_) => {
                 ServiceError::Internal(e.to_string())
             }
-            EngineError::Smoothing(_) | EngineError::NoSurrogate => {
+            EngineError::Smoothing(_) | EngineError::NoSurrogate | EngineError::Internal(_) => {
                 ServiceError::Internal(e.to_string())
             }
         }

@@ -76,7 +76,10 @@ impl Health for HealthService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let service = request.into_inner().service;
         let shared = self.shared.clone();
-        let phases = tokio_stream::wrappers::WatchStream::new(shared.lifecycle.subscribe());
+        // The stream ends once the server has stopped, so that a watching
+        // load balancer does not hold its connection open past shutdown.
+        let phases = tokio_stream::wrappers::WatchStream::new(shared.lifecycle.subscribe())
+            .take_while(|phase| *phase != Phase::Stopped);
         let mut last = None;
         let stream = phases.filter_map(move |phase| {
             let status =

@@ -224,6 +224,7 @@ fn load_one(
         forward_batch,
         queue_capacity: config.limits.queue_capacity,
         mc_queue_capacity: config.limits.mc_queue_capacity,
+        sequential_queue_capacity: config.limits.sequential_queue_capacity,
     };
     let workers = ModelWorkers::start(&name, &bundle, device, &opts, auto_band, metrics)?;
     Ok(LoadedModel {

@@ -507,8 +507,31 @@ impl pb::certifier_server::Certifier for CertifierService {
                         break;
                     }
                 };
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break;
+                // At the in-flight limit, wait for room, but not past a drain:
+                // the request already read is then answered UNAVAILABLE.
+                let permit = tokio::select! {
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = async { phase.wait_for(|p| *p >= Phase::Draining).await.map(|_| ()) } => {
+                        let e = super::error::not_serving(Phase::Draining);
+                        let _ = tx
+                            .send(Ok(pb::CertifyStreamResponse {
+                                index,
+                                request_id: req.request_id.clone(),
+                                result: Some(pb::certify_stream_response::Result::Error(
+                                    pb::StreamError {
+                                        code: e.code() as i32,
+                                        message: e.to_string(),
+                                    },
+                                )),
+                            }))
+                            .await;
+                        index += 1;
+                        cut_short = true;
+                        break;
+                    }
                 };
                 let (tx, svc, i) = (tx.clone(), svc.clone(), index);
                 index += 1;
@@ -527,20 +550,25 @@ impl pb::certifier_server::Certifier for CertifierService {
                             message: e.to_string(),
                         }),
                     });
-                    let _ = tx
-                        .send(Ok(pb::CertifyStreamResponse {
+                    // A client that stopped reading cannot hold the shutdown up.
+                    tokio::select! {
+                        _ = tx.send(Ok(pb::CertifyStreamResponse {
                             index: i,
                             request_id,
                             result,
-                        }))
-                        .await;
+                        })) => {}
+                        _ = svc.shared.lifecycle.reached(Phase::Stopped) => {}
+                    }
                     drop(permit);
                 });
             }
             if cut_short {
                 // Every request read has its answer (or its error) sent; what
                 // the client sent after these was never read: say so.
-                let _ = permits.acquire_many(limit as u32).await;
+                tokio::select! {
+                    _ = permits.acquire_many(limit as u32) => {}
+                    _ = svc.shared.lifecycle.reached(Phase::Stopped) => {}
+                }
                 let _ = tx
                     .send(Err(Status::unavailable(format!(
                         "the server is shutting down: this stream stopped reading after {index} requests, \

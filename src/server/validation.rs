@@ -44,7 +44,7 @@ pub fn pixels(model: &LoadedModel, input: Input<'_>) -> Result<Vec<f32>, Service
             "set either `image` (PNG/JPEG bytes) or `tensor`",
         )),
         Input::Image(bytes) => crate::data::decode_image(bytes, shape)
-            .map_err(|e| ServiceError::invalid("image", e.to_string())),
+            .map_err(|e| ServiceError::invalid("image", e.without_subject())),
         Input::Tensor(t) => tensor_pixels(t, shape),
     }
 }

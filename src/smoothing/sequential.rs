@@ -83,7 +83,7 @@ impl Schedule {
             return Err(SmoothingError::InvalidAlpha(s.alpha));
         }
         let spent: f64 = stages.iter().map(|s| s.alpha).sum();
-        if spent > alpha * (1.0 + 1e-12) || spent <= 0.0 {
+        if spent > alpha || spent <= 0.0 {
             return Err(SmoothingError::NumericalFailure(format!(
                 "the stages spend {spent}, not within (0, alpha = {alpha}]"
             )));
@@ -100,7 +100,7 @@ impl Schedule {
     /// probability of cA, when its top class is cA).
     ///
     /// - p_hat >= p*: the first look is where pA = p_hat would certify
-    ///   (a count one standard deviation below the expected one), at least
+    ///   (at the expected count), at least
     ///   the fewest samples that could certify at all and at most 8 times
     ///   that (a guide just above p* must not buy a huge first stage), and
     ///   it carries half of alpha; then looks growing by 4 up to the cap.
@@ -114,16 +114,31 @@ impl Schedule {
         p_star: f64,
         p_hat: f64,
     ) -> Result<Schedule, SmoothingError> {
+        Self::guided_with(alpha, cap, p_star, p_hat, GUIDE)
+    }
+
+    /// [`Self::guided`] with its knobs given (for tuning on held-out inputs).
+    pub fn guided_with(
+        alpha: f64,
+        cap: u64,
+        p_star: f64,
+        p_hat: f64,
+        guide: Guide,
+    ) -> Result<Schedule, SmoothingError> {
         if !(0.0..=1.0).contains(&p_hat) {
             return Self::plain(alpha, cap, p_star);
         }
         if p_hat < p_star {
             return Self::ladder(MIN_STAGE.min(cap.max(1)), cap, alpha, p_star, None);
         }
-        let first_alpha = alpha / 2.0;
+        let first_alpha = alpha * guide.first_share;
         let fewest = fewest_certifying(p_star, first_alpha).min(cap);
-        let first = settling_size(p_hat, p_star, first_alpha, cap)?
-            .clamp(fewest, fewest.saturating_mul(8).min(cap));
+        let most = fewest.saturating_mul(guide.max_factor).min(cap);
+        let first = settling_size(p_hat, p_star, first_alpha, most, guide.z)?.max(fewest);
+        if first >= cap {
+            // One look: it gets all of alpha.
+            return Schedule::new(vec![Stage { n: cap, alpha }], alpha);
+        }
         Self::ladder(first, cap, alpha, p_star, Some(first_alpha))
     }
 
@@ -176,6 +191,15 @@ impl Schedule {
             if let Some(i) = useless {
                 certifying[i] = false;
             } else {
+                let mut levels = levels;
+                // The cap takes what the others leave, so rounding never
+                // makes the levels sum past alpha.
+                let last = levels.len() - 1;
+                let others: f64 = levels[..last].iter().sum();
+                levels[last] = (alpha - others).max(0.0);
+                while levels.iter().sum::<f64>() > alpha && levels[last] > 0.0 {
+                    levels[last] = f64::from_bits(levels[last].to_bits() - 1);
+                }
                 let stages = sizes
                     .iter()
                     .zip(levels)
@@ -199,6 +223,23 @@ impl Schedule {
         self.stages.iter().map(|s| s.alpha).sum()
     }
 }
+
+/// The guided schedule's knobs: the first look's share of alpha, how many
+/// standard deviations of misses below expectation it is sized for, and its
+/// largest size as a multiple of the fewest samples that could certify.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Guide {
+    pub first_share: f64,
+    pub z: f64,
+    pub max_factor: u64,
+}
+
+/// The shipped knobs (chosen on the calibration images; see the README).
+pub const GUIDE: Guide = Guide {
+    first_share: 0.5,
+    z: 0.0,
+    max_factor: 8,
+};
 
 /// No stage is smaller than this: below it, Clopper-Pearson decides nothing
 /// at the levels certificates use.
@@ -315,14 +356,22 @@ fn fewest_certifying(p_star: f64, alpha: f64) -> u64 {
 }
 
 /// The stage size at which an input with pA = p_hat >= p* certifies at
-/// level `alpha` with a count one standard deviation below the expected
-/// one (normal approximation): about five times in six.
-fn settling_size(p_hat: f64, p_star: f64, alpha: f64, cap: u64) -> Result<u64, SmoothingError> {
+/// level `alpha` with a count `z` standard deviations below the expected
+/// one (normal approximation; z = 1: about five times in six).
+fn settling_size(
+    p_hat: f64,
+    p_star: f64,
+    alpha: f64,
+    cap: u64,
+    z: f64,
+) -> Result<u64, SmoothingError> {
     let q = (1.0 - p_hat).max(0.0);
     let mut n = MIN_STAGE.min(cap).max(1);
     loop {
         let nf = n as f64;
-        let misses = (nf * q + (nf * q * (1.0 - q)).sqrt()).round().min(nf) as u64;
+        let misses = (nf * q + z * (nf * q * (1.0 - q)).sqrt())
+            .round()
+            .clamp(0.0, nf) as u64;
         if clopper_pearson_lower(n - misses, n, alpha)? >= p_star || n >= cap {
             return Ok(n.min(cap));
         }
