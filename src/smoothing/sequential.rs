@@ -99,11 +99,13 @@ impl Schedule {
     /// Guided by the surrogate's estimate `p_hat` of pA (its tail-mapped
     /// probability of cA, when its top class is cA).
     ///
-    /// - p_hat >= p*: the first look is where pA = p_hat would certify
-    ///   (at the expected count), at least
-    ///   the fewest samples that could certify at all and at most 8 times
-    ///   that (a guide just above p* must not buy a huge first stage), and
-    ///   it carries half of alpha; then looks growing by 4 up to the cap.
+    /// - p_hat >= p*: the first certifying look is where pA = p_hat would
+    ///   certify (at the expected count), at least the fewest samples that
+    ///   could certify at all and at most 8 times that (a guide just above p*
+    ///   must not buy a huge first stage), and it carries half of alpha;
+    ///   then looks growing by 4 up to the cap. Looks at 32, 128, ... before
+    ///   it spend no alpha: they can only give up, early, where the guide
+    ///   was too hopeful.
     /// - p_hat < p*: the surrogate expects the target out of reach: looks
     ///   from 32 samples up, so the futility rule ends it early.
     ///
@@ -135,11 +137,22 @@ impl Schedule {
         let fewest = fewest_certifying(p_star, first_alpha).min(cap);
         let most = fewest.saturating_mul(guide.max_factor).min(cap);
         let first = settling_size(p_hat, p_star, first_alpha, most, guide.z)?.max(fewest);
+        // Looks before the first certifying one spend no alpha and draw no
+        // extra sample (every look is a prefix of the same stream): they let
+        // the test give up early where the guide was too hopeful.
+        let mut stages: Vec<Stage> =
+            std::iter::successors(Some(MIN_STAGE), |n| n.checked_mul(GROWTH))
+                .take_while(|&n| n < first.min(cap))
+                .map(|n| Stage { n, alpha: 0.0 })
+                .collect();
         if first >= cap {
-            // One look: it gets all of alpha.
-            return Schedule::new(vec![Stage { n: cap, alpha }], alpha);
+            // One certifying look: it gets all of alpha.
+            stages.push(Stage { n: cap, alpha });
+            return Schedule::new(stages, alpha);
         }
-        Self::ladder(first, cap, alpha, p_star, Some(first_alpha))
+        let ladder = Self::ladder(first, cap, alpha, p_star, Some(first_alpha))?;
+        stages.extend(ladder.stages);
+        Schedule::new(stages, alpha)
     }
 
     /// Looks at first, first * 4, ... and the cap. Looks too small to
@@ -428,16 +441,27 @@ mod tests {
             let ps = p_star(eps, 0.25).unwrap();
             let closed = (2.0f64 / 0.001).ln() / -ps.ln();
             let g = Schedule::guided(0.001, 100_000, ps, 1.0).unwrap();
-            let first = g.stages()[0].n as f64;
+            // Looks before the first certifying one spend nothing.
+            let j = g.stages().iter().position(|s| s.alpha > 0.0).unwrap();
+            assert!(g.stages()[..j].iter().all(|s| s.alpha == 0.0));
+            assert!((g.stages()[j].alpha - 0.0005).abs() < 1e-15);
+            let first = g.stages()[j].n as f64;
             assert!(
                 first >= closed && first < 1.1 * closed + 2.0,
                 "{eps}: {first} vs {closed}"
             );
             let test = SequentialTest::new(g.clone(), ps, FUTILITY).unwrap();
             assert!(matches!(
-                test.decide(0, g.stages()[0].n).unwrap(),
+                test.decide(j, g.stages()[j].n).unwrap(),
                 SequentialDecision::Certified { .. }
             ));
+            // A stream all in cA never gives up at an early look.
+            for early in 0..j {
+                assert_eq!(
+                    test.decide(early, g.stages()[early].n).unwrap(),
+                    SequentialDecision::Continue
+                );
+            }
         }
     }
 
