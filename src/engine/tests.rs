@@ -34,6 +34,7 @@ fn reqs(n0: u64, n: u64, alpha: f64, seeds: &[u64]) -> Vec<RequestParams> {
 
 #[test]
 fn monte_carlo_counts_follow_the_closed_form_probability() {
+    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path(), 777);
     let n = 20_000u64;
@@ -66,6 +67,7 @@ fn monte_carlo_counts_follow_the_closed_form_probability() {
 
 #[test]
 fn certified_radius_approaches_distance_to_boundary() {
+    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path(), 4096);
     let firsts = [0.8, 0.2, 0.5];
@@ -111,6 +113,7 @@ fn certified_radius_approaches_distance_to_boundary() {
 
 #[test]
 fn predict_abstains_on_the_boundary_and_answers_off_it() {
+    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path(), 1000);
     let (out, _, _) = e
@@ -136,6 +139,7 @@ fn predict_abstains_on_the_boundary_and_answers_off_it() {
 
 #[test]
 fn same_seed_same_answer_other_seed_other_noise() {
+    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path(), 512);
     let run = |seed| {
@@ -154,6 +158,7 @@ fn same_seed_same_answer_other_seed_other_noise() {
 
 #[test]
 fn rejects_bad_params_naming_the_field() {
+    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path(), 10);
     let good = RequestParams::new(0, 10, 100, 0.001, 1);
@@ -311,6 +316,7 @@ mod sequential_stages {
 
     #[test]
     fn a_stream_drawn_in_slices_counts_what_it_counts_whole() {
+        let _rng = rng_lock();
         let dir = tempfile::tempdir().unwrap();
         let m = model(dir.path());
         let x = batch(&[0.52]);
@@ -361,6 +367,7 @@ mod sequential_stages {
 
     #[test]
     fn stage_slices_add_up_to_the_monte_carlo_count() {
+        let _rng = rng_lock();
         let dir = tempfile::tempdir().unwrap();
         let e = engine(dir.path(), 256);
         let x = batch(&[0.55]);

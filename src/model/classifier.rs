@@ -92,13 +92,13 @@ impl Classifier {
             WeightsFormat::Safetensors => {
                 let arch_name = spec.arch.as_deref().unwrap_or_default();
                 let arch = Arch::parse(arch_name)?;
-                let mut model = Self::new_builtin(
-                    arch,
-                    bundle.input_shape,
-                    bundle.num_classes(),
-                    norm,
-                    device,
-                )?;
+                // The throw-away initial weights draw from libtorch's global
+                // generator: never between another thread's seeding and its
+                // draw (a served request's seeded noise).
+                let mut model = {
+                    let _rng = super::rng_lock();
+                    Self::new_builtin(arch, bundle.input_shape, bundle.num_classes(), norm, device)?
+                };
                 model.load_weights(&path)?;
                 Ok(model)
             }
