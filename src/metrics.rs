@@ -96,7 +96,9 @@ pub struct Metrics {
     request_passes: Family<MethodLabels, Histogram>,
     abstentions: Family<ReasonLabels, Counter>,
     queue_depth: Family<LaneLabels, Gauge>,
+    queue_capacity: Family<LaneLabels, Gauge>,
     models_loaded: Gauge,
+    models_configured: Gauge,
     in_flight: Gauge,
 }
 
@@ -127,7 +129,9 @@ impl Metrics {
         );
         let abstentions = Family::<ReasonLabels, Counter>::default();
         let queue_depth = Family::<LaneLabels, Gauge>::default();
+        let queue_capacity = Family::<LaneLabels, Gauge>::default();
         let models_loaded = Gauge::default();
+        let models_configured = Gauge::default();
         let in_flight = Gauge::default();
         registry.register(
             "requests",
@@ -180,9 +184,19 @@ impl Metrics {
             queue_depth.clone(),
         );
         registry.register(
+            "queue_capacity",
+            "The most requests a lane's queue holds; more are refused with RESOURCE_EXHAUSTED",
+            queue_capacity.clone(),
+        );
+        registry.register(
             "models_loaded",
             "Models loaded and warmed up",
             models_loaded.clone(),
+        );
+        registry.register(
+            "models_configured",
+            "Models the configuration names (all loaded once serving)",
+            models_configured.clone(),
         );
         registry.register(
             "requests_in_flight",
@@ -201,7 +215,9 @@ impl Metrics {
             request_passes,
             abstentions,
             queue_depth,
+            queue_capacity,
             models_loaded,
+            models_configured,
             in_flight,
         }
     }
@@ -290,13 +306,19 @@ impl Metrics {
         self.dropped.get_or_create(&task_labels(model, task)).inc();
     }
 
-    pub fn set_queue_depth(&self, model: &str, lane: &str, depth: usize) {
-        self.queue_depth
-            .get_or_create(&LaneLabels {
-                model: model.into(),
-                lane: lane.into(),
-            })
-            .set(depth as i64);
+    pub fn set_queue_depth(&self, model: &str, lane: &str, depth: usize, capacity: usize) {
+        let labels = LaneLabels {
+            model: model.into(),
+            lane: lane.into(),
+        };
+        self.queue_capacity
+            .get_or_create(&labels)
+            .set(capacity as i64);
+        self.queue_depth.get_or_create(&labels).set(depth as i64);
+    }
+
+    pub fn set_models_configured(&self, n: usize) {
+        self.models_configured.set(n as i64);
     }
 
     pub fn set_models_loaded(&self, n: usize) {

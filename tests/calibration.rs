@@ -69,7 +69,7 @@ fn counts_shard(
         max: None,
         shard,
         chunk: 50,
-        batch: 1000,
+        batch: Some(1000),
         seed: 5,
         device: Device::Cpu,
         out: out.to_path_buf(),

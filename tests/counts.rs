@@ -22,7 +22,7 @@ fn opts(bundle: &Path, out: &Path) -> SampleCountsOptions {
         max: None,
         shard: None,
         chunk: 7,
-        batch: 512,
+        batch: Some(512),
         seed: 3,
         device: Device::Cpu,
         out: out.to_path_buf(),
@@ -105,6 +105,9 @@ fn counts_shards_resume_and_merge() {
         .join("paused.safetensors.parts/chunk-000000.safetensors");
     let kept = std::fs::read(&first_chunk).unwrap();
     o.pause_after = None;
+    // Resumed without a forward batch: the run's own (512), not the device's
+    // default, so the same noise is drawn and the counts equal the whole run's.
+    o.batch = None;
     match sample_counts(&o).unwrap() {
         SampleOutcome::Finished(s) => {
             assert_eq!(s.chunks_resumed, 1);

@@ -100,6 +100,8 @@ fn every_overlay_renders_and_validates() {
         "kind: PodDisruptionBudget",
         "kind: HorizontalPodAutoscaler",
         "kind: ServiceMonitor",
+        "kind: PrometheusRule",
+        "grafana_dashboard: \"1\"",
         "clusterIP: None",
     ] {
         assert!(cpu.contains(kind), "the base lacks {kind}");
@@ -109,17 +111,27 @@ fn every_overlay_renders_and_validates() {
     assert!(pipeline.contains("$(JOB_COMPLETION_INDEX)/8"));
 }
 
+/// `from` and everything beneath it, copied to `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let dest = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &dest);
+        } else {
+            std::fs::copy(&path, dest).unwrap();
+        }
+    }
+}
+
 #[test]
 fn a_broken_manifest_fails_validation() {
     // An overlay over a copy of the real base (kustomize refuses absolute
     // paths) with a field Kubernetes does not know.
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base");
-    std::fs::create_dir(&base).unwrap();
-    for entry in std::fs::read_dir(repo().join("deploy/base")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, base.join(path.file_name().unwrap())).unwrap();
-    }
+    copy_dir(&repo().join("deploy/base"), &base);
     let overlay = dir.path().join("broken");
     std::fs::create_dir(&overlay).unwrap();
     std::fs::write(

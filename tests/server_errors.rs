@@ -7,6 +7,62 @@ use smoothcert::server::pb;
 use std::time::Duration;
 use tonic::Code;
 
+/// The request fields an INVALID_ARGUMENT may name, spelled as in the proto.
+const PROTO_FIELDS: [&str; 11] = [
+    "input",
+    "image",
+    "tensor.shape",
+    "tensor.data",
+    "options.method",
+    "options.n0",
+    "options.n",
+    "options.alpha",
+    "options.seed",
+    "options.adaptive_n0",
+    "options.target_radius",
+];
+
+/// An INVALID_ARGUMENT message starts with the field, as the proto spells it,
+/// and names it once: neither the field nor its last part comes again as a
+/// prefix of what follows ("image: image: ..." was one).
+fn field_named_once(what: &str, message: &str) {
+    let (field, rest) = message
+        .split_once(": ")
+        .unwrap_or_else(|| panic!("{what}: {message:?} names no field"));
+    assert!(
+        PROTO_FIELDS.contains(&field),
+        "{what}: {field:?} is not a request field as the proto spells it ({message:?})"
+    );
+    let last = field.rsplit('.').next().unwrap_or(field);
+    for prefix in [field, last] {
+        assert!(
+            !rest.starts_with(&format!("{prefix}:")) && !rest.starts_with(&format!("{prefix} ")),
+            "{what}: the field is named twice in {message:?}"
+        );
+    }
+}
+
+/// A mid-grey PNG of another size than the model's 28 x 28.
+fn png_of_size(w: u32, h: u32) -> Vec<u8> {
+    let img = image::GrayImage::from_pixel(w, h, image::Luma([128]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn the_field_check_catches_a_doubled_prefix() {
+    for bad in [
+        "image: image: cannot decode the image: bad",
+        "options.n0: n0: must be at least 1",
+        "n0: must be at least 1",
+    ] {
+        let caught = std::panic::catch_unwind(|| field_named_once("bad", bad));
+        assert!(caught.is_err(), "{bad:?} passed");
+    }
+    field_named_once("good", "image: cannot decode the image: bad");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_its_status_code() {
     let (server, mut client) = start(config(
@@ -132,6 +188,117 @@ async fn bad_input_gets_its_status_code() {
             Code::InvalidArgument,
             "options.method",
         ),
+        (
+            "image of another size",
+            request(
+                pb::certify_request::Input::Image(png_of_size(32, 32)),
+                surrogate(),
+            ),
+            Code::InvalidArgument,
+            "image: ",
+        ),
+        (
+            "n0 over the limit",
+            request(
+                tensor(good, &[1, 28, 28]),
+                pb::CertifyOptions {
+                    n0: Some(10_000_000),
+                    ..Default::default()
+                },
+            ),
+            Code::InvalidArgument,
+            "options.n0: ",
+        ),
+        (
+            "CALIBRATED at another n",
+            request(
+                tensor(good, &[1, 28, 28]),
+                pb::CertifyOptions {
+                    method: pb::Method::Calibrated as i32,
+                    n: Some(1_000),
+                    ..Default::default()
+                },
+            ),
+            Code::InvalidArgument,
+            "options.n: ",
+        ),
+        (
+            "CALIBRATED at another n0",
+            request(
+                tensor(good, &[1, 28, 28]),
+                pb::CertifyOptions {
+                    method: pb::Method::Calibrated as i32,
+                    n0: Some(50),
+                    ..Default::default()
+                },
+            ),
+            Code::InvalidArgument,
+            "options.n0: ",
+        ),
+        (
+            "CALIBRATED with adaptive n0",
+            request(
+                tensor(good, &[1, 28, 28]),
+                pb::CertifyOptions {
+                    method: pb::Method::Calibrated as i32,
+                    adaptive_n0: Some(true),
+                    ..Default::default()
+                },
+            ),
+            Code::InvalidArgument,
+            "options.adaptive_n0: ",
+        ),
+        (
+            "SEQUENTIAL without a target",
+            request(
+                tensor(good, &[1, 28, 28]),
+                pb::CertifyOptions {
+                    method: pb::Method::Sequential as i32,
+                    ..Default::default()
+                },
+            ),
+            Code::InvalidArgument,
+            "options.target_radius: ",
+        ),
+        (
+            "a negative target radius",
+            request(
+                tensor(good, &[1, 28, 28]),
+                pb::CertifyOptions {
+                    method: pb::Method::Sequential as i32,
+                    target_radius: Some(-0.5),
+                    ..Default::default()
+                },
+            ),
+            Code::InvalidArgument,
+            "options.target_radius: ",
+        ),
+        (
+            "a target radius out of reach",
+            request(
+                tensor(good, &[1, 28, 28]),
+                pb::CertifyOptions {
+                    method: pb::Method::Sequential as i32,
+                    target_radius: Some(50.0),
+                    ..Default::default()
+                },
+            ),
+            Code::InvalidArgument,
+            "options.target_radius: ",
+        ),
+        (
+            "a target radius for MONTE_CARLO",
+            request(
+                tensor(good, &[1, 28, 28]),
+                pb::CertifyOptions {
+                    method: pb::Method::MonteCarlo as i32,
+                    target_radius: Some(0.5),
+                    ..Default::default()
+                },
+            ),
+            Code::InvalidArgument,
+            "options.target_radius: ",
+        ),
     ];
     for (what, req, code, needle) in cases {
         let status = client.certify(req).await.expect_err(what);
@@ -141,13 +308,8 @@ async fn bad_input_gets_its_status_code() {
             "{what}: {:?} lacks {needle:?}",
             status.message()
         );
-        // The field is named once, as the proto spells it.
-        if let Some((field, rest)) = status.message().split_once(": ") {
-            assert!(
-                !rest.starts_with(&format!("{field}:")),
-                "{what}: the field is named twice in {:?}",
-                status.message()
-            );
+        if code == Code::InvalidArgument {
+            field_named_once(what, status.message());
         }
     }
     let mut unknown = request(tensor(good, &[1, 28, 28]), surrogate());

@@ -1,5 +1,6 @@
 //! The gRPC service end to end, with clients that are not ours: Python's
-//! grpcio and the grpcurl stand-in (clients/python).
+//! grpcio (clients/python) and the real grpcurl (scripts/setup.sh installs
+//! it), including the README's grpcurl lines run as written.
 mod common;
 
 use base64::Engine;
@@ -104,51 +105,164 @@ async fn python_grpcio_client_gets_certificates() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("INVALID_ARGUMENT: tensor.shape"));
 
-    // The grpcurl stand-in: no proto file, every type learnt by reflection,
-    // grpcurl's arguments and JSON mapping.
-    let tool = script("grpc_json.py");
-    let grpc_json = |data: Option<&str>, target: &[&str]| {
-        let mut argv = vec![tool.clone(), "-plaintext".into()];
+    server.shutdown();
+    server.wait().await.unwrap();
+}
+
+/// grpcurl, as scripts/setup.sh installs it.
+fn grpcurl() -> PathBuf {
+    PathBuf::from(
+        std::env::var("SMOOTHCERT_GRPCURL")
+            .expect("SMOOTHCERT_GRPCURL is unset: run scripts/setup.sh (it installs grpcurl)"),
+    )
+}
+
+/// Runs grpcurl off the runtime's threads.
+async fn run_grpcurl(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(grpcurl())
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// The real grpcurl: no proto file, every type learnt by reflection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_lists_describes_and_certifies() {
+    let (server, _client) = start(config("")).await;
+    let (images, labels) = test_images(1);
+    let addr = server.grpc_addr.to_string();
+    let call = |data: Option<&str>, target: &[&str]| {
+        let mut argv = vec!["-plaintext".to_string()];
         if let Some(d) = data {
             argv.extend(["-d".to_string(), d.to_string()]);
         }
         argv.push(addr.clone());
         argv.extend(target.iter().map(|a| a.to_string()));
-        python_run(argv)
+        run_grpcurl(argv)
     };
-    let out = grpc_json(None, &["list"]).await.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listed = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        listed.lines().any(|l| l == "smoothcert.v1.Certifier"),
-        "{listed}"
-    );
+    let ok = |out: &std::process::Output| -> String {
+        assert!(
+            out.status.success(),
+            "grpcurl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+
+    let listed = ok(&call(None, &["list"]).await);
+    for service in [
+        "smoothcert.v1.Certifier",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(listed.lines().any(|l| l == service), "{listed}");
+    }
+    let described = ok(&call(None, &["describe", "smoothcert.v1.CertifyOptions"]).await);
+    assert!(described.contains("target_radius"), "{described}");
+
     let body = format!(
         "{{\"image\": \"{}\"}}",
-        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&png_path).unwrap())
+        base64::engine::general_purpose::STANDARD.encode(png(&images[0]))
     );
-    let r = json_of(
-        &grpc_json(Some(&body), &["smoothcert.v1.Certifier/Certify"])
-            .await
-            .unwrap(),
-    );
+    let r: serde_json::Value = serde_json::from_str(&ok(&call(
+        Some(&body),
+        &["smoothcert.v1.Certifier/Certify"],
+    )
+    .await))
+    .unwrap();
     assert_eq!(r["method"], "SURROGATE");
     assert_eq!(
         r["certified"]["classIndex"], labels[0],
         "grpcurl's camelCase names"
     );
-    let out = grpc_json(
+
+    // A bad request: grpcurl exits 64 + the gRPC code (3, INVALID_ARGUMENT)
+    // and prints the service's message, which names the field once.
+    let out = call(
         Some("{\"options\": {\"n0\": 0}}"),
         &["smoothcert.v1.Certifier/Certify"],
     )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64 + 3), "{stderr}");
+    assert!(stderr.contains("Code: InvalidArgument"), "{stderr}");
+    assert!(stderr.contains("Message: options.n0: "), "{stderr}");
+    server.shutdown();
+    server.wait().await.unwrap();
+}
+
+/// Every README block that calls grpcurl, run as written with bash against a
+/// live server: only the address and the set-up cache's location are
+/// swapped in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_grpcurl_lines_run_as_written() {
+    let python = PathBuf::from(std::env::var("SMOOTHCERT_PYTHON").unwrap());
+    // $cache/pyclient/bin/python -> $cache
+    let cache = python.ancestors().nth(3).unwrap().to_path_buf();
+    assert_eq!(
+        grpcurl().parent().unwrap(),
+        cache.join("bin"),
+        "grpcurl is where the README says"
+    );
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let blocks: Vec<String> = readme
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().to_string())
+        .filter(|b| b.lines().any(|l| l.trim_start().starts_with("grpcurl ")))
+        .collect();
+    assert!(blocks.len() >= 2, "the README's grpcurl blocks");
+
+    let (server, _client) = start(config("")).await;
+    let addr = server.grpc_addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    // One shell for all of them, as a reader's: the first block's PATH holds for the next.
+    let script = blocks
+        .concat()
+        .replace("localhost:50051", &addr)
+        // The Python client's default address is localhost:50051 too.
+        .replace(
+            "smoothcert_client.py ",
+            &format!("smoothcert_client.py --addr {addr} "),
+        )
+        .replace("$HOME/.cache/smoothcert", &cache.display().to_string())
+        .replace("~/.cache/smoothcert", &cache.display().to_string())
+        .replace(
+            "clients/python/",
+            &format!("{}/clients/python/", repo.display()),
+        );
+    let cwd = dir.path().to_path_buf();
+    let run = script.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &run])
+            .current_dir(cwd)
+            .output()
+            .unwrap()
+    })
     .await
     .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Code: InvalidArgument"));
+    assert!(
+        out.status.success(),
+        "the README's blocks failed:\n{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outputs = String::from_utf8_lossy(&out.stdout).to_string();
+    for expected in [
+        "smoothcert.v1.Certifier",
+        "message CertifyRequest",
+        "\"method\": \"SURROGATE\"",
+        "\"method\": \"MONTE_CARLO\"",
+        "\"method\": \"SEQUENTIAL\"",
+        "\"status\": \"SERVING\"",
+    ] {
+        assert!(outputs.contains(expected), "no {expected} in:\n{outputs}");
+    }
     server.shutdown();
     server.wait().await.unwrap();
 }

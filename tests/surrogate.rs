@@ -28,7 +28,7 @@ fn surrogate_learns_known_counts() {
         max: None,
         shard: None,
         chunk: 100,
-        batch: 2_000,
+        batch: Some(2_000),
         seed: 1,
         device: Device::Cpu,
         out: counts.clone(),

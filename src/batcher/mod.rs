@@ -570,10 +570,10 @@ impl ModelWorkers {
         }
     }
 
-    /// Requests waiting in each lane.
-    pub fn queue_depths(&self) -> [(Lane, usize); 3] {
+    /// Requests waiting in each lane, and the most that lane's queue holds.
+    pub fn queue_depths(&self) -> [(Lane, usize, usize); 3] {
         [&self.surrogate, &self.monte_carlo, &self.sequential]
-            .map(|l| (l.lane, l.depth.load(Ordering::SeqCst)))
+            .map(|l| (l.lane, l.depth.load(Ordering::SeqCst), l.capacity))
     }
 
     /// Closes the queues and waits for the threads to finish the queued work.

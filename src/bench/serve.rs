@@ -2,9 +2,13 @@
 //! the same model, options and machine (the ceiling), and dynamic batching
 //! against `max_batch_requests = 1`, all measured in one run.
 //!
-//! Clients are tonic clients in this process over a few HTTP/2 connections,
-//! each of `concurrency` tasks sending one request at a time (closed loop),
-//! with real test images as tensors.
+//! The server runs as its users run it: by default `smoothcert serve` in a
+//! child process, so that requests cross a real socket between processes
+//! (`--in-process` keeps it in this one; `--target ADDR` drives a server
+//! already running). The clients are tonic clients in this process over a
+//! few HTTP/2 connections, each of `concurrency` tasks sending one request
+//! at a time (closed loop), or with `--python`, the grpc.aio load tool
+//! (clients/python/load.py) in a process of its own.
 use crate::config::Config;
 use crate::data::{self, Split};
 use crate::engine::requests::RequestParams;
@@ -34,9 +38,53 @@ pub struct BenchServeOptions {
     pub data_dir: Option<PathBuf>,
     /// Load with SEQUENTIAL requests at this target radius instead of SURROGATE.
     pub target_radius: Option<f64>,
+    pub placement: Placement,
+    pub client: LoadClient,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Where the server under load runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placement {
+    /// `smoothcert serve` in a child process (this executable), one per
+    /// batching mode.
+    ChildProcess,
+    InProcess,
+    /// A server already running there; only the dynamic-batching row is
+    /// measured (its configuration is its own).
+    Target(String),
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Placement::ChildProcess => write!(f, "child process"),
+            Placement::InProcess => write!(f, "in-process"),
+            Placement::Target(addr) => write!(f, "target {addr}"),
+        }
+    }
+}
+
+/// What sends the requests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoadClient {
+    Tonic,
+    /// clients/python/load.py run by this interpreter (which needs grpcio).
+    Python {
+        interpreter: PathBuf,
+        script: PathBuf,
+    },
+}
+
+impl std::fmt::Display for LoadClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadClient::Tonic => write!(f, "tonic (Rust)"),
+            LoadClient::Python { .. } => write!(f, "Python grpc.aio, one event loop"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LoadResult {
     pub concurrency: usize,
     pub requests: usize,
@@ -46,6 +94,13 @@ pub struct LoadResult {
     pub p99_ms: f64,
     /// Mean requests per inference batch, from the responses.
     pub mean_batch: f64,
+    /// CPU cores the client process used while it measured.
+    pub client_cpu_cores: f64,
+    /// The offline engine's rate around this level: the mean of the
+    /// measurements just before and just after it (dynamic batching only), so
+    /// that a machine whose speed drifts is compared with itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_per_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,15 +111,19 @@ pub struct BenchServeReport {
     /// SEQUENTIAL's target radius, when the load was sequential.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_radius: Option<f64>,
+    /// Where the server ran and what sent the requests.
+    pub server: String,
+    pub client: String,
     pub n0: u64,
     pub n: u64,
     pub forward_batch: i64,
     pub max_batch_requests: usize,
     pub max_queue_delay_ms: u64,
     /// Certificates per second of the engine alone, batches of
-    /// `max_batch_requests` inputs: best of a measurement before and after the load runs.
+    /// `max_batch_requests` inputs: the best of the measurements taken before
+    /// the first dynamic-batching level and after each.
     pub engine_per_s: f64,
-    pub engine_before_after_per_s: [f64; 2],
+    pub engine_measurements_per_s: Vec<f64>,
     pub dynamic: Vec<LoadResult>,
     pub batch_one: Vec<LoadResult>,
 }
@@ -72,11 +131,14 @@ pub struct BenchServeReport {
 impl BenchServeReport {
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "Service under load: bundle {}, device {}, method {} (n0 = {}, nominal n = {}), forward batch {}; \
+            "Service under load: server {}, client {}; bundle {}, device {}, method {} (n0 = {}, nominal n = {}), forward batch {}; \
              dynamic batching = up to {} requests or {} ms; offline engine ceiling {:.1} certificates/s \
-             (before {:.1}, after {:.1})\n\n\
-             | clients | dynamic (req/s) | p50 (ms) | p99 (ms) | mean batch | errors | batch 1 (req/s) | p50 (ms) | p99 (ms) | errors | dynamic / batch 1 | dynamic / engine |\n\
-             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             (measured before the first level and after each: {}); dynamic / engine compares each level \
+             with the mean of the engine measurements just before and after it\n\n\
+             | clients | dynamic (req/s) | p50 (ms) | p99 (ms) | mean batch | errors | client CPU (cores) | batch 1 (req/s) | p50 (ms) | p99 (ms) | errors | dynamic / batch 1 | dynamic / engine |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            self.server,
+            self.client,
             self.bundle,
             self.device,
             self.method,
@@ -86,29 +148,42 @@ impl BenchServeReport {
             self.max_batch_requests,
             self.max_queue_delay_ms,
             self.engine_per_s,
-            self.engine_before_after_per_s[0],
-            self.engine_before_after_per_s[1],
+            self.engine_measurements_per_s
+                .iter()
+                .map(|r| format!("{r:.1}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         if let Some(t) = self.target_radius {
             s = format!(
                 "SEQUENTIAL at target radius {t} (n is the cap; the reference rate is one request at a time through the served path, not a ceiling)\n\n{s}"
             );
         }
-        for (d, b) in self.dynamic.iter().zip(&self.batch_one) {
+        for (i, d) in self.dynamic.iter().enumerate() {
+            // A --target server is measured as configured: no batch-1 row.
+            let one = self.batch_one.get(i).map_or_else(
+                || "| - | - | - | - | - ".to_string(),
+                |b| {
+                    format!(
+                        "| {:.1} | {:.1} | {:.1} | {} | {:.2}x ",
+                        b.per_s,
+                        b.p50_ms,
+                        b.p99_ms,
+                        b.errors,
+                        d.per_s / b.per_s
+                    )
+                },
+            );
             s += &format!(
-                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {} | {:.2}x | {:.0}% |\n",
+                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.3} {one}| {:.0}% |\n",
                 d.concurrency,
                 d.per_s,
                 d.p50_ms,
                 d.p99_ms,
                 d.mean_batch,
                 d.errors,
-                b.per_s,
-                b.p50_ms,
-                b.p99_ms,
-                b.errors,
-                d.per_s / b.per_s,
-                100.0 * d.per_s / self.engine_per_s
+                d.client_cpu_cores,
+                100.0 * d.per_s / d.engine_per_s.unwrap_or(self.engine_per_s)
             );
         }
         s
@@ -168,21 +243,33 @@ pub fn bench_serve(opts: &BenchServeOptions) -> Result<BenchServeReport, Pipelin
         tracing::info!(rate, "{label}: offline engine certificates/s");
         Ok(rate)
     };
-    let before = engine("before")?;
+    let probe = || engine("engine");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| PipelineError::Invalid(format!("async runtime: {e}")))?;
-    let dynamic = runtime.block_on(load_runs(config.clone(), opts, images.clone()))?;
-    let mut one = config;
-    one.batching.max_batch_requests = 1;
-    let batch_one = runtime.block_on(load_runs(one, opts, images.clone()))?;
+    let (dynamic, rates) = runtime.block_on(load_runs(
+        config.clone(),
+        opts,
+        images.clone(),
+        Some(&probe),
+    ))?;
+    let batch_one = if matches!(opts.placement, Placement::Target(_)) {
+        Vec::new()
+    } else {
+        let mut one = config;
+        one.batching.max_batch_requests = 1;
+        runtime
+            .block_on(load_runs(one, opts, images.clone(), None))?
+            .0
+    };
     drop(runtime);
-    let after = engine("after")?;
     Ok(BenchServeReport {
         bundle: bundle.name.clone(),
         device: format!("{device:?}"),
         target_radius: opts.target_radius,
+        server: opts.placement.to_string(),
+        client: opts.client.to_string(),
         method: if opts.target_radius.is_some() {
             "sequential".into()
         } else {
@@ -193,8 +280,8 @@ pub fn bench_serve(opts: &BenchServeOptions) -> Result<BenchServeReport, Pipelin
         forward_batch,
         max_batch_requests: opts.max_batch_requests,
         max_queue_delay_ms: opts.max_queue_delay_ms,
-        engine_per_s: before.max(after),
-        engine_before_after_per_s: [before, after],
+        engine_per_s: rates.iter().copied().fold(0.0, f64::max),
+        engine_measurements_per_s: rates,
         dynamic,
         batch_one,
     })
@@ -276,35 +363,261 @@ fn sequential_rate(
     Ok(rate)
 }
 
+/// Measures the offline engine's rate (blocking).
+type EngineProbe<'a> = &'a (dyn Fn() -> Result<f64, PipelineError> + Sync);
+
+/// The load levels against one server; with an engine probe, also the
+/// engine's rate before the first level and after each.
 async fn load_runs(
     config: Config,
     opts: &BenchServeOptions,
     images: Arc<Vec<Vec<f32>>>,
-) -> Result<Vec<LoadResult>, PipelineError> {
-    let err = |e: &dyn std::fmt::Display| PipelineError::Invalid(format!("bench-serve: {e}"));
-    let server = crate::server::start(config).await.map_err(|e| err(&e))?;
-    server.ready().await.map_err(|e| err(&e))?;
-    let mut channels = Vec::new();
-    for _ in 0..opts.connections {
-        let ch = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
-            .map_err(|e| err(&e))?
-            .connect()
-            .await
-            .map_err(|e| err(&e))?;
-        channels.push(ch);
-    }
+    engine: Option<EngineProbe<'_>>,
+) -> Result<(Vec<LoadResult>, Vec<f64>), PipelineError> {
+    let server = ServerUnderTest::start(config, &opts.placement).await?;
+    let result = drive(&server.addr, opts, images, engine).await;
+    // Stopped whether or not the load succeeded: a child must not outlive the bench.
+    server.stop().await?;
+    result
+}
+
+async fn drive(
+    addr: &str,
+    opts: &BenchServeOptions,
+    images: Arc<Vec<Vec<f32>>>,
+    engine: Option<EngineProbe<'_>>,
+) -> Result<(Vec<LoadResult>, Vec<f64>), PipelineError> {
     let mut results = Vec::new();
-    // Warm-up at the largest concurrency, unmeasured.
+    let mut rates = Vec::new();
+    // The server idles while the engine is measured in this process.
+    let measure = |rates: &mut Vec<f64>| -> Result<(), PipelineError> {
+        if let Some(probe) = engine {
+            rates.push(tokio::task::block_in_place(probe)?);
+        }
+        Ok(())
+    };
+    let around = |rates: &[f64], level: usize| -> Option<f64> {
+        Some((rates.get(level)? + rates.get(level + 1)?) / 2.0)
+    };
     let top = opts.concurrency.iter().max().copied().unwrap_or(1);
     let target = opts.target_radius;
-    closed_loop(&channels, &images, top, top * 2, target).await;
-    for &concurrency in &opts.concurrency {
-        results.push(closed_loop(&channels, &images, concurrency, opts.requests, target).await);
-        tracing::info!(?results, "load level done");
+    match &opts.client {
+        LoadClient::Tonic => {
+            let mut channels = Vec::new();
+            for _ in 0..opts.connections {
+                let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                    .map_err(|e| bench_err(&e))?
+                    .connect()
+                    .await
+                    .map_err(|e| bench_err(&e))?;
+                channels.push(ch);
+            }
+            // Warm-up at the largest concurrency, unmeasured.
+            closed_loop(&channels, &images, top, top * 2, target).await;
+            measure(&mut rates)?;
+            for (level, &concurrency) in opts.concurrency.iter().enumerate() {
+                let mut r =
+                    closed_loop(&channels, &images, concurrency, opts.requests, target).await;
+                measure(&mut rates)?;
+                r.engine_per_s = around(&rates, level);
+                tracing::info!(?r, "load level done");
+                results.push(r);
+            }
+        }
+        LoadClient::Python {
+            interpreter,
+            script,
+        } => {
+            if target.is_some() {
+                return Err(PipelineError::Invalid(
+                    "--python drives SURROGATE load only (no --target-radius)".into(),
+                ));
+            }
+            measure(&mut rates)?;
+            for (level, &concurrency) in opts.concurrency.iter().enumerate() {
+                let mut cmd = std::process::Command::new(interpreter);
+                cmd.arg(script)
+                    .args(["--addr", addr])
+                    .args(["--concurrency", &concurrency.to_string()])
+                    .args(["--requests", &opts.requests.to_string()])
+                    .args(["--warmup", &(top * 2).to_string()]);
+                let out = tokio::task::spawn_blocking(move || cmd.output())
+                    .await
+                    .map_err(|e| bench_err(&e))?
+                    .map_err(|e| bench_err(&format!("{}: {e}", interpreter.display())))?;
+                if !out.status.success() {
+                    return Err(bench_err(&format!(
+                        "the Python load client failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+                let mut r: LoadResult = serde_json::from_slice(&out.stdout).map_err(|e| {
+                    bench_err(&format!("the Python load client printed no result ({e})"))
+                })?;
+                measure(&mut rates)?;
+                r.engine_per_s = around(&rates, level);
+                tracing::info!(?r, "load level done");
+                results.push(r);
+            }
+        }
     }
-    server.shutdown();
-    server.wait().await.map_err(|e| err(&e))?;
-    Ok(results)
+    Ok((results, rates))
+}
+
+fn bench_err(e: &dyn std::fmt::Display) -> PipelineError {
+    PipelineError::Invalid(format!("bench-serve: {e}"))
+}
+
+/// The server the load is sent to, and how to stop it.
+struct ServerUnderTest {
+    addr: String,
+    kind: ServerKind,
+}
+
+enum ServerKind {
+    InProcess(crate::server::RunningServer),
+    Child {
+        child: std::process::Child,
+        config_file: PathBuf,
+    },
+    Target,
+}
+
+/// The longest a child server may take to load its models.
+const CHILD_START_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl ServerUnderTest {
+    async fn start(config: Config, placement: &Placement) -> Result<Self, PipelineError> {
+        match placement {
+            Placement::Target(addr) => Ok(ServerUnderTest {
+                addr: addr.clone(),
+                kind: ServerKind::Target,
+            }),
+            Placement::InProcess => {
+                let server = crate::server::start(config)
+                    .await
+                    .map_err(|e| bench_err(&e))?;
+                server.ready().await.map_err(|e| bench_err(&e))?;
+                Ok(ServerUnderTest {
+                    addr: server.grpc_addr.to_string(),
+                    kind: ServerKind::InProcess(server),
+                })
+            }
+            Placement::ChildProcess => Self::start_child(&config).await,
+        }
+    }
+
+    /// `smoothcert serve` with the bench's configuration on two free loopback ports.
+    async fn start_child(config: &Config) -> Result<Self, PipelineError> {
+        let free_port = || -> Result<u16, PipelineError> {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| bench_err(&e))?;
+            Ok(l.local_addr().map_err(|e| bench_err(&e))?.port())
+        };
+        let (grpc, metrics) = (free_port()?, free_port()?);
+        let m = &config.models[0];
+        let bundle = std::fs::canonicalize(&m.bundle)
+            .map_err(|e| bench_err(&format!("{}: {e}", m.bundle.display())))?;
+        let toml = format!(
+            "[server]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nmetrics_addr = \"127.0.0.1:{metrics}\"\n\
+             grace_period_ms = {}\n\
+             [batching]\nmax_batch_requests = {}\nmax_queue_delay_ms = {}\nforward_batch = {}\n\
+             [limits]\nqueue_capacity = {}\n\
+             [logging]\nlevel = \"warn\"\n\
+             [[models]]\nbundle = {}\ndevice = {}\nn0 = {}\n",
+            config.server.grace_period_ms,
+            config.batching.max_batch_requests,
+            config.batching.max_queue_delay_ms,
+            config.batching.forward_batch,
+            config.limits.queue_capacity,
+            toml::Value::String(bundle.display().to_string()),
+            toml::Value::String(m.device.clone()),
+            m.n0,
+        );
+        let config_file = std::env::temp_dir().join(format!(
+            "smoothcert-bench-serve-{}-{grpc}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&config_file, toml).map_err(|e| bench_err(&e))?;
+        let exe = std::env::current_exe().map_err(|e| bench_err(&e))?;
+        let child = std::process::Command::new(exe)
+            .args(["serve", "--config"])
+            .arg(&config_file)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| bench_err(&format!("starting the server: {e}")))?;
+        let mut server = ServerUnderTest {
+            addr: format!("127.0.0.1:{grpc}"),
+            kind: ServerKind::Child { child, config_file },
+        };
+        let started = Instant::now();
+        loop {
+            if let ServerKind::Child { child, .. } = &mut server.kind {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(bench_err(&format!(
+                        "the server exited during start-up ({status}); its log is above"
+                    )));
+                }
+            }
+            if readyz(metrics).await {
+                return Ok(server);
+            }
+            if started.elapsed() > CHILD_START_TIMEOUT {
+                server.stop().await?;
+                return Err(bench_err(&"the server was not ready within 300 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn stop(self) -> Result<(), PipelineError> {
+        match self.kind {
+            ServerKind::Target => Ok(()),
+            ServerKind::InProcess(server) => {
+                server.shutdown();
+                server.wait().await.map_err(|e| bench_err(&e))
+            }
+            ServerKind::Child {
+                mut child,
+                config_file,
+            } => {
+                let _ = std::fs::remove_file(&config_file);
+                // SIGTERM: the server's own graceful shutdown.
+                // SAFETY: kill only sends a signal to the child's pid.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                let status = tokio::task::spawn_blocking(move || child.wait())
+                    .await
+                    .map_err(|e| bench_err(&e))?
+                    .map_err(|e| bench_err(&e))?;
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(bench_err(&format!("the server exited with {status}")))
+                }
+            }
+        }
+    }
+}
+
+/// Whether the server's `/readyz` answers 200.
+async fn readyz(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head.ends_with(b" 200"))
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// `concurrency` clients, each sending its next request when the last is answered.
@@ -316,6 +629,7 @@ async fn closed_loop(
     target_radius: Option<f64>,
 ) -> LoadResult {
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = process_cpu_seconds();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..concurrency {
@@ -369,6 +683,7 @@ async fn closed_loop(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let client_cpu_cores = (process_cpu_seconds() - cpu_before) / seconds;
     lat.sort();
     let pct = |q: f64| {
         let ms: Vec<f64> = lat.iter().map(|d| d.as_secs_f64() * 1e3).collect();
@@ -382,5 +697,17 @@ async fn closed_loop(
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         mean_batch: batches.iter().map(|&b| b as f64).sum::<f64>() / batches.len().max(1) as f64,
+        client_cpu_cores,
+        engine_per_s: None,
     }
+}
+
+/// User and system CPU seconds of this process so far (with an in-process
+/// server, the server's too).
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }

@@ -114,8 +114,9 @@ pub struct BenchAdaptiveArgs {
     alpha: f64,
     #[arg(long, default_value_t = 32)]
     batch_requests: usize,
-    #[arg(long, default_value_t = 32)]
-    batch: i64,
+    /// Forward batch; default: the device's (32 on a CPU, 4096 on a GPU).
+    #[arg(long)]
+    batch: Option<i64>,
     #[command(flatten)]
     device: DeviceArgs,
     #[arg(long, default_value_t = 0)]
@@ -126,9 +127,10 @@ pub struct BenchAdaptiveArgs {
 
 impl BenchAdaptiveArgs {
     pub fn run(self) -> Result<()> {
+        let device = self.device.device()?;
         let r = bench::bench_adaptive(&bench::AdaptiveBenchOptions {
             bundle: self.bundle,
-            device: self.device.device()?,
+            device,
             inputs: self.inputs,
             n0: self.n0,
             rule: SequentialSelection {
@@ -136,7 +138,7 @@ impl BenchAdaptiveArgs {
                 alpha: self.alpha,
             },
             batch_requests: self.batch_requests,
-            forward_batch: self.batch,
+            forward_batch: super::args::forward_batch(self.batch, device),
             seed: self.seed,
         })
         .context("bench-adaptive failed")?;

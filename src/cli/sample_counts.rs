@@ -28,9 +28,10 @@ pub struct SampleCountsArgs {
     /// Inputs per chunk file, the unit of resumption.
     #[arg(long, default_value_t = 50)]
     chunk: usize,
-    /// Forward batch size.
-    #[arg(long, default_value_t = 1000)]
-    batch: i64,
+    /// Forward batch; default: a resumed run's own, else the device's (32
+    /// on a CPU, 4096 on a GPU). With the device it decides the noise drawn.
+    #[arg(long)]
+    batch: Option<i64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]

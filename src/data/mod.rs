@@ -230,7 +230,7 @@ pub enum DataError {
     },
     #[error("{what}: cannot decode the image: {reason}")]
     Undecodable { what: String, reason: String },
-    #[error("{what}: image is {found_w}x{found_h} (WxH) but the model expects {expected_w}x{expected_h}; resize it first")]
+    #[error("{what}: {found_w}x{found_h} pixels (WxH), but the model expects {expected_w}x{expected_h}; resize it first")]
     WrongImageSize {
         what: String,
         found_w: usize,

@@ -252,7 +252,9 @@ pub struct SampleCountsOptions {
     pub shard: Option<Shard>,
     /// Inputs per chunk file: the unit of resumption.
     pub chunk: usize,
-    pub batch: i64,
+    /// Forward batch (with the device, it decides which noise an input
+    /// draws). `None`: a resumed run's own, else the device's.
+    pub batch: Option<i64>,
     pub seed: u64,
     pub device: Device,
     pub out: PathBuf,
@@ -297,7 +299,7 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
             i32::MAX
         )));
     }
-    if opts.skip == 0 || opts.chunk == 0 || opts.batch < 1 {
+    if opts.skip == 0 || opts.chunk == 0 || opts.batch.is_some_and(|b| b < 1) {
         return Err(PipelineError::Invalid(
             "--skip, --chunk and --batch must be at least 1".into(),
         ));
@@ -368,16 +370,28 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
     // The run's parameters, chunk size, forward batch and device pin what every
     // chunk file means (the last two decide which noise an input draws).
     let params_path = parts.join("params.json");
+    let previous: Option<serde_json::Value> = if params_path.exists() {
+        let text = std::fs::read_to_string(&params_path).map_err(io_err(&params_path))?;
+        Some(
+            serde_json::from_str(&text)
+                .map_err(|e| PipelineError::Invalid(format!("{}: {e}", params_path.display())))?,
+        )
+    } else {
+        None
+    };
+    // Unset, the forward batch is the run's own when resuming (so a resumed
+    // run draws the noise it started with), else the device's.
+    let batch = opts
+        .batch
+        .or_else(|| previous.as_ref().and_then(|p| p["batch"].as_i64()))
+        .unwrap_or_else(|| crate::batcher::forward_batch_for(opts.device, 0));
     let params = serde_json::json!({
         "meta": &meta,
         "chunk": opts.chunk,
-        "batch": opts.batch,
+        "batch": batch,
         "device": format!("{:?}", opts.device),
     });
-    if params_path.exists() {
-        let text = std::fs::read_to_string(&params_path).map_err(io_err(&params_path))?;
-        let previous: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| PipelineError::Invalid(format!("{}: {e}", params_path.display())))?;
+    if let Some(previous) = previous {
         if previous != params {
             return Err(PipelineError::Invalid(format!(
                 "{} belongs to a run with other parameters ({previous}); \
@@ -414,7 +428,7 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
             let counts = {
                 let _rng = crate::model::rng_lock();
                 tch::manual_seed(counts_seed(opts.seed, idx));
-                model.sample_counts(&x, n_samples, bundle.sigma(), opts.batch)?
+                model.sample_counts(&x, n_samples, bundle.sigma(), batch)?
             };
             let counts: Vec<i64> = Vec::try_from(counts.flatten(0, -1))
                 .map_err(|e| PipelineError::Model(crate::model::ModelError::from(e)))?;

@@ -147,6 +147,7 @@ fn spawn_loader(
 /// Binds both ports and starts serving; models load in the background.
 pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     let metrics = Arc::new(Metrics::new());
+    metrics.set_models_configured(config.models.len());
     let shared = Arc::new(Shared::new(config.clone(), metrics.clone()));
     let lifecycle = shared.lifecycle.clone();
 
@@ -211,7 +212,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         }
     };
     let metrics_task = tokio::spawn(serve_metrics(metrics_listener, shared.clone(), closed()));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    // tonic sets TCP_NODELAY only on listeners it binds itself: without it,
+    // Nagle holds small responses back until the client's delayed ACK.
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let grpc_task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, closed()));
 
     let task = {
@@ -308,10 +312,10 @@ async fn serve_metrics(
             async move {
                 if let Some(registry) = shared.registry() {
                     for m in &registry.models {
-                        for (lane, depth) in m.workers.queue_depths() {
+                        for (lane, depth, capacity) in m.workers.queue_depths() {
                             shared
                                 .metrics
-                                .set_queue_depth(&m.name, lane.as_str(), depth);
+                                .set_queue_depth(&m.name, lane.as_str(), depth, capacity);
                         }
                     }
                 }
