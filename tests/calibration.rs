@@ -90,6 +90,8 @@ fn cal_opts(bundle: &Path, counts: &Path, delta: f64, score: ConformalScore) -> 
         counts: vec![counts.to_path_buf()],
         delta,
         score,
+        rank_rule: smoothcert::smoothing::RankRule::Marginal,
+        bin_edges: vec![],
         n0: 50,
         alpha: 0.001,
         seed: 2,
@@ -434,4 +436,84 @@ fn tail_map_rescales_the_miss_and_fences_off_its_inputs() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("nominal N"), "{err}");
+}
+
+/// The score, the bins and AUTO's band are chosen on selection inputs that
+/// never include a calibration input, and calibration never reads a
+/// selection input: each refuses the other's, in either order.
+#[test]
+fn selection_and_calibration_never_share_an_input() {
+    use smoothcert::pipeline::select::{select_calibration, SelectOptions};
+    let _rng = rng_lock();
+    let root = tempfile::tempdir().unwrap();
+    let b = bundle(root.path());
+    // Two disjoint halves of 40 test inputs (positions 0, 2, ... and 1, 3, ...).
+    let half = |i: usize| {
+        let out = root.path().join(format!("half-{i}.safetensors"));
+        counts_shard(
+            &b,
+            &out,
+            Split::Test,
+            250,
+            N,
+            Some(Shard { index: i, count: 2 }),
+        );
+        out
+    };
+    let (selection, calibration) = (half(0), half(1));
+    let select = |counts: &Path| {
+        select_calibration(&SelectOptions {
+            base: cal_opts(&b, counts, 0.2, ConformalScore::PGap),
+            scores: vec![ConformalScore::PGap, ConformalScore::Probit],
+            bin_candidates: vec![vec![]],
+            radii: vec![0.0, 0.25, 0.5],
+            band_lows: vec![0.0, 0.2, 0.4],
+            band_tolerance: 0.01,
+        })
+    };
+    let summary = select(&selection).unwrap();
+    assert_eq!(summary.inputs, 20);
+    assert_eq!(summary.candidates.len(), 2);
+    assert!(summary.candidates.iter().any(|c| c.score == summary.score));
+
+    // Calibrating on the selection inputs is refused; on the other half it works.
+    let err = calibrate(&cal_opts(&b, &selection, 0.2, ConformalScore::Probit))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("selection inputs"), "{err}");
+    let cal = calibrate(&cal_opts(&b, &calibration, 0.2, ConformalScore::Probit)).unwrap();
+    // Independently: the probit scores and their ceil(21 * 0.8) = 17th smallest.
+    let test = data::load(
+        DatasetKind::FashionMnist,
+        &DatasetKind::FashionMnist.default_dir(),
+        Split::Test,
+    )
+    .unwrap();
+    let counts = Counts::read(&calibration).unwrap();
+    let normal = statrs::distribution::Normal::standard();
+    use statrs::distribution::ContinuousCDF;
+    let c = 0.5 / N as f64;
+    let mut s: Vec<f64> = (0..counts.len())
+        .map(|i| {
+            let x0 = f64::from(test.image(counts.indices[i] as usize)[0]);
+            let z = |p: f64| normal.inverse_cdf(p.clamp(c, 1.0 - c));
+            z(p_hat_0(x0)) - z(f64::from(counts.row(i)[0]) / N as f64)
+        })
+        .collect();
+    s.sort_by(f64::total_cmp);
+    assert_eq!((cal.calibration.m, cal.calibration.rank), (20, 17));
+    assert!(
+        (cal.calibration.q - s[16]).abs() < 1e-6,
+        "{} vs {}",
+        cal.calibration.q,
+        s[16]
+    );
+
+    // Selection now refuses the calibration inputs, alone or mixed in.
+    let err = select(&calibration).unwrap_err().to_string();
+    assert!(err.contains("calibrated this bundle"), "{err}");
+    let whole = root.path().join("whole.safetensors");
+    counts_shard(&b, &whole, Split::Test, 250, N, None);
+    let err = select(&whole).unwrap_err().to_string();
+    assert!(err.contains("calibrated this bundle"), "{err}");
 }

@@ -13,6 +13,7 @@ mod info;
 mod merge_counts;
 mod report;
 mod sample_counts;
+mod select_calibration;
 mod serve;
 mod train_base;
 mod train_surrogate;
@@ -42,6 +43,7 @@ pub enum Command {
     Certify(certify::CertifyArgs),
     FitTailMap(fit_tail_map::FitTailMapArgs),
     Calibrate(calibrate::CalibrateArgs),
+    SelectCalibration(select_calibration::SelectCalibrationArgs),
     Report(report::ReportArgs),
     Bench(bench::BenchArgs),
     BenchCertify(bench::BenchCertifyArgs),
@@ -69,6 +71,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Certify(args) => args.run(),
         Command::FitTailMap(args) => args.run(),
         Command::Calibrate(args) => args.run(),
+        Command::SelectCalibration(args) => args.run(),
         Command::Report(args) => args.run(),
         Command::Bench(args) => args.run(),
         Command::BenchCertify(args) => args.run(),

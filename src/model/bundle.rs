@@ -174,14 +174,38 @@ pub struct Calibration {
     /// The bundle file listing the calibration inputs' dataset indices.
     pub inputs_file: String,
     pub seed: u64,
+    /// Which rank of the sorted scores is q (marginal when a bundle does not say).
+    #[serde(default)]
+    pub rank_rule: crate::smoothing::RankRule,
+    /// Mondrian calibration: one quantile per bin of p_hat[cA]; empty for one
+    /// quantile (`q`) over all inputs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bins: Vec<CalibrationBin>,
+}
+
+/// One Mondrian bin: the inputs with p_hat[cA] below `upper` (and at or
+/// above the previous bin's); the last bin has no upper edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationBin {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper: Option<f64>,
+    pub q: f64,
+    pub m: usize,
+    pub rank: usize,
 }
 
 impl Calibration {
     /// What CALIBRATED does to p_hat[cA] under this calibration.
     pub fn shift(&self) -> crate::smoothing::CalibrationShift {
+        let edges: Vec<f64> = self.bins.iter().filter_map(|b| b.upper).collect();
+        let qs: Vec<f64> = self.bins.iter().map(|b| b.q).collect();
         crate::smoothing::CalibrationShift {
             score: self.score,
             q: self.q,
+            // A bundle whose bins do not load (checked at load) serves one q.
+            bins: (!self.bins.is_empty())
+                .then(|| crate::smoothing::MondrianBins::new(&edges, &qs).ok())
+                .flatten(),
         }
     }
 }
@@ -344,6 +368,32 @@ impl Bundle {
                         "surrogate.calibration: m, rank (<= m), n and n0 must be at least 1".into(),
                     );
                 }
+                if let crate::smoothing::RankRule::TrainingConditional { gamma } = c.rank_rule {
+                    if !(gamma > 0.0 && gamma < 1.0) {
+                        return Err(format!(
+                            "surrogate.calibration.rank_rule: gamma must be in (0, 1), got {gamma}"
+                        ));
+                    }
+                }
+                if !c.bins.is_empty() {
+                    let edges: Vec<f64> = c.bins.iter().filter_map(|b| b.upper).collect();
+                    let qs: Vec<f64> = c.bins.iter().map(|b| b.q).collect();
+                    let last_open = c.bins.last().is_some_and(|b| b.upper.is_none());
+                    let counted: usize = c.bins.iter().map(|b| b.m).sum();
+                    let ranks_ok = c.bins.iter().all(|b| b.rank >= 1 && b.rank <= b.m);
+                    if !last_open
+                        || edges.len() + 1 != c.bins.len()
+                        || counted != c.m
+                        || !ranks_ok
+                        || qs.iter().any(|q| !q.is_finite())
+                        || crate::smoothing::MondrianBins::new(&edges, &qs).is_err()
+                    {
+                        return Err("surrogate.calibration.bins: need increasing upper edges inside (0, 1) \
+                             on every bin but the last, finite q, 1 <= rank <= m per bin, and the bins' m \
+                             summing to m"
+                            .into());
+                    }
+                }
             }
         }
         for (section, spec) in specs {
@@ -455,6 +505,21 @@ mod tests {
                     split: crate::data::Split::Test,
                     inputs_file: "calibration_inputs.json".into(),
                     seed: 0,
+                    rank_rule: crate::smoothing::RankRule::TrainingConditional { gamma: 0.05 },
+                    bins: vec![
+                        CalibrationBin {
+                            upper: Some(0.99),
+                            q: 0.2,
+                            m: 120,
+                            rank: 115,
+                        },
+                        CalibrationBin {
+                            upper: None,
+                            q: 0.1,
+                            m: 80,
+                            rank: 77,
+                        },
+                    ],
                 }),
             }),
             dir: dir.to_path_buf(),

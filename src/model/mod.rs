@@ -7,8 +7,8 @@ mod device;
 
 pub use arch::Arch;
 pub use bundle::{
-    BaseSpec, Bundle, BundleError, Calibration, NoiseKind, NoiseSpec, Normalization, Provenance,
-    SurrogateSpec, SurrogateTraining, TailMap, WeightsFormat, MANIFEST,
+    BaseSpec, Bundle, BundleError, Calibration, CalibrationBin, NoiseKind, NoiseSpec,
+    Normalization, Provenance, SurrogateSpec, SurrogateTraining, TailMap, WeightsFormat, MANIFEST,
 };
 #[cfg(test)]
 pub(crate) use classifier::block_seed;

@@ -15,14 +15,17 @@ use super::{write_json, InputList, PipelineError};
 use crate::data;
 use crate::engine::requests::{self, RequestParams};
 use crate::engine::{self, AutoBand, EngineError};
-use crate::model::{Bundle, Calibration, Classifier};
-use crate::smoothing::{self, CalibrationShift, ConformalScore, Decision};
+use crate::model::{Bundle, Calibration, CalibrationBin, Classifier};
+use crate::smoothing::{self, CalibrationShift, ConformalScore, Decision, RankRule};
 use serde::Serialize;
 use std::path::PathBuf;
 use tch::Device;
 
 pub const INPUTS_FILE: &str = "calibration_inputs.json";
 pub const SUMMARY_FILE: &str = "calibration_summary.json";
+/// The inputs `select-calibration` chose the score, the bins and AUTO's band
+/// on: calibration refuses them, selection refuses the calibration inputs.
+pub const SELECTION_INPUTS_FILE: &str = "selection_inputs.json";
 
 #[derive(Debug, Clone)]
 pub struct CalibrateOptions {
@@ -30,6 +33,10 @@ pub struct CalibrateOptions {
     pub counts: Vec<PathBuf>,
     pub delta: f64,
     pub score: ConformalScore,
+    pub rank_rule: RankRule,
+    /// Mondrian bin edges on p_hat[cA] (increasing, inside (0, 1)); empty for
+    /// one quantile over all inputs.
+    pub bin_edges: Vec<f64>,
     pub n0: u64,
     /// The certificate level used to tell which inputs Monte Carlo certifies (band table).
     pub alpha: f64,
@@ -109,62 +116,43 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
             counts.meta.split
         )));
     }
+    if let Some(idx) = InputList::read_if_any(&bundle.dir.join(SELECTION_INPUTS_FILE))?
+        .and_then(|sel| sel.first_shared_with(counts.meta.split, &counts.indices))
+    {
+        return Err(PipelineError::Invalid(format!(
+            "input {idx} of the {} split chose the score, the bins or AUTO's band \
+             ({SELECTION_INPUTS_FILE}); calibration inputs must be disjoint from the selection inputs",
+            counts.meta.split
+        )));
+    }
+    smoothing::check_edges(&opts.bin_edges).map_err(EngineError::from)?;
     let m = counts.len();
-    let rank = smoothing::conformal_rank(m, opts.delta).ok_or_else(|| {
+    let rank = opts.rank_rule.rank(m, opts.delta).ok_or_else(|| {
         PipelineError::Invalid(format!(
-            "{m} calibration inputs are too few for delta = {}: need at least {}",
+            "{m} calibration inputs are too few for delta = {} under the {} rank",
             opts.delta,
-            ((1.0 - opts.delta) / opts.delta).ceil()
+            opts.rank_rule.as_str()
         ))
     })?;
 
-    let x = counts
-        .images(&counts.dataset(opts.data_dir.as_deref())?)?
-        .to_device(opts.device);
-    let model = Classifier::load(&bundle, opts.device)?;
-    let surrogate = Classifier::load_surrogate(&bundle, opts.device)?;
-    let sigma = bundle.sigma();
-    // cA as certification draws it: the same seeded streams per input.
-    let reqs: Vec<RequestParams> = counts
-        .indices
+    let inputs = score_inputs(&bundle, &counts, opts)?;
+    let scores: Vec<Score> = inputs
         .iter()
-        .enumerate()
-        .map(|(i, &idx)| {
-            RequestParams::new(
-                i,
-                opts.n0,
-                1,
-                opts.alpha,
-                engine::input_seed(opts.seed, idx as usize),
-            )
+        .map(|x| Score {
+            idx: x.idx,
+            class_a: x.class_a,
+            surrogate_class: x.surrogate_class,
+            p_hat_a: x.p_hat_a,
+            p_mc_a: x.p_mc_a,
+            s: opts.score.score(x.p_hat_a, x.p_mc_a, counts.meta.n),
         })
         .collect();
-    let selected = requests::select(&model, sigma, &x, &reqs, opts.batch, &mut |_| true)?;
-    let probs: Vec<f64> = engine::surrogate_probs(&surrogate, &x)?.concat();
-    let k = bundle.num_classes();
-    let n = counts.meta.n as f64;
-    let mut scores = Vec::with_capacity(m);
-    for (i, sel) in selected.iter().enumerate() {
-        let sel = sel.ok_or_else(|| PipelineError::Invalid("selection was cancelled".into()))?;
-        let p = &probs[i * k..(i + 1) * k];
-        let row = counts.row(i);
-        let p_hat_a = p[sel.class_a];
-        let p_mc_a = f64::from(row[sel.class_a]) / n;
-        let surrogate_class = (0..k)
-            .max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)))
-            .unwrap_or(0);
-        scores.push(Score {
-            idx: counts.indices[i],
-            class_a: sel.class_a,
-            surrogate_class,
-            p_hat_a,
-            p_mc_a,
-            s: opts.score.score(p_hat_a, p_mc_a, counts.meta.n),
-        });
-    }
+    let sigma = bundle.sigma();
     let s: Vec<f64> = scores.iter().map(|x| x.s).collect();
-    let (q, got_rank) = smoothing::conformal_quantile(&s, opts.delta).map_err(EngineError::from)?;
+    let (q, got_rank) = smoothing::conformal_quantile_by(&s, opts.delta, opts.rank_rule)
+        .map_err(EngineError::from)?;
     debug_assert_eq!(got_rank, rank);
+    let bins = mondrian_bins(&scores, &opts.bin_edges, opts.delta, opts.rank_rule)?;
     let calibration = Calibration {
         delta: opts.delta,
         score: opts.score,
@@ -176,6 +164,8 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
         split: counts.meta.split,
         inputs_file: INPUTS_FILE.into(),
         seed: opts.seed,
+        rank_rule: opts.rank_rule,
+        bins,
     };
     let bands = [0.0, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5]
         .iter()
@@ -216,6 +206,105 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
     }
     bundle.save()?;
     Ok(summary)
+}
+
+/// What calibration and selection know of one input: cA as certification
+/// draws it, the surrogate's class and p_hat[cA], and Monte Carlo's p[cA].
+#[derive(Debug, Clone)]
+pub(crate) struct ScoredInput {
+    pub idx: i64,
+    pub label: i64,
+    pub class_a: usize,
+    pub surrogate_class: usize,
+    pub p_hat_a: f64,
+    pub p_mc_a: f64,
+    pub count_a: u64,
+}
+
+/// Scores the inputs of `counts` for calibration or selection (the same
+/// seeded selection samples certification draws, and the surrogate).
+pub(crate) fn score_inputs(
+    bundle: &Bundle,
+    counts: &Counts,
+    opts: &CalibrateOptions,
+) -> Result<Vec<ScoredInput>, PipelineError> {
+    let dataset = counts.dataset(opts.data_dir.as_deref())?;
+    let x = counts.images(&dataset)?.to_device(opts.device);
+    let model = Classifier::load(bundle, opts.device)?;
+    let surrogate = Classifier::load_surrogate(bundle, opts.device)?;
+    let sigma = bundle.sigma();
+    // cA as certification draws it: the same seeded streams per input.
+    let reqs: Vec<RequestParams> = counts
+        .indices
+        .iter()
+        .enumerate()
+        .map(|(i, &idx)| {
+            RequestParams::new(
+                i,
+                opts.n0,
+                1,
+                opts.alpha,
+                engine::input_seed(opts.seed, idx as usize),
+            )
+        })
+        .collect();
+    let selected = requests::select(&model, sigma, &x, &reqs, opts.batch, &mut |_| true)?;
+    let probs: Vec<f64> = engine::surrogate_probs(&surrogate, &x)?.concat();
+    let k = bundle.num_classes();
+    let n = counts.meta.n as f64;
+    let mut out = Vec::with_capacity(counts.len());
+    for (i, sel) in selected.iter().enumerate() {
+        let sel = sel.ok_or_else(|| PipelineError::Invalid("selection was cancelled".into()))?;
+        let p = &probs[i * k..(i + 1) * k];
+        let count_a = counts.row(i)[sel.class_a].max(0) as u64;
+        out.push(ScoredInput {
+            idx: counts.indices[i],
+            label: dataset.labels[counts.indices[i] as usize],
+            class_a: sel.class_a,
+            surrogate_class: (0..k)
+                .max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)))
+                .unwrap_or(0),
+            p_hat_a: p[sel.class_a],
+            p_mc_a: count_a as f64 / n,
+            count_a,
+        });
+    }
+    Ok(out)
+}
+
+/// One quantile per bin of p_hat[cA] (Mondrian); none without edges.
+fn mondrian_bins(
+    scores: &[Score],
+    edges: &[f64],
+    delta: f64,
+    rule: RankRule,
+) -> Result<Vec<CalibrationBin>, PipelineError> {
+    if edges.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut by_bin: Vec<Vec<f64>> = vec![Vec::new(); edges.len() + 1];
+    for sc in scores {
+        by_bin[smoothing::bin_of(edges, sc.p_hat_a)].push(sc.s);
+    }
+    by_bin
+        .iter()
+        .enumerate()
+        .map(|(j, s)| {
+            let (q, rank) = smoothing::conformal_quantile_by(s, delta, rule).map_err(|e| {
+                PipelineError::Invalid(format!(
+                    "bin {j} (p_hat from {} to {}): {e}; choose fewer bins or calibrate on more inputs",
+                    if j == 0 { 0.0 } else { edges[j - 1] },
+                    edges.get(j).copied().unwrap_or(1.0)
+                ))
+            })?;
+            Ok(CalibrationBin {
+                upper: edges.get(j).copied(),
+                q,
+                m: s.len(),
+                rank,
+            })
+        })
+        .collect()
 }
 
 /// AUTO's fallback fraction and missed Monte Carlo certificates for a band.

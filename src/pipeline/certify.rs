@@ -443,6 +443,18 @@ fn checked_calibration(
             )));
         }
     }
+    // Inputs that chose the score, the bins or AUTO's band: an evaluation
+    // there would be judged by what was tuned on it.
+    let selection = bundle.dir.join(super::calibrate::SELECTION_INPUTS_FILE);
+    let as_i64: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+    if let Some(idx) = super::InputList::read_if_any(&selection)?
+        .and_then(|sel| sel.first_shared_with(split, &as_i64))
+    {
+        return Err(PipelineError::Invalid(format!(
+            "input {idx} is a selection input (it chose the calibration's score, bins or AUTO's band); \
+             evaluate on fresh ones (choose other --skip/--max or another split)"
+        )));
+    }
     Ok(cal)
 }
 

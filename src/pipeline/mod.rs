@@ -5,6 +5,7 @@ pub mod certify;
 pub mod counts;
 mod optim;
 pub mod report;
+pub mod select;
 pub mod surrogate;
 pub mod tail_map;
 pub mod train;
@@ -136,6 +137,24 @@ impl InputList {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
         serde_json::from_str(&text)
             .map_err(|e| PipelineError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// The list at `path`, or `None` when there is no such file.
+    pub fn read_if_any(path: &Path) -> Result<Option<InputList>, PipelineError> {
+        if path.exists() {
+            Self::read(path).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The first of `indices` (of `split`) this list also holds.
+    pub fn first_shared_with(&self, split: crate::data::Split, indices: &[i64]) -> Option<i64> {
+        if self.split != split {
+            return None;
+        }
+        let mine: std::collections::HashSet<i64> = self.indices.iter().copied().collect();
+        indices.iter().copied().find(|i| mine.contains(i))
     }
 }
 

@@ -25,6 +25,13 @@ pub enum ConformalScore {
     /// where it is small.
     #[value(name = "root-miss", alias = "root_miss")]
     RootMiss,
+    /// s = Phi^-1(p_hat) - Phi^-1(p_MC), each p kept within [c, 1 - c]: the
+    /// overestimate in radius space, in units of sigma (sigma s is the gap
+    /// between the two radii before Clopper-Pearson). CALIBRATED takes
+    /// sigma q off the surrogate's radius: the same shift at every p_hat, so
+    /// no radius is capped the way p_gap caps it.
+    #[value(name = "probit")]
+    Probit,
 }
 
 impl ConformalScore {
@@ -33,6 +40,7 @@ impl ConformalScore {
             ConformalScore::PGap => "p_gap",
             ConformalScore::LogMiss => "log_miss",
             ConformalScore::RootMiss => "root_miss",
+            ConformalScore::Probit => "probit",
         }
     }
 
@@ -53,6 +61,7 @@ impl ConformalScore {
                 let c = half_sample(n);
                 ((1.0 - p_mc).max(0.0) + c).powf(0.25) - ((1.0 - p_hat).max(0.0) + c).powf(0.25)
             }
+            ConformalScore::Probit => probit(p_hat, n) - probit(p_mc, n),
         }
     }
 
@@ -79,26 +88,163 @@ impl ConformalScore {
                     1.0 - (root.powi(4) - c)
                 }
             }
+            // score <= q  <=>  probit(p_MC) >= probit(p_hat) - q, and probit is
+            // increasing, so p_MC (kept within [c, 1 - c]) >= Phi(probit(p_hat) - q).
+            ConformalScore::Probit => standard_normal_cdf(probit(p_hat, n) - q),
         }
         .clamp(0.0, 1.0)
     }
+}
+
+/// Phi^-1(p) with p kept within [c, 1 - c], c = 1/(2n): finite at p = 0 and 1.
+fn probit(p: f64, n: u64) -> f64 {
+    let c = half_sample(n);
+    super::binomial::norm_ppf(p.clamp(c, 1.0 - c))
+}
+
+fn standard_normal_cdf(z: f64) -> f64 {
+    use statrs::distribution::{ContinuousCDF, Normal};
+    Normal::standard().cdf(z)
 }
 
 fn half_sample(n: u64) -> f64 {
     0.5 / n.max(1) as f64
 }
 
-/// CALIBRATED's adjustment of p_hat[cA]: a score and its quantile.
+/// The most bins a Mondrian calibration may have.
+pub const MAX_BINS: usize = 8;
+
+/// Mondrian calibration: a quantile per bin of p_hat[cA]. Bin j holds
+/// p_hat < upper[j] (and >= upper[j - 1]); the last bin has no upper edge.
+/// Conformal validity holds within each bin, the bins being a function of
+/// the input that the calibration scores did not choose.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MondrianBins {
+    len: usize,
+    upper: [f64; MAX_BINS],
+    q: [f64; MAX_BINS],
+}
+
+impl MondrianBins {
+    /// `edges` (increasing, inside (0, 1)) split [0, 1] into edges.len() + 1
+    /// bins; `qs` is one quantile per bin.
+    pub fn new(edges: &[f64], qs: &[f64]) -> Result<MondrianBins, SmoothingError> {
+        check_edges(edges)?;
+        if qs.len() != edges.len() + 1 {
+            return Err(SmoothingError::NumericalFailure(format!(
+                "{} bins need {} quantiles, got {}",
+                edges.len() + 1,
+                edges.len() + 1,
+                qs.len()
+            )));
+        }
+        let mut bins = MondrianBins {
+            len: qs.len(),
+            ..Default::default()
+        };
+        for (j, &q) in qs.iter().enumerate() {
+            bins.upper[j] = edges.get(j).copied().unwrap_or(f64::INFINITY);
+            bins.q[j] = q;
+        }
+        Ok(bins)
+    }
+
+    /// The quantile of the bin `p_hat` falls in.
+    pub fn q_for(&self, p_hat: f64) -> f64 {
+        let j = (0..self.len)
+            .find(|&j| p_hat < self.upper[j])
+            .unwrap_or(self.len.saturating_sub(1));
+        self.q[j]
+    }
+}
+
+/// The bin of `p_hat` under `edges` (see [`MondrianBins`]).
+pub fn bin_of(edges: &[f64], p_hat: f64) -> usize {
+    edges.iter().take_while(|&&e| p_hat >= e).count()
+}
+
+/// Edges must be finite, inside (0, 1), strictly increasing, at most MAX_BINS - 1.
+pub fn check_edges(edges: &[f64]) -> Result<(), SmoothingError> {
+    let ok = edges.len() < MAX_BINS
+        && edges.iter().all(|e| *e > 0.0 && *e < 1.0)
+        && edges.windows(2).all(|w| w[0] < w[1]);
+    if ok {
+        Ok(())
+    } else {
+        Err(SmoothingError::NumericalFailure(format!(
+            "bin edges {edges:?}: need at most {} increasing values inside (0, 1)",
+            MAX_BINS - 1
+        )))
+    }
+}
+
+/// CALIBRATED's adjustment of p_hat[cA]: a score and its quantile, one for
+/// every input, or one per bin of p_hat (Mondrian).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CalibrationShift {
     pub score: ConformalScore,
     pub q: f64,
+    pub bins: Option<MondrianBins>,
 }
 
 impl CalibrationShift {
     pub fn apply(&self, p_hat: f64, n: u64) -> f64 {
-        self.score.calibrated(p_hat, self.q, n)
+        let q = self.bins.map_or(self.q, |b| b.q_for(p_hat));
+        self.score.calibrated(p_hat, q, n)
     }
+}
+
+/// Which rank of the sorted calibration scores becomes q.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "snake_case")]
+pub enum RankRule {
+    /// ceil((m + 1)(1 - delta)): P(s > q) <= delta on average over the
+    /// calibration draw (split conformal).
+    #[default]
+    Marginal,
+    /// The least k with P(Binomial(m, 1 - delta) <= k - 1) >= 1 - gamma: with
+    /// probability at least 1 - gamma over the calibration draw, this
+    /// calibration's own coverage is at least 1 - delta (training-conditional
+    /// validity; Vovk 2012, Bian and Barber 2023).
+    TrainingConditional { gamma: f64 },
+}
+
+impl RankRule {
+    pub fn rank(self, m: usize, delta: f64) -> Option<usize> {
+        match self {
+            RankRule::Marginal => conformal_rank(m, delta),
+            RankRule::TrainingConditional { gamma } => training_conditional_rank(m, delta, gamma),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RankRule::Marginal => "marginal",
+            RankRule::TrainingConditional { .. } => "training_conditional",
+        }
+    }
+}
+
+/// The training-conditional rank (see [`RankRule::TrainingConditional`]).
+/// The k-th smallest of m exchangeable continuous scores covers a fresh one
+/// with probability F(s_(k)) ~ Beta(k, m + 1 - k), and the chance that this
+/// reaches 1 - delta is P(Binomial(m, 1 - delta) <= k - 1). `None` when even
+/// k = m falls short (too few scores for this delta and gamma).
+pub fn training_conditional_rank(m: usize, delta: f64, gamma: f64) -> Option<usize> {
+    if !(delta > 0.0 && delta < 1.0 && gamma > 0.0 && gamma < 1.0) || m == 0 {
+        return None;
+    }
+    // The binomial CDF summed upward in log space from its pmf.
+    let (mf, p, q) = (m as f64, 1.0 - delta, delta);
+    let mut cdf = 0.0;
+    for k in 1..=m {
+        let j = (k - 1) as f64;
+        cdf += super::binomial::ln_dbinom(j, mf, p, q).exp();
+        if cdf >= 1.0 - gamma {
+            return Some(k);
+        }
+    }
+    None
 }
 
 /// The finite-sample conformal rank ceil((m + 1)(1 - delta)), from 1: the
@@ -120,16 +266,25 @@ pub fn conformal_rank(m: usize, delta: f64) -> Option<usize> {
 
 /// The conformal (1 - delta) quantile of `scores` and its rank.
 pub fn conformal_quantile(scores: &[f64], delta: f64) -> Result<(f64, usize), SmoothingError> {
+    conformal_quantile_by(scores, delta, RankRule::Marginal)
+}
+
+/// The (1 - delta) quantile of `scores` under `rule`, and its rank.
+pub fn conformal_quantile_by(
+    scores: &[f64],
+    delta: f64,
+    rule: RankRule,
+) -> Result<(f64, usize), SmoothingError> {
     if scores.iter().any(|s| !s.is_finite()) {
         return Err(SmoothingError::NumericalFailure(
             "a calibration score is not finite".into(),
         ));
     }
-    let rank = conformal_rank(scores.len(), delta).ok_or_else(|| {
+    let rank = rule.rank(scores.len(), delta).ok_or_else(|| {
         SmoothingError::NumericalFailure(format!(
-            "{} scores are too few for delta = {delta}: need at least {}",
+            "{} scores are too few for delta = {delta} under the {} rank",
             scores.len(),
-            ((1.0 - delta) / delta).ceil()
+            rule.as_str()
         ))
     })?;
     let mut sorted = scores.to_vec();

@@ -12,7 +12,9 @@ mod conformal;
 pub mod sequential;
 
 pub use conformal::{
-    conformal_quantile, conformal_rank, CalibrationShift, ConformalScore, SequentialSelection,
+    bin_of, check_edges, conformal_quantile, conformal_quantile_by, conformal_rank,
+    training_conditional_rank, CalibrationShift, ConformalScore, MondrianBins, RankRule,
+    SequentialSelection, MAX_BINS,
 };
 
 use serde::{Deserialize, Serialize};

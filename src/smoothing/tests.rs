@@ -719,3 +719,120 @@ fn calibrated_probability_is_the_boundary_of_the_score() {
     assert!((got - (1.0 - (2.0 * (1e-3 + 5e-6) - 5e-6))).abs() < 1e-12);
     assert_eq!(ConformalScore::PGap.calibrated(0.95, 0.07, n), 0.95 - 0.07);
 }
+
+/// The training-conditional rank against an independent computation: the
+/// k-th smallest of m uniform scores is Beta(k, m + 1 - k), so k must reach
+/// coverage 1 - delta with probability >= 1 - gamma, and k - 1 must not.
+#[test]
+fn training_conditional_rank_matches_the_beta_order_statistic() {
+    use statrs::distribution::{Beta, ContinuousCDF};
+    for (m, delta, gamma) in [
+        (1000, 0.05, 0.05),
+        (200, 0.05, 0.1),
+        (5000, 0.05, 0.01),
+        (400, 0.1, 0.2),
+    ] {
+        let k = training_conditional_rank(m, delta, gamma).unwrap();
+        let below = |k: usize| {
+            Beta::new(k as f64, (m + 1 - k) as f64)
+                .unwrap()
+                .cdf(1.0 - delta)
+        };
+        assert!(
+            below(k) <= gamma + 1e-9,
+            "m {m}: rank {k} covers with P {}",
+            1.0 - below(k)
+        );
+        assert!(below(k - 1) > gamma, "m {m}: rank {} would do", k - 1);
+        assert!(k >= conformal_rank(m, delta).unwrap());
+    }
+    // Too few scores: even the largest falls short.
+    assert_eq!(training_conditional_rank(20, 0.05, 0.05), None);
+}
+
+/// Over many calibration draws of uniform scores, the training-conditional
+/// rank's coverage falls below 1 - delta in at most gamma of them; the
+/// marginal rank's does so far more often (it only holds on average).
+#[test]
+fn training_conditional_rank_holds_over_calibration_draws() {
+    let (m, delta, gamma, draws) = (200, 0.1, 0.1, 4000);
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut uniform = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let tc = training_conditional_rank(m, delta, gamma).unwrap();
+    let marginal = conformal_rank(m, delta).unwrap();
+    let (mut tc_short, mut marginal_short) = (0, 0);
+    for _ in 0..draws {
+        let mut s: Vec<f64> = (0..m).map(|_| uniform()).collect();
+        s.sort_by(f64::total_cmp);
+        // A uniform score's coverage at q is q itself.
+        tc_short += usize::from(s[tc - 1] < 1.0 - delta);
+        marginal_short += usize::from(s[marginal - 1] < 1.0 - delta);
+    }
+    let rate = |c: usize| c as f64 / draws as f64;
+    // gamma plus three binomial standard errors.
+    assert!(
+        rate(tc_short) <= gamma + 3.0 * (gamma * (1.0 - gamma) / draws as f64).sqrt(),
+        "{}",
+        rate(tc_short)
+    );
+    assert!(rate(marginal_short) > 0.3, "{}", rate(marginal_short));
+}
+
+/// The probit score: CALIBRATED's probability is exactly where the score
+/// reaches q, and p_MC at or above it scores at most q.
+#[test]
+fn probit_score_inverts_to_the_calibrated_probability() {
+    use statrs::distribution::{ContinuousCDF, Normal};
+    let n = 100_000;
+    let normal = Normal::standard();
+    for &p_hat in &[0.6, 0.9, 0.99, 0.9999, 1.0] {
+        for &q in &[0.05, 0.3, 1.0] {
+            let p_cal = ConformalScore::Probit.calibrated(p_hat, q, n);
+            let c = 0.5 / n as f64;
+            let expected = normal.cdf(normal.inverse_cdf(p_hat.clamp(c, 1.0 - c)) - q);
+            assert!(
+                (p_cal - expected).abs() < 1e-9,
+                "{p_hat} {q}: {p_cal} vs {expected}"
+            );
+            let at = ConformalScore::Probit.score(p_hat, p_cal, n);
+            assert!((at - q).abs() < 1e-6, "score at the bound {at} vs {q}");
+            assert!(ConformalScore::Probit.score(p_hat, (p_cal + 1e-3).min(1.0), n) <= q + 1e-9);
+            assert!(ConformalScore::Probit.score(p_hat, p_cal - 1e-3, n) > q);
+        }
+    }
+    // The radius shift does not cap: a confident surrogate keeps a large radius.
+    let p_cal = ConformalScore::Probit.calibrated(0.99999, 0.3, n);
+    assert!(normal.inverse_cdf(p_cal) > 3.5, "{p_cal}");
+    assert!(ConformalScore::PGap.calibrated(0.99999, 0.067, n) < 0.94);
+}
+
+/// Mondrian bins: each p_hat takes its own bin's quantile.
+#[test]
+fn mondrian_bins_pick_their_quantile() {
+    let bins = MondrianBins::new(&[0.9, 0.99], &[0.3, 0.2, 0.1]).unwrap();
+    for (p, q, bin) in [
+        (0.5, 0.3, 0),
+        (0.9, 0.2, 1),
+        (0.95, 0.2, 1),
+        (0.99, 0.1, 2),
+        (1.0, 0.1, 2),
+    ] {
+        assert_eq!(bins.q_for(p), q, "{p}");
+        assert_eq!(bin_of(&[0.9, 0.99], p), bin, "{p}");
+    }
+    assert!(MondrianBins::new(&[0.99, 0.9], &[0.1, 0.2, 0.3]).is_err());
+    assert!(MondrianBins::new(&[0.9], &[0.1]).is_err());
+    assert!(check_edges(&[0.0]).is_err() && check_edges(&[0.5, 1.0]).is_err());
+    let shift = CalibrationShift {
+        score: ConformalScore::PGap,
+        q: 9.0,
+        bins: Some(bins),
+    };
+    assert!((shift.apply(0.95, 1000) - 0.75).abs() < 1e-12);
+}

@@ -183,6 +183,8 @@ pub fn bundle_copy(root: &std::path::Path, name: &str, calibration: Option<(f64,
             split: Split::Test,
             inputs_file: "calibration_inputs.json".into(),
             seed: 0,
+            rank_rule: Default::default(),
+            bins: vec![],
         });
     b.save().unwrap();
     dir

@@ -1,0 +1,333 @@
+//! `select-calibration`: chooses CALIBRATED's conformal score, its Mondrian
+//! bins and AUTO's band on a selection split, so that nothing the guarantee
+//! rests on is chosen on the calibration inputs. The selection inputs must be
+//! disjoint from the calibration inputs (refused here if the bundle is
+//! already calibrated on any of them) and are recorded in the bundle
+//! (`selection_inputs.json`), which `calibrate` then refuses.
+//!
+//! Each candidate (score, bin edges) is cross-fitted on the selection
+//! inputs: calibrated on the even positions and measured on the odd ones,
+//! then the other way round. The chosen candidate is the one whose certified
+//! accuracy trails Monte Carlo's least (summed over the radii), among those
+//! that overestimate the Monte Carlo radius on at most delta of the held-out
+//! halves; AUTO's band is the narrowest whose accuracy at radius 0 is within
+//! `band_tolerance` of Monte Carlo's, under the chosen calibration.
+use super::calibrate::{self, score_inputs, CalibrateOptions, ScoredInput};
+use super::{write_json, InputList, PipelineError};
+use crate::engine::{self, AutoBand, EngineError};
+use crate::model::Bundle;
+use crate::smoothing::{self, CalibrationShift, ConformalScore, Decision, MondrianBins, RankRule};
+use serde::Serialize;
+
+pub const SUMMARY_FILE: &str = "selection_summary.json";
+
+#[derive(Debug, Clone)]
+pub struct SelectOptions {
+    /// Bundle, counts (of the selection inputs), delta, n0, alpha, seed,
+    /// batch, device; its score, rank rule and bins are ignored.
+    pub base: CalibrateOptions,
+    pub scores: Vec<ConformalScore>,
+    /// Candidate bin edges; an empty list is one quantile over all inputs.
+    pub bin_candidates: Vec<Vec<f64>>,
+    /// Radii at which certified accuracy is compared.
+    pub radii: Vec<f64>,
+    /// Candidate lower ends of AUTO's band (the upper end is 0.5).
+    pub band_lows: Vec<f64>,
+    /// AUTO's most accepted accuracy loss against Monte Carlo at radius 0.
+    pub band_tolerance: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    pub score: ConformalScore,
+    pub bin_edges: Vec<f64>,
+    /// False when a half had too few inputs in some bin for delta.
+    pub feasible: bool,
+    /// Held-out inputs whose calibrated radius exceeds Monte Carlo's.
+    pub overestimation: f64,
+    /// Certified accuracy, Monte Carlo minus CALIBRATED, at each radius.
+    pub accuracy_gap: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BandCandidate {
+    pub low: f64,
+    pub high: f64,
+    pub fallback_fraction: f64,
+    /// Certified accuracy at radius 0, Monte Carlo minus AUTO.
+    pub accuracy_gap_at_0: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SelectionSummary {
+    pub inputs: usize,
+    pub delta: f64,
+    pub radii: Vec<f64>,
+    pub candidates: Vec<Candidate>,
+    pub score: ConformalScore,
+    pub bin_edges: Vec<f64>,
+    pub bands: Vec<BandCandidate>,
+    pub band: (f64, f64),
+}
+
+pub fn select_calibration(opts: &SelectOptions) -> Result<SelectionSummary, PipelineError> {
+    let base = &opts.base;
+    let bundle = Bundle::load(&base.bundle)?;
+    let spec = bundle.surrogate.clone().ok_or_else(|| {
+        PipelineError::Invalid(format!(
+            "{} has no surrogate (train-surrogate first)",
+            base.bundle.display()
+        ))
+    })?;
+    if opts.scores.is_empty() || opts.bin_candidates.is_empty() || opts.band_lows.is_empty() {
+        return Err(PipelineError::Invalid(
+            "select-calibration needs at least one score, one bin choice and one band".into(),
+        ));
+    }
+    for edges in &opts.bin_candidates {
+        smoothing::check_edges(edges).map_err(EngineError::from)?;
+    }
+    let counts = super::counts::merge_counts_in_memory(&base.counts)?;
+    counts.check_base(&bundle, &super::base_fingerprint(&bundle)?)?;
+    if counts.meta.n != spec.nominal_n {
+        return Err(PipelineError::Invalid(format!(
+            "the counts are at N = {}, the surrogate stands in for N = {}",
+            counts.meta.n, spec.nominal_n
+        )));
+    }
+    if let Some(idx) = super::surrogate::SurrogateInputs::fitted(&bundle)?.first_of(&counts) {
+        return Err(PipelineError::Invalid(format!(
+            "input {idx} of the {} split trained the surrogate or fitted its tail map",
+            counts.meta.split
+        )));
+    }
+    // The guarantee's inputs are never read here.
+    if let Some(idx) = InputList::read_if_any(&bundle.dir.join(calibrate::INPUTS_FILE))?
+        .and_then(|cal| cal.first_shared_with(counts.meta.split, &counts.indices))
+    {
+        return Err(PipelineError::Invalid(format!(
+            "input {idx} of the {} split calibrated this bundle ({}); selection inputs must be \
+             disjoint from the calibration inputs",
+            counts.meta.split,
+            calibrate::INPUTS_FILE
+        )));
+    }
+    let inputs = score_inputs(&bundle, &counts, base)?;
+    let n = counts.meta.n;
+    let sigma = bundle.sigma();
+    let k = bundle.num_classes();
+    let folds: [Vec<&ScoredInput>; 2] = [
+        inputs.iter().step_by(2).collect(),
+        inputs.iter().skip(1).step_by(2).collect(),
+    ];
+
+    let mut candidates = Vec::new();
+    for &score in &opts.scores {
+        for edges in &opts.bin_candidates {
+            candidates.push(cross_fit(score, edges, &folds, opts, base, n, k, sigma)?);
+        }
+    }
+    let chosen = candidates
+        .iter()
+        .filter(|c| c.feasible && c.overestimation <= base.delta)
+        .min_by(|a, b| {
+            let (ga, gb) = (
+                a.accuracy_gap.iter().sum::<f64>(),
+                b.accuracy_gap.iter().sum::<f64>(),
+            );
+            ga.total_cmp(&gb)
+                .then(a.bin_edges.len().cmp(&b.bin_edges.len()))
+        })
+        .cloned()
+        .ok_or_else(|| {
+            PipelineError::Invalid(format!(
+                "no candidate overestimates on at most delta = {} of the held-out halves",
+                base.delta
+            ))
+        })?;
+
+    // AUTO's band under the chosen calibration, cross-fitted the same way.
+    let mut bands = Vec::new();
+    for &low in &opts.band_lows {
+        let band = AutoBand { low, high: 0.5 };
+        let (mut fallback, mut gap, mut total) = (0usize, 0i64, 0usize);
+        for f in 0..2 {
+            let shift = calibrate_on(&folds[f], chosen.score, &chosen.bin_edges, base.delta, n)?
+                .ok_or_else(|| PipelineError::Invalid("the chosen bins lost feasibility".into()))?;
+            for x in &folds[1 - f] {
+                let estimate = estimate(x, shift, n, k, base.alpha, sigma)?;
+                let mc = mc_radius(x, n, base.alpha, sigma)?;
+                let auto_correct = if band.falls_back(&estimate) {
+                    fallback += 1;
+                    mc.is_some() && x.class_a as i64 == x.label
+                } else {
+                    certified(&estimate.decision).is_some() && x.class_a as i64 == x.label
+                };
+                let mc_correct = mc.is_some() && x.class_a as i64 == x.label;
+                gap += i64::from(mc_correct) - i64::from(auto_correct);
+                total += 1;
+            }
+        }
+        bands.push(BandCandidate {
+            low,
+            high: 0.5,
+            fallback_fraction: fallback as f64 / total.max(1) as f64,
+            accuracy_gap_at_0: gap as f64 / total.max(1) as f64,
+        });
+    }
+    let band = bands
+        .iter()
+        .filter(|b| b.accuracy_gap_at_0 <= opts.band_tolerance)
+        .min_by(|a, b| a.fallback_fraction.total_cmp(&b.fallback_fraction))
+        .or_else(|| bands.iter().min_by(|a, b| a.low.total_cmp(&b.low)))
+        .map(|b| (b.low, b.high))
+        .unwrap_or((0.0, 0.5));
+
+    let summary = SelectionSummary {
+        inputs: inputs.len(),
+        delta: base.delta,
+        radii: opts.radii.clone(),
+        candidates,
+        score: chosen.score,
+        bin_edges: chosen.bin_edges.clone(),
+        bands,
+        band,
+    };
+    write_json(
+        &bundle.dir.join(calibrate::SELECTION_INPUTS_FILE),
+        &InputList {
+            split: counts.meta.split,
+            indices: counts.indices.clone(),
+        },
+    )?;
+    write_json(&bundle.dir.join(SUMMARY_FILE), &summary)?;
+    Ok(summary)
+}
+
+/// Calibrates on one half and measures on the other, both ways.
+#[allow(clippy::too_many_arguments)]
+fn cross_fit(
+    score: ConformalScore,
+    edges: &[f64],
+    folds: &[Vec<&ScoredInput>; 2],
+    opts: &SelectOptions,
+    base: &CalibrateOptions,
+    n: u64,
+    k: usize,
+    sigma: f64,
+) -> Result<Candidate, PipelineError> {
+    let mut over = 0usize;
+    let mut total = 0usize;
+    let mut gap = vec![0i64; opts.radii.len()];
+    for f in 0..2 {
+        let Some(shift) = calibrate_on(&folds[f], score, edges, base.delta, n)? else {
+            return Ok(Candidate {
+                score,
+                bin_edges: edges.to_vec(),
+                feasible: false,
+                overestimation: f64::NAN,
+                accuracy_gap: vec![f64::NAN; opts.radii.len()],
+            });
+        };
+        for x in &folds[1 - f] {
+            let est = estimate(x, shift, n, k, base.alpha, sigma)?;
+            let cal = certified(&est.decision);
+            let mc = mc_radius(x, n, base.alpha, sigma)?;
+            if cal.unwrap_or(0.0) > mc.unwrap_or(0.0) {
+                over += 1;
+            }
+            let correct = x.class_a as i64 == x.label;
+            for (j, &r) in opts.radii.iter().enumerate() {
+                let by = |radius: Option<f64>| correct && radius.is_some_and(|v| v >= r);
+                gap[j] += i64::from(by(mc)) - i64::from(by(cal));
+            }
+            total += 1;
+        }
+    }
+    Ok(Candidate {
+        score,
+        bin_edges: edges.to_vec(),
+        feasible: true,
+        overestimation: over as f64 / total.max(1) as f64,
+        accuracy_gap: gap
+            .iter()
+            .map(|&g| g as f64 / total.max(1) as f64)
+            .collect(),
+    })
+}
+
+/// The calibration a half gives (marginal rank); `None` if a bin is too small.
+fn calibrate_on(
+    half: &[&ScoredInput],
+    score: ConformalScore,
+    edges: &[f64],
+    delta: f64,
+    n: u64,
+) -> Result<Option<CalibrationShift>, PipelineError> {
+    let mut by_bin: Vec<Vec<f64>> = vec![Vec::new(); edges.len() + 1];
+    for x in half {
+        by_bin[smoothing::bin_of(edges, x.p_hat_a)].push(score.score(x.p_hat_a, x.p_mc_a, n));
+    }
+    let mut qs = Vec::new();
+    for s in &by_bin {
+        match smoothing::conformal_quantile_by(s, delta, RankRule::Marginal) {
+            Ok((q, _)) => qs.push(q),
+            Err(_) => return Ok(None),
+        }
+    }
+    let pooled: Vec<f64> = by_bin.concat();
+    let (q, _) = smoothing::conformal_quantile(&pooled, delta).map_err(EngineError::from)?;
+    Ok(Some(CalibrationShift {
+        score,
+        q,
+        bins: if edges.is_empty() {
+            None
+        } else {
+            Some(MondrianBins::new(edges, &qs).map_err(EngineError::from)?)
+        },
+    }))
+}
+
+/// CALIBRATED's estimate for one input, as the engine makes it.
+fn estimate(
+    x: &ScoredInput,
+    shift: CalibrationShift,
+    n: u64,
+    k: usize,
+    alpha: f64,
+    sigma: f64,
+) -> Result<engine::SurrogateEstimate, PipelineError> {
+    let mut p = vec![0.0; k];
+    // Only p_hat[cA] and the surrogate's class matter to the estimate.
+    p[x.class_a] = x.p_hat_a;
+    if x.surrogate_class != x.class_a {
+        p[x.surrogate_class] = 2.0;
+    }
+    Ok(engine::surrogate_estimate(
+        x.class_a,
+        &p,
+        Some(shift),
+        n,
+        alpha,
+        sigma,
+    )?)
+}
+
+/// Monte Carlo's radius for one input, `None` when it abstains.
+fn mc_radius(
+    x: &ScoredInput,
+    n: u64,
+    alpha: f64,
+    sigma: f64,
+) -> Result<Option<f64>, PipelineError> {
+    let d = smoothing::certify_decision(x.class_a, x.count_a, n, alpha, sigma)
+        .map_err(EngineError::from)?;
+    Ok(certified(&d))
+}
+
+fn certified(d: &Decision) -> Option<f64> {
+    match d {
+        Decision::Certified { radius, .. } => Some(*radius),
+        Decision::Abstain { .. } => None,
+    }
+}
