@@ -9,6 +9,7 @@ mod bench_serve;
 mod calibrate;
 mod certify;
 mod fit_tail_map;
+mod import;
 mod info;
 mod merge_counts;
 mod report;
@@ -43,6 +44,7 @@ pub enum Command {
     Certify(certify::CertifyArgs),
     FitTailMap(fit_tail_map::FitTailMapArgs),
     Calibrate(calibrate::CalibrateArgs),
+    Import(import::ImportArgs),
     SelectCalibration(select_calibration::SelectCalibrationArgs),
     Report(report::ReportArgs),
     Bench(bench::BenchArgs),
@@ -71,6 +73,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Certify(args) => args.run(),
         Command::FitTailMap(args) => args.run(),
         Command::Calibrate(args) => args.run(),
+        Command::Import(args) => args.run(),
         Command::SelectCalibration(args) => args.run(),
         Command::Report(args) => args.run(),
         Command::Bench(args) => args.run(),

@@ -9,12 +9,14 @@
 //! model that does not learn or a certificate for the wrong input.
 mod cifar;
 mod decode;
+mod folder;
 pub mod idx;
 #[cfg(test)]
 mod tests;
 
 pub use cifar::load_cifar10;
 pub use decode::{decode_image, load_image};
+pub use folder::{load_image_folder, load_manifest};
 pub use idx::load_fashion_mnist;
 
 use serde::{Deserialize, Serialize};

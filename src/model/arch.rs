@@ -1,5 +1,6 @@
-//! Built-in architectures: a small CNN for 28x28 grey images and the CIFAR
-//! ResNets (He et al. 2016, 6n + 2 layers) that Cohen et al. certify.
+//! Built-in architectures: a small CNN (sized for 28x28 grey images, any
+//! C x H x W through adaptive pooling) and the CIFAR ResNets (He et al.
+//! 2016, 6n + 2 layers) that Cohen et al. certify, also for any input size.
 use super::ModelError;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
@@ -48,12 +49,12 @@ impl Arch {
         let k = classes as i64;
         match self {
             Arch::SmallCnn => {
-                if h % 4 != 0 || w % 4 != 0 {
+                if h < 4 || w < 4 {
                     return Err(ModelError::Bundle(format!(
-                        "small-cnn needs H and W divisible by 4, got {h}x{w}"
+                        "small-cnn needs images of at least 4x4, got {h}x{w}"
                     )));
                 }
-                Ok(Box::new(small_cnn(root, c, h, w, k)))
+                Ok(Box::new(small_cnn(root, c, k)))
             }
             Arch::ResNet20 => Ok(Box::new(cifar_resnet(root, c, k, 3))),
             Arch::ResNet110 => Ok(Box::new(cifar_resnet(root, c, k, 18))),
@@ -71,7 +72,12 @@ fn conv3x3(p: nn::Path, cin: i64, cout: i64, stride: i64) -> nn::Conv2D {
     nn::conv2d(p, cin, cout, 3, cfg)
 }
 
-fn small_cnn(p: &nn::Path, c: i64, h: i64, w: i64, classes: i64) -> nn::SequentialT {
+/// The feature map small-cnn's classifier head reads: what two poolings
+/// leave of a 28x28 image, so that for 28x28 inputs the adaptive pooling
+/// is the identity and earlier weights load unchanged.
+const SMALL_CNN_GRID: i64 = 7;
+
+fn small_cnn(p: &nn::Path, c: i64, classes: i64) -> nn::SequentialT {
     let pad = nn::ConvConfig {
         padding: 1,
         ..Default::default()
@@ -80,10 +86,16 @@ fn small_cnn(p: &nn::Path, c: i64, h: i64, w: i64, classes: i64) -> nn::Sequenti
         .add(nn::conv2d(p / "conv1", c, 16, 3, pad))
         .add_fn(|x| x.relu().max_pool2d_default(2))
         .add(nn::conv2d(p / "conv2", 16, 32, 3, pad))
-        .add_fn(|x| x.relu().max_pool2d_default(2).flatten(1, -1))
+        // Any H x W (at least 4 x 4) to the same grid.
+        .add_fn(|x| {
+            x.relu()
+                .max_pool2d_default(2)
+                .adaptive_avg_pool2d([SMALL_CNN_GRID, SMALL_CNN_GRID])
+                .flatten(1, -1)
+        })
         .add(nn::linear(
             p / "fc1",
-            32 * (h / 4) * (w / 4),
+            32 * SMALL_CNN_GRID * SMALL_CNN_GRID,
             128,
             Default::default(),
         ))
@@ -168,6 +180,56 @@ mod tests {
             .iter()
             .map(|t| t.numel() as i64)
             .sum()
+    }
+
+    /// Every built-in architecture takes any C x H x W a bundle may declare.
+    #[test]
+    fn any_input_shape() {
+        let _rng = crate::testing::rng_lock();
+        for arch in [Arch::SmallCnn, Arch::ResNet20] {
+            for shape in [[3, 18, 30], [1, 28, 28], [3, 64, 48], [1, 5, 9]] {
+                let vs = nn::VarStore::new(Device::Cpu);
+                let net = arch.build(&vs.root(), shape, 4).unwrap();
+                let [c, h, w] = shape.map(|d| d as i64);
+                let x = Tensor::rand([2, c, h, w], (Kind::Float, Device::Cpu));
+                let y = tch::no_grad(|| net.forward_t(&x, false));
+                assert_eq!(y.size(), vec![2, 4], "{} on {shape:?}", arch.name());
+            }
+        }
+        let vs = nn::VarStore::new(Device::Cpu);
+        assert!(Arch::SmallCnn.build(&vs.root(), [1, 3, 28], 4).is_err());
+    }
+
+    /// On 28x28 inputs the adaptive pooling is the identity: the network is
+    /// the earlier fixed-size one, so bundles trained before load unchanged.
+    #[test]
+    fn small_cnn_on_28x28_is_the_fixed_size_network() {
+        let _rng = crate::testing::rng_lock();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Arch::SmallCnn.build(&vs.root(), [1, 28, 28], 10).unwrap();
+        let v = vs.variables();
+        let x = Tensor::rand([3, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let conv = |x: &Tensor, name: &str| {
+            x.conv2d(
+                &v[&format!("{name}.weight")],
+                Some(&v[&format!("{name}.bias")]),
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                1,
+            )
+        };
+        let expected = tch::no_grad(|| {
+            let h = conv(&x, "conv1").relu().max_pool2d_default(2);
+            let h = conv(&h, "conv2")
+                .relu()
+                .max_pool2d_default(2)
+                .flatten(1, -1);
+            let h = h.linear(&v["fc1.weight"], Some(&v["fc1.bias"])).relu();
+            h.linear(&v["fc2.weight"], Some(&v["fc2.bias"]))
+        });
+        let y = tch::no_grad(|| net.forward_t(&x, false));
+        assert!(y.allclose(&expected, 1e-6, 1e-6, false));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod calibrate;
 pub mod certify;
 pub mod counts;
+pub mod onboard;
 mod optim;
 pub mod report;
 pub mod select;

@@ -1,0 +1,248 @@
+//! `import`: a bundle from a user's TorchScript classifier. The module is
+//! loaded and checked before anything is written: it must take
+//! [B, C, H, W] pixels in [0, 1] (normalization inside the module, or given
+//! here and applied before it), return [B, classes] finite logits with one
+//! class per label, and give the same logits twice in eval mode. Given an
+//! image folder, its test split's clean and noisy accuracy go into the
+//! bundle. The bundle is assembled in a temporary folder and renamed into
+//! place, so a failed import leaves nothing behind.
+use super::PipelineError;
+use crate::data::{self, Split};
+use crate::model::{
+    BaseSpec, Bundle, Classifier, NoiseKind, NoiseSpec, Normalization, Provenance, WeightsFormat,
+};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub model: PathBuf,
+    pub out: PathBuf,
+    /// The name requests use; default: the output folder's name.
+    pub name: Option<String>,
+    pub labels: Vec<String>,
+    pub shape: [usize; 3],
+    pub sigma: f64,
+    pub normalization: Option<Normalization>,
+    /// An image folder (train/ and test/ of class folders) whose test split
+    /// measures the clean and noisy accuracy.
+    pub image_folder: Option<PathBuf>,
+    /// At most this many test images for the accuracies.
+    pub max_images: usize,
+    pub seed: u64,
+    pub device: Device,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportSummary {
+    pub bundle: PathBuf,
+    pub classes: usize,
+    pub input_shape: [usize; 3],
+    pub images: usize,
+    pub clean_accuracy: Option<f64>,
+    pub noisy_accuracy: Option<f64>,
+}
+
+pub fn import_torchscript(opts: &ImportOptions) -> Result<ImportSummary, PipelineError> {
+    let invalid = |m: String| PipelineError::Invalid(m);
+    if opts.labels.len() < 2 {
+        return Err(invalid(
+            "--labels: a classifier needs at least two classes".into(),
+        ));
+    }
+    if opts.out.join(crate::model::MANIFEST).exists() {
+        return Err(invalid(format!(
+            "{} is already a bundle; choose another --out",
+            opts.out.display()
+        )));
+    }
+    if !opts.model.is_file() {
+        return Err(invalid(format!("{}: no such file", opts.model.display())));
+    }
+    let name = match &opts.name {
+        Some(n) => n.clone(),
+        None => opts
+            .out
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .ok_or_else(|| invalid("--name: the output folder has no usable name".into()))?,
+    };
+    check_module(&opts.model, opts.shape, opts.labels.len(), opts.device)?;
+
+    let staging = staging_dir(&opts.out);
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(super::io_err(&staging))?;
+    let result = assemble(opts, &name, &staging);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+        return result;
+    }
+    if opts.out.exists() {
+        // An empty folder given as --out (checked above: no bundle in it).
+        std::fs::remove_dir(&opts.out).map_err(|e| {
+            invalid(format!(
+                "{}: {e}; --out must not exist or be empty",
+                opts.out.display()
+            ))
+        })?;
+    }
+    std::fs::rename(&staging, &opts.out).map_err(super::io_err(&opts.out))?;
+    result.map(|mut s| {
+        s.bundle = opts.out.clone();
+        s
+    })
+}
+
+fn staging_dir(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".importing");
+    out.with_file_name(name)
+}
+
+/// The module's contract, checked on the raw module (before normalization
+/// is known to be right): loads as TorchScript, takes [2, C, H, W], returns
+/// [2, classes] finite logits, and does so deterministically.
+fn check_module(
+    path: &Path,
+    shape: [usize; 3],
+    classes: usize,
+    device: Device,
+) -> Result<(), PipelineError> {
+    let invalid = |m: String| PipelineError::Invalid(format!("{}: {m}", path.display()));
+    let mut module = tch::CModule::load_on_device(path, device)
+        .map_err(|e| invalid(format!("not a TorchScript module ({e})")))?;
+    module.set_eval();
+    let [c, h, w] = shape.map(|d| d as i64);
+    let x = {
+        let _rng = crate::model::rng_lock();
+        tch::manual_seed(0);
+        Tensor::rand([2, c, h, w], (Kind::Float, device))
+    };
+    let run = |x: &Tensor| {
+        let _guard = tch::no_grad_guard();
+        module.forward_ts(&[x.shallow_clone()])
+    };
+    let y = run(&x).map_err(|e| {
+        invalid(format!(
+            "does not take inputs of shape [B, C, H, W] = [2, {c}, {h}, {w}]: {}",
+            first_line(&e.to_string())
+        ))
+    })?;
+    if y.size() != [2, classes as i64] {
+        return Err(invalid(format!(
+            "returns {:?} for a batch of 2, but {classes} labels need [2, {classes}] logits",
+            y.size()
+        )));
+    }
+    let finite = y.isfinite().all().int64_value(&[]) == 1;
+    if !finite {
+        return Err(invalid("returns logits that are not finite".into()));
+    }
+    let again = run(&x).map_err(|e| invalid(first_line(&e.to_string()).to_string()))?;
+    if !y.equal(&again) {
+        return Err(invalid(
+            "gives different logits for the same input in eval mode (dropout or other \
+             randomness left on?); export it after model.eval()"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+fn assemble(opts: &ImportOptions, name: &str, dir: &Path) -> Result<ImportSummary, PipelineError> {
+    let base_file = "base.pt";
+    std::fs::copy(&opts.model, dir.join(base_file)).map_err(super::io_err(&opts.model))?;
+    let mut bundle = Bundle {
+        name: name.to_string(),
+        version: "1".into(),
+        input_shape: opts.shape,
+        labels: opts.labels.clone(),
+        normalization: opts.normalization.clone(),
+        noise: NoiseSpec {
+            kind: NoiseKind::Gaussian,
+            sigma: opts.sigma,
+        },
+        base: BaseSpec {
+            format: WeightsFormat::Torchscript,
+            file: base_file.into(),
+            arch: None,
+        },
+        provenance: Provenance {
+            created_by: Some(format!(
+                "smoothcert import of {}",
+                opts.model.file_name().unwrap_or_default().to_string_lossy()
+            )),
+            ..Default::default()
+        },
+        surrogate: None,
+        dir: dir.to_path_buf(),
+    };
+    // Validates shape, labels, sigma and normalization.
+    bundle.save()?;
+    let model = Classifier::load(&bundle, opts.device)?;
+    let (mut clean, mut noisy, mut images) = (None, None, 0);
+    if let Some(folder) = &opts.image_folder {
+        let ds = data::load_image_folder(folder, Split::Test, opts.shape)?;
+        if ds.classes != opts.labels {
+            return Err(PipelineError::Invalid(format!(
+                "{}: the image folder's classes {:?} (sorted folder names) differ from --labels {:?}",
+                folder.display(),
+                ds.classes,
+                opts.labels
+            )));
+        }
+        let (c, n, m) = accuracies(&model, &ds, opts.max_images, opts.sigma, opts.seed)?;
+        clean = Some(c);
+        noisy = Some(n);
+        images = m;
+        bundle.provenance.clean_test_accuracy = clean;
+        bundle.provenance.noisy_test_accuracy = noisy;
+        bundle.save()?;
+    }
+    Ok(ImportSummary {
+        bundle: dir.to_path_buf(),
+        classes: opts.labels.len(),
+        input_shape: opts.shape,
+        images,
+        clean_accuracy: clean,
+        noisy_accuracy: noisy,
+    })
+}
+
+/// Clean and noisy (one draw at sigma per image, seeded) top-1 accuracy on
+/// at most `max` images spread evenly over the split.
+fn accuracies(
+    model: &Classifier,
+    ds: &data::Dataset,
+    max: usize,
+    sigma: f64,
+    seed: u64,
+) -> Result<(f64, f64, usize), PipelineError> {
+    let step = ds.len().div_ceil(max.max(1)).max(1);
+    let idx: Vec<usize> = (0..ds.len()).step_by(step).collect();
+    let x = super::images_tensor(ds, &idx, model.device());
+    let noise = {
+        let _rng = crate::model::rng_lock();
+        tch::manual_seed(seed as i64);
+        Tensor::randn(x.size(), (Kind::Float, model.device())) * sigma
+    };
+    let labels = Tensor::from_slice(&idx.iter().map(|&i| ds.labels[i]).collect::<Vec<_>>())
+        .to_device(model.device());
+    let right = |logits: Tensor| -> f64 {
+        logits
+            .argmax(1, false)
+            .eq_tensor(&labels)
+            .to_kind(Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[])
+    };
+    let clean = right(model.logits(&x)?);
+    let noisy = right(model.logits(&(&x + noise))?);
+    Ok((clean, noisy, idx.len()))
+}

@@ -1,0 +1,162 @@
+//! A user's own TorchScript classifier and RGB image folder, imported into a
+//! bundle (`import`) and served: the module's contract is checked with a
+//! clear error for each way it can be broken, the accuracies are measured on
+//! the folder, and the server certifies one of its images over gRPC.
+mod common;
+
+use smoothcert::model::Bundle;
+use smoothcert::pipeline::onboard::{import_torchscript, ImportOptions};
+use smoothcert::server::pb;
+use smoothcert::testing::rng_lock;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+const SHAPE: [usize; 3] = [3, 8, 8];
+
+/// An RGB image folder: "bright" images have every channel at 200..240,
+/// "dark" ones at 10..50.
+fn image_folder(root: &Path) {
+    for split in ["train", "test"] {
+        for (class, base) in [("bright", 200u8), ("dark", 10u8)] {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..5u8 {
+                let v = base + 8 * i;
+                image::RgbImage::from_pixel(8, 8, image::Rgb([v, v, v / 2 + 60]))
+                    .save(dir.join(format!("{i}.png")))
+                    .unwrap();
+            }
+        }
+    }
+}
+
+/// A traced TorchScript module of `shape` with two logits that say how
+/// bright the red channel is: [mean - 0.5, 0.5 - mean], in label order
+/// (bright, dark), the sorted folder names.
+fn module(path: &Path, shape: [i64; 4], outputs: usize) {
+    let _rng = rng_lock();
+    let example = Tensor::rand(shape, (Kind::Float, Device::Cpu));
+    let m = tch::CModule::create_by_tracing("Brightness", "forward", &[example], &mut |xs| {
+        // Only 3 x 8 x 8 inputs reshape to 192 values a row.
+        let red =
+            xs[0]
+                .reshape([-1, 192])
+                .narrow(1, 0, 64)
+                .mean_dim(&[1i64][..], false, Kind::Float)
+                - 0.5;
+        let cols: Vec<Tensor> = (0..outputs)
+            .map(|k| if k == 0 { red.shallow_clone() } else { -&red })
+            .collect();
+        vec![Tensor::stack(&cols, 1)]
+    })
+    .unwrap();
+    m.save(path).unwrap();
+}
+
+fn opts(model: &Path, out: &Path, folder: Option<PathBuf>) -> ImportOptions {
+    ImportOptions {
+        model: model.to_path_buf(),
+        out: out.to_path_buf(),
+        name: None,
+        labels: vec!["bright".into(), "dark".into()],
+        shape: SHAPE,
+        sigma: 0.25,
+        normalization: None,
+        image_folder: folder,
+        max_images: 100,
+        seed: 0,
+        device: Device::Cpu,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torchscript_classifier_and_an_rgb_folder_to_a_certificate() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    image_folder(&r.join("images"));
+    module(&r.join("model.pt"), [2, 3, 8, 8], 2);
+
+    let out = r.join("my-model");
+    let s = import_torchscript(&opts(&r.join("model.pt"), &out, Some(r.join("images")))).unwrap();
+    // Every test image is far from the boundary: right when clean, and with
+    // noise of sigma 0.25 per pixel averaged over 64 pixels, still right.
+    assert_eq!((s.images, s.clean_accuracy), (10, Some(1.0)));
+    assert_eq!(s.noisy_accuracy, Some(1.0));
+    let b = Bundle::load(&out).unwrap();
+    assert_eq!((b.name.as_str(), b.input_shape), ("my-model", SHAPE));
+    assert_eq!(b.provenance.clean_test_accuracy, Some(1.0));
+    assert!(!r.join("my-model.importing").exists());
+
+    // Served: a Monte Carlo certificate for a dark test image, sent as PNG.
+    let mut cfg = common::config("");
+    cfg.models[0].bundle = out.clone();
+    let (server, mut client) = common::start(cfg).await;
+    let png = std::fs::read(r.join("images/test/dark/2.png")).unwrap();
+    let resp = client
+        .certify(common::request(
+            pb::certify_request::Input::Image(png),
+            pb::CertifyOptions {
+                method: pb::Method::MonteCarlo as i32,
+                n: Some(2_000),
+                seed: Some(1),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.model, "my-model");
+    match resp.outcome {
+        Some(pb::certify_response::Outcome::Certified(c)) => {
+            assert_eq!((c.class_index, c.label.as_str()), (1, "dark"));
+            assert!(c.radius > 0.0 && !c.estimate);
+        }
+        other => panic!("expected a certificate, got {other:?}"),
+    }
+    server.shutdown();
+    server.wait().await.unwrap();
+}
+
+#[test]
+fn every_broken_input_gets_a_clear_error_and_leaves_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    image_folder(&r.join("images"));
+    module(&r.join("model.pt"), [2, 3, 8, 8], 2);
+    module(&r.join("three.pt"), [2, 3, 8, 8], 3);
+    std::fs::write(r.join("notes.pt"), "not a module").unwrap();
+    let out = r.join("b");
+    let err = |o: ImportOptions| import_torchscript(&o).unwrap_err().to_string();
+
+    let e = err(opts(&r.join("notes.pt"), &out, None));
+    assert!(e.contains("not a TorchScript module"), "{e}");
+    let e = err(opts(&r.join("three.pt"), &out, None));
+    assert!(
+        e.contains("[2, 3]") && e.contains("2 labels need [2, 2]"),
+        "{e}"
+    );
+    let mut grey = opts(&r.join("model.pt"), &out, None);
+    grey.shape = [1, 8, 8];
+    let e = err(grey);
+    assert!(
+        e.contains("does not take inputs of shape") && e.contains("[2, 1, 8, 8]"),
+        "{e}"
+    );
+    let mut renamed = opts(&r.join("model.pt"), &out, Some(r.join("images")));
+    renamed.labels = vec!["light".into(), "dark".into()];
+    let e = err(renamed);
+    assert!(e.contains("differ from --labels"), "{e}");
+    let mut one = opts(&r.join("model.pt"), &out, None);
+    one.labels.truncate(1);
+    assert!(err(one).contains("at least two classes"));
+    let e = err(opts(&r.join("missing.pt"), &out, None));
+    assert!(e.contains("missing.pt"), "{e}");
+    assert!(
+        !out.exists() && !r.join("b.importing").exists(),
+        "a failed import left files"
+    );
+
+    import_torchscript(&opts(&r.join("model.pt"), &out, None)).unwrap();
+    let e = err(opts(&r.join("model.pt"), &out, None));
+    assert!(e.contains("already a bundle"), "{e}");
+}
