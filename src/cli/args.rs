@@ -114,3 +114,60 @@ impl AdaptiveArgs {
 pub fn arch_parser() -> impl TypedValueParser<Value = Arch> {
     PossibleValuesParser::new(Arch::NAMES.iter().copied()).try_map(|name| Arch::parse(&name))
 }
+
+/// What `calibrate` and `select-calibration` score: a bundle's surrogate on
+/// held-out inputs with Monte Carlo counts at its nominal N, cA drawn from n0
+/// base-classifier samples as certification draws it.
+#[derive(clap::Args, Debug)]
+pub struct HeldOutScoringArgs {
+    #[arg(long)]
+    pub bundle: std::path::PathBuf,
+    /// Counts at the nominal N of held-out inputs (shards of one run are joined).
+    #[arg(long, required = true, num_args = 1..)]
+    pub counts: Vec<std::path::PathBuf>,
+    /// The overestimation probability to calibrate for.
+    #[arg(long, default_value_t = 0.05)]
+    pub delta: f64,
+    /// Selection samples, as certification will draw them.
+    #[arg(long, default_value_t = 100)]
+    pub n0: u64,
+    /// Certificate level (which inputs Monte Carlo certifies, and at what radius).
+    #[arg(long, default_value_t = 0.001)]
+    pub alpha: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Forward batch; default: the device's (32 on a CPU, 4096 on a GPU).
+    #[arg(long)]
+    pub batch: Option<i64>,
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl HeldOutScoringArgs {
+    /// The calibration options these flags give, with `score`, `rank_rule`
+    /// and `bin_edges` as the command decides.
+    pub fn options(
+        self,
+        score: smoothcert::smoothing::ConformalScore,
+        rank_rule: smoothcert::smoothing::RankRule,
+        bin_edges: Vec<f64>,
+    ) -> Result<smoothcert::pipeline::calibrate::CalibrateOptions> {
+        let device = self.device.device()?;
+        Ok(smoothcert::pipeline::calibrate::CalibrateOptions {
+            bundle: self.bundle,
+            counts: self.counts,
+            delta: self.delta,
+            score,
+            rank_rule,
+            bin_edges,
+            n0: self.n0,
+            alpha: self.alpha,
+            seed: self.seed,
+            batch: forward_batch(self.batch, device),
+            data_dir: self.data_dir,
+            device,
+        })
+    }
+}

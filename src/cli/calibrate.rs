@@ -1,22 +1,14 @@
 //! `smoothcert calibrate`.
-use super::args::DeviceArgs;
 use anyhow::{Context, Result};
 use smoothcert::pipeline::calibrate;
 use smoothcert::smoothing::{ConformalScore, RankRule};
-use std::path::PathBuf;
 
 /// Split-conformal calibration of the surrogate (for methods calibrated and auto):
 /// on inputs held out from its training, with Monte Carlo counts at its nominal N.
 #[derive(clap::Args, Debug)]
 pub struct CalibrateArgs {
-    #[arg(long)]
-    bundle: PathBuf,
-    /// Counts at the nominal N of held-out inputs (shards of one run are joined).
-    #[arg(long, required = true, num_args = 1..)]
-    counts: Vec<PathBuf>,
-    /// The overestimation probability to calibrate for.
-    #[arg(long, default_value_t = 0.05)]
-    delta: f64,
+    #[command(flatten)]
+    inputs: super::args::HeldOutScoringArgs,
     /// p-gap: s = p_hat[cA] - p_MC[cA], CALIBRATED takes q off p_hat[cA].
     /// log-miss: s = ln(miss_MC + c) - ln(miss_hat + c), c = 1/(2N): the
     /// surrogate's miss 1 - p_hat[cA] is scaled by e^q instead.
@@ -34,50 +26,23 @@ pub struct CalibrateArgs {
     /// it, the marginal split-conformal rank.
     #[arg(long, value_name = "GAMMA")]
     training_conditional: Option<f64>,
-    /// Selection samples, as certification will draw them.
-    #[arg(long, default_value_t = 100)]
-    n0: u64,
-    /// Certificate level for the AUTO band table.
-    #[arg(long, default_value_t = 0.001)]
-    alpha: f64,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Forward batch; default: the device's (32 on a CPU, 4096 on a GPU).
-    #[arg(long)]
-    batch: Option<i64>,
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    #[command(flatten)]
-    device: DeviceArgs,
 }
 
 impl CalibrateArgs {
     pub fn run(self) -> Result<()> {
-        let device = self.device.device()?;
-        let summary = calibrate::calibrate(&calibrate::CalibrateOptions {
-            bundle: self.bundle.clone(),
-            counts: self.counts,
-            delta: self.delta,
-            score: self.score,
-            rank_rule: self
-                .training_conditional
-                .map_or(RankRule::Marginal, |gamma| RankRule::TrainingConditional {
-                    gamma,
-                }),
-            bin_edges: self.bins,
-            n0: self.n0,
-            alpha: self.alpha,
-            seed: self.seed,
-            batch: super::args::forward_batch(self.batch, device),
-            data_dir: self.data_dir,
-            device,
-        })
-        .context("calibrate failed")?;
+        let bundle = self.inputs.bundle.clone();
+        let rank_rule = self
+            .training_conditional
+            .map_or(RankRule::Marginal, |gamma| RankRule::TrainingConditional {
+                gamma,
+            });
+        let summary = calibrate::calibrate(&self.inputs.options(self.score, rank_rule, self.bins)?)
+            .context("calibrate failed")?;
         let c = &summary.calibration;
         println!(
             "{}: calibrated on {} {} inputs at N = {}, score {}, {} rank: q = {:.6} (rank {} of {}) for delta = {}; \
              {:.1}% of them overestimate (s > 0), {} class mismatches",
-            self.bundle.display(),
+            bundle.display(),
             c.m,
             c.split,
             c.n,

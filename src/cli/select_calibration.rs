@@ -1,9 +1,7 @@
 //! `smoothcert select-calibration`.
-use super::args::DeviceArgs;
 use anyhow::{Context, Result};
-use smoothcert::pipeline::{calibrate, select};
+use smoothcert::pipeline::select;
 use smoothcert::smoothing::{ConformalScore, RankRule};
-use std::path::PathBuf;
 
 /// Choose CALIBRATED's score and Mondrian bins and AUTO's band on selection
 /// inputs (held out from the surrogate's training, disjoint from the
@@ -11,13 +9,8 @@ use std::path::PathBuf;
 /// inputs in the bundle; `calibrate` then refuses them.
 #[derive(clap::Args, Debug)]
 pub struct SelectCalibrationArgs {
-    #[arg(long)]
-    bundle: PathBuf,
-    /// Counts at the nominal N of the selection inputs.
-    #[arg(long, required = true, num_args = 1..)]
-    counts: Vec<PathBuf>,
-    #[arg(long, default_value_t = 0.05)]
-    delta: f64,
+    #[command(flatten)]
+    inputs: super::args::HeldOutScoringArgs,
     /// Candidate scores.
     #[arg(
         long,
@@ -39,24 +32,10 @@ pub struct SelectCalibrationArgs {
     /// The most certified accuracy AUTO may lose to Monte Carlo at radius 0.
     #[arg(long, default_value_t = 0.005)]
     band_tolerance: f64,
-    #[arg(long, default_value_t = 100)]
-    n0: u64,
-    #[arg(long, default_value_t = 0.001)]
-    alpha: f64,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Forward batch; default: the device's (32 on a CPU, 4096 on a GPU).
-    #[arg(long)]
-    batch: Option<i64>,
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    #[command(flatten)]
-    device: DeviceArgs,
 }
 
 impl SelectCalibrationArgs {
     pub fn run(self) -> Result<()> {
-        let device = self.device.device()?;
         let bin_candidates = self
             .bins
             .split(';')
@@ -72,21 +51,11 @@ impl SelectCalibrationArgs {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
+        let bundle = self.inputs.bundle.clone();
         let summary = select::select_calibration(&select::SelectOptions {
-            base: calibrate::CalibrateOptions {
-                bundle: self.bundle.clone(),
-                counts: self.counts,
-                delta: self.delta,
-                score: ConformalScore::default(),
-                rank_rule: RankRule::Marginal,
-                bin_edges: Vec::new(),
-                n0: self.n0,
-                alpha: self.alpha,
-                seed: self.seed,
-                batch: super::args::forward_batch(self.batch, device),
-                data_dir: self.data_dir,
-                device,
-            },
+            base: self
+                .inputs
+                .options(ConformalScore::default(), RankRule::Marginal, Vec::new())?,
             scores: self.scores,
             bin_candidates,
             radii: self.radii.clone(),
@@ -122,7 +91,7 @@ impl SelectCalibrationArgs {
             summary.bin_edges,
             summary.band.0,
             summary.band.1,
-            self.bundle.join(select::SUMMARY_FILE).display()
+            bundle.join(select::SUMMARY_FILE).display()
         );
         Ok(())
     }

@@ -599,14 +599,7 @@ fn conformal_quantile_picks_that_rank_and_covers() {
 
     // Coverage over exchangeable draws: a fresh score exceeds q with
     // probability in [delta - 1/(m + 1), delta] (continuous scores).
-    let mut state = 0x1234_5678_9abc_def0u64;
-    let mut uniform = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut uniform = uniforms(0x1234_5678_9abc_def0);
     let (m, delta, trials) = (39, 0.1, 20_000);
     let mut exceed = 0;
     for _ in 0..trials {
@@ -756,14 +749,7 @@ fn training_conditional_rank_matches_the_beta_order_statistic() {
 #[test]
 fn training_conditional_rank_holds_over_calibration_draws() {
     let (m, delta, gamma, draws) = (200, 0.1, 0.1, 4000);
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-    let mut uniform = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut uniform = uniforms(0x9E37_79B9_7F4A_7C15);
     let tc = training_conditional_rank(m, delta, gamma).unwrap();
     let marginal = conformal_rank(m, delta).unwrap();
     let (mut tc_short, mut marginal_short) = (0, 0);
@@ -835,4 +821,16 @@ fn mondrian_bins_pick_their_quantile() {
         bins: Some(bins),
     };
     assert!((shift.apply(0.95, 1000) - 0.75).abs() < 1e-12);
+}
+
+/// Uniform draws in [0, 1) from a splitmix64 sequence started at `seed`.
+fn uniforms(seed: u64) -> impl FnMut() -> f64 {
+    let mut state = seed;
+    move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
