@@ -107,6 +107,7 @@ fn certify_opts(bundle: &Path, out: &Path, method: Method) -> CertifyOptions {
         method,
         split: Split::Train,
         data_dir: None,
+        offset: 0,
         skip: 6_000,
         max: None,
         params: CertifyParams {
@@ -407,6 +408,7 @@ fn tail_map_rescales_the_miss_and_fences_off_its_inputs() {
     // CALIBRATED scales the miss by e^q; a run of this bundle resumes (its
     // q and map read back exactly).
     let out = CertifyOptions {
+        offset: 0,
         skip: 7_000,
         ..certify_opts(&b, &root.path().join("cal-run.tsv"), Method::Calibrated)
     };

@@ -56,6 +56,7 @@ fn offline(
         method,
         split: Split::Test,
         data_dir: None,
+        offset: 0,
         skip: 1000,
         max: Some(4),
         params: PARAMS,

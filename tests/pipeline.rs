@@ -100,6 +100,7 @@ fn certify_opts(bundle: &Path, out: &Path) -> CertifyOptions {
         method: Method::MonteCarlo,
         split: Split::Test,
         data_dir: None,
+        offset: 0,
         skip: 50,
         max: Some(8),
         params: CertifyParams {
@@ -179,6 +180,25 @@ fn certify_rows_match_closed_form_and_resume() {
     other.params.n = 5_000;
     let err = certify(&other).unwrap_err().to_string();
     assert!(err.contains("other parameters"), "{err}");
+    let mut shifted = certify_opts(&bundle, &partial);
+    shifted.offset = 7;
+    let err = certify(&shifted).unwrap_err().to_string();
+    assert!(err.contains("other parameters"), "{err}");
+
+    // --offset 7 --skip 50: inputs 7, 57, ...; an offset past the split is refused.
+    let mut offset = certify_opts(&bundle, &root.path().join("offset.tsv"));
+    offset.offset = 7;
+    offset.max = Some(2);
+    certify(&offset).unwrap();
+    let shifted_rows = read_tsv(&root.path().join("offset.tsv")).unwrap();
+    assert_eq!(
+        shifted_rows.iter().map(|r| r.idx).collect::<Vec<_>>(),
+        [7, 57]
+    );
+    let mut past = certify_opts(&bundle, &root.path().join("past.tsv"));
+    past.offset = 10_000;
+    let err = certify(&past).unwrap_err().to_string();
+    assert!(err.contains("--offset 10000"), "{err}");
 }
 
 fn statrs_ppf(p: f64) -> f64 {

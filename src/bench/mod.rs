@@ -295,7 +295,7 @@ impl SpreadInputs {
             bundle,
             dataset: ds,
             ..
-        } = crate::pipeline::load_inputs(bundle, crate::data::Split::Test, None, 1, None)?;
+        } = crate::pipeline::load_inputs(bundle, crate::data::Split::Test, None, 0, 1, None)?;
         if bundle.surrogate.is_none() {
             return Err(PipelineError::Invalid(format!(
                 "{} has no surrogate to benchmark",

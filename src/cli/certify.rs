@@ -33,6 +33,9 @@ pub struct CertifyArgs {
     /// Overrides where the bundle's dataset files are.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The first input certified (with --skip K: inputs O, O + K, ...).
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
     /// Certify every K-th input.
     #[arg(long, default_value_t = 1)]
     skip: usize,
@@ -74,6 +77,7 @@ impl CertifyArgs {
             method: self.method,
             split: self.split,
             data_dir: self.data_dir,
+            offset: self.offset,
             skip: self.skip,
             max: self.max,
             params: self.sampling.params(n, device),

@@ -39,6 +39,8 @@ pub struct CertifyOptions {
     pub method: Method,
     pub split: Split,
     pub data_dir: Option<PathBuf>,
+    /// The first input certified; then every `skip`-th after it.
+    pub offset: usize,
     /// Certify every `skip`-th input (Cohen et al.'s --skip).
     pub skip: usize,
     /// Certify at most this many inputs.
@@ -71,6 +73,9 @@ struct RunParams {
     surrogate_weights_fnv1a: Option<String>,
     method: Method,
     split: Split,
+    /// 0 in runs from before the option (so they still resume).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    offset: usize,
     skip: usize,
     max: Option<usize>,
     n0: u64,
@@ -134,6 +139,7 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         &opts.bundle,
         opts.split,
         opts.data_dir.as_deref(),
+        opts.offset,
         opts.skip,
         opts.max,
     )?;
@@ -195,6 +201,7 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         },
         method: opts.method,
         split: opts.split,
+        offset: opts.offset,
         skip: opts.skip,
         max: opts.max,
         n0: opts.params.n0,
@@ -486,4 +493,8 @@ fn check_not_fitted_on(
         );
     }
     Ok(())
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }

@@ -313,6 +313,7 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
         &opts.bundle,
         opts.split,
         opts.data_dir.as_deref(),
+        0,
         opts.skip,
         opts.max,
     )?;

@@ -55,7 +55,7 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PipelineErro
 }
 
 /// A bundle, the dataset split it names (or the one in `data_dir`), and the
-/// inputs to process: every `skip`-th index, at most `max` of them. What
+/// inputs to process: every `skip`-th index from `offset`, at most `max` of them. What
 /// certify and sample-counts both start from.
 pub(crate) struct Inputs {
     pub bundle: crate::model::Bundle,
@@ -68,6 +68,7 @@ pub(crate) fn load_inputs(
     bundle: &Path,
     split: crate::data::Split,
     data_dir: Option<&Path>,
+    offset: usize,
     skip: usize,
     max: Option<usize>,
 ) -> Result<Inputs, PipelineError> {
@@ -89,7 +90,13 @@ pub(crate) fn load_inputs(
             dataset.shape, b.input_shape
         )));
     }
-    let indices = (0..dataset.len())
+    if offset >= dataset.len() {
+        return Err(PipelineError::Invalid(format!(
+            "--offset {offset} is past the split's {} inputs",
+            dataset.len()
+        )));
+    }
+    let indices = (offset..dataset.len())
         .step_by(skip)
         .take(max.unwrap_or(usize::MAX))
         .collect();
