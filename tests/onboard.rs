@@ -85,7 +85,11 @@ async fn a_torchscript_classifier_and_an_rgb_folder_to_a_certificate() {
     let b = Bundle::load(&out).unwrap();
     assert_eq!((b.name.as_str(), b.input_shape), ("my-model", SHAPE));
     assert_eq!(b.provenance.clean_test_accuracy, Some(1.0));
-    assert!(!r.join("my-model.importing").exists());
+    assert_eq!(
+        std::fs::read_dir(r).unwrap().count(),
+        3,
+        "only images/, model.pt and the bundle"
+    );
 
     // Served: a Monte Carlo certificate for a dark test image, sent as PNG.
     let mut cfg = common::config("");
@@ -151,10 +155,21 @@ fn every_broken_input_gets_a_clear_error_and_leaves_nothing() {
     assert!(err(one).contains("at least two classes"));
     let e = err(opts(&r.join("missing.pt"), &out, None));
     assert!(e.contains("missing.pt"), "{e}");
-    assert!(
-        !out.exists() && !r.join("b.importing").exists(),
-        "a failed import left files"
-    );
+    // images/, model.pt, three.pt, notes.pt: nothing else.
+    let left: Vec<_> = std::fs::read_dir(r)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 4, "a failed import left files: {left:?}");
+    std::fs::write(r.join("file"), "x").unwrap();
+    let e = err(opts(&r.join("model.pt"), &r.join("file"), None));
+    assert!(e.contains("not a folder"), "{e}");
+    std::fs::create_dir(r.join("full")).unwrap();
+    std::fs::write(r.join("full/x"), "x").unwrap();
+    let e = err(opts(&r.join("model.pt"), &r.join("full"), None));
+    assert!(e.contains("not empty"), "{e}");
+    std::fs::create_dir(r.join("empty")).unwrap();
+    import_torchscript(&opts(&r.join("model.pt"), &r.join("empty"), None)).unwrap();
 
     import_torchscript(&opts(&r.join("model.pt"), &out, None)).unwrap();
     let e = err(opts(&r.join("model.pt"), &out, None));

@@ -376,9 +376,12 @@ async fn load_runs(
 ) -> Result<(Vec<LoadResult>, Vec<f64>), PipelineError> {
     let server = ServerUnderTest::start(config, &opts.placement).await?;
     let result = drive(&server.addr, opts, images, engine).await;
-    // Stopped whether or not the load succeeded: a child must not outlive the bench.
-    server.stop().await?;
-    result
+    // Stopped whether or not the load succeeded: a child must not outlive
+    // the bench. The load's own error, if any, is the one reported.
+    let stopped = server.stop().await;
+    let result = result?;
+    stopped?;
+    Ok(result)
 }
 
 async fn drive(
@@ -485,6 +488,20 @@ enum ServerKind {
 
 /// The longest a child server may take to load its models.
 const CHILD_START_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest a child server may take to stop after SIGTERM before it is killed.
+const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A child server still running when its handle goes (a panic, an early
+/// return) is killed, and its configuration file removed.
+impl Drop for ServerUnderTest {
+    fn drop(&mut self) {
+        if let ServerKind::Child { child, config_file } = &mut self.kind {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(config_file);
+        }
+    }
+}
 
 impl ServerUnderTest {
     async fn start(config: Config, placement: &Placement) -> Result<Self, PipelineError> {
@@ -570,8 +587,8 @@ impl ServerUnderTest {
         }
     }
 
-    async fn stop(self) -> Result<(), PipelineError> {
-        match self.kind {
+    async fn stop(mut self) -> Result<(), PipelineError> {
+        match std::mem::replace(&mut self.kind, ServerKind::Target) {
             ServerKind::Target => Ok(()),
             ServerKind::InProcess(server) => {
                 server.shutdown();
@@ -582,13 +599,22 @@ impl ServerUnderTest {
                 config_file,
             } => {
                 let _ = std::fs::remove_file(&config_file);
-                // SIGTERM: the server's own graceful shutdown.
+                // SIGTERM: the server's own graceful shutdown; SIGKILL after
+                // CHILD_STOP_TIMEOUT.
                 // SAFETY: kill only sends a signal to the child's pid.
                 unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-                let status = tokio::task::spawn_blocking(move || child.wait())
-                    .await
-                    .map_err(|e| bench_err(&e))?
-                    .map_err(|e| bench_err(&e))?;
+                let deadline = Instant::now() + CHILD_STOP_TIMEOUT;
+                let status = loop {
+                    match child.try_wait().map_err(|e| bench_err(&e))? {
+                        Some(status) => break status,
+                        None if Instant::now() >= deadline => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            return Err(bench_err(&"the server did not stop within 60 s; killed"));
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                };
                 if status.success() {
                     Ok(())
                 } else {

@@ -54,7 +54,7 @@ impl Arch {
                         "small-cnn needs images of at least 4x4, got {h}x{w}"
                     )));
                 }
-                Ok(Box::new(small_cnn(root, c, k)))
+                Ok(Box::new(small_cnn(root, c, h, w, k)))
             }
             Arch::ResNet20 => Ok(Box::new(cifar_resnet(root, c, k, 3))),
             Arch::ResNet110 => Ok(Box::new(cifar_resnet(root, c, k, 18))),
@@ -72,33 +72,37 @@ fn conv3x3(p: nn::Path, cin: i64, cout: i64, stride: i64) -> nn::Conv2D {
     nn::conv2d(p, cin, cout, 3, cfg)
 }
 
-/// The feature map small-cnn's classifier head reads: what two poolings
-/// leave of a 28x28 image, so that for 28x28 inputs the adaptive pooling
-/// is the identity and earlier weights load unchanged.
+/// The grid small-cnn's head reads for sizes not divisible by 4: what two
+/// poolings leave of a 28x28 image.
 const SMALL_CNN_GRID: i64 = 7;
 
-fn small_cnn(p: &nn::Path, c: i64, classes: i64) -> nn::SequentialT {
+fn small_cnn(p: &nn::Path, c: i64, h: i64, w: i64, classes: i64) -> nn::SequentialT {
     let pad = nn::ConvConfig {
         padding: 1,
         ..Default::default()
+    };
+    // H and W divisible by 4: the head reads the whole (H/4 x W/4) map, as
+    // small-cnn always has, so bundles trained before load unchanged. Any
+    // other size is pooled adaptively to the 28x28 network's 7x7 grid.
+    let (gh, gw, adaptive) = if h % 4 == 0 && w % 4 == 0 {
+        (h / 4, w / 4, false)
+    } else {
+        (SMALL_CNN_GRID, SMALL_CNN_GRID, true)
     };
     nn::seq_t()
         .add(nn::conv2d(p / "conv1", c, 16, 3, pad))
         .add_fn(|x| x.relu().max_pool2d_default(2))
         .add(nn::conv2d(p / "conv2", 16, 32, 3, pad))
-        // Any H x W (at least 4 x 4) to the same grid.
-        .add_fn(|x| {
-            x.relu()
-                .max_pool2d_default(2)
-                .adaptive_avg_pool2d([SMALL_CNN_GRID, SMALL_CNN_GRID])
-                .flatten(1, -1)
+        .add_fn(move |x| {
+            let x = x.relu().max_pool2d_default(2);
+            let x = if adaptive {
+                x.adaptive_avg_pool2d([gh, gw])
+            } else {
+                x
+            };
+            x.flatten(1, -1)
         })
-        .add(nn::linear(
-            p / "fc1",
-            32 * SMALL_CNN_GRID * SMALL_CNN_GRID,
-            128,
-            Default::default(),
-        ))
+        .add(nn::linear(p / "fc1", 32 * gh * gw, 128, Default::default()))
         .add_fn(|x| x.relu())
         .add(nn::linear(p / "fc2", 128, classes, Default::default()))
 }
@@ -200,8 +204,8 @@ mod tests {
         assert!(Arch::SmallCnn.build(&vs.root(), [1, 3, 28], 4).is_err());
     }
 
-    /// On 28x28 inputs the adaptive pooling is the identity: the network is
-    /// the earlier fixed-size one, so bundles trained before load unchanged.
+    /// On 28x28 inputs (H, W divisible by 4) the network is the earlier
+    /// fixed-size one, so bundles trained before load unchanged.
     #[test]
     fn small_cnn_on_28x28_is_the_fixed_size_network() {
         let _rng = crate::testing::rng_lock();

@@ -193,11 +193,27 @@ pub fn select_calibration(opts: &SelectOptions) -> Result<SelectionSummary, Pipe
         bands,
         band,
     };
+    // Added to any earlier selection's inputs: what tuned anything stays fenced off.
+    let path = bundle.dir.join(calibrate::SELECTION_INPUTS_FILE);
+    let mut indices = match InputList::read_if_any(&path)? {
+        Some(earlier) if earlier.split != counts.meta.split => {
+            return Err(PipelineError::Invalid(format!(
+                "{} records selection inputs of the {} split; select on that split too",
+                path.display(),
+                earlier.split
+            )))
+        }
+        Some(earlier) => earlier.indices,
+        None => Vec::new(),
+    };
+    indices.extend(counts.indices.iter().copied());
+    indices.sort_unstable();
+    indices.dedup();
     write_json(
-        &bundle.dir.join(calibrate::SELECTION_INPUTS_FILE),
+        &path,
         &InputList {
             split: counts.meta.split,
-            indices: counts.indices.clone(),
+            indices,
         },
     )?;
     write_json(&bundle.dir.join(SUMMARY_FILE), &summary)?;
@@ -266,14 +282,27 @@ fn calibrate_on(
 ) -> Result<Option<CalibrationShift>, PipelineError> {
     let mut by_bin: Vec<Vec<f64>> = vec![Vec::new(); edges.len() + 1];
     for x in half {
-        by_bin[smoothing::bin_of(edges, x.p_hat_a)].push(score.score(x.p_hat_a, x.p_mc_a, n));
+        let s = score.score(x.p_hat_a, x.p_mc_a, n);
+        if !s.is_finite() {
+            return Err(PipelineError::Invalid(format!(
+                "input {}: its {} score is not finite (p_hat {}, p_MC {})",
+                x.idx,
+                score.as_str(),
+                x.p_hat_a,
+                x.p_mc_a
+            )));
+        }
+        by_bin[smoothing::bin_of(edges, x.p_hat_a)].push(s);
     }
     let mut qs = Vec::new();
     for s in &by_bin {
-        match smoothing::conformal_quantile_by(s, delta, RankRule::Marginal) {
-            Ok((q, _)) => qs.push(q),
-            Err(_) => return Ok(None),
+        // Finite scores: the only failure left is too few of them for delta.
+        if RankRule::Marginal.rank(s.len(), delta).is_none() {
+            return Ok(None);
         }
+        let (q, _) = smoothing::conformal_quantile_by(s, delta, RankRule::Marginal)
+            .map_err(EngineError::from)?;
+        qs.push(q);
     }
     let pooled: Vec<f64> = by_bin.concat();
     let (q, _) = smoothing::conformal_quantile(&pooled, delta).map_err(EngineError::from)?;

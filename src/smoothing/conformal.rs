@@ -90,7 +90,15 @@ impl ConformalScore {
             }
             // score <= q  <=>  probit(p_MC) >= probit(p_hat) - q, and probit is
             // increasing, so p_MC (kept within [c, 1 - c]) >= Phi(probit(p_hat) - q).
-            ConformalScore::Probit => standard_normal_cdf(probit(p_hat, n) - q),
+            // At or below the clamp's floor the bound says nothing: count 0.
+            ConformalScore::Probit => {
+                let z = probit(p_hat, n) - q;
+                if z <= probit(0.0, n) {
+                    0.0
+                } else {
+                    standard_normal_cdf(z)
+                }
+            }
         }
         .clamp(0.0, 1.0)
     }
