@@ -1,6 +1,6 @@
-//! Built-in architectures: a small CNN (sized for 28x28 grey images, any
-//! C x H x W through adaptive pooling) and the CIFAR ResNets (He et al.
-//! 2016, 6n + 2 layers) that Cohen et al. certify, also for any input size.
+//! Built-in architectures: a small CNN (sized for 28x28 grey images; other
+//! sizes through adaptive pooling) and the CIFAR ResNets (He et al. 2016,
+//! 6n + 2 layers) that Cohen et al. certify, also for any input size.
 use super::ModelError;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
