@@ -518,4 +518,13 @@ fn selection_and_calibration_never_share_an_input() {
     counts_shard(&b, &whole, Split::Test, 250, N, None);
     let err = select(&whole).unwrap_err().to_string();
     assert!(err.contains("calibrated this bundle"), "{err}");
+
+    // A second selection adds its inputs to the first's fence.
+    let third = root.path().join("third.safetensors");
+    counts_shard(&b, &third, Split::Test, 333, N, None);
+    select(&third).unwrap();
+    let fenced = smoothcert::pipeline::InputList::read(&b.join("selection_inputs.json")).unwrap();
+    for idx in [500, 9500, 333, 9990] {
+        assert!(fenced.indices.contains(&idx), "{idx} left the fence");
+    }
 }
