@@ -321,13 +321,14 @@ fn band_figures(
     let n = counts.meta.n;
     let (mut fallback, mut missed) = (0usize, 0usize);
     for (i, sc) in scores.iter().enumerate() {
-        let mut p = vec![0.0; counts.meta.num_classes];
-        // Only p_hat[cA] and the surrogate's class matter to the estimate.
-        p[sc.class_a] = sc.p_hat_a;
-        if sc.surrogate_class != sc.class_a {
-            p[sc.surrogate_class] = 2.0;
-        }
-        let estimate = engine::surrogate_estimate(sc.class_a, &p, Some(shift), n, alpha, sigma)?;
+        let estimate = calibrated_estimate(
+            (sc.class_a, sc.surrogate_class, sc.p_hat_a),
+            counts.meta.num_classes,
+            shift,
+            n,
+            alpha,
+            sigma,
+        )?;
         let p_cal = match estimate.decision {
             Decision::Certified { p_a_lower, .. } | Decision::Abstain { p_a_lower, .. } => {
                 p_a_lower
@@ -348,4 +349,22 @@ fn band_figures(
         fallback_fraction: fallback as f64 / scores.len().max(1) as f64,
         missed_certificates: missed as f64 / scores.len().max(1) as f64,
     })
+}
+
+/// CALIBRATED's estimate for an input known by cA, the surrogate's class
+/// and p_hat[cA], as the engine makes it (only those three matter to it).
+pub(crate) fn calibrated_estimate(
+    (class_a, surrogate_class, p_hat_a): (usize, usize, f64),
+    classes: usize,
+    shift: CalibrationShift,
+    n: u64,
+    alpha: f64,
+    sigma: f64,
+) -> Result<engine::SurrogateEstimate, EngineError> {
+    let mut p = vec![0.0; classes];
+    p[class_a] = p_hat_a;
+    if surrogate_class != class_a {
+        p[surrogate_class] = 2.0;
+    }
+    engine::surrogate_estimate(class_a, &p, Some(shift), n, alpha, sigma)
 }

@@ -326,19 +326,9 @@ fn estimate(
     alpha: f64,
     sigma: f64,
 ) -> Result<engine::SurrogateEstimate, PipelineError> {
-    let mut p = vec![0.0; k];
-    // Only p_hat[cA] and the surrogate's class matter to the estimate.
-    p[x.class_a] = x.p_hat_a;
-    if x.surrogate_class != x.class_a {
-        p[x.surrogate_class] = 2.0;
-    }
-    Ok(engine::surrogate_estimate(
-        x.class_a,
-        &p,
-        Some(shift),
-        n,
-        alpha,
-        sigma,
+    let input = (x.class_a, x.surrogate_class, x.p_hat_a);
+    Ok(calibrate::calibrated_estimate(
+        input, k, shift, n, alpha, sigma,
     )?)
 }
 
