@@ -39,7 +39,7 @@ pub fn write_threshold_bundle(dir: &Path, shape: [usize; 3], threshold: f64, sig
             arch: None,
         },
         provenance: Provenance {
-            dataset: Some(DatasetKind::FashionMnist),
+            dataset: Some(DatasetKind::FashionMnist.into()),
             ..Default::default()
         },
         surrogate: None,

@@ -4,24 +4,34 @@
 //! the folder, and the server certifies one of its images over gRPC.
 mod common;
 
-use smoothcert::model::Bundle;
+use smoothcert::data::{DatasetSource, Split};
+use smoothcert::model::{Arch, Bundle};
+use smoothcert::pipeline::counts::Shard;
 use smoothcert::pipeline::onboard::{import_torchscript, ImportOptions};
+use smoothcert::pipeline::stages::{
+    run_pipeline, CountsRole, EvalRole, PipelineOptions, StageStatus,
+};
 use smoothcert::server::pb;
+use smoothcert::smoothing::ConformalScore;
 use smoothcert::testing::rng_lock;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 const SHAPE: [usize; 3] = [3, 8, 8];
 
-/// An RGB image folder: "bright" images have every channel at 200..240,
-/// "dark" ones at 10..50.
+/// An RGB image folder, 5 images per class and split: "bright" images have
+/// every channel at 200..240, "dark" ones at 10..50.
 fn image_folder(root: &Path) {
+    image_folder_of(root, 5)
+}
+
+fn image_folder_of(root: &Path, per_class: u8) {
     for split in ["train", "test"] {
         for (class, base) in [("bright", 200u8), ("dark", 10u8)] {
             let dir = root.join(split).join(class);
             std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..5u8 {
-                let v = base + 8 * i;
+            for i in 0..per_class {
+                let v = base + (8 * i) % 40;
                 image::RgbImage::from_pixel(8, 8, image::Rgb([v, v, v / 2 + 60]))
                     .save(dir.join(format!("{i}.png")))
                     .unwrap();
@@ -62,7 +72,7 @@ fn opts(model: &Path, out: &Path, folder: Option<PathBuf>) -> ImportOptions {
         shape: SHAPE,
         sigma: 0.25,
         normalization: None,
-        image_folder: folder,
+        dataset: folder.map(|image_folder| DatasetSource::ImageFolder { image_folder }),
         max_images: 100,
         seed: 0,
         device: Device::Cpu,
@@ -174,4 +184,164 @@ fn every_broken_input_gets_a_clear_error_and_leaves_nothing() {
     import_torchscript(&opts(&r.join("model.pt"), &out, None)).unwrap();
     let e = err(opts(&r.join("model.pt"), &out, None));
     assert!(e.contains("already a bundle"), "{e}");
+}
+
+/// The whole path with no step by hand: a TorchScript file and an RGB image
+/// folder, `import`, `pipeline` (stopped after the surrogate, then resumed,
+/// with a counts worker's share first), and the server answering a
+/// calibrated estimate from the pipeline's bundle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    // 24 images per class and split: 48 test images, 12 per role.
+    image_folder_of(&r.join("images"), 24);
+    module(&r.join("model.pt"), [2, 3, 8, 8], 2);
+    let out = r.join("flowers");
+    import_torchscript(&opts(&r.join("model.pt"), &out, Some(r.join("images")))).unwrap();
+    let b = Bundle::load(&out).unwrap();
+    assert!(matches!(
+        b.provenance.dataset,
+        Some(DatasetSource::ImageFolder { ref image_folder }) if image_folder.is_absolute()
+    ));
+
+    let role = |split, n, shards, used: &[usize]| CountsRole {
+        split,
+        n,
+        skip: 1,
+        shards,
+        used: used.to_vec(),
+    };
+    let mut plan = PipelineOptions {
+        bundle: out.clone(),
+        counts_dir: r.join("counts"),
+        reports_dir: r.join("reports"),
+        data_dir: None,
+        device: Device::Cpu,
+        batch: Some(64),
+        seed: 0,
+        nominal_n: 200,
+        train: role(Split::Train, 100, 2, &[0, 1]),
+        tail: Some(role(Split::Test, 100, 4, &[1])),
+        calibration: role(Split::Test, 200, 4, &[2]),
+        eval: EvalRole {
+            offset: 0,
+            skip: 4,
+            max: None,
+            n: 200,
+        },
+        chunk: 8,
+        arch: Arch::SmallCnn,
+        epochs: 2,
+        score: ConformalScore::PGap,
+        delta: 0.2,
+        n0: 20,
+        alpha: 0.01,
+        radii: vec![0.0, 0.25],
+        counts_worker: Some(Shard { index: 1, count: 2 }),
+        until: None,
+        show_progress: false,
+    };
+    // Offline certify runs its own runtime: off this test's.
+    let run_pipeline = |p: &PipelineOptions| {
+        let p = p.clone();
+        std::thread::spawn(move || run_pipeline(&p)).join().unwrap()
+    };
+    // A worker samples its share of the 4 counts files (the 2nd and 4th) and nothing else.
+    let s = run_pipeline(&plan).unwrap();
+    assert!(!s.finished);
+    let ran: Vec<&str> = s
+        .stages
+        .iter()
+        .filter(|st| st.status == StageStatus::Ran)
+        .map(|st| st.stage.as_str())
+        .collect();
+    assert_eq!(ran, ["train-counts", "calibration-counts"]);
+    assert!(!r
+        .join("counts/train-n100-skip1/shard-0-of-2.safetensors")
+        .exists());
+    assert!(r
+        .join("counts/train-n100-skip1/shard-1-of-2.safetensors")
+        .exists());
+    assert!(Bundle::load(&out).unwrap().surrogate.is_none());
+
+    // Overlapping roles are refused before anything runs.
+    let mut overlapping = plan.clone();
+    overlapping.counts_worker = None;
+    overlapping.eval.offset = 2;
+    let e = run_pipeline(&overlapping).unwrap_err().to_string();
+    assert!(e.contains("calibration") && e.contains("evaluation"), "{e}");
+
+    plan.counts_worker = None;
+    plan.until = Some("train-surrogate".into());
+    let s = run_pipeline(&plan).unwrap();
+    assert!(!s.finished);
+    assert!(Bundle::load(&out).unwrap().surrogate.is_some());
+    assert!(!r.join("reports/mc.tsv").exists());
+
+    plan.until = None;
+    let s = run_pipeline(&plan).unwrap();
+    assert!(s.finished);
+    let status = |name: &str| s.stages.iter().find(|st| st.stage == name).unwrap().status;
+    assert_eq!(status("train-counts"), StageStatus::DoneBefore);
+    assert_eq!(status("train-surrogate"), StageStatus::DoneBefore);
+    for stage in [
+        "tail-counts",
+        "fit-tail-map",
+        "calibrate",
+        "certify-auto",
+        "report",
+    ] {
+        assert_eq!(status(stage), StageStatus::Ran, "{stage}");
+    }
+    // The worker's calibration file was kept, its other half sampled now.
+    assert!(s
+        .stages
+        .iter()
+        .all(|st| st.seconds_total >= st.seconds_this_run));
+    let report = s.report.unwrap();
+    for curve in ["mc", "surrogate", "calibrated", "auto"] {
+        assert!(report.contains(curve), "{report}");
+    }
+    assert!(r.join("reports/pipeline_summary.json").exists());
+    assert!(r.join("reports/certified_accuracy.png").exists());
+    let b = Bundle::load(&out).unwrap();
+    let sur = b.surrogate.as_ref().unwrap();
+    assert!(sur.tail_map.is_some() && sur.calibration.is_some());
+    assert_eq!(sur.nominal_n, 200);
+
+    // A rerun finds everything done but the report.
+    let again = run_pipeline(&plan).unwrap();
+    assert!(again
+        .stages
+        .iter()
+        .all(|st| st.status == StageStatus::DoneBefore || st.stage == "report"));
+
+    // Served: a calibrated estimate for a dark test image.
+    let mut cfg = common::config("");
+    cfg.models[0].bundle = out.clone();
+    let (server, mut client) = common::start(cfg).await;
+    let png = std::fs::read(r.join("images/test/dark/2.png")).unwrap();
+    let resp = client
+        .certify(common::request(
+            pb::certify_request::Input::Image(png),
+            pb::CertifyOptions {
+                method: pb::Method::Calibrated as i32,
+                seed: Some(1),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.model, "flowers");
+    match resp.outcome {
+        Some(pb::certify_response::Outcome::Certified(c)) => {
+            assert_eq!((c.class_index, c.label.as_str()), (1, "dark"));
+            assert!(c.estimate, "a calibrated radius is an estimate");
+        }
+        other => panic!("expected an estimate, got {other:?}"),
+    }
+    server.shutdown();
+    server.wait().await.unwrap();
 }

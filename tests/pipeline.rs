@@ -79,7 +79,10 @@ fn train_base_resumes_to_identical_weights() {
 
     // The bundle is complete and loads; its provenance records the run.
     let bundle = Bundle::load(&straight).unwrap();
-    assert_eq!(bundle.provenance.dataset, Some(DatasetKind::FashionMnist));
+    assert_eq!(
+        bundle.provenance.dataset,
+        Some(DatasetKind::FashionMnist.into())
+    );
     assert_eq!(bundle.provenance.epochs, Some(3));
     assert_eq!(bundle.labels.len(), 10);
     Classifier::load(&bundle, Device::Cpu).unwrap();

@@ -10,7 +10,7 @@
 //! at a time (closed loop), or with `--python`, the grpc.aio load tool
 //! (clients/python/load.py) in a process of its own.
 use crate::config::Config;
-use crate::data::{self, Split};
+use crate::data::Split;
 use crate::engine::requests::RequestParams;
 use crate::engine::{Engine, Task};
 use crate::model::{parse_device, Bundle};
@@ -211,11 +211,15 @@ pub fn bench_serve(opts: &BenchServeOptions) -> Result<BenchServeReport, Pipelin
             PipelineError::Invalid(format!("{} has no surrogate", opts.bundle.display()))
         })?;
     let device = parse_device(&opts.device)?;
-    let kind = bundle.provenance.dataset.ok_or_else(|| {
+    let source = bundle.provenance.dataset.clone().ok_or_else(|| {
         PipelineError::Invalid("the bundle names no dataset to draw test images from".into())
     })?;
-    let dir = opts.data_dir.clone().unwrap_or_else(|| kind.default_dir());
-    let ds = data::load(kind, &dir, Split::Test)?;
+    let ds = source.load(
+        Split::Test,
+        bundle.input_shape,
+        &bundle.labels,
+        opts.data_dir.as_deref(),
+    )?;
     let images: Arc<Vec<Vec<f32>>> = Arc::new(
         (0..ds.len().min(1000))
             .map(|i| ds.image(i).to_vec())

@@ -14,7 +14,7 @@ pub struct FitTailMapArgs {
     #[arg(long, required = true, num_args = 1..)]
     counts: Vec<PathBuf>,
     /// Sparser bins are merged into their neighbour.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = tail_map::DEFAULT_MIN_INPUTS)]
     min_inputs: usize,
     /// Forward batch; default: the device's (32 on a CPU, 4096 on a GPU).
     #[arg(long)]

@@ -1,14 +1,17 @@
 //! `smoothcert import`.
 use super::args::DeviceArgs;
 use anyhow::{Context, Result};
+use smoothcert::data::{self, DatasetSource, Split};
 use smoothcert::model::Normalization;
 use smoothcert::pipeline::onboard;
 use std::path::PathBuf;
 
 /// A bundle from your TorchScript classifier: checks that the module takes
 /// [B, C, H, W] pixels in [0, 1] and returns [B, classes] finite,
-/// deterministic logits, writes model.toml, and with --image-folder records
-/// the clean and noisy accuracy on its test split.
+/// deterministic logits, and writes model.toml. Given your images
+/// (--image-folder, or --train-manifest and --test-manifest), the bundle
+/// records them for every later step (`smoothcert pipeline`, certify) and
+/// their test split's clean and noisy accuracy.
 #[derive(clap::Args, Debug)]
 pub struct ImportArgs {
     /// The TorchScript file (torch.jit.script or torch.jit.trace, then .save).
@@ -21,8 +24,10 @@ pub struct ImportArgs {
     #[arg(long)]
     name: Option<String>,
     /// Class names in logit order: a comma list, or @FILE with one per line.
-    #[arg(long)]
-    labels: String,
+    /// Default with --image-folder: its sorted class folder names, the order
+    /// torchvision's ImageFolder gives the labels.
+    #[arg(long, required_unless_present = "image_folder")]
+    labels: Option<String>,
     /// C,H,W of one input, e.g. 3,32,32.
     #[arg(long, value_delimiter = ',', num_args = 3)]
     shape: Vec<usize>,
@@ -35,10 +40,17 @@ pub struct ImportArgs {
     normalize_mean: Option<Vec<f64>>,
     #[arg(long, value_delimiter = ',', requires = "normalize_mean")]
     normalize_std: Option<Vec<f64>>,
-    /// An image folder (train/ and test/, one folder per class): its test
-    /// split's clean and noisy accuracy go into the bundle.
-    #[arg(long)]
+    /// An image folder: train/ and test/, one folder per class, PNG or JPEG
+    /// files at exactly the input shape.
+    #[arg(long, conflicts_with_all = ["train_manifest", "test_manifest"])]
     image_folder: Option<PathBuf>,
+    /// A manifest of the training images: one `path label` per line, paths
+    /// relative to the manifest, labels as class names or indices.
+    #[arg(long, requires = "test_manifest")]
+    train_manifest: Option<PathBuf>,
+    /// The test images' manifest (held-out counts, calibration, evaluation).
+    #[arg(long, requires = "train_manifest")]
+    test_manifest: Option<PathBuf>,
     #[arg(long, default_value_t = 2000)]
     max_images: usize,
     #[arg(long, default_value_t = 0)]
@@ -49,25 +61,36 @@ pub struct ImportArgs {
 
 impl ImportArgs {
     pub fn run(self) -> Result<()> {
-        let labels: Vec<String> = match self.labels.strip_prefix('@') {
-            Some(file) => std::fs::read_to_string(file)
-                .with_context(|| format!("--labels: reading {file}"))?
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect(),
-            None => self
-                .labels
-                .split(',')
-                .map(|l| l.trim().to_string())
-                .collect(),
-        };
         let shape: [usize; 3] = self
             .shape
             .clone()
             .try_into()
             .map_err(|_| anyhow::anyhow!("--shape takes C,H,W"))?;
+        let dataset = match (self.image_folder, self.train_manifest, self.test_manifest) {
+            (Some(image_folder), _, _) => Some(DatasetSource::ImageFolder { image_folder }),
+            (None, Some(train_manifest), Some(test_manifest)) => Some(DatasetSource::Manifests {
+                train_manifest,
+                test_manifest,
+            }),
+            _ => None,
+        };
+        let labels: Vec<String> = match (self.labels.as_deref(), &dataset) {
+            (Some(list), _) => match list.strip_prefix('@') {
+                Some(file) => std::fs::read_to_string(file)
+                    .with_context(|| format!("--labels: reading {file}"))?
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                None => list.split(',').map(|l| l.trim().to_string()).collect(),
+            },
+            (None, Some(DatasetSource::ImageFolder { image_folder })) => {
+                data::image_folder_classes(image_folder, Split::Test)
+                    .context("--labels from the image folder")?
+            }
+            _ => anyhow::bail!("--labels is needed without --image-folder"),
+        };
         let s = onboard::import_torchscript(&onboard::ImportOptions {
             model: self.torchscript,
             out: self.out,
@@ -79,7 +102,7 @@ impl ImportArgs {
                 .normalize_mean
                 .zip(self.normalize_std)
                 .map(|(mean, std)| Normalization { mean, std }),
-            image_folder: self.image_folder,
+            dataset,
             max_images: self.max_images,
             seed: self.seed,
             device: self.device.device()?,

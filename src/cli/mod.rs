@@ -12,6 +12,7 @@ mod fit_tail_map;
 mod import;
 mod info;
 mod merge_counts;
+mod pipeline;
 mod report;
 mod sample_counts;
 mod select_calibration;
@@ -45,6 +46,7 @@ pub enum Command {
     FitTailMap(fit_tail_map::FitTailMapArgs),
     Calibrate(calibrate::CalibrateArgs),
     Import(import::ImportArgs),
+    Pipeline(pipeline::PipelineArgs),
     SelectCalibration(select_calibration::SelectCalibrationArgs),
     Report(report::ReportArgs),
     Bench(bench::BenchArgs),
@@ -74,6 +76,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::FitTailMap(args) => args.run(),
         Command::Calibrate(args) => args.run(),
         Command::Import(args) => args.run(),
+        Command::Pipeline(args) => args.run(),
         Command::SelectCalibration(args) => args.run(),
         Command::Report(args) => args.run(),
         Command::Bench(args) => args.run(),

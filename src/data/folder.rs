@@ -122,6 +122,14 @@ pub fn load_image_folder(
     read_items(items, shape, classes)
 }
 
+/// The class names of `split` of an image folder: its sorted folder names.
+pub fn image_folder_classes(root: &Path, split: Split) -> Result<Vec<String>, DataError> {
+    Ok(class_folders(&root.join(split.as_str()))?
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect())
+}
+
 /// A manifest of `path label` lines (see the module docs); `classes` are
 /// the names a label may give (the bundle's labels).
 pub fn load_manifest(

@@ -11,13 +11,15 @@ mod cifar;
 mod decode;
 mod folder;
 pub mod idx;
+mod source;
 #[cfg(test)]
 mod tests;
 
 pub use cifar::load_cifar10;
 pub use decode::{decode_image, load_image};
-pub use folder::{load_image_folder, load_manifest};
+pub use folder::{image_folder_classes, load_image_folder, load_manifest};
 pub use idx::load_fashion_mnist;
+pub use source::DatasetSource;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -1,6 +1,6 @@
 //! The model bundle: a directory with `model.toml` (what the model is, how it
 //! was made) beside its weight files.
-use crate::data::DatasetKind;
+use crate::data::DatasetSource;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -235,7 +235,7 @@ pub struct SurrogateTraining {
 /// How the base classifier was made: enough to reproduce and to judge it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Provenance {
-    pub dataset: Option<DatasetKind>,
+    pub dataset: Option<DatasetSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epochs: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -470,7 +470,7 @@ mod tests {
                 arch: Some("small-cnn".into()),
             },
             provenance: Provenance {
-                dataset: Some(DatasetKind::FashionMnist),
+                dataset: Some(crate::data::DatasetKind::FashionMnist.into()),
                 epochs: Some(3),
                 ..Default::default()
             },

@@ -228,7 +228,7 @@ pub(crate) fn score_inputs(
     counts: &Counts,
     opts: &CalibrateOptions,
 ) -> Result<Vec<ScoredInput>, PipelineError> {
-    let dataset = counts.dataset(opts.data_dir.as_deref())?;
+    let dataset = counts.dataset(bundle, opts.data_dir.as_deref())?;
     let x = counts.images(&dataset)?.to_device(opts.device);
     let model = Classifier::load(bundle, opts.device)?;
     let surrogate = Classifier::load_surrogate(bundle, opts.device)?;

@@ -6,7 +6,7 @@
 //! forward batch and device, sharding and interruptions change no count).
 //! A finished output is never resampled.
 use super::{io_err, load_inputs, progress_bar, write_json, Inputs, PipelineError};
-use crate::data::{DatasetKind, Split};
+use crate::data::{DatasetSource, Split};
 use crate::model::{Bundle, Classifier};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
@@ -56,7 +56,7 @@ pub struct CountsMeta {
     pub format: u32,
     pub bundle: String,
     pub base_weights_fnv1a: String,
-    pub dataset: DatasetKind,
+    pub dataset: DatasetSource,
     pub split: Split,
     pub n: u64,
     pub sigma: f64,
@@ -123,10 +123,19 @@ impl Counts {
         Ok(())
     }
 
-    /// The counted inputs' dataset split, from `data_dir` or its default place.
-    pub fn dataset(&self, data_dir: Option<&Path>) -> Result<crate::data::Dataset, PipelineError> {
-        let dir = data_dir.map_or_else(|| self.meta.dataset.default_dir(), Path::to_path_buf);
-        Ok(crate::data::load(self.meta.dataset, &dir, self.meta.split)?)
+    /// The counted inputs' dataset split at `bundle`'s input shape, from
+    /// `data_dir` or where the counts file says it is.
+    pub fn dataset(
+        &self,
+        bundle: &Bundle,
+        data_dir: Option<&Path>,
+    ) -> Result<crate::data::Dataset, PipelineError> {
+        Ok(self.meta.dataset.load(
+            self.meta.split,
+            bundle.input_shape,
+            &bundle.labels,
+            data_dir,
+        )?)
     }
 
     /// The counted inputs' images [M, C, H, W] from their dataset split.
@@ -306,7 +315,7 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
     }
     let Inputs {
         bundle,
-        kind: dataset,
+        source: dataset,
         dataset: ds,
         indices: all_indices,
     } = load_inputs(

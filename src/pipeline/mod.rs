@@ -7,6 +7,7 @@ pub mod onboard;
 mod optim;
 pub mod report;
 pub mod select;
+pub mod stages;
 pub mod surrogate;
 pub mod tail_map;
 pub mod train;
@@ -59,7 +60,7 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PipelineErro
 /// certify and sample-counts both start from.
 pub(crate) struct Inputs {
     pub bundle: crate::model::Bundle,
-    pub kind: crate::data::DatasetKind,
+    pub source: crate::data::DatasetSource,
     pub dataset: crate::data::Dataset,
     pub indices: Vec<usize>,
 }
@@ -76,14 +77,13 @@ pub(crate) fn load_inputs(
         return Err(PipelineError::Invalid("--skip must be at least 1".into()));
     }
     let b = crate::model::Bundle::load(bundle)?;
-    let kind = b.provenance.dataset.ok_or_else(|| {
+    let source = b.provenance.dataset.clone().ok_or_else(|| {
         PipelineError::Invalid(format!(
             "{}: model.toml names no provenance.dataset",
             bundle.display()
         ))
     })?;
-    let dir = data_dir.map_or_else(|| kind.default_dir(), Path::to_path_buf);
-    let dataset = crate::data::load(kind, &dir, split)?;
+    let dataset = source.load(split, b.input_shape, &b.labels, data_dir)?;
     if dataset.shape != b.input_shape {
         return Err(PipelineError::Invalid(format!(
             "dataset images are {:?} but the model expects {:?}",
@@ -102,7 +102,7 @@ pub(crate) fn load_inputs(
         .collect();
     Ok(Inputs {
         bundle: b,
-        kind,
+        source,
         dataset,
         indices,
     })

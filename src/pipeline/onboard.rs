@@ -7,7 +7,7 @@
 //! bundle. The bundle is assembled in a temporary folder and renamed into
 //! place, so a failed import leaves nothing behind.
 use super::PipelineError;
-use crate::data::{self, Split};
+use crate::data::{self, DatasetSource, Split};
 use crate::model::{
     BaseSpec, Bundle, Classifier, NoiseKind, NoiseSpec, Normalization, Provenance, WeightsFormat,
 };
@@ -28,9 +28,10 @@ pub struct ImportOptions {
     pub shape: [usize; 3],
     pub sigma: f64,
     pub normalization: Option<Normalization>,
-    /// An image folder (train/ and test/ of class folders) whose test split
-    /// measures the clean and noisy accuracy.
-    pub image_folder: Option<PathBuf>,
+    /// The user's images (an image folder or manifests): recorded in the
+    /// bundle for every later pipeline step; its test split measures the
+    /// clean and noisy accuracy.
+    pub dataset: Option<DatasetSource>,
     /// At most this many test images for the accuracies.
     pub max_images: usize,
     pub seed: u64,
@@ -205,16 +206,21 @@ fn assemble(opts: &ImportOptions, name: &str, dir: &Path) -> Result<ImportSummar
     bundle.save()?;
     let model = Classifier::load(&bundle, opts.device)?;
     let (mut clean, mut noisy, mut images) = (None, None, 0);
-    if let Some(folder) = &opts.image_folder {
-        let ds = data::load_image_folder(folder, Split::Test, opts.shape)?;
-        if ds.classes != opts.labels {
-            return Err(PipelineError::Invalid(format!(
-                "{}: the image folder's classes {:?} (sorted folder names) differ from --labels {:?}",
-                folder.display(),
-                ds.classes,
-                opts.labels
-            )));
+    if let Some(source) = &opts.dataset {
+        let source = source.clone().absolute()?;
+        let ds = source.load(Split::Test, opts.shape, &opts.labels, None)?;
+        if let DatasetSource::ImageFolder { image_folder } = &source {
+            // A label is a logit index: folder i must be class i.
+            if ds.classes != opts.labels {
+                return Err(PipelineError::Invalid(format!(
+                    "{}: the image folder's classes {:?} (sorted folder names) differ from --labels {:?}",
+                    image_folder.display(),
+                    ds.classes,
+                    opts.labels
+                )));
+            }
         }
+        bundle.provenance.dataset = Some(source);
         let (c, n, m) = accuracies(&model, &ds, opts.max_images, opts.sigma, opts.seed)?;
         clean = Some(c);
         noisy = Some(n);

@@ -300,7 +300,7 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
                 counts.meta.n
             )));
         }
-        let ds = counts.dataset(opts.data_dir.as_deref())?;
+        let ds = counts.dataset(&bundle, opts.data_dir.as_deref())?;
         let (x, q) = training_tensors(&ds, counts, opts.device)?;
         xs.push(x);
         qs.push(q);

@@ -26,6 +26,9 @@ const BASE_EDGES: [f64; 14] = [
     0.3,
 ];
 
+/// Bins with fewer inputs are merged into their neighbour.
+pub const DEFAULT_MIN_INPUTS: usize = 40;
+
 #[derive(Debug, Clone)]
 pub struct FitTailMapOptions {
     pub bundle: PathBuf,
@@ -94,7 +97,7 @@ pub fn fit_tail_map(opts: &FitTailMapOptions) -> Result<TailMapSummary, Pipeline
         s.tail_map = None;
     }
     let surrogate = Classifier::load_surrogate(&raw, opts.device)?;
-    let x = counts.images(&counts.dataset(opts.data_dir.as_deref())?)?;
+    let x = counts.images(&counts.dataset(&bundle, opts.data_dir.as_deref())?)?;
     let mut probs = Vec::with_capacity(counts.len());
     for start in (0..counts.len() as i64).step_by(opts.batch as usize) {
         let len = opts.batch.min(counts.len() as i64 - start);

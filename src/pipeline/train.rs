@@ -290,7 +290,7 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
             arch: Some(opts.arch.name().to_string()),
         },
         provenance: Provenance {
-            dataset: Some(opts.dataset),
+            dataset: Some(opts.dataset.into()),
             epochs: Some(opts.epochs),
             batch_size: Some(opts.batch_size),
             learning_rate: Some(opts.learning_rate),

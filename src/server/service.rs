@@ -446,7 +446,8 @@ fn model_info(model: &LoadedModel, is_default: bool) -> pb::ModelInfo {
             .bundle
             .provenance
             .dataset
-            .map(|d| format!("{d:?}"))
+            .as_ref()
+            .map(|d| d.public_name())
             .unwrap_or_default(),
         is_default,
         calibrated: calibration.is_some(),
