@@ -108,7 +108,7 @@ fn every_overlay_renders_and_validates() {
     }
     let (pipeline, _) = render_and_validate(&repo().join("deploy/pipeline"));
     assert!(pipeline.contains("completionMode: Indexed"));
-    assert!(pipeline.contains("$(JOB_COMPLETION_INDEX)/8"));
+    assert!(pipeline.contains("--counts-worker \"$JOB_COMPLETION_INDEX/8\""));
 }
 
 /// `from` and everything beneath it, copied to `to`.

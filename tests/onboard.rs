@@ -159,7 +159,7 @@ fn every_broken_input_gets_a_clear_error_and_leaves_nothing() {
     let mut renamed = opts(&r.join("model.pt"), &out, Some(r.join("images")));
     renamed.labels = vec!["light".into(), "dark".into()];
     let e = err(renamed);
-    assert!(e.contains("differ from --labels"), "{e}");
+    assert!(e.contains("but the model's labels are"), "{e}");
     let mut one = opts(&r.join("model.pt"), &out, None);
     one.labels.truncate(1);
     assert!(err(one).contains("at least two classes"));
@@ -219,6 +219,8 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
         data_dir: None,
         device: Device::Cpu,
         batch: Some(64),
+        counts_batch: None,
+        counts_device: Device::Cpu,
         seed: 0,
         nominal_n: 200,
         train: role(Split::Train, 100, 2, &[0, 1]),
@@ -231,6 +233,7 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
             n: 200,
         },
         chunk: 8,
+        calibration_chunk: 4,
         arch: Arch::SmallCnn,
         epochs: 2,
         score: ConformalScore::PGap,
@@ -240,6 +243,7 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
         radii: vec![0.0, 0.25],
         counts_worker: Some(Shard { index: 1, count: 2 }),
         until: None,
+        recalibrate: false,
         show_progress: false,
     };
     // Offline certify runs its own runtime: off this test's.
@@ -316,6 +320,27 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
         .stages
         .iter()
         .all(|st| st.status == StageStatus::DoneBefore || st.stage == "report"));
+
+    // Counts of a folder that changed since are refused, not reused.
+    let extra = r.join("images/test/bright/zz.png");
+    std::fs::copy(r.join("images/test/bright/0.png"), &extra).unwrap();
+    let e = run_pipeline(&plan).unwrap_err().to_string();
+    assert!(
+        e.contains("tail-counts") && e.contains("another run"),
+        "{e}"
+    );
+    std::fs::remove_file(&extra).unwrap();
+    // Another calibration is kept unless asked for: a chosen one is never lost.
+    let mut other = plan.clone();
+    other.delta = 0.1;
+    let e = run_pipeline(&other).unwrap_err().to_string();
+    assert!(e.contains("--recalibrate"), "{e}");
+    other.recalibrate = true;
+    let s = run_pipeline(&other).unwrap();
+    let status = |name: &str| s.stages.iter().find(|st| st.stage == name).unwrap().status;
+    assert_eq!(status("calibrate"), StageStatus::Ran);
+    assert_eq!(status("certify-calibrated"), StageStatus::Ran);
+    assert_eq!(status("certify-monte_carlo"), StageStatus::DoneBefore);
 
     // Served: a calibrated estimate for a dark test image.
     let mut cfg = common::config("");

@@ -29,7 +29,7 @@ pub struct ImportArgs {
     #[arg(long, required_unless_present = "image_folder")]
     labels: Option<String>,
     /// C,H,W of one input, e.g. 3,32,32.
-    #[arg(long, value_delimiter = ',', num_args = 3)]
+    #[arg(long, value_delimiter = ',', required = true)]
     shape: Vec<usize>,
     /// Noise level the base classifier was trained for (and certificates use).
     #[arg(long)]
@@ -68,10 +68,9 @@ impl ImportArgs {
             .map_err(|_| anyhow::anyhow!("--shape takes C,H,W"))?;
         let dataset = match (self.image_folder, self.train_manifest, self.test_manifest) {
             (Some(image_folder), _, _) => Some(DatasetSource::ImageFolder { image_folder }),
-            (None, Some(train_manifest), Some(test_manifest)) => Some(DatasetSource::Manifests {
-                train_manifest,
-                test_manifest,
-            }),
+            (None, Some(train_manifest), Some(test_manifest)) => {
+                Some(DatasetSource::manifests(train_manifest, test_manifest)?)
+            }
             _ => None,
         };
         let labels: Vec<String> = match (self.labels.as_deref(), &dataset) {

@@ -46,7 +46,7 @@ pub enum Command {
     FitTailMap(fit_tail_map::FitTailMapArgs),
     Calibrate(calibrate::CalibrateArgs),
     Import(import::ImportArgs),
-    Pipeline(pipeline::PipelineArgs),
+    Pipeline(Box<pipeline::PipelineArgs>),
     SelectCalibration(select_calibration::SelectCalibrationArgs),
     Report(report::ReportArgs),
     Bench(bench::BenchArgs),
@@ -116,6 +116,47 @@ mod tests {
     #[test]
     fn the_parser_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn import_lines_as_the_readme_writes_them_parse() {
+        let m = accepted(
+            "import --torchscript model.pt --out models/my-model --labels cat,dog \
+             --shape 3,32,32 --sigma 0.25 --image-folder data/pets",
+        );
+        let shape: Vec<usize> = m.get_many("shape").unwrap().copied().collect();
+        assert_eq!(shape, [3, 32, 32]);
+        // Labels from the folder's names; manifests come in pairs.
+        accepted("import --torchscript m.pt --out b --shape 1,28,28 --sigma 0.25 --image-folder d");
+        accepted(
+            "import --torchscript m.pt --out b --labels a,b --shape 1,28,28 --sigma 0.25 \
+             --train-manifest tr.txt --test-manifest te.txt",
+        );
+        for line in [
+            "import --torchscript m.pt --out b --shape 1,28,28 --sigma 0.25",
+            "import --torchscript m.pt --out b --labels a,b --shape 1,28,28 --sigma 0.25 \
+             --train-manifest tr.txt",
+            "import --torchscript m.pt --out b --shape 1,28,28 --sigma 0.25 --image-folder d \
+             --train-manifest tr.txt --test-manifest te.txt",
+        ] {
+            rejected(line);
+        }
+    }
+
+    #[test]
+    fn the_kubernetes_pipeline_plan_parses() {
+        // The flags every pipeline pod runs with (deploy/pipeline/plan.yaml):
+        // a typo there would fail only in the cluster.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/pipeline/plan.yaml");
+        let plan: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let flags = plan["data"]["flags"].as_str().expect("data.flags");
+        let m = accepted(&format!("pipeline {flags}"));
+        assert_eq!(m.get_one::<u64>("nominal_n"), Some(&100_000));
+        let m = accepted(&format!("pipeline {flags} --counts-worker 7/8"));
+        assert!(m.contains_id("counts_worker"));
+        let (kind, _) = rejected(&format!("pipeline {flags} --counts-worker 8/8"));
+        assert_eq!(kind, ErrorKind::ValueValidation);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 use super::args::{arch_parser, DeviceArgs};
 use anyhow::{Context, Result};
 use smoothcert::data::Split;
-use smoothcert::model::Arch;
+use smoothcert::model::{parse_device, Arch};
 use smoothcert::pipeline::counts::Shard;
 use smoothcert::pipeline::stages::{self, CountsRole, EvalRole, StageStatus};
 use smoothcert::smoothing::ConformalScore;
@@ -59,9 +59,8 @@ pub struct PipelineArgs {
     #[arg(long, value_delimiter = ',', default_value = "1")]
     tail_use: Vec<usize>,
 
-    /// Default: --nominal-n, the N calibrated estimates stand in for.
-    #[arg(long)]
-    calibration_n: Option<u64>,
+    /// The calibration's counts are at --nominal-n, the N calibrated
+    /// estimates stand in for.
     #[arg(long, default_value_t = 1)]
     calibration_skip: usize,
     #[arg(long, default_value_t = 4)]
@@ -83,6 +82,17 @@ pub struct PipelineArgs {
     /// Inputs per count chunk: the most an interruption loses.
     #[arg(long, default_value_t = 50)]
     chunk: usize,
+    /// The same for the calibration's counts, at the nominal N.
+    #[arg(long, default_value_t = 10)]
+    calibration_chunk: usize,
+    /// Forward batch of count sampling (default: --batch). With
+    /// --counts-device it decides the noise each input draws: pin both to
+    /// reproduce counts files exactly on another machine.
+    #[arg(long)]
+    counts_batch: Option<i64>,
+    /// Device of count sampling (default: --device).
+    #[arg(long)]
+    counts_device: Option<String>,
     #[arg(long, default_value = "small-cnn", value_parser = arch_parser())]
     arch: Arch,
     #[arg(long, default_value_t = 30)]
@@ -105,6 +115,10 @@ pub struct PipelineArgs {
     /// Stop after this stage (e.g. train-surrogate); a later run goes on.
     #[arg(long)]
     until: Option<String>,
+    /// Replace a calibration the bundle holds with other parameters (its
+    /// calibrated and AUTO evaluations are redone); without it, that is an error.
+    #[arg(long)]
+    recalibrate: bool,
     /// Sample only worker I of K's share of the counts files, then stop (a
     /// Kubernetes Indexed Job's pod); a run without it does the rest.
     #[arg(long, value_name = "I/K", value_parser = |s: &str| s.parse::<Shard>())]
@@ -115,8 +129,8 @@ pub struct PipelineArgs {
 
 impl PipelineArgs {
     pub fn run(self) -> Result<()> {
-        let bundle_name = self
-            .bundle
+        let bundle_name = std::path::absolute(&self.bundle)
+            .context("--bundle")?
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .context("--bundle names no folder")?;
@@ -124,6 +138,11 @@ impl PipelineArgs {
             (0..self.train_shards).collect()
         } else {
             self.train_use
+        };
+        let device = self.device.device()?;
+        let counts_device = match &self.counts_device {
+            Some(d) => parse_device(d)?,
+            None => device,
         };
         let opts = stages::PipelineOptions {
             counts_dir: self
@@ -136,8 +155,10 @@ impl PipelineArgs {
             }),
             bundle: self.bundle,
             data_dir: self.data_dir,
-            device: self.device.device()?,
+            device,
             batch: self.batch,
+            counts_batch: self.counts_batch,
+            counts_device,
             seed: self.seed,
             nominal_n: self.nominal_n,
             train: CountsRole {
@@ -156,7 +177,7 @@ impl PipelineArgs {
             }),
             calibration: CountsRole {
                 split: Split::Test,
-                n: self.calibration_n.unwrap_or(self.nominal_n),
+                n: self.nominal_n,
                 skip: self.calibration_skip,
                 shards: self.calibration_shards,
                 used: self.calibration_use,
@@ -168,6 +189,7 @@ impl PipelineArgs {
                 n: self.eval_n.unwrap_or(self.nominal_n),
             },
             chunk: self.chunk,
+            calibration_chunk: self.calibration_chunk,
             arch: self.arch,
             epochs: self.epochs,
             score: self.score,
@@ -176,6 +198,7 @@ impl PipelineArgs {
             alpha: self.alpha,
             radii: self.radii,
             until: self.until,
+            recalibrate: self.recalibrate,
             counts_worker: self.counts_worker,
             show_progress: true,
         };
@@ -194,9 +217,9 @@ impl PipelineArgs {
             );
         }
         println!(
-            "\n{:.1} s this run, {:.1} s over all runs{}",
+            "\n{:.1} s this run; the stages' seconds over all runs add up to {:.1}{}",
             s.wall_seconds_this_run,
-            s.wall_seconds_total,
+            s.stage_seconds_total,
             if s.finished {
                 format!(
                     "; summary in {}",

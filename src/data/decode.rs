@@ -27,7 +27,11 @@ pub fn load_image(path: &Path, shape: [usize; 3]) -> Result<Vec<f32>, DataError>
     decode_named(&bytes, shape, &path.display().to_string())
 }
 
-fn decode_named(bytes: &[u8], shape: [usize; 3], what: &str) -> Result<Vec<f32>, DataError> {
+pub(super) fn decode_named(
+    bytes: &[u8],
+    shape: [usize; 3],
+    what: &str,
+) -> Result<Vec<f32>, DataError> {
     let [c, h, w] = shape;
     if c != 1 && c != 3 {
         return Err(DataError::UnsupportedChannels {

@@ -198,8 +198,17 @@ fn read_items(
     let mut images = Vec::with_capacity(items.len() * shape.iter().product::<usize>());
     let mut labels = Vec::with_capacity(items.len());
     for (path, label) in items {
-        check_mode(&path, shape[0])?;
-        images.extend(super::load_image(&path, shape)?);
+        // Read once: the mode check looks at the header of the same bytes.
+        let bytes = std::fs::read(&path).map_err(|source| DataError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        check_mode(&bytes, &path, shape[0])?;
+        images.extend(super::decode::decode_named(
+            &bytes,
+            shape,
+            &path.display().to_string(),
+        )?);
         labels.push(label);
     }
     Ok(Dataset {
@@ -211,9 +220,9 @@ fn read_items(
 }
 
 /// Grey files for a one-channel model, RGB files for a three-channel one.
-fn check_mode(path: &Path, channels: usize) -> Result<(), DataError> {
-    let reader = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
+fn check_mode(bytes: &[u8], path: &Path, channels: usize) -> Result<(), DataError> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
         .map_err(|source| DataError::Io {
             path: path.to_path_buf(),
             source,

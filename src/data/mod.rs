@@ -50,6 +50,15 @@ impl Dataset {
         self.shape.iter().product()
     }
 
+    /// FNV-1a of the labels and pixels, in hex: tells one set of images from
+    /// another whatever the files are called.
+    pub fn fingerprint(&self) -> String {
+        let mut bytes = Vec::with_capacity(self.labels.len() * 8 + self.images.len() * 4);
+        bytes.extend(self.labels.iter().flat_map(|l| l.to_le_bytes()));
+        bytes.extend(self.images.iter().flat_map(|p| p.to_le_bytes()));
+        format!("{:016x}", crate::fsutil::fnv1a(&bytes))
+    }
+
     /// The `i`-th image, C x H x W. Panics if `i >= len()`, like slice indexing.
     pub fn image(&self, i: usize) -> &[f32] {
         let n = self.image_numel();

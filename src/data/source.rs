@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 /// Serialized untagged: a built-in dataset is its name (`"fashion-mnist"`,
 /// as every bundle and counts file wrote it before folders existed), a
 /// folder `{ image_folder = "/data/flowers" }`, manifests
-/// `{ train_manifest = "...", test_manifest = "..." }`.
+/// `{ train_manifest = "...", test_manifest = "..." }`. Read through
+/// [`SourceRepr`], so that a wrong name or a mixed table gets a message
+/// saying what is accepted.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, try_from = "SourceRepr")]
 pub enum DatasetSource {
     Builtin(DatasetKind),
     ImageFolder {
@@ -24,6 +26,49 @@ pub enum DatasetSource {
     },
 }
 
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SourceRepr {
+    Name(String),
+    Table(SourceTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceTable {
+    image_folder: Option<PathBuf>,
+    train_manifest: Option<PathBuf>,
+    test_manifest: Option<PathBuf>,
+}
+
+impl TryFrom<SourceRepr> for DatasetSource {
+    type Error = String;
+
+    fn try_from(repr: SourceRepr) -> Result<Self, String> {
+        match repr {
+            SourceRepr::Name(name) => name
+                .parse::<DatasetKind>()
+                .map(DatasetSource::Builtin)
+                .map_err(|e| e.to_string()),
+            SourceRepr::Table(SourceTable {
+                image_folder: Some(image_folder),
+                train_manifest: None,
+                test_manifest: None,
+            }) => Ok(DatasetSource::ImageFolder { image_folder }),
+            SourceRepr::Table(SourceTable {
+                image_folder: None,
+                train_manifest: Some(train_manifest),
+                test_manifest: Some(test_manifest),
+            }) => DatasetSource::manifests(train_manifest, test_manifest).map_err(|e| e.to_string()),
+            SourceRepr::Table(_) => Err(
+                "a dataset is a built-in name (fashion-mnist, cifar10), { image_folder = \"DIR\" } \
+                 or { train_manifest = \"FILE\", test_manifest = \"FILE\" }"
+                    .into(),
+            ),
+        }
+    }
+}
+
 impl From<DatasetKind> for DatasetSource {
     fn from(kind: DatasetKind) -> Self {
         DatasetSource::Builtin(kind)
@@ -31,6 +76,31 @@ impl From<DatasetKind> for DatasetSource {
 }
 
 impl DatasetSource {
+    /// Two manifests that `--data-dir` can relocate: different files with
+    /// different names (relocated, both are looked for by name in one folder).
+    pub fn manifests(train_manifest: PathBuf, test_manifest: PathBuf) -> Result<Self, DataError> {
+        if train_manifest.file_name() == test_manifest.file_name() {
+            return Err(DataError::BadFormat {
+                path: test_manifest,
+                detail: format!(
+                    "the train and test manifests need different file names (the train one is {})",
+                    train_manifest.display()
+                ),
+            });
+        }
+        Ok(DatasetSource::Manifests {
+            train_manifest,
+            test_manifest,
+        })
+    }
+
+    /// Whether it is one of smoothcert's own datasets, whose files never
+    /// change; a user's folder or manifest can, so counts record a
+    /// fingerprint of its images.
+    pub fn is_builtin(&self) -> bool {
+        matches!(self, DatasetSource::Builtin(_))
+    }
+
     /// An image folder's or the manifests' paths made absolute, so that a
     /// bundle keeps pointing at its images from any working directory.
     pub fn absolute(self) -> Result<Self, DataError> {
@@ -86,14 +156,18 @@ impl DatasetSource {
                 super::load_manifest(&manifest, shape, classes)?
             }
         };
-        if ds.classes.len() != classes.len() {
+        // A folder's label is its class folder's position: the names must be
+        // the model's labels, in order, or every label means another class.
+        let mismatch = match self {
+            DatasetSource::ImageFolder { .. } => ds.classes != classes,
+            _ => ds.classes.len() != classes.len(),
+        };
+        if mismatch {
             return Err(DataError::BadFormat {
                 path: self.path_for(split, data_dir),
                 detail: format!(
-                    "{} classes ({:?}), but the model has {} labels",
-                    ds.classes.len(),
-                    ds.classes,
-                    classes.len()
+                    "classes {:?}, but the model's labels are {:?}",
+                    ds.classes, classes
                 ),
             });
         }
@@ -192,7 +266,20 @@ mod tests {
             let back: Holder = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
             assert_eq!(back, h);
         }
-        assert!(toml::from_str::<Holder>("dataset = \"mnist\"").is_err());
+        let e = toml::from_str::<Holder>("dataset = \"mnist\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fashion-mnist, cifar10"), "{e}");
+        for mixed in [
+            "dataset = { image_folder = \"a\", train_manifest = \"b\" }",
+            "dataset = { train_manifest = \"b\" }",
+            "dataset = { image_folders = \"a\" }",
+        ] {
+            assert!(toml::from_str::<Holder>(mixed).is_err(), "{mixed}");
+        }
+        let same = "dataset = { train_manifest = \"x/list.txt\", test_manifest = \"y/list.txt\" }";
+        let e = toml::from_str::<Holder>(same).unwrap_err().to_string();
+        assert!(e.contains("different file names"), "{e}");
     }
 
     #[test]
@@ -245,7 +332,12 @@ mod tests {
             .load(Split::Test, [1, 2, 2], &three, Some(&moved))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("2 classes") && e.contains("3 labels"), "{e}");
+        assert!(e.contains("model's labels are"), "{e}");
+        // A folder's names must be the labels, in order.
+        let renamed = ["a".to_string(), "z".to_string()];
+        assert!(folder
+            .load(Split::Test, [1, 2, 2], &renamed, Some(&moved))
+            .is_err());
         assert_eq!(folder.public_name(), "image-folder:nowhere");
     }
 }

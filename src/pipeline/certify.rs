@@ -128,6 +128,18 @@ pub struct CertifySummary {
     pub wall_seconds: f64,
 }
 
+/// A run at `out` that finished (its summary written) under an earlier
+/// version, whose parameters (params.json missing, or in an older form)
+/// this one cannot check: a finished record to keep as it is, not resume.
+pub fn finished_by_earlier_version(out: &Path) -> bool {
+    let params = crate::fsutil::sidecar(out, "params.json");
+    crate::fsutil::sidecar(out, "summary.json").exists()
+        && std::fs::read_to_string(&params)
+            .ok()
+            .and_then(|t| serde_json::from_str::<RunParams>(&t).ok())
+            .is_none()
+}
+
 pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
     opts.params.validate()?;
     let Inputs {

@@ -57,6 +57,10 @@ pub struct CountsMeta {
     pub bundle: String,
     pub base_weights_fnv1a: String,
     pub dataset: DatasetSource,
+    /// [`crate::data::Dataset::fingerprint`] of the split, for a user's
+    /// images (folders and manifests can change; built-in datasets cannot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_fnv1a: Option<String>,
     pub split: Split,
     pub n: u64,
     pub sigma: f64,
@@ -130,12 +134,21 @@ impl Counts {
         bundle: &Bundle,
         data_dir: Option<&Path>,
     ) -> Result<crate::data::Dataset, PipelineError> {
-        Ok(self.meta.dataset.load(
+        let ds = self.meta.dataset.load(
             self.meta.split,
             bundle.input_shape,
             &bundle.labels,
             data_dir,
-        )?)
+        )?;
+        if let Some(expected) = &self.meta.dataset_fnv1a {
+            if &ds.fingerprint() != expected {
+                return Err(PipelineError::Invalid(format!(
+                    "the {} split of {} is not the set of images these counts were sampled from                      (images added, removed or changed since); sample them again",
+                    self.meta.split, self.meta.dataset
+                )));
+            }
+        }
+        Ok(ds)
     }
 
     /// The counted inputs' images [M, C, H, W] from their dataset split.
@@ -330,6 +343,7 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
         format: FORMAT,
         bundle: bundle.name.clone(),
         base_weights_fnv1a: super::base_fingerprint(&bundle)?,
+        dataset_fnv1a: (!dataset.is_builtin()).then(|| ds.fingerprint()),
         dataset,
         split: opts.split,
         n: opts.n,

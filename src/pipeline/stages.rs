@@ -6,13 +6,17 @@
 //! calibration-counts → calibrate → certify-{monte_carlo, surrogate,
 //! calibrated, auto} → report
 //!
-//! A stage whose result exists is skipped (counts files, the surrogate, tail
-//! map and calibration in model.toml, a certify run's summary); an
-//! interrupted one resumes through its own mechanism (count chunks, the
+//! A stage whose result exists is skipped, and one made with other settings
+//! is an error, never silently kept: sample-counts checks each counts file
+//! against the plan (the same call resumes an interrupted one), certify its
+//! run's params.json, and the surrogate's nominal N and the calibration's
+//! parameters are checked against the flags before anything runs. An
+//! interrupted stage resumes through its own mechanism (count chunks, the
 //! surrogate checkpoint, TSV rows). The test split's roles (tail map,
-//! calibration, evaluation) are checked to be disjoint before anything runs.
-//! Where the time went is accumulated over resumed runs in
-//! `pipeline_summary.json` beside the report.
+//! calibration, evaluation) are checked to be disjoint first. Where the time
+//! went is kept per stage over all runs, killed ones included (a heartbeat
+//! writes a running stage's time), in `pipeline_summary.json` beside the
+//! report.
 use super::calibrate::{self, CalibrateOptions};
 use super::certify::{self, CertifyOptions};
 use super::counts::{self, SampleCountsOptions, SampleOutcome, Shard};
@@ -83,6 +87,10 @@ impl CountsRole {
         if let Some(i) = self.used.iter().find(|&&i| i >= self.shards) {
             return bad(format!("shard {i} is not below {}", self.shards));
         }
+        let distinct: BTreeSet<usize> = self.used.iter().copied().collect();
+        if distinct.len() != self.used.len() {
+            return bad(format!("shards {:?} name one twice", self.used));
+        }
         Ok(())
     }
 }
@@ -109,24 +117,33 @@ impl EvalRole {
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
     pub bundle: PathBuf,
-    /// Where counts files go (default `counts/<bundle folder name>`).
+    /// Where counts files go.
     pub counts_dir: PathBuf,
     /// Where the evaluation's TSVs, report and summary go.
     pub reports_dir: PathBuf,
     pub data_dir: Option<PathBuf>,
     pub device: Device,
-    /// Forward batch for sampling and certify (default: the device's).
+    /// Forward batch for certify, the tail map and calibration (default: the device's).
     pub batch: Option<i64>,
+    /// Forward batch and device of count sampling, which decide the noise
+    /// each input draws: pinned, a counts file is reproduced exactly on any
+    /// machine (default: `batch`, `device`).
+    pub counts_batch: Option<i64>,
+    pub counts_device: Device,
     pub seed: u64,
-    /// The sample count the surrogate and calibration stand in for.
+    /// The sample count the surrogate and its calibration stand in for; the
+    /// calibration counts are sampled at this N.
     pub nominal_n: u64,
     pub train: CountsRole,
     /// `None`: no tail map.
     pub tail: Option<CountsRole>,
+    /// The calibration's counts (their `n` is `nominal_n`).
     pub calibration: CountsRole,
     pub eval: EvalRole,
-    /// Inputs per count chunk (what an interruption can lose).
+    /// Inputs per count chunk (what an interruption can lose) for the train
+    /// and tail-map counts, and for the calibration's (at the nominal N).
     pub chunk: usize,
+    pub calibration_chunk: usize,
     pub arch: Arch,
     pub epochs: usize,
     pub score: ConformalScore,
@@ -140,6 +157,10 @@ pub struct PipelineOptions {
     pub counts_worker: Option<Shard>,
     /// Stop after the stage of this name; a later run goes on.
     pub until: Option<String>,
+    /// Replace a calibration the bundle holds with other parameters (the
+    /// calibrated and AUTO evaluations are redone with it). Without it such
+    /// a calibration is an error, so one chosen by hand is never lost.
+    pub recalibrate: bool,
     pub show_progress: bool,
 }
 
@@ -149,7 +170,7 @@ pub enum StageStatus {
     /// Its result was there already.
     DoneBefore,
     Ran,
-    /// Not this run's share (`counts_worker`), or after the counts.
+    /// Not this run's share (`counts_worker`), or after `until`.
     NotRun,
 }
 
@@ -158,7 +179,8 @@ pub struct StageFigures {
     pub stage: String,
     pub status: StageStatus,
     pub seconds_this_run: f64,
-    /// Over every run that worked on it, the interrupted ones included.
+    /// Over every run that worked on it, killed ones included (to the last
+    /// heartbeat) and counts workers' added.
     pub seconds_total: f64,
 }
 
@@ -169,32 +191,109 @@ pub struct PipelineSummary {
     pub finished: bool,
     pub stages: Vec<StageFigures>,
     pub wall_seconds_this_run: f64,
-    pub wall_seconds_total: f64,
+    /// The stages' seconds over all runs, added up (parallel workers' too).
+    pub stage_seconds_total: f64,
     /// The report table (markdown), when the run got that far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
 }
 
-/// Seconds per stage over all runs, kept beside the summary.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// Seconds per stage over all runs of one process role (the main run, or
+/// one counts worker), kept beside the summary.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Times {
     seconds: BTreeMap<String, f64>,
 }
 
 const TIMES_FILE: &str = "pipeline_times.json";
+const TIMES_WORKER_PREFIX: &str = "pipeline_times.worker-";
+/// How often a running stage's time is written, so a killed run keeps it.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Times {
-    fn read(dir: &Path) -> Times {
-        std::fs::read_to_string(dir.join(TIMES_FILE))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default()
+    /// Each worker keeps its own file: pods on one volume never write one file.
+    fn path(opts: &PipelineOptions) -> PathBuf {
+        opts.reports_dir.join(match opts.counts_worker {
+            Some(w) => format!("{TIMES_WORKER_PREFIX}{}-of-{}.json", w.index, w.count),
+            None => TIMES_FILE.into(),
+        })
     }
 
-    fn add(&mut self, dir: &Path, stage: &str, seconds: f64) -> Result<(), PipelineError> {
-        *self.seconds.entry(stage.to_string()).or_default() += seconds;
-        write_json(&dir.join(TIMES_FILE), self)
+    fn read(path: &Path) -> Times {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Times::default();
+        };
+        serde_json::from_str(&text).unwrap_or_else(|e| {
+            tracing::warn!(file = %path.display(), error = %e, "unreadable stage times; starting them over");
+            Times::default()
+        })
     }
+
+    /// A record, not a result: failing to write it never fails a stage.
+    fn write(&self, path: &Path) {
+        if let Err(e) = write_json(path, self) {
+            tracing::warn!(file = %path.display(), error = %e, "could not record stage times");
+        }
+    }
+
+    /// This role's seconds plus every counts worker's.
+    fn with_workers(&self, dir: &Path) -> Times {
+        let mut all = self.clone();
+        let workers = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(TIMES_WORKER_PREFIX) && n.ends_with(".json"))
+            });
+        for file in workers {
+            for (stage, s) in Times::read(&file).seconds {
+                *all.seconds.entry(stage).or_default() += s;
+            }
+        }
+        all
+    }
+}
+
+/// Runs `work` as stage `name`, writing its time so far every [`HEARTBEAT`]
+/// and, at the end, its whole time if it ran (a check that found the work
+/// done adds nothing). Returns the status and the seconds it took.
+fn timed(
+    times: &mut Times,
+    path: &Path,
+    name: &str,
+    work: impl FnOnce() -> Result<StageStatus, PipelineError>,
+) -> Result<(StageStatus, f64), PipelineError> {
+    let base = times.seconds.get(name).copied().unwrap_or(0.0);
+    let t0 = Instant::now();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let result = std::thread::scope(|s| {
+        let beat = times.clone();
+        s.spawn(move || {
+            let mut beat = beat;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(HEARTBEAT)
+            {
+                beat.seconds
+                    .insert(name.to_string(), base + t0.elapsed().as_secs_f64());
+                beat.write(path);
+            }
+        });
+        let result = work();
+        drop(stop);
+        result
+    });
+    let seconds = t0.elapsed().as_secs_f64();
+    let ran = matches!(result, Ok(StageStatus::Ran) | Err(_));
+    times
+        .seconds
+        .insert(name.to_string(), base + if ran { seconds } else { 0.0 });
+    times.write(path);
+    let status = result.map_err(|e| PipelineError::Invalid(format!("stage {name}: {e}")))?;
+    Ok((status, if ran { seconds } else { 0.0 }))
 }
 
 /// The certify runs of the evaluation, in the report's order.
@@ -211,6 +310,7 @@ enum Stage {
     Counts {
         name: &'static str,
         role: CountsRole,
+        chunk: usize,
     },
     TrainSurrogate,
     FitTailMap,
@@ -242,34 +342,37 @@ fn tsv_path(opts: &PipelineOptions, method: Method) -> PathBuf {
     opts.reports_dir.join(format!("{stem}.tsv"))
 }
 
-fn summary_of(tsv: &Path) -> PathBuf {
-    tsv.with_extension("summary.json")
-}
-
-pub fn run_pipeline(opts: &PipelineOptions) -> Result<PipelineSummary, PipelineError> {
-    let started = Instant::now();
-    check_plan(opts)?;
-    std::fs::create_dir_all(&opts.reports_dir).map_err(io_err(&opts.reports_dir))?;
-    let mut stages = vec![Stage::Counts {
-        name: "train-counts",
-        role: opts.train.clone(),
-    }];
-    stages.push(Stage::TrainSurrogate);
+fn plan(opts: &PipelineOptions) -> Vec<Stage> {
+    let mut stages = vec![
+        Stage::Counts {
+            name: "train-counts",
+            role: opts.train.clone(),
+            chunk: opts.chunk,
+        },
+        Stage::TrainSurrogate,
+    ];
     if let Some(tail) = &opts.tail {
         stages.push(Stage::Counts {
             name: "tail-counts",
             role: tail.clone(),
+            chunk: opts.chunk,
         });
         stages.push(Stage::FitTailMap);
     }
     stages.push(Stage::Counts {
         name: "calibration-counts",
         role: opts.calibration.clone(),
+        chunk: opts.calibration_chunk,
     });
     stages.push(Stage::Calibrate);
     stages.extend(EVAL_METHODS.map(Stage::Certify));
     stages.push(Stage::Report);
+    stages
+}
 
+pub fn run_pipeline(opts: &PipelineOptions) -> Result<PipelineSummary, PipelineError> {
+    let started = Instant::now();
+    let stages = plan(opts);
     if let Some(until) = &opts.until {
         if !stages.iter().any(|s| &s.name() == until) {
             let names: Vec<String> = stages.iter().map(Stage::name).collect();
@@ -279,54 +382,69 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<PipelineSummary, PipelineE
             )));
         }
     }
+    // A run stopped before calibrate leaves any calibration alone.
+    let position = |name: &str| stages.iter().position(|s| s.name() == name);
+    let reaches_calibrate = opts
+        .until
+        .as_deref()
+        .is_none_or(|u| position(u) >= position("calibrate"));
+    check_plan(opts, reaches_calibrate)?;
+    std::fs::create_dir_all(&opts.reports_dir).map_err(io_err(&opts.reports_dir))?;
+
+    let times_path = Times::path(opts);
+    let mut times = Times::read(&times_path);
     // The worker's share: shard files numbered across the whole plan.
     let mut file_no = 0usize;
-    let mut times = Times::read(&opts.reports_dir);
     let mut figures = Vec::new();
     let mut report_text = None;
     let total = stages.len();
     let mut stopped = false;
     for (k, stage) in stages.iter().enumerate() {
         let name = stage.name();
-        let t0 = Instant::now();
-        let mut seconds = 0.0;
-        let status = if stopped {
-            StageStatus::NotRun
-        } else if let Some(worker) = opts.counts_worker {
-            match stage {
-                Stage::Counts { role, .. } => {
-                    let files = role.files(&opts.counts_dir);
-                    let mine: Vec<_> = files
-                        .into_iter()
-                        .enumerate()
-                        .filter(|(j, _)| (file_no + j) % worker.count == worker.index)
-                        .map(|(_, f)| f)
-                        .collect();
-                    file_no += role.used.len();
-                    if mine.is_empty() {
-                        StageStatus::NotRun
-                    } else {
-                        announce(opts, k, total, &name);
-                        let ran = run_counts(opts, role, &mine);
-                        finish(&mut times, opts, &name, t0, ran, &mut seconds)?
-                    }
-                }
-                _ => StageStatus::NotRun,
+        let announce = || {
+            if opts.show_progress {
+                eprintln!("[{}/{total}] {name}", k + 1);
             }
-        } else if stage_done(opts, stage)? {
-            StageStatus::DoneBefore
-        } else {
-            announce(opts, k, total, &name);
-            let ran = run_stage(opts, stage, &mut report_text);
-            finish(&mut times, opts, &name, t0, ran, &mut seconds)?
+        };
+        let (status, seconds) = match (stopped, opts.counts_worker, stage) {
+            (true, _, _) => (StageStatus::NotRun, 0.0),
+            (false, Some(worker), Stage::Counts { role, chunk, .. }) => {
+                let mine: Vec<_> = role
+                    .files(&opts.counts_dir)
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(j, _)| (file_no + j) % worker.count == worker.index)
+                    .map(|(_, f)| f)
+                    .collect();
+                file_no += role.used.len();
+                if mine.is_empty() {
+                    (StageStatus::NotRun, 0.0)
+                } else {
+                    announce();
+                    timed(&mut times, &times_path, &name, || {
+                        run_counts(opts, role, *chunk, &mine)
+                    })?
+                }
+            }
+            (false, Some(_), _) => (StageStatus::NotRun, 0.0),
+            (false, None, _) => {
+                announce();
+                timed(&mut times, &times_path, &name, || {
+                    run_stage(opts, stage, &mut report_text)
+                })?
+            }
         };
         stopped |= opts.until.as_deref() == Some(name.as_str());
         figures.push(StageFigures {
-            seconds_this_run: seconds,
-            seconds_total: times.seconds.get(&name).copied().unwrap_or(0.0),
             stage: name,
             status,
+            seconds_this_run: seconds,
+            seconds_total: 0.0,
         });
+    }
+    let all = times.with_workers(&opts.reports_dir);
+    for f in &mut figures {
+        f.seconds_total = all.seconds.get(&f.stage).copied().unwrap_or(0.0);
     }
     let stopped_early =
         opts.counts_worker.is_some() || opts.until.as_deref().is_some_and(|u| u != "report");
@@ -335,7 +453,7 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<PipelineSummary, PipelineE
         reports_dir: opts.reports_dir.clone(),
         finished: !stopped_early,
         wall_seconds_this_run: started.elapsed().as_secs_f64(),
-        wall_seconds_total: times.seconds.values().sum(),
+        stage_seconds_total: all.seconds.values().sum(),
         stages: figures,
         report: report_text,
     };
@@ -345,40 +463,32 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<PipelineSummary, PipelineE
     Ok(summary)
 }
 
-fn announce(opts: &PipelineOptions, k: usize, total: usize, name: &str) {
-    if opts.show_progress {
-        eprintln!("[{}/{total}] {name}", k + 1);
-    }
-}
-
-/// Adds the stage's time (also when it failed: the work it finished stays
-/// done) and passes its error on.
-fn finish(
-    times: &mut Times,
-    opts: &PipelineOptions,
-    name: &str,
-    t0: Instant,
-    ran: Result<(), PipelineError>,
-    seconds: &mut f64,
-) -> Result<StageStatus, PipelineError> {
-    *seconds = t0.elapsed().as_secs_f64();
-    times.add(&opts.reports_dir, name, *seconds)?;
-    ran.map_err(|e| PipelineError::Invalid(format!("stage {name}: {e}")))?;
-    Ok(StageStatus::Ran)
-}
-
-/// The roles' images must not overlap: a tail map, a calibration or an
-/// evaluation on images another role used would promise what it cannot.
-fn check_plan(opts: &PipelineOptions) -> Result<(), PipelineError> {
+/// Everything that can be known wrong before hours of sampling: the roles'
+/// images must not overlap (a tail map, a calibration or an evaluation on
+/// images another role used would promise what it cannot), and a surrogate
+/// or calibration already in the bundle must be this plan's.
+fn check_plan(opts: &PipelineOptions, reaches_calibrate: bool) -> Result<(), PipelineError> {
     opts.train.validate("train counts")?;
     opts.calibration.validate("calibration counts")?;
     if let Some(t) = &opts.tail {
         t.validate("tail-map counts")?;
     }
-    if opts.eval.skip == 0 || opts.eval.n == 0 || opts.chunk == 0 || opts.epochs == 0 {
+    if opts.eval.skip == 0
+        || opts.eval.n == 0
+        || opts.chunk == 0
+        || opts.calibration_chunk == 0
+        || opts.epochs == 0
+    {
         return Err(PipelineError::Invalid(
-            "--eval-skip, --eval-n, --chunk and --epochs must be at least 1".into(),
+            "--eval-skip, --eval-n, --chunk, --calibration-chunk and --epochs must be at least 1"
+                .into(),
         ));
+    }
+    if opts.calibration.n != opts.nominal_n {
+        return Err(PipelineError::Invalid(format!(
+            "the calibration counts must be at the nominal N ({}), not {}",
+            opts.nominal_n, opts.calibration.n
+        )));
     }
     if opts.train.split != Split::Train
         || opts.calibration.split != Split::Test
@@ -389,10 +499,41 @@ fn check_plan(opts: &PipelineOptions) -> Result<(), PipelineError> {
         ));
     }
     let bundle = Bundle::load(&opts.bundle)?;
+    if let Some(s) = &bundle.surrogate {
+        if s.nominal_n != opts.nominal_n {
+            return Err(PipelineError::Invalid(format!(
+                "{} holds a surrogate for a nominal N of {}, not --nominal-n {}",
+                opts.bundle.display(),
+                s.nominal_n,
+                opts.nominal_n
+            )));
+        }
+        if let Some(c) = &s.calibration {
+            if reaches_calibrate && !calibration_matches(opts, c) && !opts.recalibrate {
+                return Err(PipelineError::Invalid(format!(
+                    "{} holds a calibration with other parameters (score {}, delta {}, N {}, n0 {}, \
+                     {} rank, {} bins) than this plan's (score {}, delta {}, N {}, n0 {}, marginal, \
+                     no bins); pass --recalibrate to replace it, or choose flags that match it",
+                    opts.bundle.display(),
+                    c.score.as_str(),
+                    c.delta,
+                    c.n,
+                    c.n0,
+                    c.rank_rule.as_str(),
+                    c.bins.len(),
+                    opts.score.as_str(),
+                    opts.delta,
+                    opts.nominal_n,
+                    opts.n0
+                )));
+            }
+        }
+    }
     let source = bundle.provenance.dataset.clone().ok_or_else(|| {
         PipelineError::Invalid(format!(
-            "{}: model.toml names no provenance.dataset; import the model with --image-folder \
-             or --train-manifest/--test-manifest",
+            "{}: model.toml names no provenance.dataset: add one under [provenance], e.g. \
+             dataset = {{ image_folder = \"/abs/path\" }} (an image folder with train/ and test/) \
+             or dataset = \"fashion-mnist\"",
             opts.bundle.display()
         ))
     })?;
@@ -430,32 +571,21 @@ fn check_plan(opts: &PipelineOptions) -> Result<(), PipelineError> {
     Ok(())
 }
 
-fn stage_done(opts: &PipelineOptions, stage: &Stage) -> Result<bool, PipelineError> {
-    let surrogate = || -> Result<_, PipelineError> { Ok(Bundle::load(&opts.bundle)?.surrogate) };
-    Ok(match stage {
-        Stage::Counts { role, .. } => role.files(&opts.counts_dir).iter().all(|(_, f)| f.exists()),
-        Stage::TrainSurrogate => surrogate()?.is_some(),
-        Stage::FitTailMap => surrogate()?.is_some_and(|s| s.tail_map.is_some()),
-        // A calibration with other parameters (another score, delta or N)
-        // is not this plan's: it is redone (minutes: n0 samples per input).
-        Stage::Calibrate => surrogate()?.and_then(|s| s.calibration).is_some_and(|c| {
-            c.score == opts.score
-                && c.delta == opts.delta
-                && c.n == opts.calibration.n
-                && c.n0 == opts.n0
-                && c.bins.is_empty()
-                && c.rank_rule == RankRule::Marginal
-        }),
-        Stage::Certify(m) => summary_of(&tsv_path(opts, *m)).exists(),
-        Stage::Report => false,
-    })
+fn calibration_matches(opts: &PipelineOptions, c: &crate::model::Calibration) -> bool {
+    c.score == opts.score
+        && c.delta == opts.delta
+        && c.n == opts.nominal_n
+        && c.n0 == opts.n0
+        && c.seed == opts.seed
+        && c.bins.is_empty()
+        && c.rank_rule == RankRule::Marginal
 }
 
 fn run_stage(
     opts: &PipelineOptions,
     stage: &Stage,
     report_text: &mut Option<String>,
-) -> Result<(), PipelineError> {
+) -> Result<StageStatus, PipelineError> {
     let files = |role: &CountsRole| -> Vec<PathBuf> {
         role.files(&opts.counts_dir)
             .into_iter()
@@ -463,9 +593,14 @@ fn run_stage(
             .collect()
     };
     match stage {
-        Stage::Counts { role, .. } => run_counts(opts, role, &role.files(&opts.counts_dir)),
+        Stage::Counts { role, chunk, .. } => {
+            run_counts(opts, role, *chunk, &role.files(&opts.counts_dir))
+        }
         Stage::TrainSurrogate => {
             let bundle = Bundle::load(&opts.bundle)?;
+            if bundle.surrogate.is_some() {
+                return Ok(StageStatus::DoneBefore);
+            }
             // Built-in bases of the same architecture start the surrogate
             // from their weights (the paper's recipe); others train from scratch.
             let init_from_base = bundle.base.arch.as_deref() == Some(opts.arch.name());
@@ -486,21 +621,33 @@ fn run_stage(
                 init_from_base,
                 show_progress: opts.show_progress,
             })?;
-            Ok(())
+            Ok(StageStatus::Ran)
         }
         Stage::FitTailMap => {
-            let tail = opts.tail.as_ref().map(files).unwrap_or_default();
+            let bundle = Bundle::load(&opts.bundle)?;
+            if bundle.surrogate.is_some_and(|s| s.tail_map.is_some()) {
+                return Ok(StageStatus::DoneBefore);
+            }
             tail_map::fit_tail_map(&FitTailMapOptions {
                 bundle: opts.bundle.clone(),
-                counts: tail,
+                counts: opts.tail.as_ref().map(files).unwrap_or_default(),
                 min_inputs: tail_map::DEFAULT_MIN_INPUTS,
                 batch: forward_batch(opts),
                 data_dir: opts.data_dir.clone(),
                 device: opts.device,
             })?;
-            Ok(())
+            Ok(StageStatus::Ran)
         }
         Stage::Calibrate => {
+            let existing = Bundle::load(&opts.bundle)?
+                .surrogate
+                .and_then(|s| s.calibration);
+            if existing
+                .as_ref()
+                .is_some_and(|c| calibration_matches(opts, c))
+            {
+                return Ok(StageStatus::DoneBefore);
+            }
             calibrate::calibrate(&CalibrateOptions {
                 bundle: opts.bundle.clone(),
                 counts: files(&opts.calibration),
@@ -515,11 +662,34 @@ fn run_stage(
                 data_dir: opts.data_dir.clone(),
                 device: opts.device,
             })?;
-            Ok(())
+            // The evaluations of the calibration it replaced are not its own.
+            if existing.is_some() {
+                for method in [Method::Calibrated, Method::Auto] {
+                    let tsv = tsv_path(opts, method);
+                    for f in [
+                        tsv.clone(),
+                        crate::fsutil::sidecar(&tsv, "params.json"),
+                        crate::fsutil::sidecar(&tsv, "summary.json"),
+                    ] {
+                        if f.exists() {
+                            std::fs::remove_file(&f).map_err(io_err(&f))?;
+                        }
+                    }
+                }
+            }
+            Ok(StageStatus::Ran)
         }
         Stage::Certify(method) => {
-            let batch = forward_batch(opts);
-            certify::certify(&CertifyOptions {
+            let out = tsv_path(opts, *method);
+            let summary_file = crate::fsutil::sidecar(&out, "summary.json");
+            let finished_before = summary_file.exists();
+            // Finished under a version whose parameters cannot be checked: kept.
+            if certify::finished_by_earlier_version(&out) {
+                return Ok(StageStatus::DoneBefore);
+            }
+            // Otherwise certify itself checks a finished or started run
+            // against these parameters and resumes it.
+            let s = certify::certify(&CertifyOptions {
                 bundle: opts.bundle.clone(),
                 method: *method,
                 split: Split::Test,
@@ -536,7 +706,7 @@ fn run_stage(
                         _ => opts.nominal_n,
                     },
                     alpha: opts.alpha,
-                    batch,
+                    batch: forward_batch(opts),
                 },
                 seed: opts.seed,
                 adaptive: None,
@@ -546,10 +716,14 @@ fn run_stage(
                 },
                 target: None,
                 device: opts.device,
-                out: tsv_path(opts, *method),
+                out,
                 show_progress: opts.show_progress,
             })?;
-            Ok(())
+            Ok(if finished_before && s.resumed_rows == s.inputs {
+                StageStatus::DoneBefore
+            } else {
+                StageStatus::Ran
+            })
         }
         Stage::Report => {
             let tsvs: Vec<PathBuf> = EVAL_METHODS.iter().map(|&m| tsv_path(opts, m)).collect();
@@ -563,7 +737,7 @@ fn run_stage(
             let path = opts.reports_dir.join("report.md");
             std::fs::write(&path, &text).map_err(io_err(&path))?;
             *report_text = Some(text);
-            Ok(())
+            Ok(StageStatus::Ran)
         }
     }
 }
@@ -573,11 +747,16 @@ fn forward_batch(opts: &PipelineOptions) -> i64 {
         .unwrap_or_else(|| crate::batcher::forward_batch_for(opts.device, 0))
 }
 
+/// Samples (or resumes, or checks) each of `files`: sample-counts refuses a
+/// file of another run (seed, images, base) and returns at once for one of
+/// this plan that is finished.
 fn run_counts(
     opts: &PipelineOptions,
     role: &CountsRole,
+    chunk: usize,
     files: &[(Shard, PathBuf)],
-) -> Result<(), PipelineError> {
+) -> Result<StageStatus, PipelineError> {
+    let mut status = StageStatus::DoneBefore;
     for (shard, out) in files {
         if let Some(dir) = out.parent() {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -590,22 +769,26 @@ fn run_counts(
             skip: role.skip,
             max: None,
             shard: Some(*shard),
-            chunk: opts.chunk,
-            batch: opts.batch,
+            chunk,
+            batch: opts.counts_batch.or(opts.batch),
             seed: opts.seed,
-            device: opts.device,
+            device: opts.counts_device,
             out: out.clone(),
             pause_after: None,
             show_progress: opts.show_progress,
         })?;
-        if !matches!(outcome, SampleOutcome::Finished(_)) {
-            return Err(PipelineError::Invalid(format!(
-                "{}: sampling stopped before the end",
-                out.display()
-            )));
+        match outcome {
+            SampleOutcome::Finished(s) if s.noisy_passes_this_run == 0 && s.chunks == 0 => {}
+            SampleOutcome::Finished(_) => status = StageStatus::Ran,
+            SampleOutcome::Paused { .. } => {
+                return Err(PipelineError::Invalid(format!(
+                    "{}: sampling stopped before the end",
+                    out.display()
+                )))
+            }
         }
     }
-    Ok(())
+    Ok(status)
 }
 
 #[cfg(test)]
@@ -649,5 +832,6 @@ mod tests {
         assert_eq!(files[1].0.to_string(), "2/8");
         assert!(role(1, 4, &[4]).validate("x").is_err());
         assert!(role(1, 4, &[]).validate("x").is_err());
+        assert!(role(1, 4, &[1, 1]).validate("x").is_err());
     }
 }
