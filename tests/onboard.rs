@@ -326,7 +326,7 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
     std::fs::copy(r.join("images/test/bright/0.png"), &extra).unwrap();
     let e = run_pipeline(&plan).unwrap_err().to_string();
     assert!(
-        e.contains("tail-counts") && e.contains("another run"),
+        e.contains("tail-counts") && e.contains("another run") && e.contains("dataset_fnv1a"),
         "{e}"
     );
     std::fs::remove_file(&extra).unwrap();

@@ -97,7 +97,10 @@ pub struct PipelineArgs {
     arch: Arch,
     #[arg(long, default_value_t = 30)]
     epochs: usize,
-    #[arg(long, value_enum, default_value = "p-gap")]
+    /// The conformal score. probit (radius space) takes sigma * q off every
+    /// radius instead of capping them as p-gap does (the shipped bundle's,
+    /// which scripts/default-model.sh keeps).
+    #[arg(long, value_enum, default_value = "probit")]
     score: ConformalScore,
     #[arg(long, default_value_t = 0.05)]
     delta: f64,

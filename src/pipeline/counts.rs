@@ -87,6 +87,22 @@ impl CountsMeta {
     }
 }
 
+/// What differs between two runs' metadata, e.g. `seed: 0 there, 1 here`.
+fn meta_difference(there: &CountsMeta, here: &CountsMeta) -> String {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(there), serde_json::to_value(here))
+    else {
+        return String::new();
+    };
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let show = |v: Option<&serde_json::Value>| v.map_or("none".to_string(), |v| v.to_string());
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: {} there, {} here", show(a.get(k)), show(b.get(k))))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Counts of `num_classes` classes over `meta.n` noisy copies of each input.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Counts {
@@ -383,8 +399,9 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
             }));
         }
         return Err(PipelineError::Invalid(format!(
-            "{} holds counts of another run; remove it or choose another --out",
-            opts.out.display()
+            "{} holds counts of another run ({}); remove it or choose another --out",
+            opts.out.display(),
+            meta_difference(&existing.meta, &meta)
         )));
     }
     let chunks: Vec<&[usize]> = indices.chunks(opts.chunk).collect();
