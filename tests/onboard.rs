@@ -330,6 +330,10 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
         "{e}"
     );
     std::fs::remove_file(&extra).unwrap();
+    let mut no_map = plan.clone();
+    no_map.tail = None;
+    let e = run_pipeline(&no_map).unwrap_err().to_string();
+    assert!(e.contains("--no-tail-map"), "{e}");
     // Another calibration is kept unless asked for: a chosen one is never lost.
     let mut other = plan.clone();
     other.delta = 0.1;

@@ -508,6 +508,14 @@ fn check_plan(opts: &PipelineOptions, reaches_calibrate: bool) -> Result<(), Pip
                 opts.nominal_n
             )));
         }
+        if opts.tail.is_none() && s.tail_map.is_some() {
+            return Err(PipelineError::Invalid(format!(
+                "{} holds a tail map, which --no-tail-map cannot take back (the calibration \
+                 measured the surrogate with it); leave the flag out, or start from a bundle \
+                 without [surrogate.tail_map]",
+                opts.bundle.display()
+            )));
+        }
         if let Some(c) = &s.calibration {
             if reaches_calibrate && !calibration_matches(opts, c) && !opts.recalibrate {
                 return Err(PipelineError::Invalid(format!(
