@@ -63,6 +63,30 @@ fn module(path: &Path, shape: [i64; 4], outputs: usize) {
     m.save(path).unwrap();
 }
 
+/// The answer of a server on `bundle`, started for this request alone, to
+/// `png` (a file) with `options`.
+async fn certify_served(
+    bundle: &Path,
+    png: &Path,
+    options: pb::CertifyOptions,
+) -> pb::CertifyResponse {
+    let mut cfg = common::config("");
+    cfg.models[0].bundle = bundle.to_path_buf();
+    let (server, mut client) = common::start(cfg).await;
+    let image = std::fs::read(png).unwrap();
+    let resp = client
+        .certify(common::request(
+            pb::certify_request::Input::Image(image),
+            options,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    server.shutdown();
+    server.wait().await.unwrap();
+    resp
+}
+
 fn opts(model: &Path, out: &Path, folder: Option<PathBuf>) -> ImportOptions {
     ImportOptions {
         model: model.to_path_buf(),
@@ -102,23 +126,17 @@ async fn a_torchscript_classifier_and_an_rgb_folder_to_a_certificate() {
     );
 
     // Served: a Monte Carlo certificate for a dark test image, sent as PNG.
-    let mut cfg = common::config("");
-    cfg.models[0].bundle = out.clone();
-    let (server, mut client) = common::start(cfg).await;
-    let png = std::fs::read(r.join("images/test/dark/2.png")).unwrap();
-    let resp = client
-        .certify(common::request(
-            pb::certify_request::Input::Image(png),
-            pb::CertifyOptions {
-                method: pb::Method::MonteCarlo as i32,
-                n: Some(2_000),
-                seed: Some(1),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let resp = certify_served(
+        &out,
+        &r.join("images/test/dark/2.png"),
+        pb::CertifyOptions {
+            method: pb::Method::MonteCarlo as i32,
+            n: Some(2_000),
+            seed: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(resp.model, "my-model");
     match resp.outcome {
         Some(pb::certify_response::Outcome::Certified(c)) => {
@@ -127,8 +145,6 @@ async fn a_torchscript_classifier_and_an_rgb_folder_to_a_certificate() {
         }
         other => panic!("expected a certificate, got {other:?}"),
     }
-    server.shutdown();
-    server.wait().await.unwrap();
 }
 
 #[test]
@@ -347,22 +363,16 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
     assert_eq!(status("certify-monte_carlo"), StageStatus::DoneBefore);
 
     // Served: a calibrated estimate for a dark test image.
-    let mut cfg = common::config("");
-    cfg.models[0].bundle = out.clone();
-    let (server, mut client) = common::start(cfg).await;
-    let png = std::fs::read(r.join("images/test/dark/2.png")).unwrap();
-    let resp = client
-        .certify(common::request(
-            pb::certify_request::Input::Image(png),
-            pb::CertifyOptions {
-                method: pb::Method::Calibrated as i32,
-                seed: Some(1),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let resp = certify_served(
+        &out,
+        &r.join("images/test/dark/2.png"),
+        pb::CertifyOptions {
+            method: pb::Method::Calibrated as i32,
+            seed: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(resp.model, "flowers");
     match resp.outcome {
         Some(pb::certify_response::Outcome::Certified(c)) => {
@@ -371,6 +381,4 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
         }
         other => panic!("expected an estimate, got {other:?}"),
     }
-    server.shutdown();
-    server.wait().await.unwrap();
 }

@@ -211,15 +211,7 @@ pub fn bench_serve(opts: &BenchServeOptions) -> Result<BenchServeReport, Pipelin
             PipelineError::Invalid(format!("{} has no surrogate", opts.bundle.display()))
         })?;
     let device = parse_device(&opts.device)?;
-    let source = bundle.provenance.dataset.clone().ok_or_else(|| {
-        PipelineError::Invalid("the bundle names no dataset to draw test images from".into())
-    })?;
-    let ds = source.load(
-        Split::Test,
-        bundle.input_shape,
-        &bundle.labels,
-        opts.data_dir.as_deref(),
-    )?;
+    let (_, ds) = crate::pipeline::bundle_dataset(&bundle, Split::Test, opts.data_dir.as_deref())?;
     let images: Arc<Vec<Vec<f32>>> = Arc::new(
         (0..ds.len().min(1000))
             .map(|i| ds.image(i).to_vec())

@@ -65,6 +65,31 @@ pub(crate) struct Inputs {
     pub indices: Vec<usize>,
 }
 
+/// `split` of the dataset a bundle records (`provenance.dataset`), at the
+/// bundle's input shape, from `data_dir` or where the bundle says it is.
+pub(crate) fn bundle_dataset(
+    bundle: &crate::model::Bundle,
+    split: crate::data::Split,
+    data_dir: Option<&Path>,
+) -> Result<(crate::data::DatasetSource, crate::data::Dataset), PipelineError> {
+    let source = bundle.provenance.dataset.clone().ok_or_else(|| {
+        PipelineError::Invalid(format!(
+            "{}: model.toml names no provenance.dataset: add one under [provenance], e.g. \
+             dataset = {{ image_folder = \"/abs/path\" }} (an image folder with train/ and test/) \
+             or dataset = \"fashion-mnist\"",
+            bundle.dir.display()
+        ))
+    })?;
+    let dataset = source.load(split, bundle.input_shape, &bundle.labels, data_dir)?;
+    if dataset.shape != bundle.input_shape {
+        return Err(PipelineError::Invalid(format!(
+            "dataset images are {:?} but the model expects {:?}",
+            dataset.shape, bundle.input_shape
+        )));
+    }
+    Ok((source, dataset))
+}
+
 pub(crate) fn load_inputs(
     bundle: &Path,
     split: crate::data::Split,
@@ -77,19 +102,7 @@ pub(crate) fn load_inputs(
         return Err(PipelineError::Invalid("--skip must be at least 1".into()));
     }
     let b = crate::model::Bundle::load(bundle)?;
-    let source = b.provenance.dataset.clone().ok_or_else(|| {
-        PipelineError::Invalid(format!(
-            "{}: model.toml names no provenance.dataset",
-            bundle.display()
-        ))
-    })?;
-    let dataset = source.load(split, b.input_shape, &b.labels, data_dir)?;
-    if dataset.shape != b.input_shape {
-        return Err(PipelineError::Invalid(format!(
-            "dataset images are {:?} but the model expects {:?}",
-            dataset.shape, b.input_shape
-        )));
-    }
+    let (source, dataset) = bundle_dataset(&b, split, data_dir)?;
     if offset >= dataset.len() {
         return Err(PipelineError::Invalid(format!(
             "--offset {offset} is past the split's {} inputs",

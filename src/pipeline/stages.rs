@@ -537,20 +537,7 @@ fn check_plan(opts: &PipelineOptions, reaches_calibrate: bool) -> Result<(), Pip
             }
         }
     }
-    let source = bundle.provenance.dataset.clone().ok_or_else(|| {
-        PipelineError::Invalid(format!(
-            "{}: model.toml names no provenance.dataset: add one under [provenance], e.g. \
-             dataset = {{ image_folder = \"/abs/path\" }} (an image folder with train/ and test/) \
-             or dataset = \"fashion-mnist\"",
-            opts.bundle.display()
-        ))
-    })?;
-    let test = source.load(
-        Split::Test,
-        bundle.input_shape,
-        &bundle.labels,
-        opts.data_dir.as_deref(),
-    )?;
+    let (_, test) = super::bundle_dataset(&bundle, Split::Test, opts.data_dir.as_deref())?;
     let len = test.len();
     let mut roles = vec![
         ("calibration", opts.calibration.indices(len)),
