@@ -13,11 +13,13 @@
 # are sampled by default. Sampling all 8 (SURROGATE_SHARDS="0 1 2 3 4 5 6 7")
 # trains on 20,000 images; that is not what ships yet.
 #
-# The test split is cut three ways by index modulo 50, so that no image plays
-# two parts: i % 50 == 0 is the evaluation set (EVAL_SKIP 50, 200 images);
-# i % 50 == 25 the calibration set (every 25th image, shard 1 of 2: 200
-# images at N = 100,000); i % 50 in {5, 10, 15, 20, 30, 35, 40, 45} the tail
-# map's (every 5th image, shards 1-4 and 6-9 of 10: 1,600 images at N = 10,000).
+# The test split is cut by index modulo 50, so that no image plays two
+# parts: i % 50 in {0, 7} is the evaluation set (EVAL_SKIP 50, offsets 0 and
+# 7: 400 images); i % 50 in {1, 2, 3, 4, 6} the calibration set (1,000
+# images at N = 100,000, shards of 50); i % 50 == 25 the selection set that
+# chose the score, the margin threshold and AUTO's band (200 images at N =
+# 100,000); i % 50 in {5, 10, 15, 20, 30, 35, 40, 45} the tail map's (every
+# 5th image, shards 1-4 and 6-9 of 10: 1,600 images at N = 10,000).
 #
 # Environment: BUNDLE (default models/fashion-mnist-sigma0.25), COUNTS (the
 # folder of all its counts, one subfolder per run: train-n10000-skip3/,
@@ -34,6 +36,7 @@ surrogate_shards=${SURROGATE_SHARDS:-0 1 2}
 nominal_n=${NOMINAL_N:-100000}
 eval_skip=${EVAL_SKIP:-50}
 reports="$bundle/reports/n$nominal_n"
+eval7="$bundle/reports/n$nominal_n-eval7"
 if command -v nvidia-smi >/dev/null 2>&1 && [ "$device" != cpu ]; then
     batch=${BATCH:-4096}
 else
@@ -60,9 +63,10 @@ pipeline() {
         --train-n 10000 --train-skip 3 --train-shards 8 \
         --train-use "$(echo $surrogate_shards | tr ' ' ,)" \
         --tail-n 10000 --tail-skip 5 --tail-shards 10 --tail-use 1,2,3,4,6,7,8,9 \
-        --calibration-skip 25 --calibration-shards 2 --calibration-use 1 \
+        --calibration-skip 1 --calibration-shards 50 --calibration-use 1,2,3,4,6 \
         --chunk 50 --calibration-chunk 10 --counts-batch 32 --counts-device cpu \
-        --eval-skip "$eval_skip" --eval-offset 0 --epochs 30 --score p-gap --delta 0.05 \
+        --eval-skip "$eval_skip" --eval-offset 0 --epochs 30 --score root-miss \
+        --margin-threshold 2.5 --auto-band-low 0.45 --auto-band-high 0.5 --delta 0.05 \
         --n0 100 --alpha 0.001 --seed 0 --batch "$batch" --device "$device" \
         --reports-dir "$reports" "$@"
 }
@@ -78,37 +82,47 @@ certify_eval() {
         --n "$nominal_n" --alpha 0.001 --batch "$batch" --device "$device" --out "$out" "$@"
 }
 
-mkdir -p "$reports"
+mkdir -p "$reports" "$eval7" "$reports/eval400"
 pipeline --until train-surrogate
 if ! grep -q '^\[surrogate.tail_map\]' "$bundle/model.toml"; then
     # The paper's surrogate as trained, for the record, before the map changes it.
     certify_eval surrogate "$reports/surrogate-no-tail-map.tsv"
 fi
 pipeline --until fit-tail-map
-cal_counts="$counts/test-n$nominal_n-skip25"
-calibrate() { # score, then where the summary goes
-    $B calibrate --bundle "$bundle" --counts "$cal_counts/shard-1-of-2.safetensors" --delta 0.05 \
-        --score "$1" --n0 100 --alpha 0.001 --seed 0 --device "$device" | tee "$2"
-}
-if ! grep -q '^\[surrogate.calibration\]' "$bundle/model.toml"; then
-    pipeline --until calibration-counts
-    # The alternative scores, for the record (the log-miss one is only calibrated).
-    calibrate log-miss "$reports/calibration-log-miss.txt"
-    mv "$bundle/calibration_summary.json" "$reports/calibration-log-miss.json"
-    calibrate root-miss "$reports/calibration-root-miss.txt"
-    mv "$bundle/calibration_summary.json" "$reports/calibration-root-miss.json"
-    for method in calibrated auto; do
-        certify_eval "$method" "$reports/$method-root-miss.tsv"
-    done
+# The selection split (i % 50 == 25) chooses the score, the margin threshold
+# and AUTO's band, before any calibration: the choices in pipeline() above are
+# what it chose (reports/n100000/selection.txt).
+sel_counts="$counts/test-n$nominal_n-skip25/shard-1-of-2.safetensors"
+if [ ! -f "$bundle/selection_summary.json" ]; then
+    $B sample-counts --bundle "$bundle" --split test --n "$nominal_n" --skip 25 --shard 1/2 \
+        --chunk 10 --batch 32 --seed 0 --device cpu --out "$sel_counts"
+    $B select-calibration --bundle "$bundle" --counts "$sel_counts" --delta 0.05 \
+        --scores p-gap,log-miss,root-miss,probit --bins "none;0.99" --n0 100 --alpha 0.001 \
+        --seed 0 --device "$device" | tee "$reports/selection.txt"
 fi
-# What ships: the p_gap score, s = p_hat[cA] - p_MC[cA] (replacing the last
-# alternative calibrated above, once); then the evaluation.
-if grep -q '^score = "p_gap"' "$bundle/model.toml"; then
+# For the record: the surrogate's p_hat alone (probit, no margin) calibrated
+# on the same 1,000 images, on both evaluation sets.
+pipeline --until calibration-counts
+cal_counts=("$counts/test-n$nominal_n-skip1"/shard-{1,2,3,4,6}-of-50.safetensors)
+if [ ! -f "$reports/calibrated-no-margin.summary.json" ]; then
+    $B calibrate --bundle "$bundle" --counts "${cal_counts[@]}" --delta 0.05 --score probit \
+        --n0 100 --alpha 0.001 --seed 0 --device "$device" | tee "$reports/calibration-no-margin.txt"
+    mv "$bundle/calibration_summary.json" "$reports/calibration-no-margin.json"
+    certify_eval calibrated "$reports/calibrated-no-margin.tsv"
+    certify_eval calibrated "$eval7/calibrated-no-margin.tsv" --offset 7
+fi
+# What ships: root-miss on the blended estimate (replacing the record above).
+if grep -q '^margin_threshold = 2.5' "$bundle/model.toml"; then
     pipeline
 else
     pipeline --recalibrate
-    cp "$bundle/calibration_summary.json" "$reports/calibration-p-gap.json"
 fi
+# The second evaluation set, i % 50 == 7, by the same methods.
+certify_eval monte_carlo "$eval7/mc.tsv" --offset 7
+for method in surrogate calibrated; do
+    certify_eval "$method" "$eval7/$method.tsv" --offset 7
+done
+certify_eval auto "$eval7/auto.tsv" --offset 7 --auto-band-low 0.45 --auto-band-high 0.5
 
 # Exact certificates at a required radius (SEQUENTIAL), guided by the
 # surrogate and with the plain schedule, on the same evaluation images.
@@ -121,9 +135,13 @@ for eps in 0.25 0.5 0.75; do
 done
 
 $B report "$reports/mc.tsv" "$reports/surrogate.tsv" "$reports/calibrated.tsv" "$reports/auto.tsv" \
-    "$reports/calibrated-root-miss.tsv" "$reports/auto-root-miss.tsv" \
     "$reports/surrogate-no-tail-map.tsv" "${sequential[@]}" --radii 0,0.25,0.5,0.75 \
     --out-dir "$reports" | tee "$reports/report.md"
+# Both evaluation sets, 400 images: each run joined with its i % 50 == 7 twin.
+both() { echo "$reports/$1.tsv+$eval7/$1.tsv"; }
+$B report "$(both mc)" "$(both surrogate)" "$(both calibrated)" "$(both auto)" \
+    "$(both calibrated-no-margin)" --radii 0,0.25,0.5,0.75 \
+    --out-dir "$reports/eval400" | tee "$reports/eval400/report.md"
 $B bench-certify --bundle "$bundle" --inputs 50 --n "$nominal_n" --batch "$batch" --device "$device" \
     --target-radii 0.25,0.5,0.75 \
     --out "$reports/bench-certify.json" | tee "$reports/bench-certify.md"

@@ -92,6 +92,7 @@ fn cal_opts(bundle: &Path, counts: &Path, delta: f64, score: ConformalScore) -> 
         score,
         rank_rule: smoothcert::smoothing::RankRule::Marginal,
         bin_edges: vec![],
+        margin_threshold: None,
         n0: 50,
         alpha: 0.001,
         seed: 2,
@@ -301,6 +302,106 @@ fn calibration_quantile_and_the_calibrated_and_auto_methods() {
     assert!(err.contains("too few"), "{err}");
 }
 
+/// With a margin threshold the scored estimate is the selection samples'
+/// margin: for the threshold base it is exactly Gaussian, z = (0.5 - x0) /
+/// sigma, so the blend lands near the Monte Carlo p where the surrogate
+/// (p_hat near 0.88 for pA = 0.977) does not; certification applies the same
+/// blend, then q, to fresh inputs.
+#[test]
+fn a_margin_threshold_scores_the_selection_margin() {
+    let _rng = rng_lock();
+    let root = tempfile::tempdir().unwrap();
+    let b = bundle(root.path());
+    let test = data::load(
+        DatasetKind::FashionMnist,
+        &DatasetKind::FashionMnist.default_dir(),
+        Split::Test,
+    )
+    .unwrap();
+    let cal_path = root.path().join("cal.safetensors");
+    let cal = counts(&b, &cal_path, Split::Test, 250, N);
+    let n0 = 200u64;
+    let z_se = (3.0 / n0 as f64).sqrt();
+    let summary = calibrate(&CalibrateOptions {
+        margin_threshold: Some(2.5),
+        n0,
+        ..cal_opts(&b, &cal_path, 0.1, ConformalScore::Probit)
+    })
+    .unwrap();
+    let normal = statrs::distribution::Normal::standard();
+    use statrs::distribution::ContinuousCDF;
+    let c = 0.5 / N as f64;
+    let z = |p: f64| normal.inverse_cdf(p.clamp(c, 1.0 - c));
+    let (mut err_blend, mut err_surrogate) = (0.0, 0.0);
+    let mut s = Vec::new();
+    for (i, x) in summary.scores.iter().enumerate() {
+        assert_eq!(x.idx, cal.indices[i]);
+        let x0 = f64::from(test.image(x.idx as usize)[0]);
+        let z_true = (0.5 - x0) / SIGMA;
+        let margin_z = x.margin_z.unwrap();
+        assert!(
+            (margin_z - z_true).abs() < 5.0 * z_se,
+            "{x:?} vs z {z_true}"
+        );
+        let expected = if margin_z < 2.5 {
+            normal.cdf(margin_z)
+        } else {
+            x.p_hat_a.max(normal.cdf(2.5))
+        };
+        assert!((x.estimate - expected).abs() < 1e-12, "{x:?}");
+        let p_mc = f64::from(cal.row(i)[0]) / N as f64;
+        s.push(z(expected) - z(p_mc));
+        err_blend += (z(expected) - z(p_mc)).abs();
+        err_surrogate += (z(x.p_hat_a) - z(p_mc)).abs();
+    }
+    let m = s.len() as f64;
+    assert!(
+        err_blend / m < 0.3 && err_blend < err_surrogate / 2.0,
+        "mean |probit error|: blend {} surrogate {}",
+        err_blend / m,
+        err_surrogate / m
+    );
+    s.sort_by(f64::total_cmp);
+    let cal_rec = &summary.calibration;
+    assert_eq!((cal_rec.rank, cal_rec.margin_threshold), (37, Some(2.5)));
+    assert!(
+        (cal_rec.q - s[36]).abs() < 1e-9,
+        "{} vs {}",
+        cal_rec.q,
+        s[36]
+    );
+    let saved = Bundle::load(&b)
+        .unwrap()
+        .surrogate
+        .unwrap()
+        .calibration
+        .unwrap();
+    assert_eq!(saved.margin_threshold, Some(2.5));
+
+    // Fresh inputs: the calibrated count is Phi(z_margin - q), with z_margin
+    // within 4 standard errors of the closed form; the surrogate's p_hat
+    // (about 0.82 below in probit) would not be.
+    let train = data::load(
+        DatasetKind::FashionMnist,
+        &DatasetKind::FashionMnist.default_dir(),
+        Split::Train,
+    )
+    .unwrap();
+    let out = root.path().join("calibrated.tsv");
+    let mut opts = certify_opts(&b, &out, Method::Calibrated);
+    opts.params.n0 = n0;
+    certify(&opts).unwrap();
+    for r in read_tsv(&out).unwrap() {
+        let x0 = f64::from(train.image(r.idx)[0]);
+        let z_true = (0.5 - x0) / SIGMA;
+        let z_used = z(r.count_a as f64 / N as f64) + cal_rec.q;
+        assert!(
+            (z_used - z_true).abs() < 4.0 * z_se,
+            "{r:?}: {z_used} vs {z_true}"
+        );
+    }
+}
+
 #[test]
 fn tail_map_rescales_the_miss_and_fences_off_its_inputs() {
     let _rng = rng_lock();
@@ -468,6 +569,7 @@ fn selection_and_calibration_never_share_an_input() {
             base: cal_opts(&b, counts, 0.2, ConformalScore::PGap),
             scores: vec![ConformalScore::PGap, ConformalScore::Probit],
             bin_candidates: vec![vec![]],
+            margin_thresholds: vec![None, Some(2.5)],
             radii: vec![0.0, 0.25, 0.5],
             band_lows: vec![0.0, 0.2, 0.4],
             band_tolerance: 0.01,
@@ -475,7 +577,7 @@ fn selection_and_calibration_never_share_an_input() {
     };
     let summary = select(&selection).unwrap();
     assert_eq!(summary.inputs, 20);
-    assert_eq!(summary.candidates.len(), 2);
+    assert_eq!(summary.candidates.len(), 4);
     assert!(summary.candidates.iter().any(|c| c.score == summary.score));
 
     // Calibrating on the selection inputs is refused; on the other half it works.

@@ -253,6 +253,11 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
         arch: Arch::SmallCnn,
         epochs: 2,
         score: ConformalScore::PGap,
+        margin_threshold: Some(2.5),
+        auto_band: smoothcert::engine::AutoBand {
+            low: 0.2,
+            high: 0.5,
+        },
         delta: 0.2,
         n0: 20,
         alpha: 0.01,

@@ -468,10 +468,7 @@ impl ModelWorkers {
                 timing.sampling += got.timing.sampling;
                 batch_size = got.batch_size;
             }
-            let sel = selected.unwrap_or(Selected {
-                class_a: 0,
-                drawn: 0,
-            });
+            let sel = selected.unwrap_or(Selected::given(0));
             let decision = match test.decide(j, k).map_err(EngineError::from)? {
                 SequentialDecision::Continue => continue,
                 SequentialDecision::Certified { p_a_lower } => Decision::Certified {

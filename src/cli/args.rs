@@ -162,6 +162,7 @@ impl HeldOutScoringArgs {
             score,
             rank_rule,
             bin_edges,
+            margin_threshold: None,
             n0: self.n0,
             alpha: self.alpha,
             seed: self.seed,
@@ -169,5 +170,32 @@ impl HeldOutScoringArgs {
             data_dir: self.data_dir,
             device,
         })
+    }
+}
+
+/// A margin threshold (a z) or "none": the surrogate's p_hat alone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MarginThreshold(pub Option<f64>);
+
+impl std::str::FromStr for MarginThreshold {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let s = s.trim();
+        if s == "none" {
+            return Ok(MarginThreshold(None));
+        }
+        match s.parse::<f64>() {
+            Ok(z) if z.is_finite() => Ok(MarginThreshold(Some(z))),
+            _ => Err(format!("{s:?}: a z (e.g. 2.5) or none")),
+        }
+    }
+}
+
+impl std::fmt::Display for MarginThreshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(z) => write!(f, "{z}"),
+            None => f.write_str("none"),
+        }
     }
 }

@@ -17,8 +17,8 @@ pub struct CalibrateArgs {
     /// radius space (units of sigma): sigma q comes off the surrogate's radius.
     #[arg(long, value_enum, default_value = "p-gap")]
     score: ConformalScore,
-    /// Mondrian bins: edges on p_hat[cA] (e.g. 0.99,0.999), one quantile per
-    /// bin; none for one quantile over all inputs.
+    /// Mondrian bins: edges on the estimate of p[cA] (e.g. 0.99,0.999), one
+    /// quantile per bin; none for one quantile over all inputs.
     #[arg(long, value_delimiter = ',')]
     bins: Vec<f64>,
     /// With probability at least 1 - GAMMA over the calibration draw, the
@@ -26,6 +26,11 @@ pub struct CalibrateArgs {
     /// it, the marginal split-conformal rank.
     #[arg(long, value_name = "GAMMA")]
     training_conditional: Option<f64>,
+    /// Blend cA's logit margin over the n0 selection samples into the
+    /// estimate: Phi(mean / sd of the margin) where that z is below Z, the
+    /// surrogate's p_hat (at least Phi(Z)) above it. Without it, p_hat alone.
+    #[arg(long, value_name = "Z")]
+    margin_threshold: Option<f64>,
 }
 
 impl CalibrateArgs {
@@ -36,8 +41,9 @@ impl CalibrateArgs {
             .map_or(RankRule::Marginal, |gamma| RankRule::TrainingConditional {
                 gamma,
             });
-        let summary = calibrate::calibrate(&self.inputs.options(self.score, rank_rule, self.bins)?)
-            .context("calibrate failed")?;
+        let mut opts = self.inputs.options(self.score, rank_rule, self.bins)?;
+        opts.margin_threshold = self.margin_threshold;
+        let summary = calibrate::calibrate(&opts).context("calibrate failed")?;
         let c = &summary.calibration;
         println!(
             "{}: calibrated on {} {} inputs at N = {}, score {}, {} rank: q = {:.6} (rank {} of {}) for delta = {}; \
@@ -55,6 +61,11 @@ impl CalibrateArgs {
             100.0 * summary.overestimating,
             summary.class_mismatch
         );
+        if let Some(t) = c.margin_threshold {
+            println!(
+                "  estimate: the selection margin's Phi(z) below z = {t}, the surrogate above"
+            );
+        }
         for b in &c.bins {
             println!(
                 "  bin p_hat < {}: q = {:.6} (rank {} of {})",

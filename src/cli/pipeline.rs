@@ -102,6 +102,14 @@ pub struct PipelineArgs {
     /// which scripts/default-model.sh keeps).
     #[arg(long, value_enum, default_value = "probit")]
     score: ConformalScore,
+    /// CALIBRATED's estimate: cA's logit margin over the n0 selection samples
+    /// below this z, the surrogate above (see `calibrate --margin-threshold`);
+    /// "none" for the surrogate alone.
+    #[arg(long, default_value = "2.5")]
+    margin_threshold: super::args::MarginThreshold,
+    /// AUTO's band for the evaluation (select-calibration chooses one).
+    #[command(flatten)]
+    auto_band: super::args::AutoBandArgs,
     #[arg(long, default_value_t = 0.05)]
     delta: f64,
     #[arg(long, default_value_t = 100)]
@@ -196,6 +204,8 @@ impl PipelineArgs {
             arch: self.arch,
             epochs: self.epochs,
             score: self.score,
+            margin_threshold: self.margin_threshold.0,
+            auto_band: self.auto_band.band(),
             delta: self.delta,
             n0: self.n0,
             alpha: self.alpha,

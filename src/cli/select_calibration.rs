@@ -23,6 +23,11 @@ pub struct SelectCalibrationArgs {
     /// edges; "none" for one quantile over all inputs.
     #[arg(long, default_value = "none;0.99;0.9,0.99")]
     bins: String,
+    /// Candidate margin thresholds for the estimate (see `calibrate
+    /// --margin-threshold`), ',' between them; "none" for the surrogate's
+    /// p_hat alone.
+    #[arg(long, value_delimiter = ',', default_value = "none,2,2.5,3")]
+    margin_thresholds: Vec<super::args::MarginThreshold>,
     /// Radii at which certified accuracy is compared with Monte Carlo's.
     #[arg(long, value_delimiter = ',', default_value = "0,0.25,0.5,0.75")]
     radii: Vec<f64>,
@@ -58,6 +63,7 @@ impl SelectCalibrationArgs {
                 .options(ConformalScore::default(), RankRule::Marginal, Vec::new())?,
             scores: self.scores,
             bin_candidates,
+            margin_thresholds: self.margin_thresholds.iter().map(|t| t.0).collect(),
             radii: self.radii.clone(),
             band_lows: self.band_lows,
             band_tolerance: self.band_tolerance,
@@ -69,9 +75,10 @@ impl SelectCalibrationArgs {
         );
         for c in &summary.candidates {
             println!(
-                "  {:<9} bins {:<14} overestimates {:>5.1}%  gaps {}{}",
+                "  {:<9} bins {:<14} margin {:<5} overestimates {:>5.1}%  gaps {}{}",
                 c.score.as_str(),
                 format!("{:?}", c.bin_edges),
+                super::args::MarginThreshold(c.margin_threshold).to_string(),
                 100.0 * c.overestimation,
                 c.accuracy_gap
                     .iter()
@@ -86,9 +93,10 @@ impl SelectCalibrationArgs {
             );
         }
         println!(
-            "chosen: score {}, bins {:?}; AUTO band [{}, {}]; written to {}",
+            "chosen: score {}, bins {:?}, margin threshold {}; AUTO band [{}, {}]; written to {}",
             summary.score.as_str(),
             summary.bin_edges,
+            super::args::MarginThreshold(summary.margin_threshold),
             summary.band.0,
             summary.band.1,
             bundle.join(select::SUMMARY_FILE).display()

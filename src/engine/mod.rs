@@ -156,13 +156,14 @@ pub fn surrogate_estimate(
     class_a: usize,
     p: &[f64],
     shift: Option<CalibrationShift>,
+    margin_z: Option<f64>,
     n: u64,
     alpha: f64,
     sigma: f64,
 ) -> Result<SurrogateEstimate, EngineError> {
     let surrogate_class = argmax(p);
     let p_hat_a = p.get(class_a).copied().unwrap_or(0.0);
-    let p_used = shift.map_or(p_hat_a, |s| s.apply(p_hat_a, n));
+    let p_used = shift.map_or(p_hat_a, |s| s.apply(p_hat_a, margin_z, n));
     let offset = p_hat_a - p_used;
     let count_a = ((n as f64) * p_used).round().clamp(0.0, n as f64) as u64;
     let decision = if surrogate_class == class_a {

@@ -8,7 +8,7 @@ use super::{
     McCertificate, Prediction, SurrogateEstimate,
 };
 use crate::model::{splitmix64_mix, Classifier, NoiseStream};
-use crate::smoothing::{CalibrationShift, SequentialSelection};
+use crate::smoothing::{CalibrationShift, SelectionMargin, SequentialSelection};
 use std::time::{Duration, Instant};
 use tch::Tensor;
 
@@ -57,11 +57,29 @@ impl RequestParams {
     }
 }
 
-/// A request's cA and the selection samples drawn to choose it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A request's cA and the selection samples drawn to choose it, with cA's
+/// logit margin over them (CALIBRATED's blended estimate reads it; `None`
+/// when cA was given or fewer than two samples were drawn).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Selected {
     pub class_a: usize,
     pub drawn: u64,
+    pub margin: Option<SelectionMargin>,
+}
+
+impl Selected {
+    /// A given cA: no selection samples.
+    pub fn given(class_a: usize) -> Selected {
+        Selected {
+            class_a,
+            drawn: 0,
+            margin: None,
+        }
+    }
+
+    pub fn margin_z(&self) -> Option<f64> {
+        self.margin.map(|m| m.z())
+    }
 }
 
 /// Where a batch's time went; every request of the batch reports it.
@@ -90,6 +108,7 @@ pub fn select(
     let k = base.num_classes();
     let mut out: Vec<Option<Selected>> = vec![None; reqs.len()];
     let mut counts = vec![vec![0u64; k]; reqs.len()];
+    let mut margin_sums = vec![(vec![0f64; k], vec![0f64; k]); reqs.len()];
     let mut drawn = vec![0u64; reqs.len()];
     let mut open: Vec<usize> = Vec::new();
     for (i, r) in reqs.iter().enumerate() {
@@ -97,7 +116,7 @@ pub fn select(
             rule.validate()?;
         }
         match r.class_a {
-            Some(class_a) => out[i] = Some(Selected { class_a, drawn: 0 }),
+            Some(class_a) => out[i] = Some(Selected::given(class_a)),
             None => open.push(i),
         }
     }
@@ -118,14 +137,26 @@ pub fn select(
                 }
             })
             .collect();
-        let got = base.count_streams(inputs, &streams, sigma, forward_batch, &mut |s| {
-            open.get(s).is_some_and(|&i| keep(i))
-        })?;
+        let got = base.tally_streams(
+            inputs,
+            &streams,
+            sigma,
+            forward_batch,
+            &mut |s| open.get(s).is_some_and(|&i| keep(i)),
+            true,
+        )?;
         let mut still = Vec::new();
-        for ((&i, stream), row) in open.iter().zip(&streams).zip(got) {
-            let Some(row) = row else { continue };
-            for (c, v) in counts[i].iter_mut().zip(row) {
+        for ((&i, stream), tally) in open.iter().zip(&streams).zip(got) {
+            let Some(tally) = tally else { continue };
+            for (c, v) in counts[i].iter_mut().zip(&tally.counts) {
                 *c += v;
+            }
+            let (sum, sum_sq) = &mut margin_sums[i];
+            for (acc, v) in sum.iter_mut().zip(&tally.margin_sum) {
+                *acc += v;
+            }
+            for (acc, v) in sum_sq.iter_mut().zip(&tally.margin_sum_sq) {
+                *acc += v;
             }
             drawn[i] += stream.num;
             let r = &reqs[i];
@@ -134,9 +165,16 @@ pub fn select(
                 Some(rule) => drawn[i] >= r.n0 || rule.settled(&counts[i], r.n0)?,
             };
             if done {
+                let class_a = top_two(&counts[i]).0;
+                let (sum, sum_sq) = &margin_sums[i];
                 out[i] = Some(Selected {
-                    class_a: top_two(&counts[i]).0,
+                    class_a,
                     drawn: drawn[i],
+                    margin: SelectionMargin::from_sums(
+                        sum.get(class_a).copied().unwrap_or(f64::NAN),
+                        sum_sq.get(class_a).copied().unwrap_or(f64::NAN),
+                        drawn[i],
+                    ),
                 });
             } else {
                 still.push(i);
@@ -207,7 +245,8 @@ pub fn certify_surrogate(
         .map(|(r, sel)| {
             let p = probs.get(r.input).map(Vec::as_slice).unwrap_or(&[]);
             sel.map(|sel| {
-                surrogate_estimate(sel.class_a, p, r.shift, r.n, r.alpha, sigma).map(|e| (e, sel))
+                surrogate_estimate(sel.class_a, p, r.shift, sel.margin_z(), r.n, r.alpha, sigma)
+                    .map(|e| (e, sel))
             })
             .transpose()
         })

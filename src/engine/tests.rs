@@ -234,6 +234,60 @@ mod requests_batch {
         assert_ne!(other[0], alone[0]);
     }
 
+    /// The threshold model's logits are (-m, m) with m = x[0] - t + noise:
+    /// cA's margin is 2|m|-signed, Gaussian with mean 2(x0 - t) (or its
+    /// negative for class 0) and sd 2 sigma, so z = mean / sd must be
+    /// |x0 - t| / sigma, the probit of the closed-form pA. The tally's counts
+    /// are count_streams' for the same streams.
+    #[test]
+    fn selection_margin_recovers_the_closed_form_probit() {
+        let _rng = rng_lock();
+        let dir = tempfile::tempdir().unwrap();
+        let m = model(dir.path());
+        let firsts = [0.8, 0.1, 0.55];
+        let x = batch(&firsts);
+        let n0 = 20_000u64;
+        let streams: Vec<NoiseStream> = (0..3).map(|i| stream(i, n0, 40 + i as u64)).collect();
+        let tallies = m
+            .tally_streams(&x, &streams, SIGMA, 999, &mut |_| true, true)
+            .unwrap();
+        let counts = m
+            .count_streams(&x, &streams, SIGMA, 999, &mut |_| true)
+            .unwrap();
+        let reqs: Vec<RequestParams> = (0..3)
+            .map(|i| RequestParams::new(i, n0, 1, 0.001, 7 + i as u64))
+            .collect();
+        let selected = requests::select(&m, SIGMA, &x, &reqs, 999, &mut |_| true).unwrap();
+        for (i, &x0) in firsts.iter().enumerate() {
+            let t = tallies[i].as_ref().unwrap();
+            assert_eq!(Some(&t.counts), counts[i].as_ref());
+            let class_a = usize::from(x0 > 0.5);
+            let margin = crate::smoothing::SelectionMargin::from_sums(
+                t.margin_sum[class_a],
+                t.margin_sum_sq[class_a],
+                n0,
+            )
+            .unwrap();
+            let d = (x0 - 0.5).abs();
+            let se = 2.0 * SIGMA / (n0 as f64).sqrt();
+            assert!((margin.mean - 2.0 * d).abs() < 5.0 * se, "{x0}: {margin:?}");
+            assert!((margin.sd - 2.0 * SIGMA).abs() < 0.02, "{x0}: {margin:?}");
+            // The other class's margin is the exact negative of cA's.
+            assert!((t.margin_sum[1 - class_a] + t.margin_sum[class_a]).abs() < 1e-6);
+            let z = d / SIGMA;
+            let z_se = ((1.0 + z * z / 2.0) / n0 as f64).sqrt();
+            let sel = selected[i].unwrap();
+            assert_eq!((sel.class_a, sel.drawn), (class_a, n0));
+            let got = sel.margin_z().unwrap();
+            assert!((got - z).abs() < 5.0 * z_se, "{x0}: z {got} vs {z}");
+        }
+        // count_streams asks for no margins.
+        let plain = m
+            .tally_streams(&x, &streams[..1], SIGMA, 999, &mut |_| true, false)
+            .unwrap();
+        assert!(plain[0].as_ref().unwrap().margin_sum.is_empty());
+    }
+
     #[test]
     fn an_abandoned_stream_stops_drawing_and_yields_none() {
         let _rng = rng_lock();

@@ -181,6 +181,10 @@ pub struct Calibration {
     /// quantile (`q`) over all inputs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bins: Vec<CalibrationBin>,
+    /// Blend the n0 selection samples' logit margin into the estimate below
+    /// this z (`smoothing::blended_estimate`); absent: the surrogate's p_hat alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin_threshold: Option<f64>,
 }
 
 /// One Mondrian bin: the inputs with p_hat[cA] below `upper` (and at or
@@ -206,6 +210,7 @@ impl Calibration {
             bins: (!self.bins.is_empty())
                 .then(|| crate::smoothing::MondrianBins::new(&edges, &qs).ok())
                 .flatten(),
+            margin_threshold: self.margin_threshold,
         }
     }
 }
@@ -520,6 +525,7 @@ mod tests {
                             rank: 77,
                         },
                     ],
+                    margin_threshold: Some(2.5),
                 }),
             }),
             dir: dir.to_path_buf(),

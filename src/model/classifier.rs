@@ -238,7 +238,7 @@ impl Classifier {
             let mut noisy = Tensor::f_randn([end - start, c, h, w], (Kind::Float, self.device))?;
             let _ = noisy.f_mul_scalar_(sigma)?;
             let _ = noisy.f_add_(&inputs.f_index_select(0, &owner)?)?;
-            self.add_class_counts(&noisy, &owner, &mut counts, b)?;
+            let _ = self.add_class_counts(&noisy, &owner, &mut counts, b)?;
             start = end;
         }
         Ok(counts.f_view([b, k])?.f_to_device(Device::Cpu)?)
@@ -261,6 +261,27 @@ impl Classifier {
         batch: i64,
         keep: &mut dyn FnMut(usize) -> bool,
     ) -> Result<Vec<Option<Vec<u64>>>, ModelError> {
+        Ok(self
+            .tally_streams(inputs, streams, sigma, batch, keep, false)?
+            .into_iter()
+            .map(|t| t.map(|t| t.counts))
+            .collect())
+    }
+
+    /// [`Classifier::count_streams`], and besides the counts each stream's
+    /// sum and sum of squares of every class's logit margin (its logit minus
+    /// the largest other logit) over its samples: what a Gaussian model of
+    /// the margin needs ([`crate::smoothing::SelectionMargin`]). Same noise,
+    /// same counts; selection asks for it, the N estimation samples do not.
+    pub fn tally_streams(
+        &self,
+        inputs: &Tensor,
+        streams: &[NoiseStream],
+        sigma: f64,
+        batch: i64,
+        keep: &mut dyn FnMut(usize) -> bool,
+        margins: bool,
+    ) -> Result<Vec<Option<StreamTally>>, ModelError> {
         let _guard = tch::no_grad_guard();
         let k = self.num_classes as i64;
         let s_len = streams.len() as i64;
@@ -274,7 +295,17 @@ impl Classifier {
         }
         let [c, h, w] = self.shape.map(|d| d as i64);
         let batch = batch.max(1);
-        let mut counts = Tensor::f_zeros([s_len * k], (Kind::Int64, self.device))?;
+        let mut tally = Tally {
+            counts: Tensor::f_zeros([s_len * k], (Kind::Int64, self.device))?,
+            margins: if margins {
+                Some((
+                    Tensor::f_zeros([s_len, k], (Kind::Double, self.device))?,
+                    Tensor::f_zeros([s_len, k], (Kind::Double, self.device))?,
+                ))
+            } else {
+                None
+            },
+        };
         let mut alive = vec![true; streams.len()];
         let mut pending = Pending::default();
         for (s, stream) in streams.iter().enumerate() {
@@ -315,20 +346,41 @@ impl Classifier {
                     Tensor::f_full([len], s as i64, (Kind::Int64, self.device))?,
                 );
                 while pending.rows >= batch {
-                    self.count_pending(&mut pending, batch, &mut counts, s_len)?;
+                    self.count_pending(&mut pending, batch, &mut tally, s_len)?;
                 }
                 drawn += len as u64;
             }
         }
         while pending.rows > 0 {
             let rows = pending.rows;
-            self.count_pending(&mut pending, rows, &mut counts, s_len)?;
+            self.count_pending(&mut pending, rows, &mut tally, s_len)?;
         }
-        let flat: Vec<i64> = Vec::try_from(counts.f_to_device(Device::Cpu)?)?;
+        let k = k.max(1) as usize;
+        let flat: Vec<i64> = Vec::try_from(tally.counts.f_to_device(Device::Cpu)?)?;
+        let (sum, sum_sq): (Vec<f64>, Vec<f64>) = match &tally.margins {
+            Some((sum, sum_sq)) => (
+                Vec::try_from(sum.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?,
+                Vec::try_from(sum_sq.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?,
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
         Ok(flat
-            .chunks(k.max(1) as usize)
+            .chunks(k)
             .zip(&alive)
-            .map(|(row, &alive)| alive.then(|| row.iter().map(|&c| c as u64).collect()))
+            .enumerate()
+            .map(|(s, (row, &alive))| {
+                alive.then(|| StreamTally {
+                    counts: row.iter().map(|&c| c as u64).collect(),
+                    margin_sum: sum
+                        .get(s * k..(s + 1) * k)
+                        .map(<[f64]>::to_vec)
+                        .unwrap_or_default(),
+                    margin_sum_sq: sum_sq
+                        .get(s * k..(s + 1) * k)
+                        .map(<[f64]>::to_vec)
+                        .unwrap_or_default(),
+                })
+            })
             .collect())
     }
 
@@ -338,22 +390,37 @@ impl Classifier {
         &self,
         pending: &mut Pending,
         rows: i64,
-        counts: &mut Tensor,
+        tally: &mut Tally,
         streams: i64,
     ) -> Result<(), ModelError> {
         let (noisy, owner) = pending.take(rows)?;
-        self.add_class_counts(&noisy, &owner, counts, streams)
+        let logits = self.add_class_counts(&noisy, &owner, &mut tally.counts, streams)?;
+        if let Some((sum, sum_sq)) = tally.margins.as_mut() {
+            // Margin of class c: its logit minus the largest other logit, i.e.
+            // minus the top logit, except for the top class itself (top - second).
+            let (top2, at) = logits.f_topk(2, 1, true, true)?;
+            let first = top2.f_narrow(1, 0, 1)?;
+            let lead = first.f_sub(&top2.f_narrow(1, 1, 1)?)?;
+            let margin = logits
+                .f_sub(&first)?
+                .f_scatter(1, &at.f_narrow(1, 0, 1)?, &lead)?
+                .f_to_kind(Kind::Double)?;
+            let _ = sum.f_index_add_(0, &owner, &margin)?;
+            let _ = sum_sq.f_index_add_(0, &owner, &margin.f_square()?)?;
+        }
+        Ok(())
     }
 
     /// Classifies `noisy` [R, C, H, W] and adds each row's class to `counts`
     /// [owners * classes] at its owner's slot (`owner` [R]: an input or a stream).
+    /// Returns the logits.
     fn add_class_counts(
         &self,
         noisy: &Tensor,
         owner: &Tensor,
         counts: &mut Tensor,
         owners: i64,
-    ) -> Result<(), ModelError> {
+    ) -> Result<Tensor, ModelError> {
         let k = self.num_classes as i64;
         let logits = self.forward_t(noisy, false)?;
         let size = logits.size();
@@ -365,7 +432,7 @@ impl Classifier {
         }
         let flat = owner.f_mul_scalar(k)?.f_add(&logits.f_argmax(1, false)?)?;
         let _ = counts.f_add_(&flat.f_bincount(None::<Tensor>, owners * k)?)?;
-        Ok(())
+        Ok(logits)
     }
 
     /// A TorchScript model must map [B, C, H, W] to [B, classes]; fail at load, not per request.
@@ -430,6 +497,22 @@ pub fn splitmix64_mix(mut z: u64) -> u64 {
 /// seeds and blocks give unrelated generators.
 pub(crate) fn block_seed(seed: u64, block: u64) -> i64 {
     splitmix64_mix(seed ^ block.wrapping_add(1).wrapping_mul(GOLDEN_GAMMA)) as i64
+}
+
+/// One noise stream's class counts and, when asked, its margin sums per class
+/// (empty otherwise).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamTally {
+    pub counts: Vec<u64>,
+    pub margin_sum: Vec<f64>,
+    pub margin_sum_sq: Vec<f64>,
+}
+
+/// What a tally accumulates on the device: counts [streams * classes] and,
+/// when asked, margin sums and sums of squares [streams, classes].
+struct Tally {
+    counts: Tensor,
+    margins: Option<(Tensor, Tensor)>,
 }
 
 /// Noisy inputs drawn but not yet classified, with the stream each row belongs to.

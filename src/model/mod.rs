@@ -12,7 +12,9 @@ pub use bundle::{
 };
 #[cfg(test)]
 pub(crate) use classifier::block_seed;
-pub use classifier::{splitmix64_mix, Classifier, Network, NoiseStream, GOLDEN_GAMMA, NOISE_BLOCK};
+pub use classifier::{
+    splitmix64_mix, Classifier, Network, NoiseStream, StreamTally, GOLDEN_GAMMA, NOISE_BLOCK,
+};
 pub use device::{cuda_status, parse_device, CudaStatus};
 
 /// libtorch has one global random generator (tch exposes no per-call

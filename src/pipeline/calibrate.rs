@@ -37,6 +37,9 @@ pub struct CalibrateOptions {
     /// Mondrian bin edges on p_hat[cA] (increasing, inside (0, 1)); empty for
     /// one quantile over all inputs.
     pub bin_edges: Vec<f64>,
+    /// Blend the selection samples' margin into the estimate below this z
+    /// (`smoothing::blended_estimate`); `None`: the surrogate's p_hat alone.
+    pub margin_threshold: Option<f64>,
     pub n0: u64,
     /// The certificate level used to tell which inputs Monte Carlo certifies (band table).
     pub alpha: f64,
@@ -52,7 +55,12 @@ pub struct Score {
     pub idx: i64,
     pub class_a: usize,
     pub surrogate_class: usize,
+    /// The surrogate's p_hat[cA].
     pub p_hat_a: f64,
+    /// z of cA's logit margin over the n0 selection samples.
+    pub margin_z: Option<f64>,
+    /// The p[cA] scored (and binned): p_hat_a, or the blend with the margin.
+    pub estimate: f64,
     pub p_mc_a: f64,
     pub s: f64,
 }
@@ -126,6 +134,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
         )));
     }
     smoothing::check_edges(&opts.bin_edges).map_err(EngineError::from)?;
+    check_margin_threshold(opts.margin_threshold)?;
     let m = counts.len();
     let rank = opts.rank_rule.rank(m, opts.delta).ok_or_else(|| {
         PipelineError::Invalid(format!(
@@ -138,13 +147,19 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
     let inputs = score_inputs(&bundle, &counts, opts)?;
     let scores: Vec<Score> = inputs
         .iter()
-        .map(|x| Score {
-            idx: x.idx,
-            class_a: x.class_a,
-            surrogate_class: x.surrogate_class,
-            p_hat_a: x.p_hat_a,
-            p_mc_a: x.p_mc_a,
-            s: opts.score.score(x.p_hat_a, x.p_mc_a, counts.meta.n),
+        .map(|x| {
+            let estimate =
+                smoothing::blended_estimate(x.p_hat_a, x.margin_z, opts.margin_threshold);
+            Score {
+                idx: x.idx,
+                class_a: x.class_a,
+                surrogate_class: x.surrogate_class,
+                p_hat_a: x.p_hat_a,
+                margin_z: x.margin_z,
+                estimate,
+                p_mc_a: x.p_mc_a,
+                s: opts.score.score(estimate, x.p_mc_a, counts.meta.n),
+            }
         })
         .collect();
     let sigma = bundle.sigma();
@@ -166,6 +181,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
         seed: opts.seed,
         rank_rule: opts.rank_rule,
         bins,
+        margin_threshold: opts.margin_threshold,
     };
     let bands = [0.0, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5]
         .iter()
@@ -217,6 +233,7 @@ pub(crate) struct ScoredInput {
     pub class_a: usize,
     pub surrogate_class: usize,
     pub p_hat_a: f64,
+    pub margin_z: Option<f64>,
     pub p_mc_a: f64,
     pub count_a: u64,
 }
@@ -265,6 +282,7 @@ pub(crate) fn score_inputs(
                 .max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)))
                 .unwrap_or(0),
             p_hat_a: p[sel.class_a],
+            margin_z: sel.margin_z(),
             p_mc_a: count_a as f64 / n,
             count_a,
         });
@@ -284,7 +302,7 @@ fn mondrian_bins(
     }
     let mut by_bin: Vec<Vec<f64>> = vec![Vec::new(); edges.len() + 1];
     for sc in scores {
-        by_bin[smoothing::bin_of(edges, sc.p_hat_a)].push(sc.s);
+        by_bin[smoothing::bin_of(edges, sc.estimate)].push(sc.s);
     }
     by_bin
         .iter()
@@ -322,7 +340,7 @@ fn band_figures(
     let (mut fallback, mut missed) = (0usize, 0usize);
     for (i, sc) in scores.iter().enumerate() {
         let estimate = calibrated_estimate(
-            (sc.class_a, sc.surrogate_class, sc.p_hat_a),
+            (sc.class_a, sc.surrogate_class, sc.p_hat_a, sc.margin_z),
             counts.meta.num_classes,
             shift,
             n,
@@ -351,10 +369,21 @@ fn band_figures(
     })
 }
 
-/// CALIBRATED's estimate for an input known by cA, the surrogate's class
-/// and p_hat[cA], as the engine makes it (only those three matter to it).
+/// A margin threshold is a z: finite (a Phi(z) of 1 or 0 would say nothing).
+pub(crate) fn check_margin_threshold(t: Option<f64>) -> Result<(), PipelineError> {
+    match t {
+        Some(t) if !(t.is_finite() && t.abs() <= 8.0) => Err(PipelineError::Invalid(format!(
+            "--margin-threshold {t}: need a z within [-8, 8]"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// CALIBRATED's estimate for an input known by cA, the surrogate's class,
+/// p_hat[cA] and the selection margin's z, as the engine makes it (only
+/// those four matter to it).
 pub(crate) fn calibrated_estimate(
-    (class_a, surrogate_class, p_hat_a): (usize, usize, f64),
+    (class_a, surrogate_class, p_hat_a, margin_z): (usize, usize, f64, Option<f64>),
     classes: usize,
     shift: CalibrationShift,
     n: u64,
@@ -366,5 +395,5 @@ pub(crate) fn calibrated_estimate(
     if surrogate_class != class_a {
         p[surrogate_class] = 2.0;
     }
-    engine::surrogate_estimate(class_a, &p, Some(shift), n, alpha, sigma)
+    engine::surrogate_estimate(class_a, &p, Some(shift), margin_z, n, alpha, sigma)
 }

@@ -94,6 +94,9 @@ struct RunParams {
     /// CALIBRATED and AUTO: the calibration's (q, delta, score).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     calibration: Option<(f64, f64, crate::smoothing::ConformalScore)>,
+    /// CALIBRATED and AUTO: the estimate's margin threshold, when it blends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    margin_threshold: Option<f64>,
     /// AUTO: the fallback band (low, high).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     auto_band: Option<(f64, f64)>,
@@ -225,6 +228,7 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         device: format!("{:?}", opts.device),
         adaptive: opts.adaptive.map(|a| (a.chunk, a.alpha)),
         calibration: calibration.as_ref().map(|c| (c.q, c.delta, c.score)),
+        margin_threshold: calibration.as_ref().and_then(|c| c.margin_threshold),
         auto_band: (opts.method == Method::Auto)
             .then_some((opts.auto_band.low, opts.auto_band.high)),
         target_radius: opts.target.map(|t| (t.radius, t.guided)),

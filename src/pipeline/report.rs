@@ -77,6 +77,8 @@ pub enum ReportError {
     },
     #[error("{}: {detail}", path.display())]
     Plot { path: PathBuf, detail: String },
+    #[error("{}: {detail}", path.display())]
+    Join { path: PathBuf, detail: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
@@ -526,14 +528,17 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
     if let Some(&bad) = opts.radii.iter().find(|r| !r.is_finite() || **r < 0.0) {
         return Err(ReportError::InvalidRadius(bad));
     }
-    let names = names(files);
+    let firsts: Vec<PathBuf> = files.iter().map(|p| joined_parts(p)[0].clone()).collect();
+    let names = names(&firsts);
     let mut all_rows = Vec::with_capacity(files.len());
+    let mut all_params = Vec::with_capacity(files.len());
     for path in files {
-        let rows = read_tsv(path)?;
+        let (rows, params) = read_joined(path)?;
         if rows.is_empty() {
             tracing::warn!(path = %path.display(), "no rows in this TSV");
         }
         all_rows.push(rows);
+        all_params.push(params);
     }
     let max_radius = all_rows
         .iter()
@@ -544,7 +549,7 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
     let grid = curve_grid(max_radius);
 
     let mut reports = Vec::with_capacity(files.len());
-    for ((path, name), rows) in files.iter().zip(&names).zip(&all_rows) {
+    for (((path, name), rows), params) in files.iter().zip(&names).zip(&all_rows).zip(all_params) {
         let curve = summarize(name, rows, &opts.radii);
         let sorted = correct_radii(rows);
         let mut method_counts = BTreeMap::new();
@@ -561,7 +566,7 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
             methods: method_counts,
             abstain_reasons: reasons,
             max_radius: sorted.last().copied().unwrap_or(0.0),
-            run_params: read_run_params(path),
+            run_params: params,
             curve: grid
                 .iter()
                 .map(|&r| (r, fraction_at(&sorted, rows.len(), r)))
@@ -819,6 +824,97 @@ fn comparison_markdown(comparisons: &[Comparison]) -> String {
     out
 }
 
+/// A report input is one certify TSV, or several joined by '+' (runs of one
+/// method on disjoint inputs, such as two `--offset`s of one `--skip`),
+/// reported as one run. A path that exists is never split.
+fn joined_parts(path: &Path) -> Vec<PathBuf> {
+    let text = path.to_string_lossy();
+    if path.exists() || !text.contains('+') {
+        vec![path.to_path_buf()]
+    } else {
+        text.split('+').map(PathBuf::from).collect()
+    }
+}
+
+/// The rows and run parameters of a report input (see [`joined_parts`]).
+/// Joined runs must share every parameter but their offset, and no input;
+/// the joined parameters list the offsets.
+fn read_joined(path: &Path) -> Result<(Vec<CertRow>, Option<serde_json::Value>), ReportError> {
+    let parts = joined_parts(path);
+    if parts.len() == 1 {
+        return Ok((read_tsv(path)?, read_run_params(path)));
+    }
+    let join_err = |detail: String| ReportError::Join {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let mut rows: Vec<CertRow> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut params: Option<serde_json::Value> = None;
+    let mut offsets = Vec::new();
+    for part in &parts {
+        for r in read_tsv(part)? {
+            if !seen.insert(r.idx) {
+                return Err(join_err(format!(
+                    "input {} is in more than one joined run",
+                    r.idx
+                )));
+            }
+            rows.push(r);
+        }
+        let mut p = read_run_params(part).ok_or_else(|| {
+            join_err(format!(
+                "{}: no parameters sidecar; only certify runs with their params.json can be joined",
+                part.display()
+            ))
+        })?;
+        offsets.push(
+            p.as_object_mut()
+                .and_then(|o| o.remove("offset"))
+                .unwrap_or(serde_json::Value::from(0)),
+        );
+        match &params {
+            None => params = Some(p),
+            Some(first) if same_run(first, &p) => {}
+            Some(_) => {
+                return Err(join_err(format!(
+                    "{} was run with other parameters than {} (only the offset may differ)",
+                    part.display(),
+                    parts[0].display()
+                )))
+            }
+        }
+    }
+    if let Some(o) = params.as_mut().and_then(|p| p.as_object_mut()) {
+        o.insert("offset".into(), serde_json::Value::from(offsets));
+    }
+    Ok((rows, params))
+}
+
+/// Two runs' parameters agree on what decides their answers: everything
+/// but how they were executed (forward batch, device, the noise scheme's
+/// version, which an earlier version's runs lack) and the method's spelling.
+fn same_run(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    const EXECUTION: [&str; 4] = ["batch", "device", "noise", "max"];
+    let decisive = |v: &serde_json::Value| -> BTreeMap<String, serde_json::Value> {
+        v.as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !EXECUTION.contains(&k.as_str()))
+            .map(|(k, v)| {
+                let v = match (k.as_str(), v.as_str()) {
+                    ("method", Some(m)) => m
+                        .parse::<crate::engine::Method>()
+                        .map_or(v.clone(), |m| serde_json::Value::from(m.as_str())),
+                    _ => v.clone(),
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    };
+    decisive(a) == decisive(b)
+}
+
 /// `certify`'s parameter sidecar for `path` (`x.tsv` -> `x.params.json`), if any.
 fn read_run_params(path: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(crate::fsutil::sidecar(path, "params.json")).ok()?;
@@ -884,6 +980,11 @@ fn markdown(files: &[FileReport], radii: &[f64], all_rows: &[Vec<CertRow>]) -> S
                     at(2).trim_matches('"'),
                     at(0)
                 ));
+                if let Some(t) = p.get("margin_threshold").and_then(|t| t.as_f64()) {
+                    out.push_str(&format!(
+                        " on the selection margin's estimate below z = {t} (the surrogate above)"
+                    ));
+                }
             }
             if let Some(b) = p.get("auto_band").and_then(|b| b.as_array()) {
                 let at = |i: usize| b.get(i).map_or("?".to_string(), |v| v.to_string());
@@ -1322,6 +1423,55 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["certified_accuracy.png", "report.json"]);
+    }
+
+    /// Runs on disjoint inputs join into one: the same figures as the one
+    /// TSV holding all rows; a shared input or other parameters are refused.
+    #[test]
+    fn joined_runs_report_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let params = |offset: usize, method: &str, n: u64| serde_json::json!({"method": method, "n": n, "offset": offset, "batch": 32});
+        let put = |name: &str, rows: &[CertRow], p: serde_json::Value| {
+            let path = dir.path().join(name);
+            write(&path, rows);
+            std::fs::write(
+                crate::fsutil::sidecar(&path, "params.json"),
+                serde_json::to_string(&p).unwrap(),
+            )
+            .unwrap();
+            path
+        };
+        let all = rows();
+        let whole = put("whole.tsv", &all, params(0, "monte_carlo", 1000));
+        let a = put("a.tsv", &all[..3], params(0, "mc", 1000));
+        let b = put("b.tsv", &all[3..], params(7, "monte_carlo", 1000));
+        let joined = PathBuf::from(format!("{}+{}", a.display(), b.display()));
+        let table = |f: &Path| {
+            let md = run_report(
+                &[f.to_path_buf()],
+                &ReportOptions::new(dir.path().join("r")),
+            )
+            .unwrap();
+            md.lines()
+                .nth(2)
+                .unwrap()
+                .split('|')
+                .skip(2)
+                .collect::<Vec<_>>()
+                .join("|")
+        };
+        assert_eq!(table(&joined), table(&whole));
+        let (rows_joined, p) = read_joined(&joined).unwrap();
+        assert_eq!(rows_joined.len(), 8);
+        assert_eq!(p.unwrap()["offset"], serde_json::json!([0, 7]));
+
+        let overlap = PathBuf::from(format!("{}+{}", a.display(), whole.display()));
+        let err = read_joined(&overlap).unwrap_err().to_string();
+        assert!(err.contains("input 0 is in more than one"), "{err}");
+        let other = put("c.tsv", &all[3..], params(7, "monte_carlo", 2000));
+        let mismatch = PathBuf::from(format!("{}+{}", a.display(), other.display()));
+        let err = read_joined(&mismatch).unwrap_err().to_string();
+        assert!(err.contains("other parameters"), "{err}");
     }
 
     #[test]

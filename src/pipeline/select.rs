@@ -29,6 +29,9 @@ pub struct SelectOptions {
     pub scores: Vec<ConformalScore>,
     /// Candidate bin edges; an empty list is one quantile over all inputs.
     pub bin_candidates: Vec<Vec<f64>>,
+    /// Candidate margin thresholds (`smoothing::blended_estimate`); `None`
+    /// is the surrogate's p_hat alone.
+    pub margin_thresholds: Vec<Option<f64>>,
     /// Radii at which certified accuracy is compared.
     pub radii: Vec<f64>,
     /// Candidate lower ends of AUTO's band (the upper end is 0.5).
@@ -41,6 +44,7 @@ pub struct SelectOptions {
 pub struct Candidate {
     pub score: ConformalScore,
     pub bin_edges: Vec<f64>,
+    pub margin_threshold: Option<f64>,
     /// False when a half had too few inputs in some bin for delta.
     pub feasible: bool,
     /// Held-out inputs whose calibrated radius exceeds Monte Carlo's.
@@ -66,6 +70,7 @@ pub struct SelectionSummary {
     pub candidates: Vec<Candidate>,
     pub score: ConformalScore,
     pub bin_edges: Vec<f64>,
+    pub margin_threshold: Option<f64>,
     pub bands: Vec<BandCandidate>,
     pub band: (f64, f64),
 }
@@ -79,13 +84,22 @@ pub fn select_calibration(opts: &SelectOptions) -> Result<SelectionSummary, Pipe
             base.bundle.display()
         ))
     })?;
-    if opts.scores.is_empty() || opts.bin_candidates.is_empty() || opts.band_lows.is_empty() {
+    if opts.scores.is_empty()
+        || opts.bin_candidates.is_empty()
+        || opts.margin_thresholds.is_empty()
+        || opts.band_lows.is_empty()
+    {
         return Err(PipelineError::Invalid(
-            "select-calibration needs at least one score, one bin choice and one band".into(),
+            "select-calibration needs at least one score, one bin choice, one margin threshold \
+             choice and one band"
+                .into(),
         ));
     }
     for edges in &opts.bin_candidates {
         smoothing::check_edges(edges).map_err(EngineError::from)?;
+    }
+    for &t in &opts.margin_thresholds {
+        calibrate::check_margin_threshold(t)?;
     }
     let counts = super::counts::merge_counts_in_memory(&base.counts)?;
     counts.check_base(&bundle, &super::base_fingerprint(&bundle)?)?;
@@ -122,9 +136,16 @@ pub fn select_calibration(opts: &SelectOptions) -> Result<SelectionSummary, Pipe
     ];
 
     let mut candidates = Vec::new();
-    for &score in &opts.scores {
-        for edges in &opts.bin_candidates {
-            candidates.push(cross_fit(score, edges, &folds, opts, base, n, k, sigma)?);
+    for &margin in &opts.margin_thresholds {
+        for &score in &opts.scores {
+            for edges in &opts.bin_candidates {
+                let way = Way {
+                    score,
+                    edges,
+                    margin,
+                };
+                candidates.push(cross_fit(way, &folds, opts, base, n, k, sigma)?);
+            }
         }
     }
     let chosen = candidates
@@ -137,6 +158,11 @@ pub fn select_calibration(opts: &SelectOptions) -> Result<SelectionSummary, Pipe
             );
             ga.total_cmp(&gb)
                 .then(a.bin_edges.len().cmp(&b.bin_edges.len()))
+                .then(
+                    a.margin_threshold
+                        .is_some()
+                        .cmp(&b.margin_threshold.is_some()),
+                )
         })
         .cloned()
         .ok_or_else(|| {
@@ -152,7 +178,12 @@ pub fn select_calibration(opts: &SelectOptions) -> Result<SelectionSummary, Pipe
         let band = AutoBand { low, high: 0.5 };
         let (mut fallback, mut gap, mut total) = (0usize, 0i64, 0usize);
         for f in 0..2 {
-            let shift = calibrate_on(&folds[f], chosen.score, &chosen.bin_edges, base.delta, n)?
+            let way = Way {
+                score: chosen.score,
+                edges: &chosen.bin_edges,
+                margin: chosen.margin_threshold,
+            };
+            let shift = calibrate_on(&folds[f], way, base.delta, n)?
                 .ok_or_else(|| PipelineError::Invalid("the chosen bins lost feasibility".into()))?;
             for x in &folds[1 - f] {
                 let estimate = estimate(x, shift, n, k, base.alpha, sigma)?;
@@ -190,6 +221,7 @@ pub fn select_calibration(opts: &SelectOptions) -> Result<SelectionSummary, Pipe
         candidates,
         score: chosen.score,
         bin_edges: chosen.bin_edges.clone(),
+        margin_threshold: chosen.margin_threshold,
         bands,
         band,
     };
@@ -220,11 +252,18 @@ pub fn select_calibration(opts: &SelectOptions) -> Result<SelectionSummary, Pipe
     Ok(summary)
 }
 
-/// Calibrates on one half and measures on the other, both ways.
-#[allow(clippy::too_many_arguments)]
-fn cross_fit(
+/// One candidate way to calibrate: a score, its bins and the estimate's
+/// margin threshold.
+#[derive(Clone, Copy)]
+struct Way<'a> {
     score: ConformalScore,
-    edges: &[f64],
+    edges: &'a [f64],
+    margin: Option<f64>,
+}
+
+/// Calibrates on one half and measures on the other, both ways.
+fn cross_fit(
+    way: Way<'_>,
     folds: &[Vec<&ScoredInput>; 2],
     opts: &SelectOptions,
     base: &CalibrateOptions,
@@ -236,10 +275,11 @@ fn cross_fit(
     let mut total = 0usize;
     let mut gap = vec![0i64; opts.radii.len()];
     for f in 0..2 {
-        let Some(shift) = calibrate_on(&folds[f], score, edges, base.delta, n)? else {
+        let Some(shift) = calibrate_on(&folds[f], way, base.delta, n)? else {
             return Ok(Candidate {
-                score,
-                bin_edges: edges.to_vec(),
+                score: way.score,
+                bin_edges: way.edges.to_vec(),
+                margin_threshold: way.margin,
                 feasible: false,
                 overestimation: f64::NAN,
                 accuracy_gap: vec![f64::NAN; opts.radii.len()],
@@ -261,8 +301,9 @@ fn cross_fit(
         }
     }
     Ok(Candidate {
-        score,
-        bin_edges: edges.to_vec(),
+        score: way.score,
+        bin_edges: way.edges.to_vec(),
+        margin_threshold: way.margin,
         feasible: true,
         overestimation: over as f64 / total.max(1) as f64,
         accuracy_gap: gap
@@ -275,24 +316,29 @@ fn cross_fit(
 /// The calibration a half gives (marginal rank); `None` if a bin is too small.
 fn calibrate_on(
     half: &[&ScoredInput],
-    score: ConformalScore,
-    edges: &[f64],
+    way: Way<'_>,
     delta: f64,
     n: u64,
 ) -> Result<Option<CalibrationShift>, PipelineError> {
+    let Way {
+        score,
+        edges,
+        margin,
+    } = way;
     let mut by_bin: Vec<Vec<f64>> = vec![Vec::new(); edges.len() + 1];
     for x in half {
-        let s = score.score(x.p_hat_a, x.p_mc_a, n);
+        let p = smoothing::blended_estimate(x.p_hat_a, x.margin_z, margin);
+        let s = score.score(p, x.p_mc_a, n);
         if !s.is_finite() {
             return Err(PipelineError::Invalid(format!(
-                "input {}: its {} score is not finite (p_hat {}, p_MC {})",
+                "input {}: its {} score is not finite (estimate {}, p_MC {})",
                 x.idx,
                 score.as_str(),
-                x.p_hat_a,
+                p,
                 x.p_mc_a
             )));
         }
-        by_bin[smoothing::bin_of(edges, x.p_hat_a)].push(s);
+        by_bin[smoothing::bin_of(edges, p)].push(s);
     }
     let mut qs = Vec::new();
     for s in &by_bin {
@@ -314,6 +360,7 @@ fn calibrate_on(
         } else {
             Some(MondrianBins::new(edges, &qs).map_err(EngineError::from)?)
         },
+        margin_threshold: margin,
     }))
 }
 
@@ -326,7 +373,7 @@ fn estimate(
     alpha: f64,
     sigma: f64,
 ) -> Result<engine::SurrogateEstimate, PipelineError> {
-    let input = (x.class_a, x.surrogate_class, x.p_hat_a);
+    let input = (x.class_a, x.surrogate_class, x.p_hat_a, x.margin_z);
     Ok(calibrate::calibrated_estimate(
         input, k, shift, n, alpha, sigma,
     )?)

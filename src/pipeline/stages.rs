@@ -24,7 +24,6 @@ use super::report::{self, ReportOptions};
 use super::surrogate::{self, SurrogateLoss, TrainSurrogateOptions};
 use super::tail_map::{self, FitTailMapOptions};
 use super::{io_err, write_json, PipelineError};
-use crate::config::DEFAULT_AUTO_BAND;
 use crate::data::Split;
 use crate::engine::{AutoBand, CertifyParams, Method};
 use crate::model::{Arch, Bundle};
@@ -147,6 +146,10 @@ pub struct PipelineOptions {
     pub arch: Arch,
     pub epochs: usize,
     pub score: ConformalScore,
+    /// CALIBRATED's estimate (`smoothing::blended_estimate`).
+    pub margin_threshold: Option<f64>,
+    /// AUTO's fallback band in the evaluation.
+    pub auto_band: AutoBand,
     pub delta: f64,
     pub n0: u64,
     pub alpha: f64,
@@ -519,17 +522,20 @@ fn check_plan(opts: &PipelineOptions, reaches_calibrate: bool) -> Result<(), Pip
         if let Some(c) = &s.calibration {
             if reaches_calibrate && !calibration_matches(opts, c) && !opts.recalibrate {
                 return Err(PipelineError::Invalid(format!(
-                    "{} holds a calibration with other parameters (score {}, delta {}, N {}, n0 {}, \
-                     {} rank, {} bins) than this plan's (score {}, delta {}, N {}, n0 {}, marginal, \
-                     no bins); pass --recalibrate to replace it, or choose flags that match it",
+                    "{} holds a calibration with other parameters (score {}, margin threshold {}, \
+                     delta {}, N {}, n0 {}, {} rank, {} bins) than this plan's (score {}, margin \
+                     threshold {}, delta {}, N {}, n0 {}, marginal, no bins); pass --recalibrate \
+                     to replace it, or choose flags that match it",
                     opts.bundle.display(),
                     c.score.as_str(),
+                    threshold_str(c.margin_threshold),
                     c.delta,
                     c.n,
                     c.n0,
                     c.rank_rule.as_str(),
                     c.bins.len(),
                     opts.score.as_str(),
+                    threshold_str(opts.margin_threshold),
                     opts.delta,
                     opts.nominal_n,
                     opts.n0
@@ -566,8 +572,13 @@ fn check_plan(opts: &PipelineOptions, reaches_calibrate: bool) -> Result<(), Pip
     Ok(())
 }
 
+fn threshold_str(t: Option<f64>) -> String {
+    t.map_or_else(|| "none".into(), |z| z.to_string())
+}
+
 fn calibration_matches(opts: &PipelineOptions, c: &crate::model::Calibration) -> bool {
     c.score == opts.score
+        && c.margin_threshold == opts.margin_threshold
         && c.delta == opts.delta
         && c.n == opts.nominal_n
         && c.n0 == opts.n0
@@ -650,6 +661,7 @@ fn run_stage(
                 score: opts.score,
                 rank_rule: RankRule::Marginal,
                 bin_edges: Vec::new(),
+                margin_threshold: opts.margin_threshold,
                 n0: opts.n0,
                 alpha: opts.alpha,
                 seed: opts.seed,
@@ -705,10 +717,7 @@ fn run_stage(
                 },
                 seed: opts.seed,
                 adaptive: None,
-                auto_band: AutoBand {
-                    low: DEFAULT_AUTO_BAND.0,
-                    high: DEFAULT_AUTO_BAND.1,
-                },
+                auto_band: opts.auto_band,
                 target: None,
                 device: opts.device,
                 out,

@@ -12,9 +12,9 @@ mod conformal;
 pub mod sequential;
 
 pub use conformal::{
-    bin_of, check_edges, conformal_quantile, conformal_quantile_by, conformal_rank,
-    training_conditional_rank, CalibrationShift, ConformalScore, MondrianBins, RankRule,
-    SequentialSelection, MAX_BINS,
+    bin_of, blended_estimate, check_edges, conformal_quantile, conformal_quantile_by,
+    conformal_rank, training_conditional_rank, CalibrationShift, ConformalScore, MondrianBins,
+    RankRule, SelectionMargin, SequentialSelection, MAX_BINS,
 };
 
 use serde::{Deserialize, Serialize};

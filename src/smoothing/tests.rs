@@ -819,8 +819,70 @@ fn mondrian_bins_pick_their_quantile() {
         score: ConformalScore::PGap,
         q: 9.0,
         bins: Some(bins),
+        margin_threshold: None,
     };
-    assert!((shift.apply(0.95, 1000) - 0.75).abs() < 1e-12);
+    assert!((shift.apply(0.95, None, 1000) - 0.75).abs() < 1e-12);
+    // The margin is ignored without a threshold.
+    assert!((shift.apply(0.95, Some(0.0), 1000) - 0.75).abs() < 1e-12);
+}
+
+/// The margin's mean and sample standard deviation from its sums, against
+/// the two-pass textbook computation on the same values.
+#[test]
+fn selection_margin_from_sums_is_mean_and_sample_sd() {
+    let mut u = uniforms(11);
+    let xs: Vec<f64> = (0..37).map(|_| 3.0 * u() - 0.4).collect();
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    let m = SelectionMargin::from_sums(
+        xs.iter().sum(),
+        xs.iter().map(|x| x * x).sum(),
+        xs.len() as u64,
+    )
+    .unwrap();
+    assert!((m.mean - mean).abs() < 1e-12 && (m.sd - sd).abs() < 1e-12);
+    assert!((m.z() - mean / sd).abs() < 1e-9);
+    // Too few samples or broken sums say nothing; a constant margin is decisive.
+    assert!(SelectionMargin::from_sums(1.0, 1.0, 1).is_none());
+    assert!(SelectionMargin::from_sums(f64::NAN, 1.0, 5).is_none());
+    let constant = SelectionMargin::from_sums(10.0, 20.0, 5).unwrap();
+    assert_eq!(constant.z(), f64::INFINITY);
+    assert_eq!(
+        SelectionMargin::from_sums(-10.0, 20.0, 5).unwrap().z(),
+        f64::NEG_INFINITY
+    );
+}
+
+/// The blend: Phi(z) below the threshold, the surrogate (at least Phi(t))
+/// from it on, the surrogate alone without a threshold or a margin; and the
+/// calibrated probit shift applied to the blend.
+#[test]
+fn blended_estimate_takes_the_margin_below_its_threshold() {
+    let phi = |z: f64| {
+        use statrs::distribution::{ContinuousCDF, Normal};
+        Normal::standard().cdf(z)
+    };
+    let t = Some(2.5);
+    assert!((blended_estimate(0.999, Some(1.2), t) - phi(1.2)).abs() < 1e-15);
+    assert!((blended_estimate(0.3, Some(-0.4), t) - phi(-0.4)).abs() < 1e-15);
+    // At and beyond the threshold: the surrogate, floored at Phi(t).
+    assert_eq!(blended_estimate(0.99999, Some(2.5), t), 0.99999);
+    assert!((blended_estimate(0.9, Some(7.0), t) - phi(2.5)).abs() < 1e-15);
+    assert_eq!(blended_estimate(0.9, Some(f64::INFINITY), t), phi(2.5));
+    assert_eq!(blended_estimate(0.9, Some(f64::NEG_INFINITY), t), 0.0);
+    // No threshold, no margin or a NaN margin: the surrogate alone.
+    assert_eq!(blended_estimate(0.9, Some(1.0), None), 0.9);
+    assert_eq!(blended_estimate(0.9, None, t), 0.9);
+    assert_eq!(blended_estimate(0.9, Some(f64::NAN), t), 0.9);
+    let shift = CalibrationShift {
+        score: ConformalScore::Probit,
+        q: 0.3,
+        bins: None,
+        margin_threshold: t,
+    };
+    let got = shift.apply(0.999, Some(1.2), 100_000);
+    assert!((got - phi(1.2 - 0.3)).abs() < 1e-9, "{got}");
 }
 
 /// Uniform draws in [0, 1) from a splitmix64 sequence started at `seed`.

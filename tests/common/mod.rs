@@ -185,6 +185,7 @@ pub fn bundle_copy(root: &std::path::Path, name: &str, calibration: Option<(f64,
             seed: 0,
             rank_rule: Default::default(),
             bins: vec![],
+            margin_threshold: None,
         });
     b.save().unwrap();
     dir
