@@ -100,12 +100,12 @@ if [ ! -f "$bundle/selection_summary.json" ]; then
         --scores p-gap,log-miss,root-miss,probit --bins "none;0.99" --n0 100 --alpha 0.001 \
         --seed 0 --device "$device" | tee "$reports/selection.txt"
 fi
-# For the record: the surrogate's p_hat alone (probit, no margin) calibrated
-# on the same 1,000 images, on both evaluation sets.
+# For the record: the same score on the surrogate's p_hat alone (no margin),
+# calibrated on the same 1,000 images, on both evaluation sets.
 pipeline --until calibration-counts
 cal_counts=("$counts/test-n$nominal_n-skip1"/shard-{1,2,3,4,6}-of-50.safetensors)
 if [ ! -f "$reports/calibrated-no-margin.summary.json" ]; then
-    $B calibrate --bundle "$bundle" --counts "${cal_counts[@]}" --delta 0.05 --score probit \
+    $B calibrate --bundle "$bundle" --counts "${cal_counts[@]}" --delta 0.05 --score root-miss \
         --n0 100 --alpha 0.001 --seed 0 --device "$device" | tee "$reports/calibration-no-margin.txt"
     mv "$bundle/calibration_summary.json" "$reports/calibration-no-margin.json"
     certify_eval calibrated "$reports/calibrated-no-margin.tsv"
