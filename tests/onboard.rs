@@ -355,6 +355,11 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
     no_map.tail = None;
     let e = run_pipeline(&no_map).unwrap_err().to_string();
     assert!(e.contains("--no-tail-map"), "{e}");
+    // A calibration on other inputs than the plan's is not taken for its own.
+    let mut moved = plan.clone();
+    moved.calibration = role(Split::Test, 200, 4, &[3]);
+    let e = run_pipeline(&moved).unwrap_err().to_string();
+    assert!(e.contains("other inputs than this plan's"), "{e}");
     // Another calibration is kept unless asked for: a chosen one is never lost.
     let mut other = plan.clone();
     other.delta = 0.1;

@@ -68,7 +68,7 @@ impl CalibrateArgs {
         }
         for b in &c.bins {
             println!(
-                "  bin p_hat < {}: q = {:.6} (rank {} of {})",
+                "  bin estimate < {}: q = {:.6} (rank {} of {})",
                 b.upper.map_or("1".to_string(), |u| u.to_string()),
                 b.q,
                 b.rank,

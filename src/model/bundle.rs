@@ -177,7 +177,7 @@ pub struct Calibration {
     /// Which rank of the sorted scores is q (marginal when a bundle does not say).
     #[serde(default)]
     pub rank_rule: crate::smoothing::RankRule,
-    /// Mondrian calibration: one quantile per bin of p_hat[cA]; empty for one
+    /// Mondrian calibration: one quantile per bin of the estimate of p[cA]; empty for one
     /// quantile (`q`) over all inputs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bins: Vec<CalibrationBin>,
@@ -187,7 +187,7 @@ pub struct Calibration {
     pub margin_threshold: Option<f64>,
 }
 
-/// One Mondrian bin: the inputs with p_hat[cA] below `upper` (and at or
+/// One Mondrian bin: the inputs whose estimate of p[cA] is below `upper` (and at or
 /// above the previous bin's); the last bin has no upper edge.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CalibrationBin {
@@ -373,6 +373,14 @@ impl Bundle {
                         "surrogate.calibration: m, rank (<= m), n and n0 must be at least 1".into(),
                     );
                 }
+                if let Some(t) = c
+                    .margin_threshold
+                    .filter(|t| !(t.is_finite() && t.abs() <= 8.0))
+                {
+                    return Err(format!(
+                        "surrogate.calibration.margin_threshold: need a z within [-8, 8], got {t}"
+                    ));
+                }
                 if let crate::smoothing::RankRule::TrainingConditional { gamma } = c.rank_rule {
                     if !(gamma > 0.0 && gamma < 1.0) {
                         return Err(format!(
@@ -550,6 +558,15 @@ mod tests {
         let mut bad = sample(dir.path());
         bad.noise.sigma = -1.0;
         assert!(bad.save().unwrap_err().to_string().contains("sigma"));
+        let mut bad = sample(dir.path());
+        if let Some(c) = bad.surrogate.as_mut().and_then(|s| s.calibration.as_mut()) {
+            c.margin_threshold = Some(f64::INFINITY);
+        }
+        assert!(bad
+            .save()
+            .unwrap_err()
+            .to_string()
+            .contains("margin_threshold"));
 
         std::fs::write(dir.path().join(MANIFEST), "name = 3").unwrap();
         let err = Bundle::load(dir.path()).unwrap_err();

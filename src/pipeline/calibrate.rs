@@ -290,7 +290,7 @@ pub(crate) fn score_inputs(
     Ok(out)
 }
 
-/// One quantile per bin of p_hat[cA] (Mondrian); none without edges.
+/// One quantile per bin of the estimate of p[cA] (Mondrian); none without edges.
 fn mondrian_bins(
     scores: &[Score],
     edges: &[f64],

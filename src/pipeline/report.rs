@@ -862,6 +862,13 @@ fn read_joined(path: &Path) -> Result<(Vec<CertRow>, Option<serde_json::Value>),
             }
             rows.push(r);
         }
+        // An interrupted part would shrink the joined run without a word.
+        if !crate::fsutil::sidecar(part, "summary.json").exists() {
+            return Err(join_err(format!(
+                "{}: the run has no summary.json (unfinished?); only finished runs can be joined",
+                part.display()
+            )));
+        }
         let mut p = read_run_params(part).ok_or_else(|| {
             join_err(format!(
                 "{}: no parameters sidecar; only certify runs with their params.json can be joined",
@@ -1439,6 +1446,7 @@ mod tests {
                 serde_json::to_string(&p).unwrap(),
             )
             .unwrap();
+            std::fs::write(crate::fsutil::sidecar(&path, "summary.json"), "{}").unwrap();
             path
         };
         let all = rows();
@@ -1472,6 +1480,9 @@ mod tests {
         let mismatch = PathBuf::from(format!("{}+{}", a.display(), other.display()));
         let err = read_joined(&mismatch).unwrap_err().to_string();
         assert!(err.contains("other parameters"), "{err}");
+        std::fs::remove_file(crate::fsutil::sidecar(&b, "summary.json")).unwrap();
+        let err = read_joined(&joined).unwrap_err().to_string();
+        assert!(err.contains("no summary.json"), "{err}");
     }
 
     #[test]

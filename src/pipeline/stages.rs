@@ -23,7 +23,7 @@ use super::counts::{self, SampleCountsOptions, SampleOutcome, Shard};
 use super::report::{self, ReportOptions};
 use super::surrogate::{self, SurrogateLoss, TrainSurrogateOptions};
 use super::tail_map::{self, FitTailMapOptions};
-use super::{io_err, write_json, PipelineError};
+use super::{io_err, write_json, InputList, PipelineError};
 use crate::data::Split;
 use crate::engine::{AutoBand, CertifyParams, Method};
 use crate::model::{Arch, Bundle};
@@ -545,6 +545,24 @@ fn check_plan(opts: &PipelineOptions, reaches_calibrate: bool) -> Result<(), Pip
     }
     let (_, test) = super::bundle_dataset(&bundle, Split::Test, opts.data_dir.as_deref())?;
     let len = test.len();
+    if reaches_calibrate && !opts.recalibrate {
+        let calibration = bundle
+            .surrogate
+            .as_ref()
+            .and_then(|s| s.calibration.as_ref());
+        if let Some(c) = calibration.filter(|c| calibration_matches(opts, c)) {
+            let planned = opts.calibration.indices(len);
+            if !calibrated_on(&bundle, &planned)? {
+                return Err(PipelineError::Invalid(format!(
+                    "{} holds a calibration on other inputs than this plan's calibration role \
+                     ({} inputs there, {} in the plan); pass --recalibrate to replace it",
+                    opts.bundle.display(),
+                    c.m,
+                    planned.len()
+                )));
+            }
+        }
+    }
     let mut roles = vec![
         ("calibration", opts.calibration.indices(len)),
         ("evaluation", opts.eval.indices(len)),
@@ -574,6 +592,19 @@ fn check_plan(opts: &PipelineOptions, reaches_calibrate: bool) -> Result<(), Pip
 
 fn threshold_str(t: Option<f64>) -> String {
     t.map_or_else(|| "none".into(), |z| z.to_string())
+}
+
+/// Whether the bundle's calibration inputs are exactly `planned` (test split).
+fn calibrated_on(bundle: &Bundle, planned: &BTreeSet<usize>) -> Result<bool, PipelineError> {
+    let Some(used) = InputList::read_if_any(&bundle.dir.join(calibrate::INPUTS_FILE))? else {
+        return Ok(false);
+    };
+    Ok(used.split == Split::Test
+        && used.indices.len() == planned.len()
+        && used
+            .indices
+            .iter()
+            .all(|&i| usize::try_from(i).is_ok_and(|i| planned.contains(&i))))
 }
 
 fn calibration_matches(opts: &PipelineOptions, c: &crate::model::Calibration) -> bool {
@@ -645,14 +676,20 @@ fn run_stage(
             Ok(StageStatus::Ran)
         }
         Stage::Calibrate => {
-            let existing = Bundle::load(&opts.bundle)?
+            let bundle = Bundle::load(&opts.bundle)?;
+            let existing = bundle
                 .surrogate
-                .and_then(|s| s.calibration);
+                .as_ref()
+                .and_then(|s| s.calibration.clone());
             if existing
                 .as_ref()
                 .is_some_and(|c| calibration_matches(opts, c))
             {
-                return Ok(StageStatus::DoneBefore);
+                let (_, test) =
+                    super::bundle_dataset(&bundle, Split::Test, opts.data_dir.as_deref())?;
+                if calibrated_on(&bundle, &opts.calibration.indices(test.len()))? {
+                    return Ok(StageStatus::DoneBefore);
+                }
             }
             calibrate::calibrate(&CalibrateOptions {
                 bundle: opts.bundle.clone(),
