@@ -44,6 +44,16 @@ fn bundle(root: &Path) -> PathBuf {
     dir
 }
 
+/// The Fashion-MNIST split the counts and certify runs read.
+fn fashion(split: Split) -> data::Dataset {
+    data::load(
+        DatasetKind::FashionMnist,
+        &DatasetKind::FashionMnist.default_dir(),
+        split,
+    )
+    .unwrap()
+}
+
 fn p_hat_0(x0: f64) -> f64 {
     1.0 / (1.0 + (-2.0 * (1.0 - x0)).exp())
 }
@@ -135,12 +145,7 @@ fn calibration_quantile_and_the_calibrated_and_auto_methods() {
     let _rng = rng_lock();
     let root = tempfile::tempdir().unwrap();
     let b = bundle(root.path());
-    let test = data::load(
-        DatasetKind::FashionMnist,
-        &DatasetKind::FashionMnist.default_dir(),
-        Split::Test,
-    )
-    .unwrap();
+    let test = fashion(Split::Test);
 
     // 40 calibration inputs of the test split at the nominal N.
     let cal = counts(
@@ -213,12 +218,7 @@ fn calibration_quantile_and_the_calibrated_and_auto_methods() {
     assert!(err.contains("--adaptive-n0"), "{err}");
 
     // On fresh (training-split) inputs: count = round(N (p_hat[cA] - q)).
-    let train = data::load(
-        DatasetKind::FashionMnist,
-        &DatasetKind::FashionMnist.default_dir(),
-        Split::Train,
-    )
-    .unwrap();
+    let train = fashion(Split::Train);
     let out = root.path().join("calibrated.tsv");
     certify(&certify_opts(&b, &out, Method::Calibrated)).unwrap();
     let rows = read_tsv(&out).unwrap();
@@ -312,12 +312,7 @@ fn a_margin_threshold_scores_the_selection_margin() {
     let _rng = rng_lock();
     let root = tempfile::tempdir().unwrap();
     let b = bundle(root.path());
-    let test = data::load(
-        DatasetKind::FashionMnist,
-        &DatasetKind::FashionMnist.default_dir(),
-        Split::Test,
-    )
-    .unwrap();
+    let test = fashion(Split::Test);
     let cal_path = root.path().join("cal.safetensors");
     let cal = counts(&b, &cal_path, Split::Test, 250, N);
     let n0 = 200u64;
@@ -381,12 +376,7 @@ fn a_margin_threshold_scores_the_selection_margin() {
     // Fresh inputs: the calibrated count is Phi(z_margin - q), with z_margin
     // within 4 standard errors of the closed form; the surrogate's p_hat
     // (about 0.82 below in probit) would not be.
-    let train = data::load(
-        DatasetKind::FashionMnist,
-        &DatasetKind::FashionMnist.default_dir(),
-        Split::Train,
-    )
-    .unwrap();
+    let train = fashion(Split::Train);
     let out = root.path().join("calibrated.tsv");
     let mut opts = certify_opts(&b, &out, Method::Calibrated);
     opts.params.n0 = n0;
@@ -587,12 +577,7 @@ fn selection_and_calibration_never_share_an_input() {
     assert!(err.contains("selection inputs"), "{err}");
     let cal = calibrate(&cal_opts(&b, &calibration, 0.2, ConformalScore::Probit)).unwrap();
     // Independently: the probit scores and their ceil(21 * 0.8) = 17th smallest.
-    let test = data::load(
-        DatasetKind::FashionMnist,
-        &DatasetKind::FashionMnist.default_dir(),
-        Split::Test,
-    )
-    .unwrap();
+    let test = fashion(Split::Test);
     let counts = Counts::read(&calibration).unwrap();
     let normal = statrs::distribution::Normal::standard();
     use statrs::distribution::ContinuousCDF;

@@ -375,10 +375,11 @@ impl Bundle {
                 }
                 if let Some(t) = c
                     .margin_threshold
-                    .filter(|t| !(t.is_finite() && t.abs() <= 8.0))
+                    .filter(|&t| !crate::smoothing::margin_threshold_ok(t))
                 {
                     return Err(format!(
-                        "surrogate.calibration.margin_threshold: need a z within [-8, 8], got {t}"
+                        "surrogate.calibration.margin_threshold: need a finite z within +-{}, got {t}",
+                        crate::smoothing::MAX_MARGIN_THRESHOLD
                     ));
                 }
                 if let crate::smoothing::RankRule::TrainingConditional { gamma } = c.rank_rule {

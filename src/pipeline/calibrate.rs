@@ -372,8 +372,9 @@ fn band_figures(
 /// A margin threshold is a z: finite (a Phi(z) of 1 or 0 would say nothing).
 pub(crate) fn check_margin_threshold(t: Option<f64>) -> Result<(), PipelineError> {
     match t {
-        Some(t) if !(t.is_finite() && t.abs() <= 8.0) => Err(PipelineError::Invalid(format!(
-            "--margin-threshold {t}: need a z within [-8, 8]"
+        Some(t) if !smoothing::margin_threshold_ok(t) => Err(PipelineError::Invalid(format!(
+            "--margin-threshold {t}: need a finite z within +-{}",
+            smoothing::MAX_MARGIN_THRESHOLD
         ))),
         _ => Ok(()),
     }

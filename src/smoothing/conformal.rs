@@ -228,6 +228,15 @@ impl SelectionMargin {
     }
 }
 
+/// The largest |z| a margin threshold may be: beyond it Phi(z) is 0 or 1 to
+/// double precision and the threshold would say nothing.
+pub const MAX_MARGIN_THRESHOLD: f64 = 8.0;
+
+/// Whether `t` can be a margin threshold (finite, |t| <= MAX_MARGIN_THRESHOLD).
+pub fn margin_threshold_ok(t: f64) -> bool {
+    t.is_finite() && t.abs() <= MAX_MARGIN_THRESHOLD
+}
+
 /// The p[cA] that CALIBRATED shifts when it blends (threshold `t`): the
 /// margin's Phi(z) where z < t, where the Gaussian margin is accurate, and
 /// max(p_hat, Phi(t)) beyond it, the surrogate's tail no lower than the

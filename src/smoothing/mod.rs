@@ -13,8 +13,9 @@ pub mod sequential;
 
 pub use conformal::{
     bin_of, blended_estimate, check_edges, conformal_quantile, conformal_quantile_by,
-    conformal_rank, training_conditional_rank, CalibrationShift, ConformalScore, MondrianBins,
-    RankRule, SelectionMargin, SequentialSelection, MAX_BINS,
+    conformal_rank, margin_threshold_ok, training_conditional_rank, CalibrationShift,
+    ConformalScore, MondrianBins, RankRule, SelectionMargin, SequentialSelection, MAX_BINS,
+    MAX_MARGIN_THRESHOLD,
 };
 
 use serde::{Deserialize, Serialize};
