@@ -102,7 +102,7 @@ async fn offline_certify_and_served_requests_agree_row_for_row() {
 
     let cfg = server_config();
     assert_ne!(
-        forward_batch_for(Device::Cpu, cfg.batching.forward_batch),
+        forward_batch_for(Device::Cpu, cfg.batching.forward_batch, [1, 28, 28]),
         params.batch,
         "the served forward batch should differ from the offline one"
     );

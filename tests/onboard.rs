@@ -250,7 +250,10 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
         },
         chunk: 8,
         calibration_chunk: 4,
-        arch: Arch::SmallCnn,
+        // The traced rule has no parameters to fine-tune: a built-in network.
+        arch: Some(Arch::SmallCnn),
+        learning_rate: None,
+        loss: smoothcert::pipeline::surrogate::SurrogateLoss::Js,
         epochs: 2,
         score: ConformalScore::PGap,
         margin_threshold: Some(2.5),

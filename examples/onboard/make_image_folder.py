@@ -8,6 +8,7 @@ A stand-in for your own folder of labelled images (stdlib and Pillow only).
 import argparse
 import gzip
 import os
+import random
 import shutil
 import struct
 
@@ -31,10 +32,23 @@ def read_idx(prefix):
     return pixels, labels, rows, cols
 
 
+def tinted(gray, size, rng):
+    """gray centred on a black SIZE x SIZE canvas, each channel scaled by its
+    own factor in [0.4, 1]: colour that carries no label, so a classifier
+    has to use all three channels' shapes rather than one."""
+    canvas = Image.new("L", (size, size))
+    canvas.paste(gray, ((size - gray.width) // 2, (size - gray.height) // 2))
+    channels = [canvas.point(lambda v, f=rng.uniform(0.4, 1.0): int(v * f)) for _ in range(3)]
+    return Image.merge("RGB", channels)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--every", type=int, default=5, help="keep every k-th image")
+    ap.add_argument("--rgb", type=int, metavar="SIZE",
+                    help="RGB images of SIZE x SIZE instead (Fashion-MNIST padded to SIZE, "
+                         "each image tinted by a colour of its own): a stand-in for an RGB dataset")
     args = ap.parse_args()
     # Written beside OUT and renamed at the end: an interrupted run leaves no
     # half folder that looks finished.
@@ -48,6 +62,8 @@ def main():
         kept = 0
         for i in range(0, len(labels), args.every):
             img = Image.frombytes("L", (cols, rows), pixels[i * size:(i + 1) * size])
+            if args.rgb:
+                img = tinted(img, args.rgb, random.Random(f"{split}-{i}"))
             img.save(os.path.join(tmp, split, CLASSES[labels[i]], f"{i:05d}.png"))
             kept += 1
         print(f"{split}: {kept} images in {args.out}/{split}")

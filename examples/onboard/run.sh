@@ -36,10 +36,11 @@ fi
 
 # 4. The surrogate, its tail map and calibration, and a held-out evaluation
 #    against Monte Carlo, at a nominal N of 10,000 (CPU-sized; the default is
-#    100,000). The surrogate learns from 1,000-sample counts of 2,000 training
-#    images (every 3rd, shards 0 and 1 of 4). Test images by index: i % 16 == 1
-#    fit the tail map, i % 16 == 2 calibrate, i % 16 == 0 are evaluated
-#    (125 images each).
+#    100,000). The surrogate is a copy of model.pt fine-tuned on 1,000-sample
+#    counts of 2,000 training images (every 3rd, shards 0 and 1 of 4). Test
+#    images by index: i % 16 == 1 fit the tail map, i % 16 == 2 calibrate,
+#    i % 16 == 0 are evaluated (125 images each). examples/onboard/budget.sh
+#    then compares other splits of the same counts budget.
 smoothcert pipeline --bundle "$W/fashion-folder-cnn" --counts-dir "$W/counts" \
     --nominal-n 10000 --train-n 1000 --train-skip 3 --train-shards 4 --train-use 0,1 \
     --epochs 30 --tail-n 1000 --tail-shards 16 --tail-use 1 \

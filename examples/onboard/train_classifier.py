@@ -36,6 +36,44 @@ class Net(nn.Module):
         return self.head(self.features((x - self.mean) / self.std))
 
 
+class BasicBlock(nn.Module):
+    """ResNet's basic block: two 3x3 convolutions with batch norm and a skip."""
+
+    def __init__(self, i, o, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(i, o, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(o)
+        self.conv2 = nn.Conv2d(o, o, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(o)
+        self.skip = nn.Sequential()
+        if stride != 1 or i != o:
+            self.skip = nn.Sequential(nn.Conv2d(i, o, 1, stride, bias=False), nn.BatchNorm2d(o))
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(h)) + self.skip(x))
+
+
+class ResNet(nn.Module):
+    """A CIFAR-style ResNet (He et al.'s 6n + 2 layout with n = 1, widths
+    16/32/64): any input size, [B, C, H, W] pixels in [0, 1] to [B, classes]."""
+
+    def __init__(self, channels, classes, mean, std, width=16):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.stem = nn.Sequential(nn.Conv2d(channels, width, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU())
+        self.layers = nn.Sequential(BasicBlock(width, width, 1),
+                                    BasicBlock(width, 2 * width, 2),
+                                    BasicBlock(2 * width, 4 * width, 2))
+        self.head = nn.Linear(4 * width, classes)
+
+    def forward(self, x):
+        h = self.layers(self.stem((x - self.mean) / self.std))
+        return self.head(h.mean(dim=(2, 3)))
+
+
 def load(root, channels):
     """The whole split as two tensors (ImageFolder: classes in sorted folder order)."""
     tf = [transforms.Grayscale(1)] if channels == 1 else []
@@ -57,6 +95,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="image folder with train/ and test/")
     ap.add_argument("--channels", type=int, choices=[1, 3], default=3)
+    ap.add_argument("--arch", choices=["cnn", "resnet"], default="cnn")
     ap.add_argument("--sigma", type=float, default=0.25)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -71,7 +110,8 @@ def main():
     assert classes == test_classes, "train/ and test/ must have the same class folders"
     mean = x.mean(dim=(0, 2, 3)).tolist()
     std = x.std(dim=(0, 2, 3)).tolist()
-    model = Net(args.channels, len(classes), mean, std)
+    net = {"cnn": Net, "resnet": ResNet}[args.arch]
+    model = net(args.channels, len(classes), mean, std)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * ((len(x) + args.batch_size - 1) // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr * 3, total_steps=steps)

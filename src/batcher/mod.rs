@@ -164,10 +164,16 @@ impl Job {
 }
 
 /// The forward batch for a device: `configured`, or when 0 the size that suits
-/// it (32 on a CPU, where small batches are fastest; 4096 on a GPU).
-pub fn forward_batch_for(device: Device, configured: i64) -> i64 {
+/// it and the model's `input` [C, H, W]: 32 on a CPU (where small batches are
+/// fastest, and which any model fits); on a GPU 4096 inputs of up to
+/// 3 x 32 x 32 pixels, fewer in proportion for larger ones (at least 64:
+/// 83 for 3 x 224 x 224), so that a ResNet's activations stay within a few GB.
+pub fn forward_batch_for(device: Device, configured: i64, input: [usize; 3]) -> i64 {
+    const GPU_BATCH: i64 = 4096;
+    const GPU_PIXELS: i64 = GPU_BATCH * 3 * 32 * 32;
+    let pixels = input.iter().product::<usize>().max(1) as i64;
     match configured {
-        0 if device.is_cuda() => 4096,
+        0 if device.is_cuda() => (GPU_PIXELS / pixels).clamp(64, GPU_BATCH),
         0 => 32,
         fb => fb,
     }
@@ -198,11 +204,11 @@ pub fn stage_slice(forward_batch: i64) -> u64 {
 
 impl BatchingOptions {
     /// One request at a time, as offline runs and benchmarks send them.
-    pub fn sequential(device: Device, forward_batch: i64) -> BatchingOptions {
+    pub fn sequential(device: Device, forward_batch: i64, input: [usize; 3]) -> BatchingOptions {
         BatchingOptions {
             max_batch_requests: 1,
             max_queue_delay: Duration::ZERO,
-            forward_batch: forward_batch_for(device, forward_batch),
+            forward_batch: forward_batch_for(device, forward_batch, input),
             queue_capacity: 64,
             mc_queue_capacity: 64,
             sequential_queue_capacity: 64,
@@ -808,7 +814,7 @@ impl Offline {
             &bundle.name,
             bundle,
             device,
-            &BatchingOptions::sequential(device, forward_batch),
+            &BatchingOptions::sequential(device, forward_batch, bundle.input_shape),
             auto_band,
             Arc::new(Metrics::new()),
         )?;

@@ -228,7 +228,7 @@ pub fn bench_serve(opts: &BenchServeOptions) -> Result<BenchServeReport, Pipelin
     config.models[0].bundle = opts.bundle.clone();
     config.models[0].device = opts.device.clone();
     config.models[0].n0 = opts.n0;
-    let forward_batch = crate::batcher::forward_batch_for(device, 0);
+    let forward_batch = crate::batcher::forward_batch_for(device, 0, bundle.input_shape);
     config.batching.forward_batch = forward_batch;
 
     let engine = |label: &str| -> Result<f64, PipelineError> {

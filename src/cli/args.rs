@@ -51,21 +51,24 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// The engine's parameters with `n` estimation samples on `device`.
-    pub fn params(self, n: u64, device: tch::Device) -> CertifyParams {
+    /// The engine's parameters with `n` estimation samples on `device`, for the bundle at `bundle`.
+    pub fn params(self, n: u64, device: tch::Device, bundle: &std::path::Path) -> CertifyParams {
         CertifyParams {
             n0: self.n0,
             n,
             alpha: self.alpha,
-            batch: forward_batch(self.batch, device),
+            batch: forward_batch(self.batch, device, bundle),
         }
     }
 }
 
-/// `--batch` when given, else the forward batch that suits the device (the
-/// server's rule): the fast path for a user who sets nothing.
-pub fn forward_batch(given: Option<i64>, device: tch::Device) -> i64 {
-    given.unwrap_or_else(|| smoothcert::batcher::forward_batch_for(device, 0))
+/// `--batch` when given, else the forward batch that suits the device and
+/// the input shape of the bundle at `bundle` (the server's rule): the fast
+/// path for a user who sets nothing. A bundle that does not load gets the
+/// small-input size here, and its own error from the command.
+pub fn forward_batch(given: Option<i64>, device: tch::Device, bundle: &std::path::Path) -> i64 {
+    let input = smoothcert::model::Bundle::load(bundle).map_or([1, 1, 1], |b| b.input_shape);
+    given.unwrap_or_else(|| smoothcert::batcher::forward_batch_for(device, 0, input))
 }
 
 /// AUTO's band: where the calibrated estimate falls back to Monte Carlo.
@@ -156,7 +159,7 @@ impl HeldOutScoringArgs {
     ) -> Result<smoothcert::pipeline::calibrate::CalibrateOptions> {
         let device = self.device.device()?;
         Ok(smoothcert::pipeline::calibrate::CalibrateOptions {
-            bundle: self.bundle,
+            bundle: self.bundle.clone(),
             counts: self.counts,
             delta: self.delta,
             score,
@@ -166,7 +169,7 @@ impl HeldOutScoringArgs {
             n0: self.n0,
             alpha: self.alpha,
             seed: self.seed,
-            batch: forward_batch(self.batch, device),
+            batch: forward_batch(self.batch, device, &self.bundle),
             data_dir: self.data_dir,
             device,
         })

@@ -86,10 +86,10 @@ impl BenchCertifyArgs {
         let device = self.device.device()?;
         let opts = bench::MethodsBenchOptions {
             auto_band: self.auto_band.band(),
-            bundle: self.bundle,
+            bundle: self.bundle.clone(),
             device,
             inputs: self.inputs,
-            params: self.sampling.params(n, device),
+            params: self.sampling.params(n, device, &self.bundle),
             seed: self.seed,
             target_radii: self.target_radii,
         };
@@ -129,7 +129,7 @@ impl BenchAdaptiveArgs {
     pub fn run(self) -> Result<()> {
         let device = self.device.device()?;
         let r = bench::bench_adaptive(&bench::AdaptiveBenchOptions {
-            bundle: self.bundle,
+            bundle: self.bundle.clone(),
             device,
             inputs: self.inputs,
             n0: self.n0,
@@ -138,7 +138,7 @@ impl BenchAdaptiveArgs {
                 alpha: self.alpha,
             },
             batch_requests: self.batch_requests,
-            forward_batch: super::args::forward_batch(self.batch, device),
+            forward_batch: super::args::forward_batch(self.batch, device, &self.bundle),
             seed: self.seed,
         })
         .context("bench-adaptive failed")?;

@@ -73,14 +73,14 @@ impl CertifyArgs {
         };
         let device = self.device.device()?;
         let opts = certify::CertifyOptions {
-            bundle: self.bundle,
+            bundle: self.bundle.clone(),
             method: self.method,
             split: self.split,
             data_dir: self.data_dir,
             offset: self.offset,
             skip: self.skip,
             max: self.max,
-            params: self.sampling.params(n, device),
+            params: self.sampling.params(n, device, &self.bundle),
             seed: self.seed,
             adaptive: self.adaptive.rule(),
             auto_band: self.auto_band.band(),

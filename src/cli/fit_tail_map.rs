@@ -32,7 +32,7 @@ impl FitTailMapArgs {
             bundle: self.bundle.clone(),
             counts: self.counts,
             min_inputs: self.min_inputs,
-            batch: super::args::forward_batch(self.batch, device),
+            batch: super::args::forward_batch(self.batch, device, &self.bundle),
             data_dir: self.data_dir,
             device,
         })

@@ -93,8 +93,18 @@ pub struct PipelineArgs {
     /// Device of count sampling (default: --device).
     #[arg(long)]
     counts_device: Option<String>,
-    #[arg(long, default_value = "small-cnn", value_parser = arch_parser())]
-    arch: Arch,
+    /// The surrogate: this built-in architecture (from the base's weights when
+    /// the base is that architecture, else from scratch). Default: a copy of
+    /// the base, fine-tuned (for a TorchScript base, its own module).
+    #[arg(long, value_parser = arch_parser())]
+    arch: Option<Arch>,
+    /// The surrogate's learning rate (default: 1e-4 for a TorchScript copy, 1e-3 otherwise).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// The surrogate's loss: the paper's Jensen-Shannon divergence, or the
+    /// soft-label cross-entropy against the normalized counts.
+    #[arg(long, value_enum, default_value = "js")]
+    loss: smoothcert::pipeline::surrogate::SurrogateLoss,
     #[arg(long, default_value_t = 30)]
     epochs: usize,
     /// The conformal score. probit (radius space) takes sigma * q off every
@@ -202,6 +212,8 @@ impl PipelineArgs {
             chunk: self.chunk,
             calibration_chunk: self.calibration_chunk,
             arch: self.arch,
+            learning_rate: self.lr,
+            loss: self.loss,
             epochs: self.epochs,
             score: self.score,
             margin_threshold: self.margin_threshold.0,

@@ -13,16 +13,22 @@ pub struct TrainSurrogateArgs {
     /// Counts file(s) from sample-counts (shards of one run are joined).
     #[arg(long, required = true, num_args = 1..)]
     counts: Vec<PathBuf>,
-    #[arg(long, default_value = "small-cnn", value_parser = arch_parser())]
-    arch: Arch,
+    /// Train this built-in architecture from scratch (with --init-from-base:
+    /// from a built-in base's weights). Default: a copy of the base itself,
+    /// fine-tuned (a TorchScript base's module, saved as TorchScript; a
+    /// built-in base's architecture and weights).
+    #[arg(long, value_parser = arch_parser())]
+    arch: Option<Arch>,
     #[arg(long, value_enum, default_value = "js")]
     loss: surrogate::SurrogateLoss,
     #[arg(long, default_value_t = 20)]
     epochs: usize,
-    #[arg(long, default_value_t = 128)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
+    /// Default: 128 for inputs up to 3 x 32 x 32, fewer for larger ones (at least 8).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Default: 1e-4 for a fine-tuned TorchScript copy, 1e-3 for a built-in network.
+    #[arg(long)]
+    lr: Option<f64>,
     #[arg(long, default_value_t = 0.1)]
     val_fraction: f64,
     /// The sample count the surrogate stands in for (default 100000).
@@ -36,37 +42,41 @@ pub struct TrainSurrogateArgs {
     device: DeviceArgs,
     #[arg(long)]
     pause_after: Option<usize>,
-    /// Start from the base classifier's weights (same architecture).
-    #[arg(long)]
+    /// With --arch: start from the base classifier's weights (same architecture).
+    #[arg(long, requires = "arch")]
     init_from_base: bool,
 }
 
 impl TrainSurrogateArgs {
     pub fn run(self) -> Result<()> {
         let epochs = self.epochs;
+        let bundle = smoothcert::model::Bundle::load(&self.bundle)?;
+        let init = surrogate::SurrogateInit::choose(&bundle, self.arch, self.init_from_base)?;
         let opts = surrogate::TrainSurrogateOptions {
             bundle: self.bundle,
             counts: self.counts,
-            arch: self.arch,
+            init,
             loss: self.loss,
             epochs,
-            batch_size: self.batch_size,
-            learning_rate: self.lr,
+            batch_size: self
+                .batch_size
+                .unwrap_or(surrogate::default_batch_size(bundle.input_shape)),
+            learning_rate: self.lr.unwrap_or(init.default_learning_rate()),
             val_fraction: self.val_fraction,
             nominal_n: self.nominal_n,
             data_dir: self.data_dir,
             seed: self.seed,
             device: self.device.device()?,
             pause_after: self.pause_after,
-            init_from_base: self.init_from_base,
             show_progress: true,
         };
         match surrogate::train_surrogate(&opts).context("train-surrogate failed")? {
             surrogate::SurrogateOutcome::Finished(spec) => {
                 let t = spec.training.unwrap_or_default();
                 println!(
-                    "surrogate ({} loss, best epoch {}/{}, nominal N {}): validation mean JS {:.5}, \
+                    "surrogate ({}, {} loss, best epoch {}/{}, nominal N {}): validation mean JS {:.5}, \
                      top-1 agreement {:.2}%, |p_hat[cA] - p_MC[cA]| mean {:.4} p95 {:.4}",
+                    t.init.as_deref().unwrap_or("?"),
                     t.loss,
                     t.best_epoch,
                     t.epochs,

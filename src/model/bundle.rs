@@ -84,6 +84,38 @@ pub struct SurrogateSpec {
     pub calibration: Option<Calibration>,
 }
 
+impl SurrogateSpec {
+    /// Refuses a tail map or calibration recorded for another surrogate
+    /// file than the one at `fingerprint` (`fsutil::fingerprint`), naming both.
+    pub fn check_measured(&self, fingerprint: &str) -> Result<(), String> {
+        let recorded = [
+            (
+                "tail_map",
+                self.tail_map
+                    .as_ref()
+                    .and_then(|t| t.surrogate_fnv1a.as_deref()),
+            ),
+            (
+                "calibration",
+                self.calibration
+                    .as_ref()
+                    .and_then(|c| c.surrogate_fnv1a.as_deref()),
+            ),
+        ];
+        for (section, measured) in recorded {
+            if let Some(measured) = measured.filter(|m| *m != fingerprint) {
+                return Err(format!(
+                    "surrogate.{section} measured the surrogate {measured}, but {} is {fingerprint}: \
+                     {} it on this surrogate",
+                    self.model.file,
+                    if section == "tail_map" { "refit (fit-tail-map)" } else { "recalibrate (calibrate)" }
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Histogram-binning recalibration of the surrogate's miss mass
 /// m = 1 - p_hat[top]: in bin b (edges[b] <= m < edges[b + 1], the last bin
 /// open) m becomes m * ratios[b], the other classes scaled with it. Fitted by
@@ -101,6 +133,10 @@ pub struct TailMap {
     pub counts_n: u64,
     /// The bundle file listing the fit's inputs (dataset indices).
     pub inputs_file: String,
+    /// Fingerprint of the surrogate file the map was fitted on: loading the
+    /// map with another surrogate is refused. Absent in older bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surrogate_fnv1a: Option<String>,
 }
 
 impl TailMap {
@@ -185,6 +221,10 @@ pub struct Calibration {
     /// this z (`smoothing::blended_estimate`); absent: the surrogate's p_hat alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub margin_threshold: Option<f64>,
+    /// Fingerprint of the surrogate file the scores measured: a calibration
+    /// of another surrogate is refused at load. Absent in older bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surrogate_fnv1a: Option<String>,
 }
 
 /// One Mondrian bin: the inputs whose estimate of p[cA] is below `upper` (and at or
@@ -220,6 +260,15 @@ impl Calibration {
 pub struct SurrogateTraining {
     /// "js" (Jensen-Shannon) or "soft-ce" (cross-entropy against the normalized counts).
     pub loss: String,
+    /// Where the weights started: "base-copy" (the base's TorchScript module,
+    /// fine-tuned), "base-weights" (a built-in base's weights) or "scratch".
+    /// Absent in bundles trained before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
     pub epochs: usize,
     pub best_epoch: usize,
     /// Sample count of the training counts.
@@ -437,6 +486,7 @@ mod tests {
             split: crate::data::Split::Test,
             counts_n: 10_000,
             inputs_file: "tail_map_inputs.json".into(),
+            surrogate_fnv1a: None,
         };
         assert!(map.validate().is_ok());
         // Miss 0.004 is in the first bin: halved, the others in proportion.
@@ -507,6 +557,7 @@ mod tests {
                     split: crate::data::Split::Test,
                     counts_n: 10_000,
                     inputs_file: "tail_map_inputs.json".into(),
+                    surrogate_fnv1a: Some("0123456789abcdef".into()),
                 }),
                 calibration: Some(Calibration {
                     delta: 0.05,
@@ -535,10 +586,38 @@ mod tests {
                         },
                     ],
                     margin_threshold: Some(2.5),
+                    surrogate_fnv1a: Some("0123456789abcdef".into()),
                 }),
             }),
             dir: dir.to_path_buf(),
         }
+    }
+
+    #[test]
+    fn a_tail_map_or_calibration_of_another_surrogate_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = sample(dir.path()).surrogate.unwrap();
+        // Both record 0123456789abcdef (the sample's).
+        assert!(spec.check_measured("0123456789abcdef").is_ok());
+        let err = spec.check_measured("fedcba9876543210").unwrap_err();
+        assert!(
+            err.contains("surrogate.tail_map") && err.contains("fit-tail-map"),
+            "{err}"
+        );
+        assert!(
+            err.contains("0123456789abcdef") && err.contains("fedcba9876543210"),
+            "{err}"
+        );
+        let mut spec = spec;
+        spec.tail_map.as_mut().unwrap().surrogate_fnv1a = None;
+        let err = spec.check_measured("fedcba9876543210").unwrap_err();
+        assert!(
+            err.contains("surrogate.calibration") && err.contains("recalibrate"),
+            "{err}"
+        );
+        // Older bundles record no surrogate: nothing to compare.
+        spec.calibration.as_mut().unwrap().surrogate_fnv1a = None;
+        assert!(spec.check_measured("fedcba9876543210").is_ok());
     }
 
     #[test]

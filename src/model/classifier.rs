@@ -12,6 +12,14 @@ pub enum Network {
         net: Box<dyn ModuleT>,
     },
     TorchScript(tch::CModule),
+    /// A TorchScript module whose parameters sit in a VarStore (tch's
+    /// `TrainableCModule`): a copy of a user's base classifier being
+    /// fine-tuned into its surrogate. Training and evaluation mode are the
+    /// module's own state (a traced module keeps the mode it was traced in).
+    TrainableScript {
+        vs: nn::VarStore,
+        module: tch::TrainableCModule,
+    },
 }
 
 pub struct Classifier {
@@ -29,7 +37,7 @@ impl std::fmt::Debug for Classifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.network {
             Network::BuiltIn { arch, .. } => arch.name(),
-            Network::TorchScript(_) => "torchscript",
+            Network::TorchScript(_) | Network::TrainableScript { .. } => "torchscript",
         };
         f.debug_struct("Classifier")
             .field("network", &kind)
@@ -51,14 +59,83 @@ impl Classifier {
     ) -> Result<Self, ModelError> {
         let vs = nn::VarStore::new(device);
         let net = arch.build(&vs.root(), shape, num_classes)?;
-        Ok(Classifier {
-            network: Network::BuiltIn { arch, vs, net },
+        let network = Network::BuiltIn { arch, vs, net };
+        Ok(Self::of(network, shape, num_classes, normalization, device))
+    }
+
+    fn of(
+        network: Network,
+        shape: [usize; 3],
+        num_classes: usize,
+        normalization: Option<&Normalization>,
+        device: Device,
+    ) -> Self {
+        Classifier {
+            network,
             norm: normalization.map(|n| norm_tensors(n, device)),
             device,
             shape,
             num_classes,
             tail_map: None,
-        })
+        }
+    }
+
+    /// A trainable copy of a TorchScript file: its parameters go into a fresh
+    /// VarStore, so the training code's optimizer sees them as it sees a
+    /// built-in network's. The file is read, never written.
+    pub fn load_trainable_script(
+        path: &Path,
+        shape: [usize; 3],
+        num_classes: usize,
+        normalization: Option<&Normalization>,
+        device: Device,
+    ) -> Result<Self, ModelError> {
+        let vs = nn::VarStore::new(device);
+        let mut module = tch::TrainableCModule::load(path, vs.root())
+            .map_err(|e| ModelError::Bundle(format!("{}: {e}", path.display())))?;
+        module.f_set_eval()?;
+        let network = Network::TrainableScript { vs, module };
+        let model = Self::of(network, shape, num_classes, normalization, device);
+        model.check_output()?;
+        Ok(model)
+    }
+
+    /// Whether the network is a TorchScript module being trained (saved with
+    /// [`Classifier::save_script`]).
+    pub fn is_script(&self) -> bool {
+        matches!(self.network, Network::TrainableScript { .. })
+    }
+
+    /// Switches a TorchScript network between training and evaluation mode
+    /// (batch norm, dropout); built-in networks take the mode per call in
+    /// [`Classifier::forward_t`] and ignore this.
+    pub fn set_training(&mut self, train: bool) -> Result<(), ModelError> {
+        match (&mut self.network, train) {
+            (Network::BuiltIn { .. }, _) => {}
+            (Network::TorchScript(m), true) => m.f_set_train()?,
+            (Network::TorchScript(m), false) => m.f_set_eval()?,
+            (Network::TrainableScript { module, .. }, true) => module.f_set_train()?,
+            (Network::TrainableScript { module, .. }, false) => module.f_set_eval()?,
+        }
+        Ok(())
+    }
+
+    /// Saves a trainable TorchScript network as a TorchScript file in
+    /// evaluation mode (what a later load, ours or PyTorch's, expects), via a
+    /// temporary file and a rename. Leaves the network in evaluation mode.
+    pub fn save_script(&mut self, path: &Path) -> Result<(), ModelError> {
+        let Network::TrainableScript { module, .. } = &mut self.network else {
+            return Err(ModelError::Bundle(
+                "only a TorchScript network saves as TorchScript".into(),
+            ));
+        };
+        module.f_set_eval()?;
+        let tmp = path.with_extension("pt.tmp");
+        module
+            .save(&tmp)
+            .map_err(|e| ModelError::Bundle(format!("{}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| ModelError::Bundle(format!("{}: {e}", path.display())))
     }
 
     /// Loads the base classifier of a bundle onto `device`.
@@ -75,6 +152,11 @@ impl Classifier {
                 bundle.dir.display()
             ))
         })?;
+        let path = bundle.dir.join(&spec.model.file);
+        let fingerprint = crate::fsutil::fingerprint(&path)
+            .map_err(|e| ModelError::Bundle(format!("{}: {e}", path.display())))?;
+        spec.check_measured(&fingerprint)
+            .map_err(|e| ModelError::Bundle(format!("{}: {e}", bundle.dir.display())))?;
         let mut model = Self::load_spec(bundle, &spec.model, device)?;
         model.tail_map = spec.tail_map.clone();
         Ok(model)
@@ -106,14 +188,14 @@ impl Classifier {
                 let mut module = tch::CModule::load_on_device(&path, device)
                     .map_err(|e| ModelError::Bundle(format!("{}: {e}", path.display())))?;
                 module.set_eval();
-                let model = Classifier {
-                    network: Network::TorchScript(module),
-                    norm: norm.map(|n| norm_tensors(n, device)),
+                let network = Network::TorchScript(module);
+                let model = Self::of(
+                    network,
+                    bundle.input_shape,
+                    bundle.num_classes(),
+                    norm,
                     device,
-                    shape: bundle.input_shape,
-                    num_classes: bundle.num_classes(),
-                    tail_map: None,
-                };
+                );
                 model.check_output()?;
                 Ok(model)
             }
@@ -135,15 +217,17 @@ impl Classifier {
     /// The trainable variables of a built-in network.
     pub fn var_store(&self) -> Option<&nn::VarStore> {
         match &self.network {
-            Network::BuiltIn { vs, .. } => Some(vs),
+            Network::BuiltIn { vs, .. } | Network::TrainableScript { vs, .. } => Some(vs),
             Network::TorchScript(_) => None,
         }
     }
 
     pub fn save_weights(&self, path: &Path) -> Result<(), ModelError> {
-        let vs = self.var_store().ok_or_else(|| {
-            ModelError::Bundle("only built-in networks save safetensors weights".into())
-        })?;
+        let Network::BuiltIn { vs, .. } = &self.network else {
+            return Err(ModelError::Bundle(
+                "only built-in networks save safetensors weights".into(),
+            ));
+        };
         vs.save(path)
             .map_err(|e| ModelError::Bundle(format!("{}: {e}", path.display())))
     }
@@ -195,6 +279,7 @@ impl Classifier {
         match &self.network {
             Network::BuiltIn { net, .. } => Ok(net.forward_t(&x, train)),
             Network::TorchScript(m) => Ok(m.forward_ts(&[x])?),
+            Network::TrainableScript { module, .. } => Ok(module.forward_ts(&[x])?),
         }
     }
 

@@ -182,6 +182,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
         rank_rule: opts.rank_rule,
         bins,
         margin_threshold: opts.margin_threshold,
+        surrogate_fnv1a: super::surrogate_fingerprint(&bundle)?,
     };
     let bands = [0.0, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5]
         .iter()

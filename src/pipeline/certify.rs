@@ -207,12 +207,9 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         bundle_name: bundle.name.clone(),
         bundle_version: bundle.version.clone(),
         base_weights_fnv1a: super::base_fingerprint(&bundle)?,
-        surrogate_weights_fnv1a: match (opts.method, &bundle.surrogate) {
-            (Method::MonteCarlo, _) | (_, None) => None,
-            (_, Some(s)) => {
-                let path = bundle.dir.join(&s.model.file);
-                Some(crate::fsutil::fingerprint(&path).map_err(io_err(&path))?)
-            }
+        surrogate_weights_fnv1a: match opts.method {
+            Method::MonteCarlo => None,
+            _ => super::surrogate_fingerprint(&bundle)?,
         },
         method: opts.method,
         split: opts.split,

@@ -145,6 +145,20 @@ pub(crate) fn base_fingerprint(bundle: &crate::model::Bundle) -> Result<String, 
     crate::fsutil::fingerprint(&base).map_err(io_err(&base))
 }
 
+/// Fingerprint of the bundle's surrogate file (what a tail map and a
+/// calibration record as the surrogate they measured).
+pub(crate) fn surrogate_fingerprint(
+    bundle: &crate::model::Bundle,
+) -> Result<Option<String>, PipelineError> {
+    let Some(s) = &bundle.surrogate else {
+        return Ok(None);
+    };
+    let path = bundle.dir.join(&s.model.file);
+    crate::fsutil::fingerprint(&path)
+        .map(Some)
+        .map_err(io_err(&path))
+}
+
 /// Dataset indices of one split that a bundle file records as used: the
 /// inputs a tail map was fitted on or a calibration computed on.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

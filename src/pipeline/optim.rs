@@ -25,7 +25,7 @@ impl Adam {
     pub(crate) fn new(model: &Classifier) -> Result<Self, PipelineError> {
         let vs = model
             .var_store()
-            .ok_or_else(|| PipelineError::Invalid("train-base needs a built-in network".into()))?;
+            .ok_or_else(|| PipelineError::Invalid("training needs a trainable network".into()))?;
         let mut params: Vec<(String, Tensor)> = vs
             .variables()
             .into_iter()
@@ -109,7 +109,13 @@ impl Checkpoint {
         self.dir.join("state.json")
     }
     pub(crate) fn weights(&self, epoch: usize) -> PathBuf {
-        self.dir.join(format!("weights-{epoch}.safetensors"))
+        self.weights_of(epoch, false)
+    }
+    /// A TorchScript network's checkpoint is its module (`script`), with its
+    /// buffers; a built-in one's its safetensors weights.
+    pub(crate) fn weights_of(&self, epoch: usize, script: bool) -> PathBuf {
+        let ext = if script { "pt" } else { "safetensors" };
+        self.dir.join(format!("weights-{epoch}.{ext}"))
     }
     pub(crate) fn adam(&self, epoch: usize) -> PathBuf {
         self.dir.join(format!("adam-{epoch}.safetensors"))
@@ -130,17 +136,22 @@ impl Checkpoint {
     /// crash at any moment leaves the previous checkpoint intact.
     pub(crate) fn write<S: Serialize>(
         &self,
-        model: &Classifier,
+        model: &mut Classifier,
         adam: &Adam,
         epoch: usize,
         state: &S,
     ) -> Result<(), PipelineError> {
         std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
-        model.save_weights(&self.weights(epoch))?;
+        let script = model.is_script();
+        if script {
+            model.save_script(&self.weights_of(epoch, true))?;
+        } else {
+            model.save_weights(&self.weights(epoch))?;
+        }
         Tensor::write_safetensors(&adam.moments(), self.adam(epoch))?;
         write_json(&self.state_path(), state)?;
         if epoch > 0 {
-            let _ = std::fs::remove_file(self.weights(epoch - 1));
+            let _ = std::fs::remove_file(self.weights_of(epoch - 1, script));
             let _ = std::fs::remove_file(self.adam(epoch - 1));
         }
         Ok(())

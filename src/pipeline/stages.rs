@@ -21,7 +21,7 @@ use super::calibrate::{self, CalibrateOptions};
 use super::certify::{self, CertifyOptions};
 use super::counts::{self, SampleCountsOptions, SampleOutcome, Shard};
 use super::report::{self, ReportOptions};
-use super::surrogate::{self, SurrogateLoss, TrainSurrogateOptions};
+use super::surrogate::{self, SurrogateInit, SurrogateLoss, TrainSurrogateOptions};
 use super::tail_map::{self, FitTailMapOptions};
 use super::{io_err, write_json, InputList, PipelineError};
 use crate::data::Split;
@@ -143,7 +143,11 @@ pub struct PipelineOptions {
     /// and tail-map counts, and for the calibration's (at the nominal N).
     pub chunk: usize,
     pub calibration_chunk: usize,
-    pub arch: Arch,
+    /// The surrogate's architecture; `None`: a copy of the base ([`SurrogateInit::choose`]).
+    pub arch: Option<Arch>,
+    /// `None`: [`SurrogateInit::default_learning_rate`].
+    pub learning_rate: Option<f64>,
+    pub loss: SurrogateLoss,
     pub epochs: usize,
     pub score: ConformalScore,
     /// CALIBRATED's estimate (`smoothing::blended_estimate`).
@@ -623,6 +627,7 @@ fn run_stage(
     stage: &Stage,
     report_text: &mut Option<String>,
 ) -> Result<StageStatus, PipelineError> {
+    let input = Bundle::load(&opts.bundle)?.input_shape;
     let files = |role: &CountsRole| -> Vec<PathBuf> {
         role.files(&opts.counts_dir)
             .into_iter()
@@ -638,24 +643,26 @@ fn run_stage(
             if bundle.surrogate.is_some() {
                 return Ok(StageStatus::DoneBefore);
             }
-            // Built-in bases of the same architecture start the surrogate
-            // from their weights (the paper's recipe); others train from scratch.
-            let init_from_base = bundle.base.arch.as_deref() == Some(opts.arch.name());
+            // A named built-in architecture starts from the base's weights
+            // when the base is that architecture (the paper's recipe), else
+            // from scratch; no name: a copy of the base, whatever it is.
+            let from_base =
+                opts.arch.is_some() && bundle.base.arch.as_deref() == opts.arch.map(|a| a.name());
+            let init = SurrogateInit::choose(&bundle, opts.arch, from_base)?;
             surrogate::train_surrogate(&TrainSurrogateOptions {
                 bundle: opts.bundle.clone(),
                 counts: files(&opts.train),
-                arch: opts.arch,
-                loss: SurrogateLoss::Js,
+                init,
+                loss: opts.loss,
                 epochs: opts.epochs,
-                batch_size: 128,
-                learning_rate: 1e-3,
+                batch_size: surrogate::default_batch_size(bundle.input_shape),
+                learning_rate: opts.learning_rate.unwrap_or(init.default_learning_rate()),
                 val_fraction: 0.1,
                 nominal_n: Some(opts.nominal_n),
                 data_dir: opts.data_dir.clone(),
                 seed: opts.seed,
                 device: opts.device,
                 pause_after: None,
-                init_from_base,
                 show_progress: opts.show_progress,
             })?;
             Ok(StageStatus::Ran)
@@ -669,7 +676,7 @@ fn run_stage(
                 bundle: opts.bundle.clone(),
                 counts: opts.tail.as_ref().map(files).unwrap_or_default(),
                 min_inputs: tail_map::DEFAULT_MIN_INPUTS,
-                batch: forward_batch(opts),
+                batch: forward_batch(opts, input),
                 data_dir: opts.data_dir.clone(),
                 device: opts.device,
             })?;
@@ -702,7 +709,7 @@ fn run_stage(
                 n0: opts.n0,
                 alpha: opts.alpha,
                 seed: opts.seed,
-                batch: forward_batch(opts),
+                batch: forward_batch(opts, input),
                 data_dir: opts.data_dir.clone(),
                 device: opts.device,
             })?;
@@ -750,7 +757,7 @@ fn run_stage(
                         _ => opts.nominal_n,
                     },
                     alpha: opts.alpha,
-                    batch: forward_batch(opts),
+                    batch: forward_batch(opts, input),
                 },
                 seed: opts.seed,
                 adaptive: None,
@@ -783,9 +790,10 @@ fn run_stage(
     }
 }
 
-fn forward_batch(opts: &PipelineOptions) -> i64 {
+/// `--batch`, else the device's for the bundle's input shape.
+fn forward_batch(opts: &PipelineOptions, input: [usize; 3]) -> i64 {
     opts.batch
-        .unwrap_or_else(|| crate::batcher::forward_batch_for(opts.device, 0))
+        .unwrap_or_else(|| crate::batcher::forward_batch_for(opts.device, 0, input))
 }
 
 /// Samples (or resumes, or checks) each of `files`: sample-counts refuses a

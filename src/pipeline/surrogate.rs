@@ -60,11 +60,89 @@ pub fn js_divergence(logits: &Tensor, q: &Tensor) -> Tensor {
     (kl_pm + kl_qm) * 0.5
 }
 
+/// Where the surrogate's weights start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SurrogateInit {
+    /// A copy of the base's TorchScript module, any architecture, fine-tuned
+    /// (saved as TorchScript): it already knows the images' features.
+    BaseCopy,
+    /// A built-in architecture started from the base's weights (the base is
+    /// that architecture): the paper's recipe for a model smoothcert trained.
+    BaseWeights(Arch),
+    /// A built-in architecture from random weights.
+    Scratch(Arch),
+}
+
+impl SurrogateInit {
+    /// The start a surrogate of `bundle` gets: with no architecture named, a
+    /// copy of the base (its module, or its built-in weights); a named
+    /// architecture trains from scratch unless `from_base_weights` (which
+    /// needs the base to be that architecture).
+    pub fn choose(
+        bundle: &Bundle,
+        arch: Option<Arch>,
+        from_base_weights: bool,
+    ) -> Result<SurrogateInit, PipelineError> {
+        let base_arch = match bundle.base.format {
+            WeightsFormat::Torchscript => None,
+            WeightsFormat::Safetensors => Some(Arch::parse(
+                bundle.base.arch.as_deref().unwrap_or_default(),
+            )?),
+        };
+        match (arch, base_arch) {
+            (None, None) => Ok(SurrogateInit::BaseCopy),
+            (None, Some(a)) => Ok(SurrogateInit::BaseWeights(a)),
+            (Some(a), _) if !from_base_weights => Ok(SurrogateInit::Scratch(a)),
+            (Some(a), Some(b)) if a == b => Ok(SurrogateInit::BaseWeights(a)),
+            (Some(a), _) => Err(PipelineError::Invalid(format!(
+                "--init-from-base needs the base's built-in architecture ({:?}), not {}",
+                bundle.base.arch,
+                a.name()
+            ))),
+        }
+    }
+
+    /// How `[surrogate.training] init` records it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SurrogateInit::BaseCopy => "base-copy",
+            SurrogateInit::BaseWeights(_) => "base-weights",
+            SurrogateInit::Scratch(_) => "scratch",
+        }
+    }
+
+    /// The architecture's name: a built-in one, or "torchscript" for a copy.
+    pub fn arch_name(self) -> &'static str {
+        match self {
+            SurrogateInit::BaseCopy => "torchscript",
+            SurrogateInit::BaseWeights(a) | SurrogateInit::Scratch(a) => a.name(),
+        }
+    }
+
+    /// Fine-tuning a network that already works wants a smaller step than
+    /// training one from random weights.
+    pub fn default_learning_rate(self) -> f64 {
+        match self {
+            SurrogateInit::BaseCopy => 1e-4,
+            SurrogateInit::BaseWeights(_) | SurrogateInit::Scratch(_) => 1e-3,
+        }
+    }
+}
+
+/// The training batch for inputs of `input` [C, H, W]: 128 up to 3 x 32 x 32
+/// pixels, fewer in proportion above (at least 8), so that fine-tuning a
+/// ResNet-sized copy keeps its activations and gradients within a 24 GB
+/// machine or GPU (8 images of 3 x 224 x 224 through a ResNet-50: about 2 GB).
+pub fn default_batch_size(input: [usize; 3]) -> usize {
+    const PIXELS: usize = 128 * 3 * 32 * 32;
+    (PIXELS / input.iter().product::<usize>().max(1)).clamp(8, 128)
+}
+
 #[derive(Debug, Clone)]
 pub struct TrainSurrogateOptions {
     pub bundle: PathBuf,
     pub counts: Vec<PathBuf>,
-    pub arch: Arch,
+    pub init: SurrogateInit,
     pub loss: SurrogateLoss,
     pub epochs: usize,
     pub batch_size: usize,
@@ -77,22 +155,21 @@ pub struct TrainSurrogateOptions {
     pub seed: u64,
     pub device: Device,
     pub pause_after: Option<usize>,
-    /// Start from the base classifier's weights (same built-in architecture):
-    /// its softmax on the clean input is already a rough estimate of the counts.
-    pub init_from_base: bool,
     pub show_progress: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct RunKey {
     arch: String,
+    /// The weights' start ([`SurrogateInit::name`]).
+    #[serde(default)]
+    init: String,
     loss: SurrogateLoss,
     epochs: usize,
     batch_size: usize,
     learning_rate: f64,
     val_fraction: f64,
     seed: u64,
-    init_from_base: bool,
     /// The counts' metadata and a fingerprint of their values: other counts are another run.
     counts: String,
 }
@@ -230,6 +307,7 @@ pub fn validate(
     model: &Classifier,
     x: &Tensor,
     q: &Tensor,
+    chunk: i64,
 ) -> Result<ValidationFigures, PipelineError> {
     let _guard = tch::no_grad_guard();
     let n = x.size()[0];
@@ -238,7 +316,8 @@ pub fn validate(
     }
     let mut js = Vec::new();
     let mut p_all = Vec::new();
-    let chunk = 1000;
+    // The training batch: what fits the device for training fits here.
+    let chunk = chunk.max(1);
     let mut start = 0;
     while start < n {
         let len = chunk.min(n - start);
@@ -318,57 +397,44 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
     let (x_val, q_val) = (x.index_select(0, &val_idx), q.index_select(0, &val_idx));
     let (x_tr, q_tr) = (x.index_select(0, &train_idx), q.index_select(0, &train_idx));
 
-    tch::manual_seed(opts.seed.wrapping_add(1) as i64);
-    let mut model = Classifier::new_builtin(
-        opts.arch,
-        bundle.input_shape,
-        bundle.num_classes(),
-        bundle.normalization.as_ref(),
-        opts.device,
-    )?;
-    if opts.init_from_base {
-        if bundle.base.arch.as_deref() != Some(opts.arch.name()) {
-            return Err(PipelineError::Invalid(format!(
-                "--init-from-base needs the base's built-in architecture ({:?}), not {}",
-                bundle.base.arch,
-                opts.arch.name()
-            )));
-        }
-        model.load_weights(&bundle.base_path())?;
-    }
-    let mut adam = Adam::new(&model)?;
     let key = RunKey {
-        arch: opts.arch.name().into(),
+        arch: opts.init.arch_name().into(),
+        init: opts.init.name().into(),
         loss: opts.loss,
         epochs: opts.epochs,
         batch_size: opts.batch_size,
         learning_rate: opts.learning_rate,
         val_fraction: opts.val_fraction,
         seed: opts.seed,
-        init_from_base: opts.init_from_base,
-        counts: runs
-            .iter()
-            .map(|counts| {
-                format!(
-                    "{}:{:016x}",
-                    serde_json::to_string(&counts.meta).unwrap_or_default(),
-                    crate::fsutil::fnv1a(
-                        &counts
-                            .indices
-                            .iter()
-                            .flat_map(|i| i.to_le_bytes())
-                            .chain(counts.counts.iter().flat_map(|c| c.to_le_bytes()))
-                            .collect::<Vec<u8>>()
-                    )
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(";"),
+        counts: counts_key(&runs),
     };
     let ckpt = Checkpoint {
         dir: bundle.dir.join("surrogate-checkpoint"),
     };
-    let best_path = |epoch: usize| ckpt.dir.join(format!("best-{epoch}.safetensors"));
+    let script = opts.init == SurrogateInit::BaseCopy;
+    let best_path = |epoch: usize| {
+        ckpt.dir.join(format!(
+            "best-{epoch}.{}",
+            if script { "pt" } else { "safetensors" }
+        ))
+    };
+    let saved = match ckpt.read::<State>()? {
+        Some(saved) if saved.key != key => {
+            return Err(PipelineError::Invalid(format!(
+                "{} holds a checkpoint of a different surrogate run; remove it to start over",
+                ckpt.dir.display()
+            )))
+        }
+        other => other,
+    };
+    let mut model = start_model(
+        &bundle,
+        opts,
+        saved
+            .as_ref()
+            .map(|s| ckpt.weights_of(s.epochs_done, script)),
+    )?;
+    let mut adam = Adam::new(&model)?;
     let mut state = State {
         key: key.clone(),
         epochs_done: 0,
@@ -377,14 +443,7 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         best_val_js: f64::INFINITY,
         history: vec![],
     };
-    if let Some(saved) = ckpt.read::<State>()? {
-        if saved.key != key {
-            return Err(PipelineError::Invalid(format!(
-                "{} holds a checkpoint of a different surrogate run; remove it to start over",
-                ckpt.dir.display()
-            )));
-        }
-        model.load_weights(&ckpt.weights(saved.epochs_done))?;
+    if let Some(saved) = saved {
         adam.load_moments(&ckpt.adam(saved.epochs_done), saved.adam_step)?;
         state = saved;
     }
@@ -405,6 +464,7 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
             opts.show_progress,
         );
         let (mut loss_sum, mut seen) = (0f64, 0i64);
+        model.set_training(true)?;
         for step in 0..steps {
             let idx = order.narrow(0, step * bs, bs.min(n_tr - step * bs));
             let logits = model.forward_t(&x_tr.index_select(0, &idx), true)?;
@@ -420,7 +480,8 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let validation = validate(&model, &x_val, &q_val)?;
+        model.set_training(false)?;
+        let validation = validate(&model, &x_val, &q_val, bs)?;
         tracing::info!(
             epoch = epoch + 1,
             loss = loss_sum / seen.max(1) as f64,
@@ -435,10 +496,7 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         let previous_best = state.best_epoch;
         if validation.mean_js < state.best_val_js {
             std::fs::create_dir_all(&ckpt.dir).map_err(io_err(&ckpt.dir))?;
-            let tmp = ckpt.dir.join("best.tmp.safetensors");
-            model.save_weights(&tmp)?;
-            let path = best_path(epoch + 1);
-            std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+            save_trained(&mut model, &best_path(epoch + 1))?;
             state.best_val_js = validation.mean_js;
             state.best_epoch = epoch + 1;
         }
@@ -450,7 +508,7 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         });
         state.epochs_done = epoch + 1;
         state.adam_step = adam.step;
-        ckpt.write(&model, &adam, state.epochs_done, &state)?;
+        ckpt.write(&mut model, &adam, state.epochs_done, &state)?;
         if previous_best != state.best_epoch && previous_best > 0 {
             let _ = std::fs::remove_file(best_path(previous_best));
         }
@@ -461,24 +519,28 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         });
     }
 
-    // The best epoch by validation JS is the surrogate.
-    model.load_weights(&best_path(state.best_epoch))?;
+    // The best epoch by validation JS is the surrogate: its file, as saved.
     let best = state
         .history
         .iter()
         .find(|e| e.epoch == state.best_epoch)
         .map(|e| e.validation.clone())
         .unwrap_or_default();
-    let file = "surrogate.safetensors";
+    let (file, format) = if script {
+        ("surrogate.pt", WeightsFormat::Torchscript)
+    } else {
+        ("surrogate.safetensors", WeightsFormat::Safetensors)
+    };
     let target = bundle.dir.join(file);
-    let tmp = bundle.dir.join("surrogate.tmp.safetensors");
-    model.save_weights(&tmp)?;
+    let tmp = bundle.dir.join(format!("{file}.tmp"));
+    let best_file = best_path(state.best_epoch);
+    std::fs::copy(&best_file, &tmp).map_err(io_err(&best_file))?;
     std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
     let spec = SurrogateSpec {
         model: BaseSpec {
-            format: WeightsFormat::Safetensors,
+            format,
             file: file.into(),
-            arch: Some(opts.arch.name().into()),
+            arch: (!script).then(|| opts.init.arch_name().into()),
         },
         nominal_n: opts
             .nominal_n
@@ -486,6 +548,9 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
             .unwrap_or(100_000),
         training: Some(SurrogateTraining {
             loss: opts.loss.as_str().into(),
+            init: Some(opts.init.name().into()),
+            learning_rate: Some(opts.learning_rate),
+            batch_size: Some(opts.batch_size),
             epochs: opts.epochs,
             best_epoch: state.best_epoch,
             counts_n,
@@ -503,11 +568,95 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         calibration: None,
     };
     bundle.surrogate = Some(spec.clone());
+    // The saved file is the surrogate: loaded back as serving loads it, it
+    // must give the best epoch's validation figures, or nothing is recorded.
+    let reloaded = Classifier::load_surrogate(&bundle, opts.device)?;
+    let again = validate(&reloaded, &x_val, &q_val, bs)?.mean_js;
+    if (again - best.mean_js).abs() > 1e-4 * best.mean_js.abs().max(1e-6) {
+        return Err(PipelineError::Invalid(format!(
+            "{}: reloaded, the surrogate's validation JS is {again}, not the best epoch's {}",
+            target.display(),
+            best.mean_js
+        )));
+    }
     write_json(&bundle.dir.join(SURROGATE_INPUTS), &trained_on)?;
     bundle.save()?;
     write_json(&bundle.dir.join("surrogate_summary.json"), &state.history)?;
     let _ = std::fs::remove_dir_all(&ckpt.dir);
     Ok(SurrogateOutcome::Finished(Box::new(spec)))
+}
+
+/// The network to train: from the checkpoint's weights when resuming, else
+/// as `opts.init` says.
+fn start_model(
+    bundle: &Bundle,
+    opts: &TrainSurrogateOptions,
+    checkpoint: Option<PathBuf>,
+) -> Result<Classifier, PipelineError> {
+    let norm = bundle.normalization.as_ref();
+    let (shape, classes) = (bundle.input_shape, bundle.num_classes());
+    if opts.init == SurrogateInit::BaseCopy {
+        let from = checkpoint.unwrap_or_else(|| bundle.base_path());
+        let model = Classifier::load_trainable_script(&from, shape, classes, norm, opts.device)?;
+        let trainable = model
+            .var_store()
+            .is_some_and(|vs| !vs.trainable_variables().is_empty());
+        if !trainable {
+            return Err(PipelineError::Invalid(format!(
+                "{}: the TorchScript module has no trainable parameters to fine-tune; \
+                 name a built-in --arch to train a surrogate from scratch",
+                from.display()
+            )));
+        }
+        return Ok(model);
+    }
+    let arch = match opts.init {
+        SurrogateInit::BaseWeights(a) | SurrogateInit::Scratch(a) => a,
+        SurrogateInit::BaseCopy => unreachable!("handled above"),
+    };
+    tch::manual_seed(opts.seed.wrapping_add(1) as i64);
+    let mut model = Classifier::new_builtin(arch, shape, classes, norm, opts.device)?;
+    match (checkpoint, opts.init) {
+        (Some(path), _) => model.load_weights(&path)?,
+        (None, SurrogateInit::BaseWeights(_)) => model.load_weights(&bundle.base_path())?,
+        (None, _) => {}
+    }
+    Ok(model)
+}
+
+/// Writes the network as its kind saves: TorchScript for a copy of the
+/// base (so that batch-norm statistics travel with it), safetensors for a
+/// built-in one. Temp file and rename: a kill never leaves half a file.
+fn save_trained(model: &mut Classifier, path: &std::path::Path) -> Result<(), PipelineError> {
+    if model.is_script() {
+        model.save_script(path)?;
+    } else {
+        let tmp = path.with_extension("tmp.safetensors");
+        model.save_weights(&tmp)?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    }
+    Ok(())
+}
+
+/// The counts' metadata and a fingerprint of their values: other counts are another run.
+fn counts_key(runs: &[Counts]) -> String {
+    runs.iter()
+        .map(|counts| {
+            format!(
+                "{}:{:016x}",
+                serde_json::to_string(&counts.meta).unwrap_or_default(),
+                crate::fsutil::fnv1a(
+                    &counts
+                        .indices
+                        .iter()
+                        .flat_map(|i| i.to_le_bytes())
+                        .chain(counts.counts.iter().flat_map(|c| c.to_le_bytes()))
+                        .collect::<Vec<u8>>()
+                )
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 #[cfg(test)]
@@ -533,6 +682,14 @@ mod tests {
     fn tensor(rows: &[Vec<f64>]) -> Tensor {
         let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
         Tensor::from_slice(&flat).view([rows.len() as i64, rows[0].len() as i64])
+    }
+
+    #[test]
+    fn the_training_batch_shrinks_with_the_input() {
+        assert_eq!(default_batch_size([1, 28, 28]), 128);
+        assert_eq!(default_batch_size([3, 32, 32]), 128);
+        assert_eq!(default_batch_size([3, 64, 64]), 32);
+        assert_eq!(default_batch_size([3, 224, 224]), 8);
     }
 
     #[test]

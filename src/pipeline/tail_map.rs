@@ -109,7 +109,10 @@ pub fn fit_tail_map(opts: &FitTailMapOptions) -> Result<TailMapSummary, Pipeline
     let (predicted, observed) = misses(&probs, &counts);
     let n = counts.meta.n;
     let fit = fit_bins(&predicted, &observed, n, opts.min_inputs);
-    let map = map_of(&fit, counts.meta.split, n);
+    let map = TailMap {
+        surrogate_fnv1a: super::surrogate_fingerprint(&bundle)?,
+        ..map_of(&fit, counts.meta.split, n)
+    };
     map.validate().map_err(PipelineError::Invalid)?;
 
     let mapped: Vec<f64> = predicted.iter().map(|&m| m * map.ratio(m)).collect();
@@ -215,6 +218,7 @@ fn map_of(bins: &[BinFigures], split: data::Split, counts_n: u64) -> TailMap {
         split,
         counts_n,
         inputs_file: INPUTS_FILE.into(),
+        surrogate_fnv1a: None,
     }
 }
 

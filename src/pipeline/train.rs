@@ -261,7 +261,7 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
         state.history.push(stats);
         state.epochs_done = epoch + 1;
         state.adam_step = adam.step;
-        ckpt.write(&model, &adam, state.epochs_done, &state)?;
+        ckpt.write(&mut model, &adam, state.epochs_done, &state)?;
     }
     if state.epochs_done < opts.epochs {
         return Ok(TrainOutcome::Paused {

@@ -217,7 +217,11 @@ fn load_one(
         low: mc.auto_band_low,
         high: mc.auto_band_high,
     };
-    let forward_batch = crate::batcher::forward_batch_for(device, config.batching.forward_batch);
+    let forward_batch = crate::batcher::forward_batch_for(
+        device,
+        config.batching.forward_batch,
+        bundle.input_shape,
+    );
     let opts = BatchingOptions {
         max_batch_requests: config.batching.max_batch_requests,
         max_queue_delay: Duration::from_millis(config.batching.max_queue_delay_ms),

@@ -171,24 +171,30 @@ pub fn bundle_copy(root: &std::path::Path, name: &str, calibration: Option<(f64,
         }
     }
     let mut b = smoothcert::model::Bundle::load(&dir).unwrap();
-    b.surrogate.as_mut().unwrap().calibration =
-        calibration.map(|(q, n)| smoothcert::model::Calibration {
-            delta: 0.05,
-            score: smoothcert::smoothing::ConformalScore::PGap,
-            q,
-            m: 200,
-            rank: 191,
-            n,
-            n0: 100,
-            split: Split::Test,
-            inputs_file: "calibration_inputs.json".into(),
-            seed: 0,
-            rank_rule: Default::default(),
-            bins: vec![],
-            margin_threshold: None,
-        });
+    b.surrogate.as_mut().unwrap().calibration = calibration.map(|(q, n)| p_gap_calibration(q, n));
     b.save().unwrap();
     dir
+}
+
+/// A p_gap calibration set by hand (q at n samples, delta 0.05, 191st of 200),
+/// recorded for no particular surrogate file.
+pub fn p_gap_calibration(q: f64, n: u64) -> smoothcert::model::Calibration {
+    smoothcert::model::Calibration {
+        delta: 0.05,
+        score: smoothcert::smoothing::ConformalScore::PGap,
+        q,
+        m: 200,
+        rank: 191,
+        n,
+        n0: 100,
+        split: Split::Test,
+        inputs_file: "calibration_inputs.json".into(),
+        seed: 0,
+        rank_rule: Default::default(),
+        bins: vec![],
+        margin_threshold: None,
+        surrogate_fnv1a: None,
+    }
 }
 
 /// A configuration with the given models: (name, bundle, extra keys).

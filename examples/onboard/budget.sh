@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Where the counts budget goes: at one budget of base-classifier passes
+# (about 2 M), more training images at a smaller N against fewer at a larger
+# N, each for the fine-tuned copy of the worked example's classifier. Every
+# other role is the worked example's (tail map i % 16 == 1, calibration
+# i % 16 == 2, evaluation i % 16 == 0, nominal N 10,000), and so are its
+# counts and its Monte Carlo evaluation, which run.sh made: only the training
+# counts are new. Resumable; everything goes under runs/onboard/budget/.
+#
+#   bash examples/onboard/budget.sh            # all four, and small-cnn from scratch
+#   bash examples/onboard/budget.sh 8000x250   # one
+#   UNTIL=train-counts bash examples/onboard/budget.sh 8000x250   # its counts only
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+W=runs/onboard
+B=target/release/smoothcert
+[ -f "$W/fashion-folder-cnn/model.toml" ] || { echo "run examples/onboard/run.sh first" >&2; exit 1; }
+
+# images x N -> train-n, train-skip, train-shards, train-use (of the 12,000
+# training images: skip 1 is all of them, skip 3 every third).
+plan() {
+    case "$1" in
+        8000x250) echo "250 1 3 0,1" ;;
+        4000x500) echo "500 3 1 0" ;;
+        2000x1000) echo "1000 3 4 0,1" ;;
+        1000x2000) echo "2000 3 4 0" ;;
+        # Half the budget (1 M passes), from the same count files: one shard of each.
+        4000x250) echo "250 1 3 0" ;;
+        1000x1000) echo "1000 3 4 0" ;;
+        # The worked example's counts for a small-cnn trained from scratch
+        # (the surrogate a TorchScript base got before it got a copy of itself).
+        2000x1000-small-cnn) echo "1000 3 4 0,1 --arch small-cnn" ;;
+        # Cheap levers on the worked example's counts: no tail map, the
+        # soft-label cross-entropy instead of JS.
+        2000x1000-no-tail-map) echo "1000 3 4 0,1 --no-tail-map" ;;
+        2000x1000-soft-ce) echo "1000 3 4 0,1 --loss soft-ce" ;;
+        *) echo "unknown plan $1" >&2; exit 2 ;;
+    esac
+}
+
+for cfg in "${@:-8000x250 4000x500 2000x1000 1000x2000 2000x1000-small-cnn}"; do
+  for c in $cfg; do
+    read -r n skip shards use extra <<<"$(plan "$c")"
+    dir="$W/budget/$c"
+    mkdir -p "$dir"
+    # The same classifier imported afresh (no surrogate yet), under the
+    # worked example's name: the Monte Carlo evaluation below is then its own.
+    [ -f "$dir/bundle/model.toml" ] || "$B" import --torchscript "$W/model.pt" \
+        --image-folder "$W/images" --shape 1,28,28 --sigma 0.25 \
+        --name fashion-folder-cnn --out "$dir/bundle"
+    # The worked example's Monte Carlo evaluation is this one's: same base,
+    # images, seed and N (certify checks its parameters before reusing them).
+    mkdir -p "$dir/reports"
+    for f in mc.tsv mc.params.json mc.summary.json; do
+        mc="$W/fashion-folder-cnn/reports/n10000/$f"
+        [ -f "$dir/reports/$f" ] || [ ! -f "$mc" ] || cp "$mc" "$dir/reports/$f"
+    done
+    "$B" pipeline --bundle "$dir/bundle" --counts-dir "$W/counts" --reports-dir "$dir/reports" \
+        --nominal-n 10000 --train-n "$n" --train-skip "$skip" --train-shards "$shards" --train-use "$use" \
+        --epochs 30 --tail-n 1000 --tail-shards 16 --tail-use 1 \
+        --calibration-shards 16 --calibration-use 2 --eval-skip 16 \
+        --batch 32 --device cpu ${extra:-} ${UNTIL:+--until "$UNTIL"} | tee "$dir/pipeline.md"
+  done
+done
