@@ -52,10 +52,11 @@ for cfg in "${@:-8000x250 4000x500 2000x1000 1000x2000 2000x1000-small-cnn}"; do
     # The worked example's Monte Carlo evaluation is this one's: same base,
     # images, seed and N (certify checks its parameters before reusing them).
     mkdir -p "$dir/reports"
-    for f in mc.tsv mc.params.json mc.summary.json; do
-        mc="$W/fashion-folder-cnn/reports/n10000/$f"
-        [ -f "$dir/reports/$f" ] || [ ! -f "$mc" ] || cp "$mc" "$dir/reports/$f"
-    done
+    # Copied only once finished, and whole: a partial copy would resume.
+    mc="$W/fashion-folder-cnn/reports/n10000"
+    if [ -f "$mc/mc.summary.json" ] && [ ! -f "$dir/reports/mc.summary.json" ]; then
+        cp "$mc/mc.tsv" "$mc/mc.params.json" "$mc/mc.summary.json" "$dir/reports/"
+    fi
     "$B" pipeline --bundle "$dir/bundle" --counts-dir "$W/counts" --reports-dir "$dir/reports" \
         --nominal-n 10000 --train-n "$n" --train-skip "$skip" --train-shards "$shards" --train-use "$use" \
         --epochs 30 --tail-n 1000 --tail-shards 16 --tail-use 1 \
