@@ -91,24 +91,25 @@ impl SurrogateSpec {
         let recorded = [
             (
                 "tail_map",
+                "refit (fit-tail-map)",
                 self.tail_map
                     .as_ref()
                     .and_then(|t| t.surrogate_fnv1a.as_deref()),
             ),
             (
                 "calibration",
+                "recalibrate (calibrate)",
                 self.calibration
                     .as_ref()
                     .and_then(|c| c.surrogate_fnv1a.as_deref()),
             ),
         ];
-        for (section, measured) in recorded {
+        for (section, remedy, measured) in recorded {
             if let Some(measured) = measured.filter(|m| *m != fingerprint) {
                 return Err(format!(
                     "surrogate.{section} measured the surrogate {measured}, but {} is {fingerprint}: \
-                     {} it on this surrogate",
+                     {remedy} it on this surrogate",
                     self.model.file,
-                    if section == "tail_map" { "refit (fit-tail-map)" } else { "recalibrate (calibrate)" }
                 ));
             }
         }
@@ -371,6 +372,15 @@ impl Bundle {
 
     pub fn sigma(&self) -> f64 {
         self.noise.sigma
+    }
+
+    /// Fingerprint of the surrogate file (`fsutil::fingerprint`), `None`
+    /// without a surrogate: what its tail map and calibration record.
+    pub fn surrogate_fingerprint(&self) -> std::io::Result<Option<String>> {
+        self.surrogate
+            .as_ref()
+            .map(|s| crate::fsutil::fingerprint(&self.dir.join(&s.model.file)))
+            .transpose()
     }
 
     pub fn base_path(&self) -> PathBuf {

@@ -152,9 +152,16 @@ impl Classifier {
                 bundle.dir.display()
             ))
         })?;
-        let path = bundle.dir.join(&spec.model.file);
-        let fingerprint = crate::fsutil::fingerprint(&path)
-            .map_err(|e| ModelError::Bundle(format!("{}: {e}", path.display())))?;
+        let fingerprint = bundle
+            .surrogate_fingerprint()
+            .map_err(|e| {
+                ModelError::Bundle(format!(
+                    "{}: {}: {e}",
+                    bundle.dir.display(),
+                    spec.model.file
+                ))
+            })?
+            .unwrap_or_default();
         spec.check_measured(&fingerprint)
             .map_err(|e| ModelError::Bundle(format!("{}: {e}", bundle.dir.display())))?;
         let mut model = Self::load_spec(bundle, &spec.model, device)?;

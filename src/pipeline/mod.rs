@@ -150,13 +150,7 @@ pub(crate) fn base_fingerprint(bundle: &crate::model::Bundle) -> Result<String, 
 pub(crate) fn surrogate_fingerprint(
     bundle: &crate::model::Bundle,
 ) -> Result<Option<String>, PipelineError> {
-    let Some(s) = &bundle.surrogate else {
-        return Ok(None);
-    };
-    let path = bundle.dir.join(&s.model.file);
-    crate::fsutil::fingerprint(&path)
-        .map(Some)
-        .map_err(io_err(&path))
+    bundle.surrogate_fingerprint().map_err(io_err(&bundle.dir))
 }
 
 /// Dataset indices of one split that a bundle file records as used: the

@@ -98,6 +98,30 @@ pub(crate) fn learning_rate(base: f64, epoch: usize, epochs: usize) -> f64 {
     base * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs.max(1) as f64).cos())
 }
 
+/// The file extension of a trained network's weights: a TorchScript module
+/// (`script`) or safetensors.
+pub(crate) fn weights_ext(script: bool) -> &'static str {
+    if script {
+        "pt"
+    } else {
+        "safetensors"
+    }
+}
+
+/// Writes the network as its kind saves: TorchScript for a copy of the
+/// base (so that batch-norm statistics travel with it), safetensors for a
+/// built-in one. Temp file and rename: a kill never leaves half a file.
+pub(crate) fn save_trained(model: &mut Classifier, path: &Path) -> Result<(), PipelineError> {
+    if model.is_script() {
+        model.save_script(path)?;
+    } else {
+        let tmp = path.with_extension("tmp.safetensors");
+        model.save_weights(&tmp)?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    }
+    Ok(())
+}
+
 /// Per-epoch checkpoint of a training run: weights, Adam moments, and a state
 /// file (any serde type) naming the epoch they belong to.
 pub(crate) struct Checkpoint {
@@ -114,8 +138,8 @@ impl Checkpoint {
     /// A TorchScript network's checkpoint is its module (`script`), with its
     /// buffers; a built-in one's its safetensors weights.
     pub(crate) fn weights_of(&self, epoch: usize, script: bool) -> PathBuf {
-        let ext = if script { "pt" } else { "safetensors" };
-        self.dir.join(format!("weights-{epoch}.{ext}"))
+        self.dir
+            .join(format!("weights-{epoch}.{}", weights_ext(script)))
     }
     pub(crate) fn adam(&self, epoch: usize) -> PathBuf {
         self.dir.join(format!("adam-{epoch}.safetensors"))
@@ -143,11 +167,7 @@ impl Checkpoint {
     ) -> Result<(), PipelineError> {
         std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         let script = model.is_script();
-        if script {
-            model.save_script(&self.weights_of(epoch, true))?;
-        } else {
-            model.save_weights(&self.weights(epoch))?;
-        }
+        save_trained(model, &self.weights_of(epoch, script))?;
         Tensor::write_safetensors(&adam.moments(), self.adam(epoch))?;
         write_json(&self.state_path(), state)?;
         if epoch > 0 {

@@ -5,7 +5,7 @@
 //! the tail that JS barely sees). A validation split held out from training
 //! picks the best epoch; its figures go into the bundle.
 use super::counts::Counts;
-use super::optim::{learning_rate, Adam, Checkpoint};
+use super::optim::{learning_rate, save_trained, weights_ext, Adam, Checkpoint};
 use super::{io_err, progress_bar, write_json, PipelineError};
 use crate::data::{self, Dataset};
 use crate::model::{
@@ -413,10 +413,8 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
     };
     let script = opts.init == SurrogateInit::BaseCopy;
     let best_path = |epoch: usize| {
-        ckpt.dir.join(format!(
-            "best-{epoch}.{}",
-            if script { "pt" } else { "safetensors" }
-        ))
+        ckpt.dir
+            .join(format!("best-{epoch}.{}", weights_ext(script)))
     };
     let saved = match ckpt.read::<State>()? {
         Some(saved) if saved.key != key => {
@@ -526,12 +524,13 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         .find(|e| e.epoch == state.best_epoch)
         .map(|e| e.validation.clone())
         .unwrap_or_default();
-    let (file, format) = if script {
-        ("surrogate.pt", WeightsFormat::Torchscript)
+    let file = format!("surrogate.{}", weights_ext(script));
+    let format = if script {
+        WeightsFormat::Torchscript
     } else {
-        ("surrogate.safetensors", WeightsFormat::Safetensors)
+        WeightsFormat::Safetensors
     };
-    let target = bundle.dir.join(file);
+    let target = bundle.dir.join(&file);
     let tmp = bundle.dir.join(format!("{file}.tmp"));
     let best_file = best_path(state.best_epoch);
     std::fs::copy(&best_file, &tmp).map_err(io_err(&best_file))?;
@@ -539,7 +538,7 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
     let spec = SurrogateSpec {
         model: BaseSpec {
             format,
-            file: file.into(),
+            file,
             arch: (!script).then(|| opts.init.arch_name().into()),
         },
         nominal_n: opts
@@ -622,20 +621,6 @@ fn start_model(
         (None, _) => {}
     }
     Ok(model)
-}
-
-/// Writes the network as its kind saves: TorchScript for a copy of the
-/// base (so that batch-norm statistics travel with it), safetensors for a
-/// built-in one. Temp file and rename: a kill never leaves half a file.
-fn save_trained(model: &mut Classifier, path: &std::path::Path) -> Result<(), PipelineError> {
-    if model.is_script() {
-        model.save_script(path)?;
-    } else {
-        let tmp = path.with_extension("tmp.safetensors");
-        model.save_weights(&tmp)?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    }
-    Ok(())
 }
 
 /// The counts' metadata and a fingerprint of their values: other counts are another run.
