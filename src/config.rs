@@ -32,7 +32,18 @@ pub struct Config {
     /// The models to serve; the first is the default unless
     /// `server.default_model` names another.
     pub models: Vec<ModelConfig>,
+    /// Keys given under a name this release renamed, each with its new name
+    /// (logged once logging is set up).
+    #[serde(skip)]
+    pub deprecations: Vec<String>,
 }
+
+/// Keys renamed in this release: (old, new). The old names stay accepted
+/// (serde aliases) for one release, with a warning naming the new key.
+pub const RENAMED_KEYS: [(&str, &str); 1] = [(
+    "limits.sequential_queue_capacity",
+    "limits.stage_queue_capacity",
+)];
 
 impl Default for Config {
     fn default() -> Self {
@@ -42,6 +53,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             logging: LoggingConfig::default(),
             models: vec![ModelConfig::default()],
+            deprecations: Vec::new(),
         }
     }
 }
@@ -112,8 +124,10 @@ pub struct LimitsConfig {
     pub queue_capacity: usize,
     /// The same for the Monte Carlo lane (MONTE_CARLO and Predict).
     pub mc_queue_capacity: usize,
-    /// Stage slices waiting in the sequential lane (SEQUENTIAL's stages).
-    pub sequential_queue_capacity: usize,
+    /// Stage slices waiting in the stage lane (SEQUENTIAL's stages).
+    /// Was `sequential_queue_capacity`: still read, with a warning.
+    #[serde(alias = "sequential_queue_capacity")]
+    pub stage_queue_capacity: usize,
     /// The server's own deadline for a request; a client deadline that is
     /// shorter wins.
     pub request_timeout_ms: u64,
@@ -127,7 +141,7 @@ impl Default for LimitsConfig {
             max_message_bytes: 4 << 20,
             queue_capacity: 1024,
             mc_queue_capacity: 64,
-            sequential_queue_capacity: 1024,
+            stage_queue_capacity: 1024,
             request_timeout_ms: 300_000,
             stream_in_flight: 64,
         }
@@ -245,7 +259,14 @@ impl Config {
             .separator("__")
             .try_parsing(true)
             .source(env);
-        let cfg: Config = builder.add_source(environment).build()?.try_deserialize()?;
+        let built = builder.add_source(environment).build()?;
+        let deprecations = RENAMED_KEYS
+            .iter()
+            .filter(|(old, _)| built.get::<config::Value>(old).is_ok())
+            .map(|(old, new)| format!("configuration key {old} is now {new}; the old name will stop working in the next release"))
+            .collect();
+        let mut cfg: Config = built.try_deserialize()?;
+        cfg.deprecations = deprecations;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -266,10 +287,7 @@ impl Config {
             ("limits.max_message_bytes", l.max_message_bytes),
             ("limits.queue_capacity", l.queue_capacity),
             ("limits.mc_queue_capacity", l.mc_queue_capacity),
-            (
-                "limits.sequential_queue_capacity",
-                l.sequential_queue_capacity,
-            ),
+            ("limits.stage_queue_capacity", l.stage_queue_capacity),
             ("limits.stream_in_flight", l.stream_in_flight),
         ] {
             if v == 0 {
@@ -488,5 +506,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.toml"), "{e}");
+    }
+
+    /// A renamed key is still read under its old name, with a warning that
+    /// names the new one; giving both is refused.
+    #[test]
+    fn renamed_keys_stay_accepted_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[limits]\nsequential_queue_capacity = 7\n").unwrap();
+        let cfg = Config::load_with_env(Some(&file), env(&[])).unwrap();
+        assert_eq!(cfg.limits.stage_queue_capacity, 7);
+        assert_eq!(cfg.deprecations.len(), 1);
+        assert!(
+            cfg.deprecations[0].contains("limits.sequential_queue_capacity")
+                && cfg.deprecations[0].contains("limits.stage_queue_capacity"),
+            "{:?}",
+            cfg.deprecations
+        );
+        let cfg = Config::load_with_env(
+            None,
+            env(&[("SMOOTHCERT__LIMITS__SEQUENTIAL_QUEUE_CAPACITY", "9")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.limits.stage_queue_capacity, 9);
+        assert_eq!(cfg.deprecations.len(), 1);
+        let fresh = Config::load_with_env(
+            None,
+            env(&[("SMOOTHCERT__LIMITS__STAGE_QUEUE_CAPACITY", "9")]),
+        )
+        .unwrap();
+        assert!(fresh.deprecations.is_empty());
+        std::fs::write(
+            &file,
+            "[limits]\nsequential_queue_capacity = 7\nstage_queue_capacity = 8\n",
+        )
+        .unwrap();
+        assert!(Config::load_with_env(Some(&file), env(&[])).is_err());
     }
 }

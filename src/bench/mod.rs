@@ -5,11 +5,13 @@
 //!   through the served path ([`Offline`]);
 //! - `bench-adaptive`: adaptive against fixed n0;
 //! - [`serve`]: the gRPC service under load.
-use crate::batcher::Offline;
-use crate::engine::requests::RequestParams;
+use crate::engine::requests::TaskParams;
 use crate::engine::{Engine, Method, Task};
+use crate::methods::{Offline, Target};
 use crate::model::{Bundle, Classifier, NoiseStream};
+use crate::pipeline::certify::build_offline;
 use crate::pipeline::PipelineError;
+use crate::smoothing::median;
 
 pub mod serve;
 use serde::Serialize;
@@ -121,7 +123,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
                 ));
             }
         }
-        let (plain, mc) = (median(&mut plain_rates), median(&mut mc_rates));
+        let (plain, mc) = (median(&plain_rates), median(&mc_rates));
         rows.push(BenchRow {
             batch,
             plain_forward_per_s: plain,
@@ -145,11 +147,6 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
         repeats: opts.repeats.max(1),
         rows,
     })
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn sync(device: Device) {
@@ -325,31 +322,24 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
         ds,
         indices,
     } = SpreadInputs::load(&opts.bundle, opts.inputs)?;
-    let engine = Offline::start(&bundle, opts.device, opts.params.batch, opts.auto_band)?;
+    let engine = Offline::start(&bundle, opts.device, opts.params.batch)?;
+    // The calibrated methods run only where the calibration holds (its n and n0).
     let calibration = bundle
         .surrogate
         .as_ref()
         .and_then(|s| s.calibration.clone())
         .filter(|c| c.n == opts.params.n && c.n0 == opts.params.n0);
-    let shift = calibration.as_ref().map(|c| c.shift());
-    let p = opts.params;
-    let params = |idx: usize, method: Method| RequestParams {
-        shift: shift.filter(|_| method.needs_calibration()),
-        ..RequestParams::new(
-            0,
-            p.n0,
-            p.n,
-            p.alpha,
-            crate::engine::input_seed(opts.seed, idx),
-        )
-    };
-    let run = |method: Method, idx: usize, target: Option<f64>| {
-        let t = Instant::now();
-        let target = target.map(|radius| crate::batcher::Target {
+    let request = |method: Method, target: Option<f64>| {
+        let target = target.map(|radius| Target {
             radius,
             guided: true,
         });
-        let answer = engine.certify(method, ds.image(idx).to_vec(), params(idx, method), target)?;
+        build_offline(&bundle, method, &opts.params, None, opts.auto_band, target)
+    };
+    let run = |method: Method, idx: usize, target: Option<f64>| {
+        let req = request(method, target)?.with_seed(crate::engine::input_seed(opts.seed, idx));
+        let t = Instant::now();
+        let answer = engine.certify(&req, ds.image(idx).to_vec())?;
         Ok::<_, PipelineError>((t.elapsed().as_secs_f64(), answer))
     };
     let time = |method: Method, idx: usize| -> Result<(f64, Method), PipelineError> {
@@ -387,7 +377,7 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
             acc.2 += usize::from(certified_at(&a, label, target));
             acc.3 += usize::from(certified_at(&mc_answer, label, target));
         }
-        if shift.is_some() {
+        if calibration.is_some() {
             cal.push(time(Method::Calibrated, idx)?.0);
             let (t, by) = time(Method::Auto, idx)?;
             auto.push(t);
@@ -420,18 +410,18 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
         .collect();
     let calibrated = calibration.map(|c| {
         let (mc_mean, auto_mean) = (mean(&mc), mean(&auto));
-        let cal_median = median(&mut cal);
+        let cal_median = median(&cal);
         CalibratedTimes {
             delta: c.delta,
             calibrated_median_seconds: cal_median,
             auto_mean_seconds: auto_mean,
             mc_mean_seconds: mc_mean,
             auto_fallbacks: fallbacks,
-            calibrated_speedup: median(&mut mc.clone()) / cal_median,
+            calibrated_speedup: median(&mc) / cal_median,
             auto_speedup_mean: mc_mean / auto_mean,
         }
     });
-    let (mc, sur) = (median(&mut mc), median(&mut sur));
+    let (mc, sur) = (median(&mc), median(&sur));
     Ok(MethodsBenchReport {
         bundle: bundle.name,
         device: format!("{:?}", opts.device),
@@ -457,7 +447,7 @@ pub struct AdaptiveBenchOptions {
     pub inputs: usize,
     /// The n0 cap, and fixed selection's n0.
     pub n0: u64,
-    pub rule: crate::smoothing::SequentialSelection,
+    pub adaptive_n0: crate::smoothing::AdaptiveN0,
     /// Requests per batch in the batched measurement (as the server batches).
     pub batch_requests: usize,
     pub forward_batch: i64,
@@ -519,7 +509,7 @@ impl AdaptiveBenchReport {
 /// alternately, through the server's request path: how often the choice of
 /// cA differs and what the early stop gains.
 pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport, PipelineError> {
-    opts.rule
+    opts.adaptive_n0
         .validate()
         .map_err(crate::engine::EngineError::from)?;
     if opts.inputs == 0 || opts.n0 == 0 || opts.batch_requests == 0 {
@@ -533,9 +523,9 @@ pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport
         indices,
     } = SpreadInputs::load(&opts.bundle, opts.inputs)?;
     let engine = Engine::load(&bundle, opts.device, opts.forward_batch, true)?;
-    let req = |i: usize, idx: usize, adaptive: bool| RequestParams {
-        adaptive: adaptive.then_some(opts.rule),
-        ..RequestParams::new(
+    let req = |i: usize, idx: usize, adaptive: bool| TaskParams {
+        adaptive_n0: adaptive.then_some(opts.adaptive_n0),
+        ..TaskParams::new(
             i,
             opts.n0,
             100_000,
@@ -543,8 +533,7 @@ pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport
             crate::engine::input_seed(opts.seed, idx),
         )
     };
-    let run =
-        |x: &Tensor, reqs: &[RequestParams]| engine.run(Task::Surrogate, x, reqs, &mut |_| true);
+    let run = |x: &Tensor, reqs: &[TaskParams]| engine.run(Task::Surrogate, x, reqs, &mut |_| true);
     // Warm-up, not timed.
     let x0 = crate::pipeline::images_tensor(&ds, &[0], opts.device);
     run(&x0, &[req(0, 0, false)])?;
@@ -573,7 +562,7 @@ pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport
         let started = Instant::now();
         for group in indices.chunks(opts.batch_requests) {
             let x = crate::pipeline::images_tensor(&ds, group, opts.device);
-            let reqs: Vec<RequestParams> = group
+            let reqs: Vec<TaskParams> = group
                 .iter()
                 .enumerate()
                 .map(|(i, &idx)| req(i, idx, adaptive))
@@ -585,14 +574,14 @@ pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport
     };
     let fixed_rate = batched(false)?;
     let adaptive_rate = batched(true)?;
-    let (f, a) = (median(&mut fixed_t), median(&mut adaptive_t));
+    let (f, a) = (median(&fixed_t), median(&adaptive_t));
     Ok(AdaptiveBenchReport {
         bundle: bundle.name,
         device: format!("{:?}", opts.device),
         inputs: indices.len(),
         n0: opts.n0,
-        chunk: opts.rule.chunk,
-        alpha: opts.rule.alpha,
+        chunk: opts.adaptive_n0.chunk,
+        alpha: opts.adaptive_n0.alpha,
         differing_class_a: differ as f64 / indices.len() as f64,
         mean_samples_adaptive: drawn as f64 / indices.len() as f64,
         fixed_median_seconds: f,

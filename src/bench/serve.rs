@@ -11,7 +11,7 @@
 //! (clients/python/load.py) in a process of its own.
 use crate::config::Config;
 use crate::data::Split;
-use crate::engine::requests::RequestParams;
+use crate::engine::requests::TaskParams;
 use crate::engine::{Engine, Task};
 use crate::model::{parse_device, Bundle};
 use crate::pipeline::PipelineError;
@@ -228,7 +228,7 @@ pub fn bench_serve(opts: &BenchServeOptions) -> Result<BenchServeReport, Pipelin
     config.models[0].bundle = opts.bundle.clone();
     config.models[0].device = opts.device.clone();
     config.models[0].n0 = opts.n0;
-    let forward_batch = crate::batcher::forward_batch_for(device, 0, bundle.input_shape);
+    let forward_batch = crate::model::forward_batch_for(device, 0, bundle.input_shape);
     config.batching.forward_batch = forward_batch;
 
     let engine = |label: &str| -> Result<f64, PipelineError> {
@@ -302,8 +302,8 @@ fn engine_rate(
             .flat_map(|&i| images[i].iter().copied())
             .collect();
         let x = Tensor::from_slice(&pixels).view([b as i64, c, h, w]);
-        let reqs: Vec<RequestParams> = (0..b)
-            .map(|i| RequestParams::new(i, opts.n0, n, 0.001, (start + i) as u64))
+        let reqs: Vec<TaskParams> = (0..b)
+            .map(|i| TaskParams::new(i, opts.n0, n, 0.001, (start + i) as u64))
             .collect();
         engine.run(Task::Surrogate, &x, &reqs, &mut |_| true)?;
         Ok(())
@@ -328,25 +328,31 @@ fn sequential_rate(
     n: u64,
     target: f64,
 ) -> Result<f64, PipelineError> {
-    let offline = crate::batcher::Offline::start(
+    let offline = crate::methods::Offline::start(bundle, device, 0)?;
+    let request = crate::pipeline::certify::build_offline(
         bundle,
-        device,
-        0,
+        crate::engine::Method::Sequential,
+        &crate::engine::CertifyParams {
+            n0: opts.n0,
+            n,
+            alpha: 0.001,
+            batch: 0,
+        },
+        None,
         crate::engine::AutoBand {
             low: crate::config::DEFAULT_AUTO_BAND.0,
             high: crate::config::DEFAULT_AUTO_BAND.1,
         },
+        Some(crate::methods::Target {
+            radius: target,
+            guided: true,
+        }),
     )?;
     let count = opts.requests.min(images.len()).min(256);
     let run = |i: usize| {
         offline.certify(
-            crate::engine::Method::Sequential,
+            &request.with_seed(i as u64),
             images[i % images.len()].clone(),
-            RequestParams::new(0, opts.n0, n, 0.001, i as u64),
-            Some(crate::batcher::Target {
-                radius: target,
-                guided: true,
-            }),
         )
     };
     run(0)?; // warm-up

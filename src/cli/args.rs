@@ -10,7 +10,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use smoothcert::config::DEFAULT_AUTO_BAND;
 use smoothcert::engine::{AutoBand, CertifyParams};
 use smoothcert::model::{cuda_status, parse_device, Arch};
-use smoothcert::smoothing::SequentialSelection;
+use smoothcert::smoothing::AdaptiveN0;
 
 /// `--device`: where the model runs.
 #[derive(clap::Args, Debug, Clone)]
@@ -68,7 +68,7 @@ impl SamplingArgs {
 /// small-input size here, and its own error from the command.
 pub fn forward_batch(given: Option<i64>, device: tch::Device, bundle: &std::path::Path) -> i64 {
     let input = smoothcert::model::Bundle::load(bundle).map_or([1, 1, 1], |b| b.input_shape);
-    given.unwrap_or_else(|| smoothcert::batcher::forward_batch_for(device, 0, input))
+    given.unwrap_or_else(|| smoothcert::model::forward_batch_for(device, 0, input))
 }
 
 /// AUTO's band: where the calibrated estimate falls back to Monte Carlo.
@@ -105,8 +105,8 @@ pub struct AdaptiveArgs {
 
 impl AdaptiveArgs {
     /// The selection rule, when `--adaptive-n0` asks for one.
-    pub fn rule(self) -> Option<SequentialSelection> {
-        self.adaptive_n0.then_some(SequentialSelection {
+    pub fn rule(self) -> Option<AdaptiveN0> {
+        self.adaptive_n0.then_some(AdaptiveN0 {
             chunk: self.adaptive_chunk,
             alpha: self.adaptive_alpha,
         })

@@ -3,7 +3,7 @@
 use super::args::{AutoBandArgs, DeviceArgs, SamplingArgs};
 use anyhow::{Context, Result};
 use smoothcert::bench;
-use smoothcert::smoothing::SequentialSelection;
+use smoothcert::smoothing::AdaptiveN0;
 use std::path::PathBuf;
 
 /// Monte Carlo throughput at several forward batch sizes against plain forward passes.
@@ -133,7 +133,7 @@ impl BenchAdaptiveArgs {
             device,
             inputs: self.inputs,
             n0: self.n0,
-            rule: SequentialSelection {
+            adaptive_n0: AdaptiveN0 {
                 chunk: self.chunk,
                 alpha: self.alpha,
             },

@@ -1,9 +1,9 @@
 //! `smoothcert certify`.
 use super::args::{AdaptiveArgs, AutoBandArgs, DeviceArgs, SamplingArgs};
 use anyhow::{Context, Result};
-use smoothcert::batcher::Target;
 use smoothcert::data::Split;
-use smoothcert::engine::Method;
+use smoothcert::engine::{Method, RadiusKind};
+use smoothcert::methods::Target;
 use smoothcert::pipeline::certify;
 use std::path::PathBuf;
 
@@ -82,7 +82,7 @@ impl CertifyArgs {
             max: self.max,
             params: self.sampling.params(n, device, &self.bundle),
             seed: self.seed,
-            adaptive: self.adaptive.rule(),
+            adaptive_n0: self.adaptive.rule(),
             auto_band: self.auto_band.band(),
             target: self.target_radius.map(|radius| Target {
                 radius,
@@ -93,14 +93,12 @@ impl CertifyArgs {
             show_progress: true,
         };
         let s = certify::certify(&opts).context("certify failed")?;
-        let what = match s.method {
-            Method::MonteCarlo => "certified accuracy",
-            Method::Sequential => "certified accuracy at the target radius",
-            Method::Surrogate => "ESTIMATED certified accuracy (surrogate, not a guarantee)",
-            Method::Calibrated => {
-                "ESTIMATED certified accuracy (calibrated surrogate, not a certificate)"
+        let what = match s.method.radius_kind() {
+            Some(RadiusKind::Certificate) => "certified accuracy",
+            Some(RadiusKind::Estimate) => {
+                "ESTIMATED certified accuracy (an estimate of the certificate, not a guarantee)"
             }
-            Method::Auto => {
+            None => {
                 "accuracy with a radius (mixed: Monte Carlo certificates and calibrated estimates, each row names its method)"
             }
         };

@@ -283,7 +283,7 @@ mod tests {
         let shipped = std::path::Path::new("models/fashion-mnist-sigma0.25");
         assert_eq!(
             super::args::forward_batch(None, tch::Device::Cpu, shipped),
-            smoothcert::batcher::forward_batch_for(tch::Device::Cpu, 0, [1, 28, 28])
+            smoothcert::model::forward_batch_for(tch::Device::Cpu, 0, [1, 28, 28])
         );
         assert_eq!(
             super::args::forward_batch(Some(7), tch::Device::Cpu, shipped),
@@ -292,13 +292,13 @@ mod tests {
         // On a GPU the default shrinks with the input: 4096 small images, far
         // fewer 224 x 224 RGB ones, never below 64.
         let gpu = tch::Device::Cuda(0);
-        let batch = |s| smoothcert::batcher::forward_batch_for(gpu, 0, s);
+        let batch = |s| smoothcert::model::forward_batch_for(gpu, 0, s);
         assert_eq!(batch([1, 28, 28]), 4096);
         assert_eq!(batch([3, 32, 32]), 4096);
         assert_eq!(batch([3, 224, 224]), 4096 * 3 * 32 * 32 / (3 * 224 * 224));
         assert_eq!(batch([3, 1024, 1024]), 64);
         assert_eq!(
-            smoothcert::batcher::forward_batch_for(gpu, 500, [3, 224, 224]),
+            smoothcert::model::forward_batch_for(gpu, 500, [3, 224, 224]),
             500
         );
         assert_eq!(m.get_one::<f64>("auto_band_low"), Some(&band.0));

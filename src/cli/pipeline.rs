@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use smoothcert::data::Split;
 use smoothcert::model::{parse_device, Arch};
 use smoothcert::pipeline::counts::Shard;
-use smoothcert::pipeline::stages::{self, CountsRole, EvalRole, StageStatus};
+use smoothcert::pipeline::steps::{self, CountsRole, EvalRole, StepStatus};
 use smoothcert::smoothing::ConformalScore;
 use std::path::PathBuf;
 
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 /// command: train counts, surrogate training, tail-map counts and fit,
 /// calibration counts and calibration, then Monte Carlo, surrogate,
 /// calibrated and AUTO certificates on evaluation images and their report.
-/// Finished stages are skipped and an interrupted one resumes, so rerun the
+/// Finished steps are skipped and an interrupted one resumes, so rerun the
 /// same command after a stop. The test split is shared by index: by default
 /// images with i % 4 == 1 fit the tail map, i % 4 == 2 calibrate, i % 4 == 0
 /// are the evaluation (i % 4 == 3 stay free for select-calibration).
@@ -136,7 +136,7 @@ pub struct PipelineArgs {
     /// Forward batch; default: the device's (32 on a CPU, 4096 on a GPU).
     #[arg(long)]
     batch: Option<i64>,
-    /// Stop after this stage (e.g. train-surrogate); a later run goes on.
+    /// Stop after this step (e.g. train-surrogate); a later run goes on.
     #[arg(long)]
     until: Option<String>,
     /// Replace a calibration the bundle holds with other parameters (its
@@ -168,7 +168,7 @@ impl PipelineArgs {
             Some(d) => parse_device(d)?,
             None => device,
         };
-        let opts = stages::PipelineOptions {
+        let opts = steps::PipelineOptions {
             counts_dir: self
                 .counts_dir
                 .unwrap_or_else(|| PathBuf::from("counts").join(&bundle_name)),
@@ -230,28 +230,28 @@ impl PipelineArgs {
             counts_worker: self.counts_worker,
             show_progress: true,
         };
-        let s = stages::run_pipeline(&opts).context("pipeline failed")?;
-        println!("| stage | this run | seconds this run | seconds in all |");
+        let s = steps::run_pipeline(&opts).context("pipeline failed")?;
+        println!("| step | this run | seconds this run | seconds in all |");
         println!("|---|---|---:|---:|");
-        for st in &s.stages {
+        for st in &s.steps {
             let status = match st.status {
-                StageStatus::Ran => "ran",
-                StageStatus::DoneBefore => "done before",
-                StageStatus::NotRun => "not run",
+                StepStatus::Ran => "ran",
+                StepStatus::DoneBefore => "done before",
+                StepStatus::NotRun => "not run",
             };
             println!(
                 "| {} | {status} | {:.1} | {:.1} |",
-                st.stage, st.seconds_this_run, st.seconds_total
+                st.step, st.seconds_this_run, st.seconds_total
             );
         }
         println!(
-            "\n{:.1} s this run; the stages' seconds over all runs add up to {:.1}{}",
+            "\n{:.1} s this run; the steps' seconds over all runs add up to {:.1}{}",
             s.wall_seconds_this_run,
-            s.stage_seconds_total,
+            s.step_seconds_total,
             if s.finished {
                 format!(
                     "; summary in {}",
-                    s.reports_dir.join(stages::SUMMARY_FILE).display()
+                    s.reports_dir.join(steps::SUMMARY_FILE).display()
                 )
             } else {
                 String::new()

@@ -27,6 +27,9 @@ impl ServeArgs {
             LogFormat::Json => logs.json().init(),
             LogFormat::Human => logs.init(),
         }
+        for warning in &config.deprecations {
+            tracing::warn!("{warning}");
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

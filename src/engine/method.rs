@@ -47,12 +47,18 @@ impl Method {
         }
     }
 
-    /// What this method's radii are: a certificate, or an estimate of one.
-    pub fn radius_kind(self) -> &'static str {
+    /// The name in messages, as the proto spells it (CALIBRATED).
+    pub fn label(self) -> String {
+        self.as_str().to_ascii_uppercase()
+    }
+
+    /// What this method's radii are; `None` for AUTO, whose every answer
+    /// names the method (and so the kind) that produced it.
+    pub fn radius_kind(self) -> Option<RadiusKind> {
         match self {
-            Method::MonteCarlo | Method::Sequential => "certificate",
-            Method::Surrogate | Method::Calibrated => "estimate",
-            Method::Auto => "mixed",
+            Method::MonteCarlo | Method::Sequential => Some(RadiusKind::Certificate),
+            Method::Surrogate | Method::Calibrated => Some(RadiusKind::Estimate),
+            Method::Auto => None,
         }
     }
 
@@ -74,6 +80,33 @@ impl Method {
             Method::MonteCarlo => Task::MonteCarlo,
             Method::Sequential => Task::Stage,
             _ => Task::Surrogate,
+        }
+    }
+}
+
+/// What a radius promises: a certificate at level 1 - alpha, or an estimate
+/// of one (see the methods' docs). Responses, TSV rows and reports read it
+/// from the method or the outcome that produced the radius.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RadiusKind {
+    Certificate,
+    Estimate,
+}
+
+impl RadiusKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RadiusKind::Certificate => "certificate",
+            RadiusKind::Estimate => "estimate",
+        }
+    }
+
+    /// A run's kind: its methods' one kind, or "mixed" (AUTO, or a file of several).
+    pub fn of_run(kinds: impl IntoIterator<Item = Option<RadiusKind>>) -> &'static str {
+        let mut kinds = kinds.into_iter();
+        match kinds.next().flatten() {
+            Some(first) if kinds.all(|k| k == Some(first)) => first.as_str(),
+            _ => "mixed",
         }
     }
 }

@@ -161,7 +161,7 @@ pub fn surrogate_estimate(
     alpha: f64,
     sigma: f64,
 ) -> Result<SurrogateEstimate, EngineError> {
-    let surrogate_class = argmax(p);
+    let surrogate_class = smoothing::argmax(p);
     let p_hat_a = p.get(class_a).copied().unwrap_or(0.0);
     let p_used = shift.map_or(p_hat_a, |s| s.apply(p_hat_a, margin_z, n));
     let offset = p_hat_a - p_used;
@@ -226,20 +226,6 @@ impl AutoBand {
     }
 }
 
-/// Index of the largest value; ties go to the lower index.
-fn argmax(p: &[f64]) -> usize {
-    p.iter()
-        .enumerate()
-        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 {
-                (i, v)
-            } else {
-                best
-            }
-        })
-        .0
-}
-
 /// PREDICT's decision from one input's counts.
 fn prediction(row: &[u64], n: u64, alpha: f64) -> Result<Prediction, EngineError> {
     let (a, b) = top_two(row);
@@ -268,12 +254,7 @@ pub fn input_seed(seed: u64, idx: usize) -> u64 {
     seed ^ crate::model::splitmix64_mix((idx as u64).wrapping_add(1))
 }
 
-/// Indices of the largest and second-largest counts; ties go to the lower class index.
-pub fn top_two(counts: &[u64]) -> (usize, Option<usize>) {
-    let mut order: Vec<usize> = (0..counts.len()).collect();
-    order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
-    (order.first().copied().unwrap_or(0), order.get(1).copied())
-}
+pub use crate::smoothing::top_two;
 
 /// One input's exact certificate at a target radius (SEQUENTIAL).
 #[derive(Debug, Clone, PartialEq)]
@@ -315,6 +296,18 @@ impl Outcome {
             | Outcome::Stage(_, s)
             | Outcome::Sequential(_, s) => s.drawn,
             Outcome::Predict(_) => 0,
+        }
+    }
+
+    /// Whether its radius is a certificate or an estimate (PREDICT and a
+    /// stage count have no radius: `None`).
+    pub fn radius_kind(&self) -> Option<method::RadiusKind> {
+        match self {
+            Outcome::Surrogate(..) => Some(method::RadiusKind::Estimate),
+            Outcome::MonteCarlo(..) | Outcome::Sequential(..) => {
+                Some(method::RadiusKind::Certificate)
+            }
+            Outcome::Predict(_) | Outcome::Stage(..) => None,
         }
     }
 
@@ -406,7 +399,7 @@ impl Engine {
         &self,
         task: Task,
         inputs: &Tensor,
-        reqs: &[requests::RequestParams],
+        reqs: &[requests::TaskParams],
         keep: &mut dyn FnMut(usize) -> bool,
     ) -> Result<BatchResult, EngineError> {
         for r in reqs {
@@ -456,14 +449,14 @@ impl Engine {
         &self,
         task: Task,
         input: &Tensor,
-        req: requests::RequestParams,
+        req: requests::TaskParams,
     ) -> Result<(Outcome, requests::BatchTiming), EngineError> {
         let x = if input.dim() == 3 {
             input.unsqueeze(0)
         } else {
             input.shallow_clone()
         };
-        let req = requests::RequestParams { input: 0, ..req };
+        let req = requests::TaskParams { input: 0, ..req };
         let (mut out, timing, _) = self.run(task, &x, &[req], &mut |_| true)?;
         let outcome = out.pop().flatten().ok_or_else(|| {
             EngineError::Model(ModelError::Torch("the engine returned no result".into()))
@@ -478,7 +471,7 @@ impl Engine {
         let [c, h, w] = self.base.input_shape().map(|d| d as i64);
         let x = Tensor::f_full([1, c, h, w], 0.5, (Kind::Float, self.base.device()))
             .map_err(ModelError::from)?;
-        let req = requests::RequestParams::new(0, self.forward_batch as u64, 1, 0.5, 0);
+        let req = requests::TaskParams::new(0, self.forward_batch as u64, 1, 0.5, 0);
         self.run_one(Task::MonteCarlo, &x, req)?;
         if self.has_surrogate() {
             self.run_one(Task::Surrogate, &x, req)?;
@@ -516,11 +509,11 @@ pub fn sequential_test(
 }
 
 /// A request's parameters, each failure naming its field.
-fn validate_request(task: Task, r: &requests::RequestParams) -> Result<(), EngineError> {
+fn validate_request(task: Task, r: &requests::TaskParams) -> Result<(), EngineError> {
     if task != Task::Predict && r.n0 == 0 && r.class_a.is_none() {
         return Err(invalid("n0", "must be at least 1"));
     }
-    if let Some(rule) = r.adaptive {
+    if let Some(rule) = r.adaptive_n0 {
         rule.validate()?;
     }
     validate_sampling(r.n, r.alpha, 1)
@@ -529,7 +522,7 @@ fn validate_request(task: Task, r: &requests::RequestParams) -> Result<(), Engin
 mod method;
 pub mod requests;
 
-pub use method::{Method, Task};
+pub use method::{Method, RadiusKind, Task};
 
 #[cfg(test)]
 mod tests;

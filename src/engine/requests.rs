@@ -8,15 +8,15 @@ use super::{
     McCertificate, Prediction, SurrogateEstimate,
 };
 use crate::model::{splitmix64_mix, Classifier, NoiseStream};
-use crate::smoothing::{CalibrationShift, SelectionMargin, SequentialSelection};
+use crate::smoothing::{AdaptiveN0, CalibrationShift, SelectionMargin};
 use std::time::{Duration, Instant};
 use tch::Tensor;
 
 /// One request's parameters; `input` is its row of the batch's input tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RequestParams {
+pub struct TaskParams {
     pub input: usize,
-    /// Selection samples (the cap, with `adaptive`).
+    /// Selection samples (the cap, with `adaptive_n0`).
     pub n0: u64,
     pub n: u64,
     pub alpha: f64,
@@ -24,7 +24,7 @@ pub struct RequestParams {
     /// CALIBRATED's adjustment of p_hat[cA]; None for the paper's method.
     pub shift: Option<CalibrationShift>,
     /// Choose cA sequentially, stopping before n0 once the leader is settled.
-    pub adaptive: Option<SequentialSelection>,
+    pub adaptive_n0: Option<AdaptiveN0>,
     /// cA already chosen (AUTO's Monte Carlo fallback): no selection samples.
     pub class_a: Option<usize>,
     /// A stage task's samples: this slice of the n estimation samples.
@@ -40,17 +40,17 @@ pub struct Slice {
     pub num: u64,
 }
 
-impl RequestParams {
+impl TaskParams {
     /// Fixed-n0 selection, no calibration, no class given.
-    pub fn new(input: usize, n0: u64, n: u64, alpha: f64, seed: u64) -> RequestParams {
-        RequestParams {
+    pub fn new(input: usize, n0: u64, n: u64, alpha: f64, seed: u64) -> TaskParams {
+        TaskParams {
             input,
             n0,
             n,
             alpha,
             seed,
             shift: None,
-            adaptive: None,
+            adaptive_n0: None,
             class_a: None,
             slice: None,
         }
@@ -101,7 +101,7 @@ pub fn select(
     base: &Classifier,
     sigma: f64,
     inputs: &Tensor,
-    reqs: &[RequestParams],
+    reqs: &[TaskParams],
     forward_batch: i64,
     keep: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Vec<Option<Selected>>, EngineError> {
@@ -112,7 +112,7 @@ pub fn select(
     let mut drawn = vec![0u64; reqs.len()];
     let mut open: Vec<usize> = Vec::new();
     for (i, r) in reqs.iter().enumerate() {
-        if let Some(rule) = r.adaptive {
+        if let Some(rule) = r.adaptive_n0 {
             rule.validate()?;
         }
         match r.class_a {
@@ -127,7 +127,7 @@ pub fn select(
             .map(|&i| {
                 let r = &reqs[i];
                 let base_seed = stream_seed(r.seed, SELECTION);
-                match r.adaptive {
+                match r.adaptive_n0 {
                     None => NoiseStream::whole(r.input, r.n0, base_seed),
                     Some(rule) => NoiseStream::whole(
                         r.input,
@@ -160,7 +160,7 @@ pub fn select(
             }
             drawn[i] += stream.num;
             let r = &reqs[i];
-            let done = match r.adaptive {
+            let done = match r.adaptive_n0 {
                 None => true,
                 Some(rule) => drawn[i] >= r.n0 || rule.settled(&counts[i], r.n0)?,
             };
@@ -202,9 +202,9 @@ pub(crate) const SELECTION: u64 = 1;
 pub(crate) const ESTIMATION: u64 = 2;
 
 fn streams(
-    reqs: &[RequestParams],
+    reqs: &[TaskParams],
     purpose: u64,
-    num: impl Fn(&RequestParams) -> u64,
+    num: impl Fn(&TaskParams) -> u64,
 ) -> Vec<NoiseStream> {
     reqs.iter()
         .map(|r| NoiseStream::whole(r.input, num(r), stream_seed(r.seed, purpose)))
@@ -222,7 +222,7 @@ pub fn certify_surrogate(
     surrogate: &Classifier,
     sigma: f64,
     inputs: &Tensor,
-    reqs: &[RequestParams],
+    reqs: &[TaskParams],
     forward_batch: i64,
     keep: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Batch<SurrogateEstimate>, EngineError> {
@@ -260,7 +260,7 @@ pub fn certify_mc(
     base: &Classifier,
     sigma: f64,
     inputs: &Tensor,
-    reqs: &[RequestParams],
+    reqs: &[TaskParams],
     forward_batch: i64,
     keep: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Batch<McCertificate>, EngineError> {
@@ -307,7 +307,7 @@ pub fn predict(
     base: &Classifier,
     sigma: f64,
     inputs: &Tensor,
-    reqs: &[RequestParams],
+    reqs: &[TaskParams],
     forward_batch: i64,
     keep: &mut dyn FnMut(usize) -> bool,
 ) -> Result<(Vec<Option<Prediction>>, BatchTiming, PassCounts), EngineError> {
@@ -342,7 +342,7 @@ pub fn count_stage(
     base: &Classifier,
     sigma: f64,
     inputs: &Tensor,
-    reqs: &[RequestParams],
+    reqs: &[TaskParams],
     forward_batch: i64,
     keep: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Batch<u64>, EngineError> {

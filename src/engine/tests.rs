@@ -1,5 +1,5 @@
 use super::*;
-use crate::engine::requests::RequestParams;
+use crate::engine::requests::TaskParams;
 use crate::testing::{input_with_first_pixel, phi, rng_lock, write_threshold_bundle};
 use tch::Device;
 
@@ -24,11 +24,11 @@ fn engine(dir: &std::path::Path, forward_batch: i64) -> Engine {
     Engine::load(&bundle, Device::Cpu, forward_batch, false).unwrap()
 }
 
-fn reqs(n0: u64, n: u64, alpha: f64, seeds: &[u64]) -> Vec<RequestParams> {
+fn reqs(n0: u64, n: u64, alpha: f64, seeds: &[u64]) -> Vec<TaskParams> {
     seeds
         .iter()
         .enumerate()
-        .map(|(i, &seed)| RequestParams::new(i, n0, n, alpha, seed))
+        .map(|(i, &seed)| TaskParams::new(i, n0, n, alpha, seed))
         .collect()
 }
 
@@ -161,12 +161,12 @@ fn rejects_bad_params_naming_the_field() {
     let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path(), 10);
-    let good = RequestParams::new(0, 10, 100, 0.001, 1);
+    let good = TaskParams::new(0, 10, 100, 0.001, 1);
     for (bad, field) in [
-        (RequestParams { n0: 0, ..good }, "n0"),
-        (RequestParams { n: 0, ..good }, "n"),
-        (RequestParams { alpha: 1.0, ..good }, "alpha"),
-        (RequestParams { alpha: 0.0, ..good }, "alpha"),
+        (TaskParams { n0: 0, ..good }, "n0"),
+        (TaskParams { n: 0, ..good }, "n"),
+        (TaskParams { alpha: 1.0, ..good }, "alpha"),
+        (TaskParams { alpha: 0.0, ..good }, "alpha"),
     ] {
         match e.run(Task::MonteCarlo, &batch(&[0.7]), &[bad], &mut |_| true) {
             Err(EngineError::InvalidParam { field: f, .. }) => assert_eq!(f, field),
@@ -178,12 +178,6 @@ fn rejects_bad_params_naming_the_field() {
         e.run(Task::Surrogate, &batch(&[0.7]), &[good], &mut |_| true),
         Err(EngineError::NoSurrogate)
     ));
-}
-
-#[test]
-fn top_two_breaks_ties_by_index() {
-    assert_eq!(top_two(&[3, 5, 5, 1]), (1, Some(2)));
-    assert_eq!(top_two(&[7]), (0, None));
 }
 
 fn statrs_ppf(p: f64) -> f64 {
@@ -254,8 +248,8 @@ mod requests_batch {
         let counts = m
             .count_streams(&x, &streams, SIGMA, 999, &mut |_| true)
             .unwrap();
-        let reqs: Vec<RequestParams> = (0..3)
-            .map(|i| RequestParams::new(i, n0, 1, 0.001, 7 + i as u64))
+        let reqs: Vec<TaskParams> = (0..3)
+            .map(|i| TaskParams::new(i, n0, 1, 0.001, 7 + i as u64))
             .collect();
         let selected = requests::select(&m, SIGMA, &x, &reqs, 999, &mut |_| true).unwrap();
         for (i, &x0) in firsts.iter().enumerate() {
@@ -318,9 +312,9 @@ mod requests_batch {
         let dir = tempfile::tempdir().unwrap();
         let m = model(dir.path());
         let x = batch(&[0.8, 0.3, 0.5]);
-        let reqs: Vec<RequestParams> = (0..3)
+        let reqs: Vec<TaskParams> = (0..3)
             .map(|i| {
-                RequestParams::new(
+                TaskParams::new(
                     i,
                     100 + i as u64,
                     5000 * (i as u64 + 1),
@@ -334,7 +328,7 @@ mod requests_batch {
         assert_eq!(passes.base, reqs.iter().map(|r| r.n0 + r.n).sum::<u64>());
         for (i, r) in reqs.iter().enumerate() {
             let one = x.narrow(0, i as i64, 1);
-            let single = RequestParams { input: 0, ..*r };
+            let single = TaskParams { input: 0, ..*r };
             let (alone, _, _) =
                 requests::certify_mc(&m, SIGMA, &one, &[single], 4096, &mut |_| true).unwrap();
             assert_eq!(together[i], alone[0], "request {i}");
@@ -425,7 +419,7 @@ mod sequential_stages {
         let dir = tempfile::tempdir().unwrap();
         let e = engine(dir.path(), 256);
         let x = batch(&[0.55]);
-        let req = RequestParams::new(0, 50, 3_000, 0.001, 9);
+        let req = TaskParams::new(0, 50, 3_000, 0.001, 9);
         let (mc, _) = e.run_one(Task::MonteCarlo, &x, req).unwrap();
         let Outcome::MonteCarlo(cert, sel) = mc else {
             panic!("{mc:?}")
@@ -434,7 +428,7 @@ mod sequential_stages {
         // cA as Monte Carlo did, the rest reuse it.
         let mut k = 0;
         for (start, num) in [(0u64, 700u64), (700, 1_300), (2_000, 1_000)] {
-            let stage = RequestParams {
+            let stage = TaskParams {
                 class_a: (start > 0).then_some(sel.class_a),
                 slice: Some(Slice { start, num }),
                 ..req

@@ -163,9 +163,10 @@ impl TailMap {
 
     /// Applies the map to one probability vector in place.
     pub fn apply(&self, p: &mut [f64]) {
-        let Some(top) = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a))) else {
+        if p.is_empty() {
             return;
-        };
+        }
+        let top = crate::smoothing::argmax(p);
         let miss = 1.0 - p[top];
         if miss <= 0.0 {
             return;

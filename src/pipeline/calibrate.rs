@@ -13,7 +13,7 @@ use super::counts::Counts;
 use super::surrogate::SurrogateInputs;
 use super::{write_json, InputList, PipelineError};
 use crate::data;
-use crate::engine::requests::{self, RequestParams};
+use crate::engine::requests::{self, TaskParams};
 use crate::engine::{self, AutoBand, EngineError};
 use crate::model::{Bundle, Calibration, CalibrationBin, Classifier};
 use crate::smoothing::{self, CalibrationShift, ConformalScore, Decision, RankRule};
@@ -252,12 +252,12 @@ pub(crate) fn score_inputs(
     let surrogate = Classifier::load_surrogate(bundle, opts.device)?;
     let sigma = bundle.sigma();
     // cA as certification draws it: the same seeded streams per input.
-    let reqs: Vec<RequestParams> = counts
+    let reqs: Vec<TaskParams> = counts
         .indices
         .iter()
         .enumerate()
         .map(|(i, &idx)| {
-            RequestParams::new(
+            TaskParams::new(
                 i,
                 opts.n0,
                 1,
@@ -279,9 +279,7 @@ pub(crate) fn score_inputs(
             idx: counts.indices[i],
             label: dataset.labels[counts.indices[i] as usize],
             class_a: sel.class_a,
-            surrogate_class: (0..k)
-                .max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)))
-                .unwrap_or(0),
+            surrogate_class: crate::smoothing::argmax(p),
             p_hat_a: p[sel.class_a],
             margin_z: sel.margin_z(),
             p_mc_a: count_a as f64 / n,

@@ -2,15 +2,19 @@
 //! method and the counts behind the radius), appended and flushed row by row
 //! so an interrupted run resumes without redoing finished inputs.
 use super::report::summarize;
+use super::run::{RunFiles, RunParams};
 use super::tsv::{open_for_resume, CertRow};
-use super::{io_err, load_inputs, progress_bar, write_json, Inputs, PipelineError};
-use crate::batcher::{Answer, Offline, Target};
-use crate::data::Split;
-use crate::engine::requests::RequestParams;
-use crate::engine::{self, AutoBand, CertifyParams, Method, Outcome};
+use super::{io_err, load_inputs, progress_bar, Inputs, PipelineError};
+use crate::batcher::Answer;
+use crate::data::{Dataset, Split};
+use crate::engine::{self, AutoBand, CertifyParams, Method, Outcome, RadiusKind};
+use crate::methods::{
+    CertifyRequest, Defaults, Limits, ModelTerms, Offline, Plan, RequestError, RequestOptions,
+    Selection, Target,
+};
 use crate::model::Bundle;
-use crate::smoothing::{CalibrationShift, Decision, SequentialSelection};
-use serde::{Deserialize, Serialize};
+use crate::smoothing::{AdaptiveN0, Decision};
+use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -48,7 +52,7 @@ pub struct CertifyOptions {
     pub params: CertifyParams,
     pub seed: u64,
     /// Choose cA sequentially (n0 is the cap).
-    pub adaptive: Option<SequentialSelection>,
+    pub adaptive_n0: Option<AdaptiveN0>,
     /// AUTO's fallback band on the calibrated pA_lower.
     pub auto_band: AutoBand,
     /// SEQUENTIAL (and AUTO's Monte Carlo step): the radius to certify, and
@@ -57,55 +61,6 @@ pub struct CertifyOptions {
     pub device: Device,
     pub out: PathBuf,
     pub show_progress: bool,
-}
-
-/// The parameters a TSV was produced with; a resumed run must match them.
-/// The device is in it because it changes which noise an input draws under a
-/// given seed (the forward batch does not: noise comes in seeded blocks).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct RunParams {
-    bundle_name: String,
-    bundle_version: String,
-    /// Fingerprint of the base weights: a retrained model under the same name is another run.
-    base_weights_fnv1a: String,
-    /// The surrogate's fingerprint too, for method surrogate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    surrogate_weights_fnv1a: Option<String>,
-    method: Method,
-    split: Split,
-    /// 0 in runs from before the option (so they still resume).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    offset: usize,
-    skip: usize,
-    max: Option<usize>,
-    n0: u64,
-    n: u64,
-    alpha: f64,
-    sigma: f64,
-    seed: u64,
-    /// How noise is drawn: "seeded_streams_v2" (the served path, per-input
-    /// request seed `engine::input_seed(seed, idx)`). Files from before it
-    /// lack the key and are not resumed.
-    noise: String,
-    device: String,
-    /// Adaptive n0 (chunk, alpha); absent for fixed n0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    adaptive: Option<(u64, f64)>,
-    /// CALIBRATED and AUTO: the calibration's (q, delta, score).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    calibration: Option<(f64, f64, crate::smoothing::ConformalScore)>,
-    /// CALIBRATED and AUTO: the estimate's margin threshold, when it blends.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    margin_threshold: Option<f64>,
-    /// AUTO: the fallback band (low, high).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    auto_band: Option<(f64, f64)>,
-    /// SEQUENTIAL and AUTO: the target radius and whether the schedule was guided.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    target_radius: Option<(f64, bool)>,
-    /// The surrogate's tail map (its ratios): refitting it changes every estimate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    tail_map: Option<Vec<f64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -131,16 +86,67 @@ pub struct CertifySummary {
     pub wall_seconds: f64,
 }
 
-/// A run at `out` that finished (its summary written) under an earlier
-/// version, whose parameters (params.json missing, or in an older form)
-/// this one cannot check: a finished record to keep as it is, not resume.
-pub fn finished_by_earlier_version(out: &Path) -> bool {
-    let params = crate::fsutil::sidecar(out, "params.json");
-    crate::fsutil::sidecar(out, "summary.json").exists()
-        && std::fs::read_to_string(&params)
-            .ok()
-            .and_then(|t| serde_json::from_str::<RunParams>(&t).ok())
-            .is_none()
+/// The typed request an offline run sends for each input (under the
+/// input's own seed): the same constructor, and so the same refusals, as
+/// the server's.
+pub fn offline_request(
+    opts: &CertifyOptions,
+    bundle: &Bundle,
+) -> Result<CertifyRequest, PipelineError> {
+    build_offline(
+        bundle,
+        opts.method,
+        &opts.params,
+        opts.adaptive_n0,
+        opts.auto_band,
+        opts.target,
+    )
+}
+
+/// A request with every option given on the command line (offline runs
+/// and the benchmarks); its seed is set per input.
+pub fn build_offline(
+    bundle: &Bundle,
+    method: Method,
+    p: &CertifyParams,
+    adaptive_n0: Option<AdaptiveN0>,
+    auto_band: AutoBand,
+    target: Option<Target>,
+) -> Result<CertifyRequest, PipelineError> {
+    let terms = ModelTerms {
+        bundle,
+        defaults: Defaults {
+            method,
+            n0: p.n0,
+            n: p.n,
+            alpha: p.alpha,
+            adaptive_n0: false,
+        },
+        limits: Limits::NONE,
+        adaptive_n0,
+        auto_band,
+    };
+    let options = RequestOptions {
+        method: Some(method),
+        n0: Some(p.n0),
+        n: Some(p.n),
+        alpha: Some(p.alpha),
+        seed: 0,
+        adaptive_n0: adaptive_n0.map(|_| true),
+        target_radius: target.map(|t| t.radius),
+        unguided: target.is_some_and(|t| !t.guided),
+    };
+    CertifyRequest::build(&options, &terms).map_err(|e| refused(bundle, e))
+}
+
+/// The constructor's refusal in offline terms: the flag, or the bundle.
+pub fn refused(bundle: &Bundle, e: RequestError) -> PipelineError {
+    PipelineError::Invalid(match e {
+        RequestError::Invalid { field, message } => format!("{}: {message}", field.flag()),
+        RequestError::Unsupported { message, .. } => {
+            format!("{}: {message}", bundle.dir.display())
+        }
+    })
 }
 
 pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
@@ -158,118 +164,24 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         opts.skip,
         opts.max,
     )?;
-
-    if opts.method.needs_surrogate() && bundle.surrogate.is_none() {
-        return Err(PipelineError::Invalid(format!(
-            "{}: model.toml has no [surrogate] (train one with train-surrogate), \
-             so --method {} cannot run; --method monte_carlo can",
-            bundle.dir.display(),
-            opts.method
-        )));
-    }
-    match (opts.method, opts.target) {
-        (Method::Sequential, None) => {
-            return Err(PipelineError::Invalid(
-                "--method sequential certifies a required radius: give --target-radius".into(),
-            ))
-        }
-        (Method::Sequential | Method::Auto, _) | (_, None) => {}
-        (other, Some(_)) => {
-            return Err(PipelineError::Invalid(format!(
-                "--target-radius is for --method sequential or auto, not {other}"
-            )))
-        }
-    }
-    if let Some(rule) = opts.adaptive {
+    if let Some(rule) = opts.adaptive_n0 {
         rule.validate().map_err(engine::EngineError::from)?;
     }
     opts.auto_band.validate()?;
-    let calibration = match opts.method {
-        Method::Calibrated | Method::Auto => {
-            let cal = checked_calibration(&bundle, opts.split, &indices, opts.params.n)?;
-            if opts.params.n0 != cal.n0 || opts.adaptive.is_some() {
-                return Err(PipelineError::Invalid(format!(
-                    "the calibration chose cA from n0 = {} fixed samples; --n0 {}{} would void its delta = {}",
-                    cal.n0,
-                    opts.params.n0,
-                    if opts.adaptive.is_some() { " --adaptive-n0" } else { "" },
-                    cal.delta
-                )));
-            }
-            Some(cal)
-        }
-        _ => None,
-    };
+    let request = offline_request(opts, &bundle)?;
+    if request.calibrated().is_some() {
+        check_fresh_for_calibration(&bundle, opts.split, &indices)?;
+    }
     if opts.method != Method::MonteCarlo {
-        check_not_fitted_on(&bundle, opts.split, &indices, calibration.is_some())?;
+        check_not_fitted_on(
+            &bundle,
+            opts.split,
+            &indices,
+            request.calibrated().is_some(),
+        )?;
     }
-    let run = RunParams {
-        bundle_name: bundle.name.clone(),
-        bundle_version: bundle.version.clone(),
-        base_weights_fnv1a: super::base_fingerprint(&bundle)?,
-        surrogate_weights_fnv1a: match opts.method {
-            Method::MonteCarlo => None,
-            _ => super::surrogate_fingerprint(&bundle)?,
-        },
-        method: opts.method,
-        split: opts.split,
-        offset: opts.offset,
-        skip: opts.skip,
-        max: opts.max,
-        n0: opts.params.n0,
-        n: opts.params.n,
-        alpha: opts.params.alpha,
-        sigma: bundle.sigma(),
-        seed: opts.seed,
-        noise: NOISE_SCHEME.into(),
-        device: format!("{:?}", opts.device),
-        adaptive: opts.adaptive.map(|a| (a.chunk, a.alpha)),
-        calibration: calibration.as_ref().map(|c| (c.q, c.delta, c.score)),
-        margin_threshold: calibration.as_ref().and_then(|c| c.margin_threshold),
-        auto_band: (opts.method == Method::Auto)
-            .then_some((opts.auto_band.low, opts.auto_band.high)),
-        target_radius: opts.target.map(|t| (t.radius, t.guided)),
-        tail_map: match opts.method {
-            Method::MonteCarlo => None,
-            _ => bundle
-                .surrogate
-                .as_ref()
-                .and_then(|s| s.tail_map.as_ref())
-                .map(|m| m.edges.iter().chain(&m.ratios).copied().collect()),
-        },
-    };
-    if let Some(parent) = opts.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    }
-    let params_path = crate::fsutil::sidecar(&opts.out, "params.json");
-    let has_rows = std::fs::read_to_string(&opts.out).is_ok_and(|t| t.lines().count() > 1);
-    if has_rows && !params_path.exists() {
-        return Err(PipelineError::Invalid(format!(
-            "{} holds rows but {} is missing, so they cannot be checked against this run; \
-             remove the TSV or choose another --out",
-            opts.out.display(),
-            params_path.display()
-        )));
-    }
-    if has_rows {
-        let text = std::fs::read_to_string(&params_path).map_err(io_err(&params_path))?;
-        let previous: RunParams = serde_json::from_str(&text).map_err(|e| {
-            PipelineError::Invalid(format!(
-                "{} was started with other parameters ({} is not this version's: {e}); \
-                 remove it or choose another --out",
-                opts.out.display(),
-                params_path.display()
-            ))
-        })?;
-        if previous != run {
-            return Err(PipelineError::Invalid(format!(
-                "{} was started with other parameters ({previous:?}); \
-                 remove it or choose another --out to certify with {run:?}",
-                opts.out.display()
-            )));
-        }
-    }
-    write_json(&params_path, &run)?;
+    let files = RunFiles::of(&opts.out);
+    files.begin(&run_params(opts, &bundle, &request)?)?;
 
     let (mut file, done) = open_for_resume(&opts.out)?;
     let finished: std::collections::HashSet<usize> = done.iter().map(|r| r.idx).collect();
@@ -285,53 +197,19 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
             "resuming certify"
         );
     }
-
-    let engine = Offline::start(&bundle, opts.device, opts.params.batch, opts.auto_band)?;
-    let shift = calibration.as_ref().map(crate::model::Calibration::shift);
-    let sigma = bundle.sigma();
+    let started = Instant::now();
+    let mut rows = done;
+    let engine = Offline::start(&bundle, opts.device, opts.params.batch)?;
     let bar = progress_bar(
         todo.len() as u64,
         &format!("certify {}", opts.method),
         opts.show_progress,
     );
-    let started = Instant::now();
-    let mut rows = done;
     for idx in todo {
         let t0 = Instant::now();
-        let params = request_params(opts, engine::input_seed(opts.seed, idx), shift);
-        let answer = engine.certify(opts.method, ds.image(idx).to_vec(), params, opts.target)?;
-        let one = One::from_answer(&answer)?;
-        let (decision, count_a, n) = (one.decision, one.count_a, one.n);
-        let time = t0.elapsed().as_secs_f64();
-        let label = ds.labels[idx];
-        let (predict, radius, p_a_lower, abstain_reason) = match decision {
-            Decision::Certified {
-                class,
-                p_a_lower,
-                radius,
-            } => (class as i64, radius, p_a_lower, None),
-            Decision::Abstain { reason, p_a_lower } => {
-                (-1, 0.0, p_a_lower, Some(reason.as_str().to_string()))
-            }
-        };
-        let row = CertRow {
-            idx,
-            label,
-            predict,
-            radius,
-            correct: predict == label,
-            time,
-            method: one.method,
-            count_a,
-            n,
-            p_a_lower,
-            abstain_reason,
-            delta: (one.method == Method::Calibrated)
-                .then(|| calibration.as_ref().map(|c| c.delta))
-                .flatten(),
-            class_a: Some(one.class_a),
-            n0_drawn: Some(one.drawn),
-        };
+        let req = request.with_seed(engine::input_seed(opts.seed, idx));
+        let answer = engine.certify(&req, ds.image(idx).to_vec())?;
+        let row = One::from_answer(&answer)?.row(&ds, idx, t0.elapsed().as_secs_f64(), &req);
         writeln!(file, "{}", row.to_line())
             .and_then(|_| file.flush())
             .map_err(io_err(&opts.out))?;
@@ -346,18 +224,30 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
     bar.finish_and_clear();
     engine.shutdown();
     file.sync_all().map_err(io_err(&opts.out))?;
+    let summary = summary(opts, &bundle, &rows, finished.len(), started);
+    files.finish(&summary)?;
+    Ok(summary)
+}
 
-    let curve = summarize(opts.method.as_str(), &rows, &[0.0]);
-    let summary = CertifySummary {
+/// What the run's summary says of its rows.
+fn summary(
+    opts: &CertifyOptions,
+    bundle: &Bundle,
+    rows: &[CertRow],
+    resumed_rows: usize,
+    started: Instant,
+) -> CertifySummary {
+    let curve = summarize(opts.method.as_str(), rows, &[0.0]);
+    CertifySummary {
         out: opts.out.clone(),
         method: opts.method,
         inputs: rows.len(),
-        resumed_rows: finished.len(),
+        resumed_rows,
         n0: opts.params.n0,
         n: opts.params.n,
         alpha: opts.params.alpha,
-        sigma,
-        radius_kind: opts.method.radius_kind(),
+        sigma: bundle.sigma(),
+        radius_kind: RadiusKind::of_run([opts.method.radius_kind()]),
         fallback_fraction: (opts.method == Method::Auto).then(|| {
             rows.iter()
                 .filter(|r| r.method != Method::Calibrated)
@@ -368,27 +258,58 @@ pub fn certify(opts: &CertifyOptions) -> Result<CertifySummary, PipelineError> {
         abstention_rate: curve.abstention_rate,
         median_seconds_per_input: curve.median_seconds,
         wall_seconds: started.elapsed().as_secs_f64(),
-    };
-    write_json(&crate::fsutil::sidecar(&opts.out, "summary.json"), &summary)?;
-    Ok(summary)
+    }
 }
 
 /// How offline runs draw noise (recorded in `params.json`).
 const NOISE_SCHEME: &str = "seeded_streams_v2";
 
-/// The engine's parameters for one input of an offline run: the request a
-/// served client would send with seed `seed` and the run's options.
-pub fn request_params(
+/// What the run's rows depend on, for `params.json`.
+fn run_params(
     opts: &CertifyOptions,
-    seed: u64,
-    shift: Option<CalibrationShift>,
-) -> RequestParams {
-    let p = &opts.params;
-    RequestParams {
-        shift: shift.filter(|_| opts.method.needs_calibration()),
-        adaptive: opts.adaptive,
-        ..RequestParams::new(0, p.n0, p.n, p.alpha, seed)
-    }
+    bundle: &Bundle,
+    request: &CertifyRequest,
+) -> Result<RunParams, PipelineError> {
+    let calibrated = request.calibrated();
+    let estimates = opts.method != Method::MonteCarlo;
+    Ok(RunParams {
+        bundle_name: bundle.name.clone(),
+        bundle_version: bundle.version.clone(),
+        base_weights_fnv1a: super::base_fingerprint(bundle)?,
+        surrogate_weights_fnv1a: match estimates {
+            true => super::surrogate_fingerprint(bundle)?,
+            false => None,
+        },
+        method: opts.method,
+        split: opts.split,
+        offset: opts.offset,
+        skip: opts.skip,
+        max: opts.max,
+        n0: request.sampling().n0,
+        n: request.sampling().n,
+        alpha: request.sampling().alpha,
+        sigma: bundle.sigma(),
+        seed: opts.seed,
+        noise: NOISE_SCHEME.into(),
+        device: format!("{:?}", opts.device),
+        adaptive_n0: match request.selection() {
+            Selection::Adaptive(a) => Some((a.chunk, a.alpha)),
+            Selection::Fixed => None,
+        },
+        calibration: calibrated.map(|c| (c.shift.q, c.delta, c.shift.score)),
+        margin_threshold: calibrated.and_then(|c| c.shift.margin_threshold),
+        auto_band: match request.plan() {
+            Plan::Auto { band, .. } => Some((band.low, band.high)),
+            _ => None,
+        },
+        target_radius: request.target().map(|t| (t.radius, t.guided)),
+        tail_map: bundle
+            .surrogate
+            .as_ref()
+            .and_then(|s| s.tail_map.as_ref())
+            .filter(|_| estimates)
+            .map(|m| m.edges.iter().chain(&m.ratios).copied().collect()),
+    })
 }
 
 /// One input's outcome, and the method that produced it.
@@ -423,32 +344,57 @@ impl One {
             method: answer.method,
         })
     }
+
+    /// The TSV row of input `idx`, answered in `time` seconds.
+    fn row(&self, ds: &Dataset, idx: usize, time: f64, req: &CertifyRequest) -> CertRow {
+        let label = ds.labels[idx];
+        let (predict, radius, p_a_lower, abstain_reason) = match self.decision {
+            Decision::Certified {
+                class,
+                p_a_lower,
+                radius,
+            } => (class as i64, radius, p_a_lower, None),
+            Decision::Abstain { reason, p_a_lower } => {
+                (-1, 0.0, p_a_lower, Some(reason.as_str().to_string()))
+            }
+        };
+        CertRow {
+            idx,
+            label,
+            predict,
+            radius,
+            correct: predict == label,
+            time,
+            method: self.method,
+            count_a: self.count_a,
+            n: self.n,
+            p_a_lower,
+            abstain_reason,
+            delta: req
+                .calibrated()
+                .filter(|_| self.method == Method::Calibrated)
+                .map(|c| c.delta),
+            class_a: Some(self.class_a),
+            n0_drawn: Some(self.drawn),
+        }
+    }
 }
 
-/// The bundle's calibration, refused when it cannot stand behind these
-/// inputs: none, another N, or inputs it was computed on.
-fn checked_calibration(
+/// Refuses inputs the bundle's calibration cannot stand behind: those it
+/// was computed on, and those that chose its score, bins or AUTO's band.
+/// (Its n and n0 are the request constructor's to check.)
+fn check_fresh_for_calibration(
     bundle: &Bundle,
     split: Split,
     indices: &[usize],
-    n: u64,
-) -> Result<crate::model::Calibration, PipelineError> {
-    let cal = bundle
+) -> Result<(), PipelineError> {
+    let Some(cal) = bundle
         .surrogate
         .as_ref()
-        .and_then(|s| s.calibration.clone())
-        .ok_or_else(|| {
-            PipelineError::Invalid(format!(
-                "{} has no calibration: run smoothcert calibrate first",
-                bundle.dir.display()
-            ))
-        })?;
-    if n != cal.n {
-        return Err(PipelineError::Invalid(format!(
-            "the calibration holds at n = {}; --n {n} would void its delta = {}",
-            cal.n, cal.delta
-        )));
-    }
+        .and_then(|s| s.calibration.as_ref())
+    else {
+        return Ok(());
+    };
     let used = super::InputList::read(&bundle.dir.join(&cal.inputs_file))?;
     if used.split == split {
         let used: std::collections::HashSet<i64> = used.indices.into_iter().collect();
@@ -475,7 +421,7 @@ fn checked_calibration(
              evaluate on fresh ones (choose other --skip/--max or another split)"
         )));
     }
-    Ok(cal)
+    Ok(())
 }
 
 /// Inputs the surrogate was trained on, or its tail map fitted on: its
@@ -506,8 +452,4 @@ fn check_not_fitted_on(
         );
     }
     Ok(())
-}
-
-fn is_zero(v: &usize) -> bool {
-    *v == 0
 }

@@ -425,7 +425,7 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
     let batch = opts
         .batch
         .or_else(|| previous.as_ref().and_then(|p| p["batch"].as_i64()))
-        .unwrap_or_else(|| crate::batcher::forward_batch_for(opts.device, 0, bundle.input_shape));
+        .unwrap_or_else(|| crate::model::forward_batch_for(opts.device, 0, bundle.input_shape));
     let params = serde_json::json!({
         "meta": &meta,
         "chunk": opts.chunk,

@@ -154,9 +154,7 @@ fn misses(probs: &[Vec<f64>], counts: &Counts) -> (Vec<f64>, Vec<f64>) {
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let top = (0..p.len())
-                .max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)))
-                .unwrap_or(0);
+            let top = crate::smoothing::argmax(p);
             let hits = f64::from(counts.row(i).get(top).copied().unwrap_or(0));
             ((1.0 - p[top]).max(0.0), 1.0 - hits / n)
         })

@@ -2,6 +2,7 @@
 use super::lifecycle::{NotAdmitted, Phase};
 use crate::batcher::BatchError;
 use crate::engine::EngineError;
+use crate::methods::RequestError;
 use crate::model::ModelError;
 use tonic::{Code, Status};
 
@@ -77,6 +78,15 @@ impl From<NotAdmitted> for ServiceError {
     }
 }
 
+/// A request the constructor refused, for model `model`: a bad option names
+/// its proto field; a method the bundle cannot serve names the model.
+pub fn refused(model: &str, e: RequestError) -> ServiceError {
+    match e {
+        RequestError::Invalid { field, message } => ServiceError::invalid(field.proto(), message),
+        RequestError::Unsupported { message, .. } => ServiceError::precondition(model, message),
+    }
+}
+
 impl From<BatchError> for ServiceError {
     fn from(e: BatchError) -> Self {
         match e {
@@ -86,10 +96,6 @@ impl From<BatchError> for ServiceError {
             }
             BatchError::ShuttingDown(_) => not_serving(Phase::Draining),
             BatchError::BatchPanicked { .. } => ServiceError::Unavailable(e.to_string()),
-            BatchError::Unsupported { model, method } => ServiceError::precondition(
-                &model,
-                format!("cannot serve {method}: it has no surrogate"),
-            ),
             BatchError::Engine(engine) => engine.into(),
         }
     }
@@ -151,10 +157,13 @@ mod tests {
 
     #[test]
     fn a_method_the_model_lacks_is_a_precondition_naming_the_model() {
-        let e = ServiceError::from(BatchError::Unsupported {
-            model: "plain".into(),
-            method: crate::engine::Method::Surrogate,
-        });
+        let e = refused(
+            "plain",
+            RequestError::Unsupported {
+                method: crate::engine::Method::Surrogate,
+                message: "cannot serve SURROGATE".into(),
+            },
+        );
         assert_eq!(e.code(), Code::FailedPrecondition);
         assert!(e.to_string().starts_with("model plain:"), "{e}");
         let internal = ServiceError::from(EngineError::Model(ModelError::Torch("bad".into())));

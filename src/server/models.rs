@@ -5,7 +5,7 @@ use crate::config::{Config, ModelConfig};
 use crate::engine::{AutoBand, Method};
 use crate::metrics::Metrics;
 use crate::model::{parse_device, Bundle, BundleError, ModelError};
-use crate::smoothing::SequentialSelection;
+use crate::smoothing::AdaptiveN0;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,22 +34,10 @@ pub enum LoadError {
     Cancelled,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Defaults {
-    pub method: Method,
-    pub n0: u64,
-    pub n: u64,
-    pub alpha: f64,
-    pub adaptive_n0: bool,
-}
+pub use crate::methods::{Defaults, Limits};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
-    pub max_n0: u64,
-    pub max_n: u64,
-    pub min_alpha: f64,
-}
-
+/// A model as the server holds it: its bundle, the terms its requests are
+/// built against, and its lanes.
 pub struct LoadedModel {
     pub name: String,
     pub bundle: Bundle,
@@ -58,7 +46,7 @@ pub struct LoadedModel {
     pub limits: Limits,
     pub forward_batch: i64,
     /// Adaptive n0's stopping rule, for requests that ask for it.
-    pub selection_rule: SequentialSelection,
+    pub adaptive_n0: AdaptiveN0,
     pub auto_band: AutoBand,
     pub workers: ModelWorkers,
 }
@@ -217,20 +205,17 @@ fn load_one(
         low: mc.auto_band_low,
         high: mc.auto_band_high,
     };
-    let forward_batch = crate::batcher::forward_batch_for(
-        device,
-        config.batching.forward_batch,
-        bundle.input_shape,
-    );
+    let forward_batch =
+        crate::model::forward_batch_for(device, config.batching.forward_batch, bundle.input_shape);
     let opts = BatchingOptions {
         max_batch_requests: config.batching.max_batch_requests,
         max_queue_delay: Duration::from_millis(config.batching.max_queue_delay_ms),
         forward_batch,
         queue_capacity: config.limits.queue_capacity,
         mc_queue_capacity: config.limits.mc_queue_capacity,
-        sequential_queue_capacity: config.limits.sequential_queue_capacity,
+        stage_queue_capacity: config.limits.stage_queue_capacity,
     };
-    let workers = ModelWorkers::start(&name, &bundle, device, &opts, auto_band, metrics)?;
+    let workers = ModelWorkers::start(&name, &bundle, device, &opts, metrics)?;
     Ok(LoadedModel {
         name,
         bundle,
@@ -248,7 +233,7 @@ fn load_one(
             min_alpha: mc.min_alpha,
         },
         forward_batch,
-        selection_rule: SequentialSelection {
+        adaptive_n0: AdaptiveN0 {
             chunk: mc.adaptive_n0_chunk,
             alpha: mc.adaptive_n0_alpha,
         },

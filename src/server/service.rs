@@ -3,10 +3,11 @@ use super::error::ServiceError;
 use super::lifecycle::{InFlight, Lifecycle, Phase};
 use super::models::{LoadedModel, ModelRegistry};
 use super::pb;
-use super::validation::{self, Input, Resolved};
-use crate::batcher::{Answer, Request as EngineRequest};
+use super::validation::{self, Input};
+use crate::batcher::Answer;
 use crate::config::Config;
-use crate::engine::Outcome;
+use crate::engine::{Method, Outcome, RadiusKind};
+use crate::methods::{CertifyRequest, PredictRequest};
 use crate::metrics::Metrics;
 use crate::smoothing::{AbstainReason, Decision};
 use std::pin::Pin;
@@ -128,20 +129,14 @@ impl CertifierService {
         let registry = self.registry()?;
         let model = registry.resolve(&req.model)?;
         labels.model = model.name.clone();
-        let r = validation::certify_options(model, req.options.as_ref())?;
-        labels.method = r.method.as_str();
-        tracing::Span::current().record("method", r.method.as_str());
+        let r = validation::certify_request(model, req.options.as_ref())?;
+        labels.method = r.method().as_str();
+        tracing::Span::current().record("method", r.method().as_str());
         let pixels = validation::pixels(model, Input::from(&req.input))?;
-        let answer = model
-            .workers
-            .certify(EngineRequest {
-                method: r.method,
-                pixels,
-                params: r.params(),
-                target: r.target(),
-                deadline,
-            })
-            .await?;
+        let answer = crate::methods::certify(&model.workers, &r, pixels, deadline).await?;
+        if r.method() == Method::Auto {
+            self.shared.metrics.auto_path(&model.name, answer.method);
+        }
         let (n0_drawn, n_drawn) = drawn(&answer.outcome);
         let abstained = match answer.outcome.decision() {
             Some(Decision::Abstain { reason, .. }) => Some(reason.as_str()),
@@ -163,9 +158,9 @@ impl CertifierService {
         let registry = self.registry()?;
         let model = registry.resolve(&req.model)?;
         labels.model = model.name.clone();
-        let r = validation::predict_options(model, req.options.as_ref())?;
+        let r = validation::predict_request(model, req.options.as_ref())?;
         let pixels = validation::pixels(model, Input::from(&req.input))?;
-        let answer = model.workers.predict(pixels, r.params(), deadline).await?;
+        let answer = crate::methods::predict(&model.workers, &r, pixels, deadline).await?;
         predict_response(model, &r, answer, received.elapsed(), req.request_id)
     }
 
@@ -273,29 +268,29 @@ fn reason(r: AbstainReason) -> pb::AbstainReason {
 /// produced the outcome (delta and q apply), `n0_drawn` the selection samples.
 fn parameters(
     model: &LoadedModel,
-    r: &Resolved,
+    r: &CertifyRequest,
     calibrated: bool,
     (n0_drawn, n_drawn): (u64, u64),
 ) -> pb::Parameters {
+    let s = r.sampling();
+    let cal = r.calibrated().filter(|_| calibrated);
     pb::Parameters {
-        n0: r.n0,
-        n: r.n,
-        alpha: r.alpha,
+        n0: s.n0,
+        n: s.n,
+        alpha: s.alpha,
         sigma: model.bundle.sigma(),
         noise: "gaussian".into(),
-        seed: r.seed,
+        seed: s.seed,
         model_version: model.bundle.version.clone(),
-        delta: if calibrated { r.delta } else { 0.0 },
-        calibration_q: r.shift.filter(|_| calibrated).map_or(0.0, |s| s.q),
-        calibration_score: r
-            .shift
-            .filter(|_| calibrated)
-            .map(|s| s.score.as_str().to_string())
+        delta: cal.map_or(0.0, |c| c.delta),
+        calibration_q: cal.map_or(0.0, |c| c.shift.q),
+        calibration_score: cal
+            .map(|c| c.shift.score.as_str().to_string())
             .unwrap_or_default(),
         n0_drawn,
-        adaptive_n0: r.adaptive.is_some(),
+        adaptive_n0: matches!(r.selection(), crate::methods::Selection::Adaptive(_)),
         n_drawn,
-        target_radius: r.target_radius.unwrap_or(0.0),
+        target_radius: r.target().map_or(0.0, |t| t.radius),
     }
 }
 
@@ -322,7 +317,7 @@ fn timing(answer: &Answer, total: Duration) -> pb::Timing {
 
 fn certify_response(
     model: &LoadedModel,
-    r: &Resolved,
+    r: &CertifyRequest,
     answer: Answer,
     total: Duration,
     request_id: String,
@@ -350,7 +345,7 @@ fn certify_response(
             norm: "L2".into(),
             p_a_lower,
             count_a,
-            estimate: !matches!(method, pb::Method::MonteCarlo | pb::Method::Sequential),
+            estimate: answer.outcome.radius_kind() == Some(RadiusKind::Estimate),
         }),
         Decision::Abstain {
             reason: why,
@@ -374,13 +369,13 @@ fn certify_response(
         )),
         timing: Some(timing(&answer, total)),
         request_id,
-        requested_method: pb::Method::from(r.method) as i32,
+        requested_method: pb::Method::from(r.method()) as i32,
     })
 }
 
 fn predict_response(
     model: &LoadedModel,
-    r: &Resolved,
+    r: &PredictRequest,
     answer: Answer,
     total: Duration,
     request_id: String,
@@ -408,7 +403,17 @@ fn predict_response(
         count_a: p.count_a,
         count_b: p.count_b,
         model: model.name.clone(),
-        parameters: Some(parameters(model, r, false, drawn(&answer.outcome))),
+        parameters: Some(pb::Parameters {
+            n0: 0,
+            n: r.n,
+            alpha: r.alpha,
+            sigma: model.bundle.sigma(),
+            noise: "gaussian".into(),
+            seed: r.seed,
+            model_version: model.bundle.version.clone(),
+            n_drawn: r.n,
+            ..Default::default()
+        }),
         timing: Some(timing(&answer, total)),
         request_id,
     })

@@ -3,9 +3,8 @@
 use super::error::ServiceError;
 use super::models::LoadedModel;
 use super::pb;
-use crate::batcher::Target;
-use crate::engine::requests::RequestParams;
 use crate::engine::Method;
+use crate::methods::{CertifyRequest, ModelTerms, PredictRequest, RequestOptions};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A request's input, whichever message carried it.
@@ -107,214 +106,64 @@ impl From<Method> for pb::Method {
     }
 }
 
-/// A request's resolved options: the model's defaults where unset, bounds checked.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Resolved {
-    pub method: Method,
-    pub n0: u64,
-    pub n: u64,
-    pub alpha: f64,
-    pub seed: u64,
-    /// CALIBRATED and AUTO: the bundle's calibration (score and q) and delta.
-    pub shift: Option<crate::smoothing::CalibrationShift>,
-    pub delta: f64,
-    pub adaptive: Option<crate::smoothing::SequentialSelection>,
-    /// SEQUENTIAL, and AUTO's Monte Carlo step: the radius to certify.
-    pub target_radius: Option<f64>,
-}
-
-impl Resolved {
-    /// The exact test's target, when the request has one.
-    pub fn target(&self) -> Option<Target> {
-        self.target_radius.map(|radius| Target {
-            radius,
-            guided: true,
-        })
-    }
-
-    /// The engine's parameters for this request (its row is set by the batch).
-    pub fn params(&self) -> RequestParams {
-        RequestParams {
-            shift: self.shift,
-            adaptive: self.adaptive,
-            ..RequestParams::new(0, self.n0, self.n, self.alpha, self.seed)
-        }
+/// The model's terms for the request constructor: bundle, defaults, bounds.
+pub fn terms(model: &LoadedModel) -> ModelTerms<'_> {
+    ModelTerms {
+        bundle: &model.bundle,
+        defaults: model.defaults,
+        limits: model.limits,
+        adaptive_n0: Some(model.adaptive_n0),
+        auto_band: model.auto_band,
     }
 }
 
-pub fn certify_options(
+/// A CertifyRequest's options, typed and checked against the model.
+pub fn certify_request(
     model: &LoadedModel,
     opts: Option<&pb::CertifyOptions>,
-) -> Result<Resolved, ServiceError> {
+) -> Result<CertifyRequest, ServiceError> {
     let default = pb::CertifyOptions::default();
     let o = opts.unwrap_or(&default);
     let method = pb::Method::try_from(o.method).map_err(|_| {
         ServiceError::invalid("options.method", format!("unknown value {}", o.method))
     })?;
     let method = match method {
-        pb::Method::Unspecified => model.defaults.method,
-        pb::Method::Surrogate => Method::Surrogate,
-        pb::Method::MonteCarlo => Method::MonteCarlo,
-        pb::Method::Calibrated => Method::Calibrated,
-        pb::Method::Auto => Method::Auto,
-        pb::Method::Sequential => Method::Sequential,
+        pb::Method::Unspecified => None,
+        pb::Method::Surrogate => Some(Method::Surrogate),
+        pb::Method::MonteCarlo => Some(Method::MonteCarlo),
+        pb::Method::Calibrated => Some(Method::Calibrated),
+        pb::Method::Auto => Some(Method::Auto),
+        pb::Method::Sequential => Some(Method::Sequential),
     };
-    let surrogate = model.bundle.surrogate.as_ref();
-    let name = pb::Method::from(method).as_str_name();
-    if method.needs_surrogate() && surrogate.is_none() {
-        return Err(ServiceError::precondition(
-            &model.name,
-            format!("cannot serve {name}: its bundle has no surrogate; ask for MONTE_CARLO"),
-        ));
-    }
-    let target_radius = target_radius(method, o.target_radius, model)?;
-    let n = bounded("options.n", o.n, model.defaults.n, model.limits.max_n)?;
-    let mut n0 = bounded("options.n0", o.n0, model.defaults.n0, model.limits.max_n0)?;
-    let mut adaptive = o
-        .adaptive_n0
-        .unwrap_or(model.defaults.adaptive_n0)
-        .then_some(model.selection_rule);
-    let (shift, delta) = match method {
-        Method::Calibrated | Method::Auto => {
-            let cal = surrogate.and_then(|s| s.calibration.as_ref()).ok_or_else(|| {
-                ServiceError::precondition(
-                    &model.name,
-                    format!(
-                        "cannot serve {name}: its bundle has no calibration (smoothcert calibrate); ask for SURROGATE or MONTE_CARLO"
-                    ),
-                )
-            })?;
-            // The coverage statement holds for scores made the way the
-            // calibration made them: at its N, with cA from n0 fixed samples.
-            if n != cal.n {
-                return Err(ServiceError::invalid(
-                    "options.n",
-                    format!(
-                        "{name} is calibrated at n = {}; {n} would void its delta = {}",
-                        cal.n, cal.delta
-                    ),
-                ));
-            }
-            match o.n0 {
-                Some(asked) if asked != cal.n0 => {
-                    return Err(ServiceError::invalid(
-                        "options.n0",
-                        format!(
-                            "{name} is calibrated with cA from n0 = {} samples; {asked} would void its delta",
-                            cal.n0
-                        ),
-                    ))
-                }
-                _ => n0 = cal.n0,
-            }
-            if o.adaptive_n0 == Some(true) {
-                return Err(ServiceError::invalid(
-                    "options.adaptive_n0",
-                    format!("{name} is calibrated with fixed n0; adaptive selection would void its delta"),
-                ));
-            }
-            adaptive = None;
-            (Some(cal.shift()), cal.delta)
-        }
-        _ => (None, 0.0),
-    };
-    Ok(Resolved {
+    let options = RequestOptions {
         method,
-        n0,
-        n,
-        alpha: alpha(o.alpha, model)?,
+        n0: o.n0,
+        n: o.n,
+        alpha: o.alpha,
         seed: o.seed.unwrap_or_else(fresh_seed),
-        shift,
-        delta,
-        adaptive,
-        target_radius,
-    })
+        adaptive_n0: o.adaptive_n0,
+        target_radius: o.target_radius,
+        unguided: false,
+    };
+    CertifyRequest::build(&options, &terms(model))
+        .map_err(|e| super::error::refused(&model.name, e))
 }
 
-pub fn predict_options(
+/// A PredictRequest's options, checked against the model.
+pub fn predict_request(
     model: &LoadedModel,
     opts: Option<&pb::PredictOptions>,
-) -> Result<Resolved, ServiceError> {
+) -> Result<PredictRequest, ServiceError> {
     let default = pb::PredictOptions::default();
     let o = opts.unwrap_or(&default);
-    Ok(Resolved {
-        method: Method::MonteCarlo,
-        n0: 0,
-        n: bounded("options.n", o.n, model.defaults.n, model.limits.max_n)?,
-        alpha: alpha(o.alpha, model)?,
+    let options = RequestOptions {
+        n: o.n,
+        alpha: o.alpha,
         seed: o.seed.unwrap_or_else(fresh_seed),
-        shift: None,
-        delta: 0.0,
-        adaptive: None,
-        target_radius: None,
-    })
-}
-
-/// `options.target_radius`: required by SEQUENTIAL, optional for AUTO (its
-/// Monte Carlo step then tests it), meaningless for the rest.
-fn target_radius(
-    method: Method,
-    value: Option<f64>,
-    model: &LoadedModel,
-) -> Result<Option<f64>, ServiceError> {
-    let field = "options.target_radius";
-    match (method, value) {
-        (Method::Sequential, None) => Err(ServiceError::invalid(
-            field,
-            "SEQUENTIAL certifies a required radius: set target_radius (e.g. 0.5)",
-        )),
-        (Method::Sequential | Method::Auto, Some(r)) if !(r.is_finite() && r >= 0.0) => {
-            Err(ServiceError::invalid(
-                field,
-                format!("{r} is not a radius: must be finite and >= 0"),
-            ))
-        }
-        // Beyond sigma * Phi^-1(1 - 1e-16) nothing can certify it.
-        (Method::Sequential | Method::Auto, Some(r)) if r > 8.2 * model.bundle.sigma() => {
-            Err(ServiceError::invalid(
-                field,
-                format!(
-                    "{r} cannot be certified at sigma = {} (at most about {:.3})",
-                    model.bundle.sigma(),
-                    8.2 * model.bundle.sigma()
-                ),
-            ))
-        }
-        (Method::Sequential | Method::Auto, r) => Ok(r),
-        (_, None) => Ok(None),
-        (other, Some(_)) => Err(ServiceError::invalid(
-            field,
-            format!(
-                "only SEQUENTIAL and AUTO test a target radius, not {}",
-                pb::Method::from(other).as_str_name()
-            ),
-        )),
-    }
-}
-
-fn bounded(field: &str, value: Option<u64>, default: u64, max: u64) -> Result<u64, ServiceError> {
-    match value {
-        None => Ok(default),
-        Some(v) if (1..=max).contains(&v) => Ok(v),
-        Some(v) => Err(ServiceError::invalid(
-            field,
-            format!("{v} is out of bounds: must be in 1..={max}"),
-        )),
-    }
-}
-
-fn alpha(value: Option<f64>, model: &LoadedModel) -> Result<f64, ServiceError> {
-    match value {
-        None => Ok(model.defaults.alpha),
-        Some(a) if a >= model.limits.min_alpha && a < 1.0 => Ok(a),
-        Some(a) => Err(ServiceError::invalid(
-            "options.alpha",
-            format!(
-                "{a} is out of bounds: must be in [{:e}, 1)",
-                model.limits.min_alpha
-            ),
-        )),
-    }
+        ..RequestOptions::default()
+    };
+    PredictRequest::build(&options, &terms(model))
+        .map_err(|e| super::error::refused(&model.name, e))
 }
 
 /// A seed for a request that set none: distinct per request and per process

@@ -387,12 +387,12 @@ pub fn conformal_quantile_by(
 /// class that is not the smoothed classifier's top class is at most alpha.
 /// At the cap, the leader is taken as fixed-n0 selection takes it.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SequentialSelection {
+pub struct AdaptiveN0 {
     pub chunk: u64,
     pub alpha: f64,
 }
 
-impl SequentialSelection {
+impl AdaptiveN0 {
     pub fn validate(&self) -> Result<(), SmoothingError> {
         if self.chunk == 0 {
             return Err(SmoothingError::ZeroSamples);
@@ -410,15 +410,9 @@ impl SequentialSelection {
 
     /// Whether the top class of `counts` is settled after a look, under cap `n0`.
     pub fn settled(&self, counts: &[u64], n0: u64) -> Result<bool, SmoothingError> {
-        let (mut a, mut b) = (0u64, 0u64);
-        for &c in counts {
-            if c > a {
-                b = a;
-                a = c;
-            } else if c > b {
-                b = c;
-            }
-        }
+        let (top, second) = super::top_two(counts);
+        let a = counts.get(top).copied().unwrap_or(0);
+        let b = second.and_then(|i| counts.get(i).copied()).unwrap_or(0);
         if a == 0 {
             return Ok(false);
         }

@@ -13,9 +13,8 @@ pub mod sequential;
 
 pub use conformal::{
     bin_of, blended_estimate, check_edges, conformal_quantile, conformal_quantile_by,
-    conformal_rank, margin_threshold_ok, training_conditional_rank, CalibrationShift,
-    ConformalScore, MondrianBins, RankRule, SelectionMargin, SequentialSelection, MAX_BINS,
-    MAX_MARGIN_THRESHOLD,
+    conformal_rank, margin_threshold_ok, training_conditional_rank, AdaptiveN0, CalibrationShift,
+    ConformalScore, MondrianBins, RankRule, SelectionMargin, MAX_BINS, MAX_MARGIN_THRESHOLD,
 };
 
 use serde::{Deserialize, Serialize};
@@ -89,6 +88,47 @@ pub fn clopper_pearson_upper(k: u64, n: u64, alpha: f64) -> Result<f64, Smoothin
 /// p_lower = 1/2, negative below it (callers abstain there), +inf at 1, NaN outside [0, 1].
 pub fn gaussian_l2_radius(sigma: f64, p_lower: f64) -> f64 {
     sigma * binomial::norm_ppf(p_lower)
+}
+
+/// Index of the largest value; ties go to the lower index, and NaN never
+/// wins (0 when every value is NaN, or none is given).
+pub fn argmax(p: &[f64]) -> usize {
+    p.iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
+        .0
+}
+
+/// Indices of the largest and second-largest counts; ties go to the lower
+/// index.
+pub fn top_two(counts: &[u64]) -> (usize, Option<usize>) {
+    let mut order: Vec<usize> = (0..counts.len()).collect();
+    order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
+    (order.first().copied().unwrap_or(0), order.get(1).copied())
+}
+
+/// The median (the mean of the middle two for an even count; 0 for none).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    match v.len() {
+        0 => 0.0,
+        len if len % 2 == 1 => v[mid],
+        _ => (v[mid - 1] + v[mid]) / 2.0,
+    }
+}
+
+/// The largest target radius a request may ask for: 8.2 sigma, about
+/// sigma * Phi^-1(1 - 1e-16); beyond it no sample count certifies anything.
+pub fn max_certifiable_radius(sigma: f64) -> f64 {
+    8.2 * sigma
 }
 
 /// Two-sided exact binomial test p-value of k successes in n trials at p = 0.5

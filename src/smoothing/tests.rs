@@ -633,7 +633,7 @@ fn binom_two_sided_by_sum(k: u64, n: u64) -> f64 {
 
 #[test]
 fn sequential_selection_stops_when_the_bonferroni_test_rejects() {
-    let rule = SequentialSelection {
+    let rule = AdaptiveN0 {
         chunk: 10,
         alpha: 0.01,
     };
@@ -664,13 +664,13 @@ fn sequential_selection_stops_when_the_bonferroni_test_rejects() {
     assert!(!rule.settled(&[10, 0], 100).unwrap());
     assert!(rule.settled(&[20, 0], 100).unwrap());
     assert!(!rule.settled(&[0, 0], 100).unwrap());
-    assert!(SequentialSelection {
+    assert!(AdaptiveN0 {
         chunk: 0,
         alpha: 0.01
     }
     .validate()
     .is_err());
-    assert!(SequentialSelection {
+    assert!(AdaptiveN0 {
         chunk: 10,
         alpha: 1.0
     }
@@ -894,5 +894,49 @@ fn uniforms(seed: u64) -> impl FnMut() -> f64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The one argmax, top-two and median every caller shares, against
+/// brute-force definitions on random and tied inputs.
+#[test]
+fn argmax_top_two_and_median_match_their_definitions() {
+    use super::{argmax, median, top_two};
+    assert_eq!(
+        argmax(&[0.1, 0.7, 0.7, 0.2]),
+        1,
+        "ties go to the lower index"
+    );
+    assert_eq!(argmax(&[f64::NAN, 0.2, 0.1]), 1, "NaN never wins");
+    assert_eq!(argmax(&[f64::NAN, f64::NAN]), 0);
+    assert_eq!(argmax(&[]), 0);
+    assert_eq!(top_two(&[3, 5, 5, 1]), (1, Some(2)));
+    assert_eq!(top_two(&[7]), (0, None));
+    assert_eq!(median(&[]), 0.0);
+    assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+    assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    let mut state = 12345u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % 6
+    };
+    for _ in 0..200 {
+        let counts: Vec<u64> = (0..5).map(|_| next()).collect();
+        let best = *counts.iter().max().unwrap();
+        let first = counts.iter().position(|&c| c == best).unwrap();
+        let second_best = (0..5)
+            .filter(|&i| i != first)
+            .max_by(|&a, &b| counts[a].cmp(&counts[b]).then(b.cmp(&a)))
+            .unwrap();
+        assert_eq!(top_two(&counts), (first, Some(second_best)), "{counts:?}");
+        let p: Vec<f64> = counts.iter().map(|&c| c as f64).collect();
+        assert_eq!(argmax(&p), first, "{p:?}");
+        // The median splits the values: as many at or below as at or above.
+        let m = median(&p);
+        let below = p.iter().filter(|&&v| v <= m).count();
+        let above = p.iter().filter(|&&v| v >= m).count();
+        assert!(below >= 3 && above >= 3, "{p:?} {m}");
     }
 }

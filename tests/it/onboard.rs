@@ -2,14 +2,14 @@
 //! bundle (`import`) and served: the module's contract is checked with a
 //! clear error for each way it can be broken, the accuracies are measured on
 //! the folder, and the server certifies one of its images over gRPC.
-mod common;
+use crate::common;
 
 use smoothcert::data::{DatasetSource, Split};
 use smoothcert::model::{Arch, Bundle};
 use smoothcert::pipeline::counts::Shard;
 use smoothcert::pipeline::onboard::{import_torchscript, ImportOptions};
-use smoothcert::pipeline::stages::{
-    run_pipeline, CountsRole, EvalRole, PipelineOptions, StageStatus,
+use smoothcert::pipeline::steps::{
+    run_pipeline, CountsRole, EvalRole, PipelineOptions, StepStatus,
 };
 use smoothcert::server::pb;
 use smoothcert::smoothing::ConformalScore;
@@ -279,10 +279,10 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
     let s = run_pipeline(&plan).unwrap();
     assert!(!s.finished);
     let ran: Vec<&str> = s
-        .stages
+        .steps
         .iter()
-        .filter(|st| st.status == StageStatus::Ran)
-        .map(|st| st.stage.as_str())
+        .filter(|st| st.status == StepStatus::Ran)
+        .map(|st| st.step.as_str())
         .collect();
     assert_eq!(ran, ["train-counts", "calibration-counts"]);
     assert!(!r
@@ -310,21 +310,21 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
     plan.until = None;
     let s = run_pipeline(&plan).unwrap();
     assert!(s.finished);
-    let status = |name: &str| s.stages.iter().find(|st| st.stage == name).unwrap().status;
-    assert_eq!(status("train-counts"), StageStatus::DoneBefore);
-    assert_eq!(status("train-surrogate"), StageStatus::DoneBefore);
-    for stage in [
+    let status = |name: &str| s.steps.iter().find(|st| st.step == name).unwrap().status;
+    assert_eq!(status("train-counts"), StepStatus::DoneBefore);
+    assert_eq!(status("train-surrogate"), StepStatus::DoneBefore);
+    for step in [
         "tail-counts",
         "fit-tail-map",
         "calibrate",
         "certify-auto",
         "report",
     ] {
-        assert_eq!(status(stage), StageStatus::Ran, "{stage}");
+        assert_eq!(status(step), StepStatus::Ran, "{step}");
     }
     // The worker's calibration file was kept, its other half sampled now.
     assert!(s
-        .stages
+        .steps
         .iter()
         .all(|st| st.seconds_total >= st.seconds_this_run));
     let report = s.report.unwrap();
@@ -341,9 +341,9 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
     // A rerun finds everything done but the report.
     let again = run_pipeline(&plan).unwrap();
     assert!(again
-        .stages
+        .steps
         .iter()
-        .all(|st| st.status == StageStatus::DoneBefore || st.stage == "report"));
+        .all(|st| st.status == StepStatus::DoneBefore || st.step == "report"));
 
     // Counts of a folder that changed since are refused, not reused.
     let extra = r.join("images/test/bright/zz.png");
@@ -370,10 +370,10 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
     assert!(e.contains("--recalibrate"), "{e}");
     other.recalibrate = true;
     let s = run_pipeline(&other).unwrap();
-    let status = |name: &str| s.stages.iter().find(|st| st.stage == name).unwrap().status;
-    assert_eq!(status("calibrate"), StageStatus::Ran);
-    assert_eq!(status("certify-calibrated"), StageStatus::Ran);
-    assert_eq!(status("certify-monte_carlo"), StageStatus::DoneBefore);
+    let status = |name: &str| s.steps.iter().find(|st| st.step == name).unwrap().status;
+    assert_eq!(status("calibrate"), StepStatus::Ran);
+    assert_eq!(status("certify-calibrated"), StepStatus::Ran);
+    assert_eq!(status("certify-monte_carlo"), StepStatus::DoneBefore);
 
     // Served: a calibrated estimate for a dark test image.
     let resp = certify_served(

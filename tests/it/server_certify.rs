@@ -1,9 +1,10 @@
 //! The gRPC service end to end, answering: certificates by both methods on
 //! real Fashion-MNIST test images (tensor and PNG inputs), PREDICT, the model
 //! list, concurrent requests in shared batches, and CertifyStream.
-mod common;
 
-use common::{config, metric_sum, png, request, scrape, sigma_phi_inv, start, tensor, test_images};
+use crate::common::{
+    config, metric_sum, png, request, scrape, sigma_phi_inv, start, tensor, test_images,
+};
 use smoothcert::server::pb;
 use statrs::distribution::ContinuousCDF;
 use tonic::Code;

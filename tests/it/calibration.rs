@@ -128,7 +128,7 @@ fn certify_opts(bundle: &Path, out: &Path, method: Method) -> CertifyOptions {
             batch: 1000,
         },
         seed: 2,
-        adaptive: None,
+        adaptive_n0: None,
         auto_band: AutoBand {
             low: 0.2,
             high: 0.5,
@@ -210,7 +210,7 @@ fn calibration_quantile_and_the_calibrated_and_auto_methods() {
     let err = certify(&other_n0).unwrap_err().to_string();
     assert!(err.contains("n0 = 50"), "{err}");
     let mut adaptive = certify_opts(&b, &root.path().join("z.tsv"), Method::Calibrated);
-    adaptive.adaptive = Some(smoothcert::smoothing::SequentialSelection {
+    adaptive.adaptive_n0 = Some(smoothcert::smoothing::AdaptiveN0 {
         chunk: 10,
         alpha: 0.001,
     });

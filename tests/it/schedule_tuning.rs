@@ -4,7 +4,7 @@
 //! the surrogate's tail-mapped p_hat[cA] from `calibration_summary.json`.
 //! Not part of the suite (it takes a minute in release):
 //!
-//!   cargo test --release --test schedule_tuning -- --ignored --nocapture
+//!   cargo test --release --test it schedule_tuning:: -- --ignored --nocapture
 use smoothcert::smoothing::clopper_pearson_lower;
 use smoothcert::smoothing::sequential::{
     p_star, Guide, Schedule, SequentialDecision, SequentialTest, FUTILITY, GUIDE,

@@ -1,8 +1,7 @@
 //! The gRPC service end to end, operated: health, reflection and the HTTP
 //! probes, shutdown and drain, the bearer token, TLS.
-mod common;
 
-use common::{config, http_get, metric_sum, request, scrape, start, tensor, test_images};
+use crate::common::{config, http_get, metric_sum, request, scrape, start, tensor, test_images};
 use smoothcert::server::pb;
 use smoothcert::server::pb::certifier_client::CertifierClient;
 use std::time::Duration;

@@ -1,10 +1,9 @@
 //! The gRPC service end to end, with clients that are not ours: Python's
 //! grpcio (clients/python) and the real grpcurl (scripts/setup.sh installs
 //! it), including the README's grpcurl lines run as written.
-mod common;
 
+use crate::common::{config, png, start, test_images};
 use base64::Engine;
-use common::{config, png, start, test_images};
 use std::path::PathBuf;
 
 /// A client that is not ours: Python's grpcio, with stubs compiled from the
@@ -195,9 +194,9 @@ async fn grpcurl_lists_describes_and_certifies() {
     server.wait().await.unwrap();
 }
 
-/// Every README block that calls grpcurl, run as written with bash against a
-/// live server: only the address and the set-up cache's location are
-/// swapped in.
+/// Every block of the README and docs/ that calls grpcurl, run as written
+/// with bash against a live server (the README first, then docs/ by name):
+/// only the address and the set-up cache's location are swapped in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_grpcurl_lines_run_as_written() {
     let python = PathBuf::from(std::env::var("SMOOTHCERT_PYTHON").unwrap());
@@ -209,14 +208,23 @@ async fn readme_grpcurl_lines_run_as_written() {
         "grpcurl is where the README says"
     );
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
-    let blocks: Vec<String> = readme
-        .split("```sh\n")
-        .skip(1)
-        .map(|b| b.split("```").next().unwrap().to_string())
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(repo.join("docs"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    docs.retain(|p| p.extension().is_some_and(|e| e == "md"));
+    docs.sort();
+    let pages = std::iter::once(repo.join("README.md")).chain(docs);
+    let blocks: Vec<String> = pages
+        .flat_map(|page| {
+            let text = std::fs::read_to_string(&page).unwrap();
+            text.split("```sh\n")
+                .skip(1)
+                .map(|b| b.split("```").next().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
         .filter(|b| b.lines().any(|l| l.trim_start().starts_with("grpcurl ")))
         .collect();
-    assert!(blocks.len() >= 2, "the README's grpcurl blocks");
+    assert!(blocks.len() >= 2, "the README's and docs' grpcurl blocks");
 
     let (server, _client) = start(config("")).await;
     let addr = server.grpc_addr.to_string();
@@ -249,7 +257,7 @@ async fn readme_grpcurl_lines_run_as_written() {
     .unwrap();
     assert!(
         out.status.success(),
-        "the README's blocks failed:\n{script}\n{}",
+        "the README's and docs' blocks failed:\n{script}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let outputs = String::from_utf8_lossy(&out.stdout).to_string();

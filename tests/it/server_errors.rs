@@ -1,8 +1,7 @@
 //! The gRPC service end to end, refusing: every bad input and its status
 //! code, client deadlines, and a full queue.
-mod common;
 
-use common::{config, metric_sum, request, scrape, start, tensor, test_images};
+use crate::common::{config, metric_sum, request, scrape, start, tensor, test_images};
 use smoothcert::server::pb;
 use std::time::Duration;
 use tonic::Code;

@@ -1,13 +1,12 @@
 //! One engine: offline `certify` and a served request with the same seed and
 //! options give the same counts and radius, for every method that both run.
-mod common;
 
-use common::bundle_dir;
-use smoothcert::batcher::forward_batch_for;
-use smoothcert::batcher::Target;
+use crate::common::bundle_dir;
 use smoothcert::config::Config;
 use smoothcert::data::{self, DatasetKind, Split};
 use smoothcert::engine::{input_seed, AutoBand, CertifyParams, Method};
+use smoothcert::methods::Target;
+use smoothcert::model::forward_batch_for;
 use smoothcert::pipeline::certify::{certify, CertifyOptions};
 use smoothcert::pipeline::tsv::read_tsv;
 use smoothcert::server::pb;
@@ -61,7 +60,7 @@ fn offline(
         max: Some(4),
         params: PARAMS,
         seed: SEED,
-        adaptive: None,
+        adaptive_n0: None,
         auto_band: AutoBand {
             low: 0.2,
             high: 0.5,

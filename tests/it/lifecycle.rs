@@ -1,9 +1,9 @@
 //! The server's one lifecycle, end to end: readiness and health never say
 //! ready once draining has begun, a stream lives as long as its client
 //! wants, and the grace period ends what is still running.
-mod common;
+use crate::common;
 
-use common::{bundle_dir, start, tensor, test_images, try_http_get};
+use crate::common::{bundle_dir, start, tensor, test_images, try_http_get};
 use smoothcert::config::Config;
 use smoothcert::server::{pb, Phase};
 use std::time::{Duration, Instant};

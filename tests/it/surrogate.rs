@@ -1,7 +1,7 @@
 //! `train-surrogate` end to end on a model whose Monte Carlo counts are known:
 //! the surrogate learns them, reports its validation figures, lands in the
 //! bundle, and a paused run resumes.
-mod common;
+use crate::common;
 
 use smoothcert::data::{DatasetKind, Split};
 use smoothcert::model::{Arch, Bundle, Classifier};

@@ -1,8 +1,7 @@
 //! SEQUENTIAL over gRPC: an exact certificate at a required radius, the
 //! passes it drew, its refusals, a stream mixing targets, and its metrics.
-mod common;
 
-use common::{
+use crate::common::{
     bundle_copy, config, config_for, metric_sum, request, scrape, sigma_phi_inv, start, tensor,
     test_images,
 };

@@ -5,9 +5,8 @@
 //! matches or groups by is on that metric, every label value it names is one
 //! the service writes, and every metric the service exports is on the
 //! dashboard. Each check is also shown failing on a broken copy.
-mod common;
 
-use common::{config, png, request, scrape, start, tensor, test_images};
+use crate::common::{config, png, request, scrape, start, tensor, test_images};
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{self, Expr, LabelModifier};
 use smoothcert::server::pb;

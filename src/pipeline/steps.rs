@@ -1,26 +1,27 @@
 //! `pipeline`: from a bundle with a base classifier to a served, calibrated
-//! surrogate and a held-out report, in one resumable command. The stages are
+//! surrogate and a held-out report, in one resumable command. The steps are
 //! the separate commands' library calls, in order:
 //!
 //! train-counts → train-surrogate → tail-counts → fit-tail-map →
 //! calibration-counts → calibrate → certify-{monte_carlo, surrogate,
 //! calibrated, auto} → report
 //!
-//! A stage whose result exists is skipped, and one made with other settings
+//! A step whose result exists is skipped, and one made with other settings
 //! is an error, never silently kept: sample-counts checks each counts file
 //! against the plan (the same call resumes an interrupted one), certify its
 //! run's params.json, and the surrogate's nominal N and the calibration's
 //! parameters are checked against the flags before anything runs. An
-//! interrupted stage resumes through its own mechanism (count chunks, the
+//! interrupted step resumes through its own mechanism (count chunks, the
 //! surrogate checkpoint, TSV rows). The test split's roles (tail map,
 //! calibration, evaluation) are checked to be disjoint first. Where the time
-//! went is kept per stage over all runs, killed ones included (a heartbeat
-//! writes a running stage's time), in `pipeline_summary.json` beside the
+//! went is kept per step over all runs, killed ones included (a heartbeat
+//! writes a running step's time), in `pipeline_summary.json` beside the
 //! report.
 use super::calibrate::{self, CalibrateOptions};
 use super::certify::{self, CertifyOptions};
 use super::counts::{self, SampleCountsOptions, SampleOutcome, Shard};
 use super::report::{self, ReportOptions};
+use super::run::RunFiles;
 use super::surrogate::{self, SurrogateInit, SurrogateLoss, TrainSurrogateOptions};
 use super::tail_map::{self, FitTailMapOptions};
 use super::{io_err, write_json, InputList, PipelineError};
@@ -162,7 +163,7 @@ pub struct PipelineOptions {
     /// position in the plan is `index` mod `count`), then stop: the
     /// Kubernetes Indexed Job's pods; a last run without it does the rest.
     pub counts_worker: Option<Shard>,
-    /// Stop after the stage of this name; a later run goes on.
+    /// Stop after the step of this name; a later run goes on.
     pub until: Option<String>,
     /// Replace a calibration the bundle holds with other parameters (the
     /// calibrated and AUTO evaluations are redone with it). Without it such
@@ -173,7 +174,7 @@ pub struct PipelineOptions {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum StageStatus {
+pub enum StepStatus {
     /// Its result was there already.
     DoneBefore,
     Ran,
@@ -182,9 +183,9 @@ pub enum StageStatus {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct StageFigures {
-    pub stage: String,
-    pub status: StageStatus,
+pub struct StepFigures {
+    pub step: String,
+    pub status: StepStatus,
     pub seconds_this_run: f64,
     /// Over every run that worked on it, killed ones included (to the last
     /// heartbeat) and counts workers' added.
@@ -196,16 +197,16 @@ pub struct PipelineSummary {
     pub bundle: PathBuf,
     pub reports_dir: PathBuf,
     pub finished: bool,
-    pub stages: Vec<StageFigures>,
+    pub steps: Vec<StepFigures>,
     pub wall_seconds_this_run: f64,
-    /// The stages' seconds over all runs, added up (parallel workers' too).
-    pub stage_seconds_total: f64,
+    /// The steps' seconds over all runs, added up (parallel workers' too).
+    pub step_seconds_total: f64,
     /// The report table (markdown), when the run got that far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
 }
 
-/// Seconds per stage over all runs of one process role (the main run, or
+/// Seconds per step over all runs of one process role (the main run, or
 /// one counts worker), kept beside the summary.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Times {
@@ -214,7 +215,7 @@ struct Times {
 
 const TIMES_FILE: &str = "pipeline_times.json";
 const TIMES_WORKER_PREFIX: &str = "pipeline_times.worker-";
-/// How often a running stage's time is written, so a killed run keeps it.
+/// How often a running step's time is written, so a killed run keeps it.
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Times {
@@ -231,15 +232,15 @@ impl Times {
             return Times::default();
         };
         serde_json::from_str(&text).unwrap_or_else(|e| {
-            tracing::warn!(file = %path.display(), error = %e, "unreadable stage times; starting them over");
+            tracing::warn!(file = %path.display(), error = %e, "unreadable step times; starting them over");
             Times::default()
         })
     }
 
-    /// A record, not a result: failing to write it never fails a stage.
+    /// A record, not a result: failing to write it never fails a step.
     fn write(&self, path: &Path) {
         if let Err(e) = write_json(path, self) {
-            tracing::warn!(file = %path.display(), error = %e, "could not record stage times");
+            tracing::warn!(file = %path.display(), error = %e, "could not record step times");
         }
     }
 
@@ -257,23 +258,23 @@ impl Times {
                     .is_some_and(|n| n.starts_with(TIMES_WORKER_PREFIX) && n.ends_with(".json"))
             });
         for file in workers {
-            for (stage, s) in Times::read(&file).seconds {
-                *all.seconds.entry(stage).or_default() += s;
+            for (step, s) in Times::read(&file).seconds {
+                *all.seconds.entry(step).or_default() += s;
             }
         }
         all
     }
 }
 
-/// Runs `work` as stage `name`, writing its time so far every [`HEARTBEAT`]
+/// Runs `work` as step `name`, writing its time so far every [`HEARTBEAT`]
 /// and, at the end, its whole time if it ran (a check that found the work
 /// done adds nothing). Returns the status and the seconds it took.
 fn timed(
     times: &mut Times,
     path: &Path,
     name: &str,
-    work: impl FnOnce() -> Result<StageStatus, PipelineError>,
-) -> Result<(StageStatus, f64), PipelineError> {
+    work: impl FnOnce() -> Result<StepStatus, PipelineError>,
+) -> Result<(StepStatus, f64), PipelineError> {
     let base = times.seconds.get(name).copied().unwrap_or(0.0);
     let t0 = Instant::now();
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -294,12 +295,12 @@ fn timed(
         result
     });
     let seconds = t0.elapsed().as_secs_f64();
-    let ran = matches!(result, Ok(StageStatus::Ran) | Err(_));
+    let ran = matches!(result, Ok(StepStatus::Ran) | Err(_));
     times
         .seconds
         .insert(name.to_string(), base + if ran { seconds } else { 0.0 });
     times.write(path);
-    let status = result.map_err(|e| PipelineError::Invalid(format!("stage {name}: {e}")))?;
+    let status = result.map_err(|e| PipelineError::Invalid(format!("step {name}: {e}")))?;
     Ok((status, if ran { seconds } else { 0.0 }))
 }
 
@@ -311,9 +312,9 @@ const EVAL_METHODS: [Method; 4] = [
     Method::Auto,
 ];
 
-/// One stage: its name and what it does.
+/// One step: its name and what it does.
 #[derive(Debug, Clone)]
-enum Stage {
+enum Step {
     Counts {
         name: &'static str,
         role: CountsRole,
@@ -326,15 +327,15 @@ enum Stage {
     Report,
 }
 
-impl Stage {
+impl Step {
     fn name(&self) -> String {
         match self {
-            Stage::Counts { name, .. } => name.to_string(),
-            Stage::TrainSurrogate => "train-surrogate".into(),
-            Stage::FitTailMap => "fit-tail-map".into(),
-            Stage::Calibrate => "calibrate".into(),
-            Stage::Certify(m) => format!("certify-{}", m.as_str()),
-            Stage::Report => "report".into(),
+            Step::Counts { name, .. } => name.to_string(),
+            Step::TrainSurrogate => "train-surrogate".into(),
+            Step::FitTailMap => "fit-tail-map".into(),
+            Step::Calibrate => "calibrate".into(),
+            Step::Certify(m) => format!("certify-{}", m.as_str()),
+            Step::Report => "report".into(),
         }
     }
 }
@@ -349,48 +350,48 @@ fn tsv_path(opts: &PipelineOptions, method: Method) -> PathBuf {
     opts.reports_dir.join(format!("{stem}.tsv"))
 }
 
-fn plan(opts: &PipelineOptions) -> Vec<Stage> {
-    let mut stages = vec![
-        Stage::Counts {
+fn plan(opts: &PipelineOptions) -> Vec<Step> {
+    let mut steps = vec![
+        Step::Counts {
             name: "train-counts",
             role: opts.train.clone(),
             chunk: opts.chunk,
         },
-        Stage::TrainSurrogate,
+        Step::TrainSurrogate,
     ];
     if let Some(tail) = &opts.tail {
-        stages.push(Stage::Counts {
+        steps.push(Step::Counts {
             name: "tail-counts",
             role: tail.clone(),
             chunk: opts.chunk,
         });
-        stages.push(Stage::FitTailMap);
+        steps.push(Step::FitTailMap);
     }
-    stages.push(Stage::Counts {
+    steps.push(Step::Counts {
         name: "calibration-counts",
         role: opts.calibration.clone(),
         chunk: opts.calibration_chunk,
     });
-    stages.push(Stage::Calibrate);
-    stages.extend(EVAL_METHODS.map(Stage::Certify));
-    stages.push(Stage::Report);
-    stages
+    steps.push(Step::Calibrate);
+    steps.extend(EVAL_METHODS.map(Step::Certify));
+    steps.push(Step::Report);
+    steps
 }
 
 pub fn run_pipeline(opts: &PipelineOptions) -> Result<PipelineSummary, PipelineError> {
     let started = Instant::now();
-    let stages = plan(opts);
+    let steps = plan(opts);
     if let Some(until) = &opts.until {
-        if !stages.iter().any(|s| &s.name() == until) {
-            let names: Vec<String> = stages.iter().map(Stage::name).collect();
+        if !steps.iter().any(|s| &s.name() == until) {
+            let names: Vec<String> = steps.iter().map(Step::name).collect();
             return Err(PipelineError::Invalid(format!(
-                "--until {until:?}: not a stage of this plan ({})",
+                "--until {until:?}: not a step of this plan ({})",
                 names.join(", ")
             )));
         }
     }
     // A run stopped before calibrate leaves any calibration alone.
-    let position = |name: &str| stages.iter().position(|s| s.name() == name);
+    let position = |name: &str| steps.iter().position(|s| s.name() == name);
     let reaches_calibrate = opts
         .until
         .as_deref()
@@ -404,18 +405,18 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<PipelineSummary, PipelineE
     let mut file_no = 0usize;
     let mut figures = Vec::new();
     let mut report_text = None;
-    let total = stages.len();
+    let total = steps.len();
     let mut stopped = false;
-    for (k, stage) in stages.iter().enumerate() {
-        let name = stage.name();
+    for (k, step) in steps.iter().enumerate() {
+        let name = step.name();
         let announce = || {
             if opts.show_progress {
                 eprintln!("[{}/{total}] {name}", k + 1);
             }
         };
-        let (status, seconds) = match (stopped, opts.counts_worker, stage) {
-            (true, _, _) => (StageStatus::NotRun, 0.0),
-            (false, Some(worker), Stage::Counts { role, chunk, .. }) => {
+        let (status, seconds) = match (stopped, opts.counts_worker, step) {
+            (true, _, _) => (StepStatus::NotRun, 0.0),
+            (false, Some(worker), Step::Counts { role, chunk, .. }) => {
                 let mine: Vec<_> = role
                     .files(&opts.counts_dir)
                     .into_iter()
@@ -425,7 +426,7 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<PipelineSummary, PipelineE
                     .collect();
                 file_no += role.used.len();
                 if mine.is_empty() {
-                    (StageStatus::NotRun, 0.0)
+                    (StepStatus::NotRun, 0.0)
                 } else {
                     announce();
                     timed(&mut times, &times_path, &name, || {
@@ -433,17 +434,17 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<PipelineSummary, PipelineE
                     })?
                 }
             }
-            (false, Some(_), _) => (StageStatus::NotRun, 0.0),
+            (false, Some(_), _) => (StepStatus::NotRun, 0.0),
             (false, None, _) => {
                 announce();
                 timed(&mut times, &times_path, &name, || {
-                    run_stage(opts, stage, &mut report_text)
+                    run_step(opts, step, &mut report_text)
                 })?
             }
         };
         stopped |= opts.until.as_deref() == Some(name.as_str());
-        figures.push(StageFigures {
-            stage: name,
+        figures.push(StepFigures {
+            step: name,
             status,
             seconds_this_run: seconds,
             seconds_total: 0.0,
@@ -451,7 +452,7 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<PipelineSummary, PipelineE
     }
     let all = times.with_workers(&opts.reports_dir);
     for f in &mut figures {
-        f.seconds_total = all.seconds.get(&f.stage).copied().unwrap_or(0.0);
+        f.seconds_total = all.seconds.get(&f.step).copied().unwrap_or(0.0);
     }
     let stopped_early =
         opts.counts_worker.is_some() || opts.until.as_deref().is_some_and(|u| u != "report");
@@ -460,8 +461,8 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<PipelineSummary, PipelineE
         reports_dir: opts.reports_dir.clone(),
         finished: !stopped_early,
         wall_seconds_this_run: started.elapsed().as_secs_f64(),
-        stage_seconds_total: all.seconds.values().sum(),
-        stages: figures,
+        step_seconds_total: all.seconds.values().sum(),
+        steps: figures,
         report: report_text,
     };
     if !stopped_early {
@@ -622,11 +623,11 @@ fn calibration_matches(opts: &PipelineOptions, c: &crate::model::Calibration) ->
         && c.rank_rule == RankRule::Marginal
 }
 
-fn run_stage(
+fn run_step(
     opts: &PipelineOptions,
-    stage: &Stage,
+    step: &Step,
     report_text: &mut Option<String>,
-) -> Result<StageStatus, PipelineError> {
+) -> Result<StepStatus, PipelineError> {
     let input = Bundle::load(&opts.bundle)?.input_shape;
     let files = |role: &CountsRole| -> Vec<PathBuf> {
         role.files(&opts.counts_dir)
@@ -634,14 +635,14 @@ fn run_stage(
             .map(|(_, f)| f)
             .collect()
     };
-    match stage {
-        Stage::Counts { role, chunk, .. } => {
+    match step {
+        Step::Counts { role, chunk, .. } => {
             run_counts(opts, role, *chunk, &role.files(&opts.counts_dir))
         }
-        Stage::TrainSurrogate => {
+        Step::TrainSurrogate => {
             let bundle = Bundle::load(&opts.bundle)?;
             if bundle.surrogate.is_some() {
-                return Ok(StageStatus::DoneBefore);
+                return Ok(StepStatus::DoneBefore);
             }
             // A named built-in architecture starts from the base's weights
             // when the base is that architecture (the paper's recipe), else
@@ -665,12 +666,12 @@ fn run_stage(
                 pause_after: None,
                 show_progress: opts.show_progress,
             })?;
-            Ok(StageStatus::Ran)
+            Ok(StepStatus::Ran)
         }
-        Stage::FitTailMap => {
+        Step::FitTailMap => {
             let bundle = Bundle::load(&opts.bundle)?;
             if bundle.surrogate.is_some_and(|s| s.tail_map.is_some()) {
-                return Ok(StageStatus::DoneBefore);
+                return Ok(StepStatus::DoneBefore);
             }
             tail_map::fit_tail_map(&FitTailMapOptions {
                 bundle: opts.bundle.clone(),
@@ -680,9 +681,9 @@ fn run_stage(
                 data_dir: opts.data_dir.clone(),
                 device: opts.device,
             })?;
-            Ok(StageStatus::Ran)
+            Ok(StepStatus::Ran)
         }
-        Stage::Calibrate => {
+        Step::Calibrate => {
             let bundle = Bundle::load(&opts.bundle)?;
             let existing = bundle
                 .surrogate
@@ -695,7 +696,7 @@ fn run_stage(
                 let (_, test) =
                     super::bundle_dataset(&bundle, Split::Test, opts.data_dir.as_deref())?;
                 if calibrated_on(&bundle, &opts.calibration.indices(test.len()))? {
-                    return Ok(StageStatus::DoneBefore);
+                    return Ok(StepStatus::DoneBefore);
                 }
             }
             calibrate::calibrate(&CalibrateOptions {
@@ -716,27 +717,18 @@ fn run_stage(
             // The evaluations of the calibration it replaced are not its own.
             if existing.is_some() {
                 for method in [Method::Calibrated, Method::Auto] {
-                    let tsv = tsv_path(opts, method);
-                    for f in [
-                        tsv.clone(),
-                        crate::fsutil::sidecar(&tsv, "params.json"),
-                        crate::fsutil::sidecar(&tsv, "summary.json"),
-                    ] {
-                        if f.exists() {
-                            std::fs::remove_file(&f).map_err(io_err(&f))?;
-                        }
-                    }
+                    RunFiles::of(&tsv_path(opts, method)).remove()?;
                 }
             }
-            Ok(StageStatus::Ran)
+            Ok(StepStatus::Ran)
         }
-        Stage::Certify(method) => {
+        Step::Certify(method) => {
             let out = tsv_path(opts, *method);
-            let summary_file = crate::fsutil::sidecar(&out, "summary.json");
-            let finished_before = summary_file.exists();
+            let run = RunFiles::of(&out);
+            let finished_before = run.is_finished();
             // Finished under a version whose parameters cannot be checked: kept.
-            if certify::finished_by_earlier_version(&out) {
-                return Ok(StageStatus::DoneBefore);
+            if run.finished_by_earlier_version() {
+                return Ok(StepStatus::DoneBefore);
             }
             // Otherwise certify itself checks a finished or started run
             // against these parameters and resumes it.
@@ -760,7 +752,7 @@ fn run_stage(
                     batch: forward_batch(opts, input),
                 },
                 seed: opts.seed,
-                adaptive: None,
+                adaptive_n0: None,
                 auto_band: opts.auto_band,
                 target: None,
                 device: opts.device,
@@ -768,12 +760,12 @@ fn run_stage(
                 show_progress: opts.show_progress,
             })?;
             Ok(if finished_before && s.resumed_rows == s.inputs {
-                StageStatus::DoneBefore
+                StepStatus::DoneBefore
             } else {
-                StageStatus::Ran
+                StepStatus::Ran
             })
         }
-        Stage::Report => {
+        Step::Report => {
             let tsvs: Vec<PathBuf> = EVAL_METHODS.iter().map(|&m| tsv_path(opts, m)).collect();
             let text = report::run_report(
                 &tsvs,
@@ -785,7 +777,7 @@ fn run_stage(
             let path = opts.reports_dir.join("report.md");
             std::fs::write(&path, &text).map_err(io_err(&path))?;
             *report_text = Some(text);
-            Ok(StageStatus::Ran)
+            Ok(StepStatus::Ran)
         }
     }
 }
@@ -793,7 +785,7 @@ fn run_stage(
 /// `--batch`, else the device's for the bundle's input shape.
 fn forward_batch(opts: &PipelineOptions, input: [usize; 3]) -> i64 {
     opts.batch
-        .unwrap_or_else(|| crate::batcher::forward_batch_for(opts.device, 0, input))
+        .unwrap_or_else(|| crate::model::forward_batch_for(opts.device, 0, input))
 }
 
 /// Samples (or resumes, or checks) each of `files`: sample-counts refuses a
@@ -804,8 +796,8 @@ fn run_counts(
     role: &CountsRole,
     chunk: usize,
     files: &[(Shard, PathBuf)],
-) -> Result<StageStatus, PipelineError> {
-    let mut status = StageStatus::DoneBefore;
+) -> Result<StepStatus, PipelineError> {
+    let mut status = StepStatus::DoneBefore;
     for (shard, out) in files {
         if let Some(dir) = out.parent() {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -828,7 +820,7 @@ fn run_counts(
         })?;
         match outcome {
             SampleOutcome::Finished(s) if s.noisy_passes_this_run == 0 && s.chunks == 0 => {}
-            SampleOutcome::Finished(_) => status = StageStatus::Ran,
+            SampleOutcome::Finished(_) => status = StepStatus::Ran,
             SampleOutcome::Paused { .. } => {
                 return Err(PipelineError::Invalid(format!(
                     "{}: sampling stopped before the end",

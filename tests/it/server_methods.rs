@@ -1,9 +1,8 @@
 //! The gRPC service end to end, by method: CALIBRATED, AUTO (the calibrated
 //! answer or its Monte Carlo fallback) and adaptive n0, on copies of the
 //! shipped bundle with a calibration set by hand.
-mod common;
 
-use common::{bundle_copy, certified, config_for, scrape, start, tensor, test_images};
+use crate::common::{bundle_copy, certified, config_for, scrape, start, tensor, test_images};
 use smoothcert::server::pb;
 use statrs::distribution::ContinuousCDF;
 use tonic::Code;

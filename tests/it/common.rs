@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests that run the gRPC service: a real
 //! server on ephemeral loopback ports, the shipped default bundle, real
 //! Fashion-MNIST test images, a tonic client, and plain-HTTP probes of the
-//! metrics port. Each test binary uses its own subset.
+//! metrics port. Each module uses its own subset.
 #![allow(dead_code)]
 use smoothcert::config::Config;
 use smoothcert::data::{self, DatasetKind, Split};
@@ -219,4 +219,33 @@ pub fn certified(r: &pb::CertifyResponse) -> &pb::Certified {
         pb::certify_response::Outcome::Certified(c) => c,
         other => panic!("expected a certificate: {other:?}"),
     }
+}
+
+/// Runs the calling test alone in a child process of this test binary, for
+/// a test that needs libtorch's global state (its one random generator, its
+/// thread count) to itself: in the parent, spawns the child and asserts it
+/// passed, then returns false; in the child, returns true (run the body).
+/// `name` is the test's path, e.g. "pipeline::train_base_resumes".
+pub fn in_own_process(name: &str) -> bool {
+    const CHILD: &str = "SMOOTHCERT_TEST_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--test-threads", "1", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{name} failed in its own process:\n{text}"
+    );
+    // A filter that matched nothing would pass vacuously.
+    assert!(text.contains("1 passed"), "{name} did not run:\n{text}");
+    false
 }
