@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Runs on a lent GPU machine (../shared/GPU.md), from the repository root, after
-# scripts/gpu-prepare.sh here: prints every GPU figure in one call and leaves the
-# JSON under $OUT. Each step has its own time limit, so one slow step cannot
-# cost the others.
+# Prints every GPU figure of docs/MEASUREMENTS.md ("On a GPU") in one call and
+# leaves the JSON under $OUT (default /tmp/gpu-out). Run it on a machine with an
+# NVIDIA GPU (nvidia-smi), a python3 that imports torch 2.11.0 built with CUDA
+# (the binary is built against libtorch 2.11.0; that torch's lib folder gives
+# it libtorch and CUDA), coreutils' timeout, and write access to
+# /usr/share/datasets/fashion-mnist, from a folder holding this script as
+# scripts/gpu-run.sh and the .dev/gpu/ that scripts/gpu-prepare.sh filled (the
+# repository root is one, once gpu-prepare.sh has run there). Each step has its
+# own time limit (450 s in all), so one slow step cannot cost the others.
 #   1. engine rate by forward batch, noisy passes against plain forward passes
 #   2. Monte Carlo (N = 100,000) against the surrogate on the same inputs
 #   3. served throughput, dynamic batching against batch size 1 (the server in
