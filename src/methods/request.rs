@@ -191,14 +191,13 @@ impl CertifyRequest {
     pub fn build(o: &RequestOptions, terms: &ModelTerms) -> Result<CertifyRequest, RequestError> {
         let d = terms.defaults;
         let method = o.method.unwrap_or(d.method);
-        let name = method.label();
         let bundle = terms.bundle;
-        let surrogate = bundle.surrogate.as_ref();
-        if method.needs_surrogate() && surrogate.is_none() {
+        if method.needs_surrogate() && bundle.surrogate.is_none() {
             return Err(RequestError::Unsupported {
                 method,
                 message: format!(
-                    "cannot serve {name}: its bundle has no [surrogate] (smoothcert train-surrogate); ask for MONTE_CARLO"
+                    "cannot serve {}: its bundle has no [surrogate] (smoothcert train-surrogate); ask for MONTE_CARLO",
+                    method.label()
                 ),
             });
         }
@@ -233,48 +232,7 @@ impl CertifyRequest {
                 target: target.ok_or_else(|| invalid(Field::TargetRadius, "missing"))?,
             },
             Method::Calibrated | Method::Auto => {
-                let cal = surrogate
-                    .and_then(|s| s.calibration.as_ref())
-                    .ok_or_else(|| RequestError::Unsupported {
-                        method,
-                        message: format!(
-                            "cannot serve {name}: its bundle has no calibration (smoothcert calibrate); ask for SURROGATE or MONTE_CARLO"
-                        ),
-                    })?;
-                // The coverage statement holds for scores made the way the
-                // calibration made them: at its n, with cA from n0 fixed samples.
-                if n != cal.n {
-                    return Err(invalid(
-                        Field::N,
-                        format!(
-                            "the calibration holds at n = {}; {n} would void its delta = {}",
-                            cal.n, cal.delta
-                        ),
-                    ));
-                }
-                if let Some(asked) = o.n0.filter(|&a| a != cal.n0) {
-                    return Err(invalid(
-                        Field::N0,
-                        format!(
-                            "the calibration chose cA from n0 = {} fixed samples; {asked} would void its delta = {}",
-                            cal.n0, cal.delta
-                        ),
-                    ));
-                }
-                if o.adaptive_n0 == Some(true) {
-                    return Err(invalid(
-                        Field::AdaptiveN0,
-                        format!(
-                            "the calibration chose cA from n0 = {} fixed samples; adaptive selection would void its delta = {}",
-                            cal.n0, cal.delta
-                        ),
-                    ));
-                }
-                sampling.n0 = cal.n0;
-                let calibrated = Calibrated {
-                    shift: cal.shift(),
-                    delta: cal.delta,
-                };
+                let calibrated = calibrated(o, terms, method, &mut sampling)?;
                 match method {
                     Method::Auto => Plan::Auto {
                         calibrated,
@@ -357,6 +315,62 @@ impl CertifyRequest {
             ..TaskParams::new(0, s.n0, s.n, s.alpha, s.seed)
         }
     }
+}
+
+/// CALIBRATED's and AUTO's part: the bundle's calibration, refused at any n
+/// but its own, with another n0, or with adaptive selection (the coverage
+/// statement holds for scores made the way the calibration made them); the
+/// request's n0 becomes the calibration's.
+fn calibrated(
+    o: &RequestOptions,
+    terms: &ModelTerms,
+    method: Method,
+    sampling: &mut Sampling,
+) -> Result<Calibrated, RequestError> {
+    let cal = terms
+        .bundle
+        .surrogate
+        .as_ref()
+        .and_then(|s| s.calibration.as_ref())
+        .ok_or_else(|| RequestError::Unsupported {
+            method,
+            message: format!(
+                "cannot serve {}: its bundle has no calibration (smoothcert calibrate); ask for SURROGATE or MONTE_CARLO",
+                method.label()
+            ),
+        })?;
+    if sampling.n != cal.n {
+        return Err(invalid(
+            Field::N,
+            format!(
+                "the calibration holds at n = {}; {} would void its delta = {}",
+                cal.n, sampling.n, cal.delta
+            ),
+        ));
+    }
+    if let Some(asked) = o.n0.filter(|&a| a != cal.n0) {
+        return Err(invalid(
+            Field::N0,
+            format!(
+                "the calibration chose cA from n0 = {} fixed samples; {asked} would void its delta = {}",
+                cal.n0, cal.delta
+            ),
+        ));
+    }
+    if o.adaptive_n0 == Some(true) {
+        return Err(invalid(
+            Field::AdaptiveN0,
+            format!(
+                "the calibration chose cA from n0 = {} fixed samples; adaptive selection would void its delta = {}",
+                cal.n0, cal.delta
+            ),
+        ));
+    }
+    sampling.n0 = cal.n0;
+    Ok(Calibrated {
+        shift: cal.shift(),
+        delta: cal.delta,
+    })
 }
 
 /// A checked PREDICT request: n samples, the level, the seed.

@@ -110,29 +110,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
         ));
     }
     let counts = super::counts::merge_counts_in_memory(&opts.counts)?;
-    counts.check_base(&bundle, &super::base_fingerprint(&bundle)?)?;
-    if counts.meta.n != spec.nominal_n {
-        return Err(PipelineError::Invalid(format!(
-            "the counts are at N = {}, the surrogate stands in for N = {}: calibrate with counts \
-             at the nominal N, so that the scores measure the certificate it is compared with",
-            counts.meta.n, spec.nominal_n
-        )));
-    }
-    if let Some(idx) = SurrogateInputs::fitted(&bundle)?.first_of(&counts) {
-        return Err(PipelineError::Invalid(format!(
-            "input {idx} of the {} split trained the surrogate or fitted its tail map; calibration inputs must be held out",
-            counts.meta.split
-        )));
-    }
-    if let Some(idx) = InputList::read_if_any(&bundle.dir.join(SELECTION_INPUTS_FILE))?
-        .and_then(|sel| sel.first_shared_with(counts.meta.split, &counts.indices))
-    {
-        return Err(PipelineError::Invalid(format!(
-            "input {idx} of the {} split chose the score, the bins or AUTO's band \
-             ({SELECTION_INPUTS_FILE}); calibration inputs must be disjoint from the selection inputs",
-            counts.meta.split
-        )));
-    }
+    check_calibration_counts(&bundle, &spec, &counts)?;
     smoothing::check_edges(&opts.bin_edges).map_err(EngineError::from)?;
     check_margin_threshold(opts.margin_threshold)?;
     let m = counts.len();
@@ -145,23 +123,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
     })?;
 
     let inputs = score_inputs(&bundle, &counts, opts)?;
-    let scores: Vec<Score> = inputs
-        .iter()
-        .map(|x| {
-            let estimate =
-                smoothing::blended_estimate(x.p_hat_a, x.margin_z, opts.margin_threshold);
-            Score {
-                idx: x.idx,
-                class_a: x.class_a,
-                surrogate_class: x.surrogate_class,
-                p_hat_a: x.p_hat_a,
-                margin_z: x.margin_z,
-                estimate,
-                p_mc_a: x.p_mc_a,
-                s: opts.score.score(estimate, x.p_mc_a, counts.meta.n),
-            }
-        })
-        .collect();
+    let scores = scores(&inputs, opts, counts.meta.n);
     let sigma = bundle.sigma();
     let s: Vec<f64> = scores.iter().map(|x| x.s).collect();
     let (q, got_rank) = smoothing::conformal_quantile_by(&s, opts.delta, opts.rank_rule)
@@ -223,6 +185,61 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
     }
     bundle.save()?;
     Ok(summary)
+}
+
+/// Counts fit to calibrate with: at the surrogate's nominal N, on inputs
+/// that neither trained the surrogate, nor fitted its tail map, nor chose
+/// the calibration's score, bins or AUTO's band.
+fn check_calibration_counts(
+    bundle: &Bundle,
+    spec: &crate::model::SurrogateSpec,
+    counts: &super::counts::Counts,
+) -> Result<(), PipelineError> {
+    counts.check_base(bundle, &super::base_fingerprint(bundle)?)?;
+    if counts.meta.n != spec.nominal_n {
+        return Err(PipelineError::Invalid(format!(
+            "the counts are at N = {}, the surrogate stands in for N = {}: calibrate with counts \
+             at the nominal N, so that the scores measure the certificate it is compared with",
+            counts.meta.n, spec.nominal_n
+        )));
+    }
+    if let Some(idx) = SurrogateInputs::fitted(bundle)?.first_of(counts) {
+        return Err(PipelineError::Invalid(format!(
+            "input {idx} of the {} split trained the surrogate or fitted its tail map; calibration inputs must be held out",
+            counts.meta.split
+        )));
+    }
+    if let Some(idx) = InputList::read_if_any(&bundle.dir.join(SELECTION_INPUTS_FILE))?
+        .and_then(|sel| sel.first_shared_with(counts.meta.split, &counts.indices))
+    {
+        return Err(PipelineError::Invalid(format!(
+            "input {idx} of the {} split chose the score, the bins or AUTO's band \
+             ({SELECTION_INPUTS_FILE}); calibration inputs must be disjoint from the selection inputs",
+            counts.meta.split
+        )));
+    }
+    Ok(())
+}
+
+/// Each input's conformal score, on the estimate the calibrated method uses.
+fn scores(inputs: &[ScoredInput], opts: &CalibrateOptions, n: u64) -> Vec<Score> {
+    inputs
+        .iter()
+        .map(|x| {
+            let estimate =
+                smoothing::blended_estimate(x.p_hat_a, x.margin_z, opts.margin_threshold);
+            Score {
+                idx: x.idx,
+                class_a: x.class_a,
+                surrogate_class: x.surrogate_class,
+                p_hat_a: x.p_hat_a,
+                margin_z: x.margin_z,
+                estimate,
+                p_mc_a: x.p_mc_a,
+                s: opts.score.score(estimate, x.p_mc_a, n),
+            }
+        })
+        .collect()
 }
 
 /// What calibration and selection know of one input: cA as certification

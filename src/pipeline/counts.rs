@@ -342,6 +342,78 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
             "--skip, --chunk and --batch must be at least 1".into(),
         ));
     }
+    let (bundle, ds, meta, indices) = planned_inputs(opts)?;
+    // Done before: the file is the result, not a job to redo.
+    if let Some(done) = finished_before(opts, &meta)? {
+        return Ok(done);
+    }
+    let chunks: Vec<&[usize]> = indices.chunks(opts.chunk).collect();
+
+    let parts = parts_dir(&opts.out);
+    std::fs::create_dir_all(&parts).map_err(io_err(&parts))?;
+    let batch = pin_parts(&parts, opts, &meta, bundle.input_shape)?;
+
+    let todo: Vec<usize> = (0..chunks.len())
+        .filter(|&j| !chunk_path(&parts, j).exists())
+        .collect();
+    let resumed = chunks.len() - todo.len();
+    if resumed > 0 {
+        tracing::info!(resumed, remaining = todo.len(), "resuming sample-counts");
+    }
+    let model = Classifier::load(&bundle, opts.device)?;
+    let todo_inputs: usize = todo.iter().map(|&j| chunks[j].len()).sum();
+    let bar = progress_bar(todo_inputs as u64, "sample-counts", opts.show_progress);
+    let started = Instant::now();
+    let mut passes = 0u64;
+    let limit = opts.pause_after.unwrap_or(usize::MAX);
+    for &j in todo.iter().take(limit) {
+        let chunk = sample_chunk(&model, &ds, chunks[j], &meta, batch, &mut |done| {
+            passes += opts.n * done;
+            bar.inc(done);
+            bar.set_message(format!(
+                "{:.0} noisy passes/s",
+                passes as f64 / started.elapsed().as_secs_f64()
+            ));
+        })?;
+        chunk.write(&chunk_path(&parts, j))?;
+    }
+    bar.finish_and_clear();
+    let chunks_done = (0..chunks.len())
+        .filter(|&j| chunk_path(&parts, j).exists())
+        .count();
+    if chunks_done < chunks.len() {
+        return Ok(SampleOutcome::Paused {
+            chunks_done,
+            chunks: chunks.len(),
+        });
+    }
+
+    // Every chunk is there: join them into the output, then drop the parts.
+    let all = join_chunks(&parts, chunks.len(), &meta)?;
+    all.check().map_err(PipelineError::Invalid)?;
+    all.write(&opts.out)?;
+    std::fs::remove_dir_all(&parts).map_err(io_err(&parts))?;
+    let wall = started.elapsed().as_secs_f64();
+    let summary = SampleCountsSummary {
+        out: opts.out.clone(),
+        inputs: all.len(),
+        n: opts.n,
+        shard: opts.shard,
+        chunks: chunks.len(),
+        chunks_resumed: resumed,
+        noisy_passes_this_run: passes,
+        wall_seconds: wall,
+        passes_per_second: passes as f64 / wall.max(1e-9),
+    };
+    write_json(&crate::fsutil::sidecar(&opts.out, "summary.json"), &summary)?;
+    Ok(SampleOutcome::Finished(summary))
+}
+
+/// The bundle, the dataset, what the counts file will say of itself, and the
+/// inputs this shard samples.
+fn planned_inputs(
+    opts: &SampleCountsOptions,
+) -> Result<(Bundle, crate::data::Dataset, CountsMeta, Vec<usize>), PipelineError> {
     let Inputs {
         bundle,
         source: dataset,
@@ -381,35 +453,50 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
             "no inputs to sample (check --skip, --max and --shard)".into(),
         ));
     }
-    // Done before: the file is the result, not a job to redo.
-    if opts.out.exists() {
-        let existing = Counts::read(&opts.out)?;
-        if existing.meta == meta {
-            tracing::info!(out = %opts.out.display(), "already sampled; nothing to do");
-            return Ok(SampleOutcome::Finished(SampleCountsSummary {
-                out: opts.out.clone(),
-                inputs: existing.len(),
-                n: opts.n,
-                shard: opts.shard,
-                chunks: 0,
-                chunks_resumed: 0,
-                noisy_passes_this_run: 0,
-                wall_seconds: 0.0,
-                passes_per_second: 0.0,
-            }));
-        }
+    Ok((bundle, ds, meta, indices))
+}
+
+/// The output of an earlier run with these parameters, finished: nothing to
+/// do. Counts of another run there are refused.
+fn finished_before(
+    opts: &SampleCountsOptions,
+    meta: &CountsMeta,
+) -> Result<Option<SampleOutcome>, PipelineError> {
+    if !opts.out.exists() {
+        return Ok(None);
+    }
+    let existing = Counts::read(&opts.out)?;
+    if &existing.meta != meta {
         return Err(PipelineError::Invalid(format!(
             "{} holds counts of another run ({}); remove it or choose another --out",
             opts.out.display(),
-            meta_difference(&existing.meta, &meta)
+            meta_difference(&existing.meta, meta)
         )));
     }
-    let chunks: Vec<&[usize]> = indices.chunks(opts.chunk).collect();
+    tracing::info!(out = %opts.out.display(), "already sampled; nothing to do");
+    Ok(Some(SampleOutcome::Finished(SampleCountsSummary {
+        out: opts.out.clone(),
+        inputs: existing.len(),
+        n: opts.n,
+        shard: opts.shard,
+        chunks: 0,
+        chunks_resumed: 0,
+        noisy_passes_this_run: 0,
+        wall_seconds: 0.0,
+        passes_per_second: 0.0,
+    })))
+}
 
-    let parts = parts_dir(&opts.out);
-    std::fs::create_dir_all(&parts).map_err(io_err(&parts))?;
-    // The run's parameters, chunk size, forward batch and device pin what every
-    // chunk file means (the last two decide which noise an input draws).
+/// Pins what every chunk file in `parts` means: the run's parameters, chunk
+/// size, forward batch and device (the last two decide which noise an input
+/// draws). Returns the forward batch: unset, the run's own when resuming (so
+/// a resumed run draws the noise it started with), else the device's.
+fn pin_parts(
+    parts: &Path,
+    opts: &SampleCountsOptions,
+    meta: &CountsMeta,
+    input_shape: [usize; 3],
+) -> Result<i64, PipelineError> {
     let params_path = parts.join("params.json");
     let previous: Option<serde_json::Value> = if params_path.exists() {
         let text = std::fs::read_to_string(&params_path).map_err(io_err(&params_path))?;
@@ -420,119 +507,83 @@ pub fn sample_counts(opts: &SampleCountsOptions) -> Result<SampleOutcome, Pipeli
     } else {
         None
     };
-    // Unset, the forward batch is the run's own when resuming (so a resumed
-    // run draws the noise it started with), else the device's.
     let batch = opts
         .batch
         .or_else(|| previous.as_ref().and_then(|p| p["batch"].as_i64()))
-        .unwrap_or_else(|| crate::model::forward_batch_for(opts.device, 0, bundle.input_shape));
+        .unwrap_or_else(|| crate::model::forward_batch_for(opts.device, 0, input_shape));
     let params = serde_json::json!({
-        "meta": &meta,
+        "meta": meta,
         "chunk": opts.chunk,
         "batch": batch,
         "device": format!("{:?}", opts.device),
     });
-    if let Some(previous) = previous {
-        if previous != params {
-            return Err(PipelineError::Invalid(format!(
-                "{} belongs to a run with other parameters ({previous}); \
-                 remove it or choose another --out",
-                parts.display()
-            )));
+    match previous {
+        Some(previous) if previous != params => Err(PipelineError::Invalid(format!(
+            "{} belongs to a run with other parameters ({previous}); \
+             remove it or choose another --out",
+            parts.display()
+        ))),
+        Some(_) => Ok(batch),
+        None => {
+            write_json(&params_path, &params)?;
+            Ok(batch)
         }
-    } else {
-        write_json(&params_path, &params)?;
     }
+}
 
-    let todo: Vec<usize> = (0..chunks.len())
-        .filter(|&j| !chunk_path(&parts, j).exists())
-        .collect();
-    let resumed = chunks.len() - todo.len();
-    if resumed > 0 {
-        tracing::info!(resumed, remaining = todo.len(), "resuming sample-counts");
-    }
-    let model = Classifier::load(&bundle, opts.device)?;
-    let n_samples = i64::try_from(opts.n)
-        .map_err(|_| PipelineError::Invalid(format!("--n {} is too large", opts.n)))?;
-    let todo_inputs: usize = todo.iter().map(|&j| chunks[j].len()).sum();
-    let bar = progress_bar(todo_inputs as u64, "sample-counts", opts.show_progress);
-    let started = Instant::now();
-    let mut passes = 0u64;
-    let limit = opts.pause_after.unwrap_or(usize::MAX);
-    for &j in todo.iter().take(limit) {
-        let mut rows = Vec::with_capacity(chunks[j].len() * meta.num_classes);
-        for &idx in chunks[j] {
-            let x = super::images_tensor(&ds, &[idx], Device::Cpu);
-            // Training data, not a certificate: the input's n samples come
-            // from the global generator seeded per input, as every committed
-            // shard's did, so a resumed shard stays one run.
-            let counts = {
-                let _rng = crate::model::rng_lock();
-                tch::manual_seed(counts_seed(opts.seed, idx));
-                model.sample_counts(&x, n_samples, bundle.sigma(), batch)?
-            };
-            let counts: Vec<i64> = Vec::try_from(counts.flatten(0, -1))
-                .map_err(|e| PipelineError::Model(crate::model::ModelError::from(e)))?;
-            rows.extend(counts.iter().map(|&v| v as i32));
-            passes += opts.n;
-            bar.inc(1);
-            bar.set_message(format!(
-                "{:.0} noisy passes/s",
-                passes as f64 / started.elapsed().as_secs_f64()
-            ));
-        }
-        let chunk = Counts {
-            meta: meta.clone(),
-            indices: chunks[j].iter().map(|&i| i as i64).collect(),
-            counts: rows,
+/// The counts of one chunk's inputs; `progress` hears of each input done.
+fn sample_chunk(
+    model: &Classifier,
+    ds: &crate::data::Dataset,
+    chunk: &[usize],
+    meta: &CountsMeta,
+    batch: i64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Counts, PipelineError> {
+    let n_samples = i64::try_from(meta.n)
+        .map_err(|_| PipelineError::Invalid(format!("--n {} is too large", meta.n)))?;
+    let mut rows = Vec::with_capacity(chunk.len() * meta.num_classes);
+    for &idx in chunk {
+        let x = super::images_tensor(ds, &[idx], Device::Cpu);
+        // Training data, not a certificate: the input's n samples come from
+        // the global generator seeded per input, as every committed shard's
+        // did, so a resumed shard stays one run.
+        let counts = {
+            let _rng = crate::model::rng_lock();
+            tch::manual_seed(counts_seed(meta.seed, idx));
+            model.sample_counts(&x, n_samples, meta.sigma, batch)?
         };
-        chunk.write(&chunk_path(&parts, j))?;
+        let counts: Vec<i64> = Vec::try_from(counts.flatten(0, -1))
+            .map_err(|e| PipelineError::Model(crate::model::ModelError::from(e)))?;
+        rows.extend(counts.iter().map(|&v| v as i32));
+        progress(1);
     }
-    bar.finish_and_clear();
-    let chunks_done = (0..chunks.len())
-        .filter(|&j| chunk_path(&parts, j).exists())
-        .count();
-    if chunks_done < chunks.len() {
-        return Ok(SampleOutcome::Paused {
-            chunks_done,
-            chunks: chunks.len(),
-        });
-    }
+    Ok(Counts {
+        meta: meta.clone(),
+        indices: chunk.iter().map(|&i| i as i64).collect(),
+        counts: rows,
+    })
+}
 
-    // Every chunk is there: join them into the output, then drop the parts.
+/// The finished chunks joined, in order; a chunk of another run is refused.
+fn join_chunks(parts: &Path, chunks: usize, meta: &CountsMeta) -> Result<Counts, PipelineError> {
     let mut all = Counts {
         meta: meta.clone(),
-        indices: Vec::with_capacity(indices.len()),
-        counts: Vec::with_capacity(indices.len() * meta.num_classes),
+        indices: Vec::new(),
+        counts: Vec::new(),
     };
-    for j in 0..chunks.len() {
-        let part = Counts::read(&chunk_path(&parts, j))?;
-        if part.meta != meta {
+    for j in 0..chunks {
+        let part = Counts::read(&chunk_path(parts, j))?;
+        if &part.meta != meta {
             return Err(PipelineError::Invalid(format!(
                 "{} was written by another run",
-                chunk_path(&parts, j).display()
+                chunk_path(parts, j).display()
             )));
         }
         all.indices.extend(part.indices);
         all.counts.extend(part.counts);
     }
-    all.check().map_err(PipelineError::Invalid)?;
-    all.write(&opts.out)?;
-    std::fs::remove_dir_all(&parts).map_err(io_err(&parts))?;
-    let wall = started.elapsed().as_secs_f64();
-    let summary = SampleCountsSummary {
-        out: opts.out.clone(),
-        inputs: all.len(),
-        n: opts.n,
-        shard: opts.shard,
-        chunks: chunks.len(),
-        chunks_resumed: resumed,
-        noisy_passes_this_run: passes,
-        wall_seconds: wall,
-        passes_per_second: passes as f64 / wall.max(1e-9),
-    };
-    write_json(&crate::fsutil::sidecar(&opts.out, "summary.json"), &summary)?;
-    Ok(SampleOutcome::Finished(summary))
+    Ok(all)
 }
 
 /// Joins shards of one run into one file; refuses shards of different runs and

@@ -141,6 +141,12 @@ impl Checkpoint {
         self.dir
             .join(format!("weights-{epoch}.{}", weights_ext(script)))
     }
+    /// The best epoch so far, kept apart from the rolling checkpoint.
+    pub(crate) fn best(&self, epoch: usize, script: bool) -> PathBuf {
+        self.dir
+            .join(format!("best-{epoch}.{}", weights_ext(script)))
+    }
+
     pub(crate) fn adam(&self, epoch: usize) -> PathBuf {
         self.dir.join(format!("adam-{epoch}.safetensors"))
     }

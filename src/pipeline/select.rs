@@ -102,30 +102,7 @@ pub fn select_calibration(opts: &SelectOptions) -> Result<SelectionSummary, Pipe
         calibrate::check_margin_threshold(t)?;
     }
     let counts = super::counts::merge_counts_in_memory(&base.counts)?;
-    counts.check_base(&bundle, &super::base_fingerprint(&bundle)?)?;
-    if counts.meta.n != spec.nominal_n {
-        return Err(PipelineError::Invalid(format!(
-            "the counts are at N = {}, the surrogate stands in for N = {}",
-            counts.meta.n, spec.nominal_n
-        )));
-    }
-    if let Some(idx) = super::surrogate::SurrogateInputs::fitted(&bundle)?.first_of(&counts) {
-        return Err(PipelineError::Invalid(format!(
-            "input {idx} of the {} split trained the surrogate or fitted its tail map",
-            counts.meta.split
-        )));
-    }
-    // The guarantee's inputs are never read here.
-    if let Some(idx) = InputList::read_if_any(&bundle.dir.join(calibrate::INPUTS_FILE))?
-        .and_then(|cal| cal.first_shared_with(counts.meta.split, &counts.indices))
-    {
-        return Err(PipelineError::Invalid(format!(
-            "input {idx} of the {} split calibrated this bundle ({}); selection inputs must be \
-             disjoint from the calibration inputs",
-            counts.meta.split,
-            calibrate::INPUTS_FILE
-        )));
-    }
+    check_selection_counts(&bundle, &spec, &counts)?;
     let inputs = score_inputs(&bundle, &counts, base)?;
     let n = counts.meta.n;
     let sigma = bundle.sigma();
@@ -148,9 +125,74 @@ pub fn select_calibration(opts: &SelectOptions) -> Result<SelectionSummary, Pipe
             }
         }
     }
-    let chosen = candidates
+    let chosen = best_candidate(&candidates, base.delta)?;
+
+    // AUTO's band under the chosen calibration, cross-fitted the same way.
+    let bands = band_candidates(&chosen, &folds, opts, n, k, sigma)?;
+    let band = bands
         .iter()
-        .filter(|c| c.feasible && c.overestimation <= base.delta)
+        .filter(|b| b.accuracy_gap_at_0 <= opts.band_tolerance)
+        .min_by(|a, b| a.fallback_fraction.total_cmp(&b.fallback_fraction))
+        .or_else(|| bands.iter().min_by(|a, b| a.low.total_cmp(&b.low)))
+        .map(|b| (b.low, b.high))
+        .unwrap_or((0.0, 0.5));
+
+    let summary = SelectionSummary {
+        inputs: inputs.len(),
+        delta: base.delta,
+        radii: opts.radii.clone(),
+        candidates,
+        score: chosen.score,
+        bin_edges: chosen.bin_edges.clone(),
+        margin_threshold: chosen.margin_threshold,
+        bands,
+        band,
+    };
+    fence_selection_inputs(&bundle, &counts)?;
+    write_json(&bundle.dir.join(SUMMARY_FILE), &summary)?;
+    Ok(summary)
+}
+
+/// Counts fit to select on: at the surrogate's nominal N, and on inputs that
+/// neither trained the surrogate, nor fitted its tail map, nor calibrated it.
+fn check_selection_counts(
+    bundle: &Bundle,
+    spec: &crate::model::SurrogateSpec,
+    counts: &super::counts::Counts,
+) -> Result<(), PipelineError> {
+    counts.check_base(bundle, &super::base_fingerprint(bundle)?)?;
+    if counts.meta.n != spec.nominal_n {
+        return Err(PipelineError::Invalid(format!(
+            "the counts are at N = {}, the surrogate stands in for N = {}",
+            counts.meta.n, spec.nominal_n
+        )));
+    }
+    if let Some(idx) = super::surrogate::SurrogateInputs::fitted(bundle)?.first_of(counts) {
+        return Err(PipelineError::Invalid(format!(
+            "input {idx} of the {} split trained the surrogate or fitted its tail map",
+            counts.meta.split
+        )));
+    }
+    // The guarantee's inputs are never read here.
+    if let Some(idx) = InputList::read_if_any(&bundle.dir.join(calibrate::INPUTS_FILE))?
+        .and_then(|cal| cal.first_shared_with(counts.meta.split, &counts.indices))
+    {
+        return Err(PipelineError::Invalid(format!(
+            "input {idx} of the {} split calibrated this bundle ({}); selection inputs must be \
+             disjoint from the calibration inputs",
+            counts.meta.split,
+            calibrate::INPUTS_FILE
+        )));
+    }
+    Ok(())
+}
+
+/// The feasible candidate within delta that trails Monte Carlo least (fewer
+/// bins, then no margin, on a tie).
+fn best_candidate(candidates: &[Candidate], delta: f64) -> Result<Candidate, PipelineError> {
+    candidates
+        .iter()
+        .filter(|c| c.feasible && c.overestimation <= delta)
         .min_by(|a, b| {
             let (ga, gb) = (
                 a.accuracy_gap.iter().sum::<f64>(),
@@ -167,12 +209,22 @@ pub fn select_calibration(opts: &SelectOptions) -> Result<SelectionSummary, Pipe
         .cloned()
         .ok_or_else(|| {
             PipelineError::Invalid(format!(
-                "no candidate overestimates on at most delta = {} of the held-out halves",
-                base.delta
+                "no candidate overestimates on at most delta = {delta} of the held-out halves"
             ))
-        })?;
+        })
+}
 
-    // AUTO's band under the chosen calibration, cross-fitted the same way.
+/// AUTO's band candidates under the chosen calibration, cross-fitted the
+/// same way: how often each falls back, and what it loses at r = 0.
+fn band_candidates(
+    chosen: &Candidate,
+    folds: &[Vec<&ScoredInput>; 2],
+    opts: &SelectOptions,
+    n: u64,
+    k: usize,
+    sigma: f64,
+) -> Result<Vec<BandCandidate>, PipelineError> {
+    let base = &opts.base;
     let mut bands = Vec::new();
     for &low in &opts.band_lows {
         let band = AutoBand { low, high: 0.5 };
@@ -206,26 +258,15 @@ pub fn select_calibration(opts: &SelectOptions) -> Result<SelectionSummary, Pipe
             accuracy_gap_at_0: gap as f64 / total.max(1) as f64,
         });
     }
-    let band = bands
-        .iter()
-        .filter(|b| b.accuracy_gap_at_0 <= opts.band_tolerance)
-        .min_by(|a, b| a.fallback_fraction.total_cmp(&b.fallback_fraction))
-        .or_else(|| bands.iter().min_by(|a, b| a.low.total_cmp(&b.low)))
-        .map(|b| (b.low, b.high))
-        .unwrap_or((0.0, 0.5));
+    Ok(bands)
+}
 
-    let summary = SelectionSummary {
-        inputs: inputs.len(),
-        delta: base.delta,
-        radii: opts.radii.clone(),
-        candidates,
-        score: chosen.score,
-        bin_edges: chosen.bin_edges.clone(),
-        margin_threshold: chosen.margin_threshold,
-        bands,
-        band,
-    };
-    // Added to any earlier selection's inputs: what tuned anything stays fenced off.
+/// Adds the selection inputs to any earlier selection's: what tuned anything
+/// stays fenced off from calibration and evaluation.
+fn fence_selection_inputs(
+    bundle: &Bundle,
+    counts: &super::counts::Counts,
+) -> Result<(), PipelineError> {
     let path = bundle.dir.join(calibrate::SELECTION_INPUTS_FILE);
     let mut indices = match InputList::read_if_any(&path)? {
         Some(earlier) if earlier.split != counts.meta.split => {
@@ -248,8 +289,7 @@ pub fn select_calibration(opts: &SelectOptions) -> Result<SelectionSummary, Pipe
             indices,
         },
     )?;
-    write_json(&bundle.dir.join(SUMMARY_FILE), &summary)?;
-    Ok(summary)
+    Ok(())
 }
 
 /// One candidate way to calibrate: a score, its bins and the estimate's

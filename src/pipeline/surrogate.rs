@@ -359,44 +359,8 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
             "--val-fraction must be in (0, 1)".into(),
         ));
     }
-    let mut bundle = Bundle::load(&opts.bundle)?;
-    let runs = super::counts::merge_runs(&opts.counts)?;
-    let inputs: usize = runs.iter().map(Counts::len).sum();
-    if inputs < 2 {
-        return Err(PipelineError::Invalid(format!(
-            "{inputs} counted input(s): a training and a validation split need at least 2"
-        )));
-    }
-    let fingerprint = super::base_fingerprint(&bundle)?;
-    let counts_n = runs[0].meta.n;
-    let mut xs = Vec::with_capacity(runs.len());
-    let mut qs = Vec::with_capacity(runs.len());
-    for counts in &runs {
-        counts.check_base(&bundle, &fingerprint)?;
-        if counts.meta.n != counts_n {
-            return Err(PipelineError::Invalid(format!(
-                "counts at N = {} and N = {counts_n} mixed: their targets are not equally precise",
-                counts.meta.n
-            )));
-        }
-        let ds = counts.dataset(&bundle, opts.data_dir.as_deref())?;
-        let (x, q) = training_tensors(&ds, counts, opts.device)?;
-        xs.push(x);
-        qs.push(q);
-    }
-    let (x, q) = (Tensor::cat(&xs, 0), Tensor::cat(&qs, 0));
-    let trained_on = SurrogateInputs::of(&runs);
-
-    // A fixed split from the seed, drawn on the CPU so that the device does not
-    // change it: the same inputs are held out on every resume.
-    tch::manual_seed(opts.seed as i64);
-    let m = inputs as i64;
-    let perm = Tensor::randperm(m, (Kind::Int64, Device::Cpu)).to_device(opts.device);
-    let n_val = ((m as f64 * opts.val_fraction).round() as i64).clamp(1, m - 1);
-    let (val_idx, train_idx) = (perm.narrow(0, 0, n_val), perm.narrow(0, n_val, m - n_val));
-    let (x_val, q_val) = (x.index_select(0, &val_idx), q.index_select(0, &val_idx));
-    let (x_tr, q_tr) = (x.index_select(0, &train_idx), q.index_select(0, &train_idx));
-
+    let bundle = Bundle::load(&opts.bundle)?;
+    let data = TrainingData::load(&bundle, opts)?;
     let key = RunKey {
         arch: opts.init.arch_name().into(),
         init: opts.init.name().into(),
@@ -406,16 +370,12 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         learning_rate: opts.learning_rate,
         val_fraction: opts.val_fraction,
         seed: opts.seed,
-        counts: counts_key(&runs),
+        counts: counts_key(&data.runs),
     };
     let ckpt = Checkpoint {
         dir: bundle.dir.join("surrogate-checkpoint"),
     };
     let script = opts.init == SurrogateInit::BaseCopy;
-    let best_path = |epoch: usize| {
-        ckpt.dir
-            .join(format!("best-{epoch}.{}", weights_ext(script)))
-    };
     let saved = match ckpt.read::<State>()? {
         Some(saved) if saved.key != key => {
             return Err(PipelineError::Invalid(format!(
@@ -434,7 +394,7 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
     )?;
     let mut adam = Adam::new(&model)?;
     let mut state = State {
-        key: key.clone(),
+        key,
         epochs_done: 0,
         adam_step: 0,
         best_epoch: 0,
@@ -445,44 +405,16 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         adam.load_moments(&ckpt.adam(saved.epochs_done), saved.adam_step)?;
         state = saved;
     }
-    let n_tr = m - n_val;
-    let bs = opts.batch_size as i64;
-    let steps = (n_tr + bs - 1) / bs;
     let last = opts
         .pause_after
         .map_or(opts.epochs, |p| (state.epochs_done + p).min(opts.epochs));
     for epoch in state.epochs_done..last {
         let started = Instant::now();
-        tch::manual_seed(opts.seed.wrapping_mul(31).wrapping_add(epoch as u64 + 2) as i64);
-        let lr = learning_rate(opts.learning_rate, epoch, opts.epochs);
-        let order = Tensor::randperm(n_tr, (Kind::Int64, opts.device));
-        let bar = progress_bar(
-            steps as u64,
-            &format!("surrogate epoch {}/{}", epoch + 1, opts.epochs),
-            opts.show_progress,
-        );
-        let (mut loss_sum, mut seen) = (0f64, 0i64);
-        model.set_training(true)?;
-        for step in 0..steps {
-            let idx = order.narrow(0, step * bs, bs.min(n_tr - step * bs));
-            let logits = model.forward_t(&x_tr.index_select(0, &idx), true)?;
-            let loss = opts
-                .loss
-                .per_input(&logits, &q_tr.index_select(0, &idx))
-                .mean(Kind::Float);
-            loss.backward();
-            adam.step(lr);
-            let b = idx.size()[0];
-            loss_sum += loss.double_value(&[]) * b as f64;
-            seen += b;
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        model.set_training(false)?;
-        let validation = validate(&model, &x_val, &q_val, bs)?;
+        let train_loss = train_epoch(&mut model, &mut adam, &data, opts, epoch)?;
+        let validation = validate(&model, &data.x_val, &data.q_val, opts.batch_size as i64)?;
         tracing::info!(
             epoch = epoch + 1,
-            loss = loss_sum / seen.max(1) as f64,
+            loss = train_loss,
             val_js = validation.mean_js,
             val_top1 = validation.top1_agreement,
             val_p95_err = validation.p95_abs_err_pa,
@@ -494,13 +426,13 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         let previous_best = state.best_epoch;
         if validation.mean_js < state.best_val_js {
             std::fs::create_dir_all(&ckpt.dir).map_err(io_err(&ckpt.dir))?;
-            save_trained(&mut model, &best_path(epoch + 1))?;
+            save_trained(&mut model, &ckpt.best(epoch + 1, script))?;
             state.best_val_js = validation.mean_js;
             state.best_epoch = epoch + 1;
         }
         state.history.push(SurrogateEpoch {
             epoch: epoch + 1,
-            train_loss: loss_sum / seen.max(1) as f64,
+            train_loss,
             validation,
             seconds: started.elapsed().as_secs_f64(),
         });
@@ -508,7 +440,7 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         state.adam_step = adam.step;
         ckpt.write(&mut model, &adam, state.epochs_done, &state)?;
         if previous_best != state.best_epoch && previous_best > 0 {
-            let _ = std::fs::remove_file(best_path(previous_best));
+            let _ = std::fs::remove_file(ckpt.best(previous_best, script));
         }
     }
     if state.epochs_done < opts.epochs {
@@ -516,8 +448,127 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
             epochs_done: state.epochs_done,
         });
     }
+    let spec = install_best(bundle, opts, &data, &state, &ckpt)?;
+    Ok(SurrogateOutcome::Finished(Box::new(spec)))
+}
 
-    // The best epoch by validation JS is the surrogate: its file, as saved.
+/// The counted inputs and their normalized counts, split once by the seed
+/// into training and validation.
+struct TrainingData {
+    runs: Vec<Counts>,
+    counts_n: u64,
+    trained_on: SurrogateInputs,
+    x_tr: Tensor,
+    q_tr: Tensor,
+    x_val: Tensor,
+    q_val: Tensor,
+}
+
+impl TrainingData {
+    fn load(bundle: &Bundle, opts: &TrainSurrogateOptions) -> Result<TrainingData, PipelineError> {
+        let runs = super::counts::merge_runs(&opts.counts)?;
+        let inputs: usize = runs.iter().map(Counts::len).sum();
+        if inputs < 2 {
+            return Err(PipelineError::Invalid(format!(
+                "{inputs} counted input(s): a training and a validation split need at least 2"
+            )));
+        }
+        let fingerprint = super::base_fingerprint(bundle)?;
+        let counts_n = runs[0].meta.n;
+        let mut xs = Vec::with_capacity(runs.len());
+        let mut qs = Vec::with_capacity(runs.len());
+        for counts in &runs {
+            counts.check_base(bundle, &fingerprint)?;
+            if counts.meta.n != counts_n {
+                return Err(PipelineError::Invalid(format!(
+                    "counts at N = {} and N = {counts_n} mixed: their targets are not equally precise",
+                    counts.meta.n
+                )));
+            }
+            let ds = counts.dataset(bundle, opts.data_dir.as_deref())?;
+            let (x, q) = training_tensors(&ds, counts, opts.device)?;
+            xs.push(x);
+            qs.push(q);
+        }
+        let (x, q) = (Tensor::cat(&xs, 0), Tensor::cat(&qs, 0));
+        // A fixed split from the seed, drawn on the CPU so that the device
+        // does not change it: the same inputs are held out on every resume.
+        tch::manual_seed(opts.seed as i64);
+        let m = inputs as i64;
+        let perm = Tensor::randperm(m, (Kind::Int64, Device::Cpu)).to_device(opts.device);
+        let n_val = ((m as f64 * opts.val_fraction).round() as i64).clamp(1, m - 1);
+        let (val_idx, train_idx) = (perm.narrow(0, 0, n_val), perm.narrow(0, n_val, m - n_val));
+        Ok(TrainingData {
+            trained_on: SurrogateInputs::of(&runs),
+            runs,
+            counts_n,
+            x_val: x.index_select(0, &val_idx),
+            q_val: q.index_select(0, &val_idx),
+            x_tr: x.index_select(0, &train_idx),
+            q_tr: q.index_select(0, &train_idx),
+        })
+    }
+
+    fn train_inputs(&self) -> i64 {
+        self.x_tr.size()[0]
+    }
+
+    fn validation_inputs(&self) -> i64 {
+        self.x_val.size()[0]
+    }
+}
+
+/// One epoch over the training inputs in the epoch's own seeded order;
+/// returns the mean training loss.
+fn train_epoch(
+    model: &mut Classifier,
+    adam: &mut Adam,
+    data: &TrainingData,
+    opts: &TrainSurrogateOptions,
+    epoch: usize,
+) -> Result<f64, PipelineError> {
+    let n_tr = data.train_inputs();
+    let bs = opts.batch_size as i64;
+    let steps = (n_tr + bs - 1) / bs;
+    tch::manual_seed(opts.seed.wrapping_mul(31).wrapping_add(epoch as u64 + 2) as i64);
+    let lr = learning_rate(opts.learning_rate, epoch, opts.epochs);
+    let order = Tensor::randperm(n_tr, (Kind::Int64, opts.device));
+    let bar = progress_bar(
+        steps as u64,
+        &format!("surrogate epoch {}/{}", epoch + 1, opts.epochs),
+        opts.show_progress,
+    );
+    let (mut loss_sum, mut seen) = (0f64, 0i64);
+    model.set_training(true)?;
+    for step in 0..steps {
+        let idx = order.narrow(0, step * bs, bs.min(n_tr - step * bs));
+        let logits = model.forward_t(&data.x_tr.index_select(0, &idx), true)?;
+        let loss = opts
+            .loss
+            .per_input(&logits, &data.q_tr.index_select(0, &idx))
+            .mean(Kind::Float);
+        loss.backward();
+        adam.step(lr);
+        let b = idx.size()[0];
+        loss_sum += loss.double_value(&[]) * b as f64;
+        seen += b;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    model.set_training(false)?;
+    Ok(loss_sum / seen.max(1) as f64)
+}
+
+/// The best epoch by validation JS becomes the bundle's surrogate: its file,
+/// as saved, checked by reloading it as serving loads it, then recorded.
+fn install_best(
+    mut bundle: Bundle,
+    opts: &TrainSurrogateOptions,
+    data: &TrainingData,
+    state: &State,
+    ckpt: &Checkpoint,
+) -> Result<SurrogateSpec, PipelineError> {
+    let script = opts.init == SurrogateInit::BaseCopy;
     let best = state
         .history
         .iter()
@@ -532,7 +583,7 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
     };
     let target = bundle.dir.join(&file);
     let tmp = bundle.dir.join(format!("{file}.tmp"));
-    let best_file = best_path(state.best_epoch);
+    let best_file = ckpt.best(state.best_epoch, script);
     std::fs::copy(&best_file, &tmp).map_err(io_err(&best_file))?;
     std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
     let spec = SurrogateSpec {
@@ -552,9 +603,9 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
             batch_size: Some(opts.batch_size),
             epochs: opts.epochs,
             best_epoch: state.best_epoch,
-            counts_n,
-            train_inputs: n_tr as usize,
-            validation_inputs: n_val as usize,
+            counts_n: data.counts_n,
+            train_inputs: data.train_inputs() as usize,
+            validation_inputs: data.validation_inputs() as usize,
             seed: opts.seed,
             training_seconds: state.history.iter().map(|e| e.seconds).sum(),
             val_mean_js: best.mean_js,
@@ -570,7 +621,7 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
     // The saved file is the surrogate: loaded back as serving loads it, it
     // must give the best epoch's validation figures, or nothing is recorded.
     let reloaded = Classifier::load_surrogate(&bundle, opts.device)?;
-    let again = validate(&reloaded, &x_val, &q_val, bs)?.mean_js;
+    let again = validate(&reloaded, &data.x_val, &data.q_val, opts.batch_size as i64)?.mean_js;
     if (again - best.mean_js).abs() > 1e-4 * best.mean_js.abs().max(1e-6) {
         return Err(PipelineError::Invalid(format!(
             "{}: reloaded, the surrogate's validation JS is {again}, not the best epoch's {}",
@@ -578,11 +629,11 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
             best.mean_js
         )));
     }
-    write_json(&bundle.dir.join(SURROGATE_INPUTS), &trained_on)?;
+    write_json(&bundle.dir.join(SURROGATE_INPUTS), &data.trained_on)?;
     bundle.save()?;
     write_json(&bundle.dir.join("surrogate_summary.json"), &state.history)?;
     let _ = std::fs::remove_dir_all(&ckpt.dir);
-    Ok(SurrogateOutcome::Finished(Box::new(spec)))
+    Ok(spec)
 }
 
 /// The network to train: from the checkpoint's weights when resuming, else

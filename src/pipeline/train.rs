@@ -142,17 +142,7 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
             "--epochs and --batch-size must be at least 1".into(),
         ));
     }
-    let data_dir = opts
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| opts.dataset.default_dir());
-    let mut train = data::load(opts.dataset, &data_dir, Split::Train)?;
-    if let Some(limit) = opts.limit {
-        let keep = limit.min(train.len());
-        train.images.truncate(keep * train.image_numel());
-        train.labels.truncate(keep);
-    }
-    let test = data::load(opts.dataset, &data_dir, Split::Test)?;
+    let (train, test) = datasets(opts)?;
     let normalization = dataset_normalization(&train);
     // The initial weights come from --seed too, so a run is reproducible end to end.
     tch::manual_seed(opts.seed as i64);
@@ -177,80 +167,15 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
     let ckpt = Checkpoint {
         dir: opts.out.join("checkpoint"),
     };
-    let mut state = CheckpointState {
-        key: key.clone(),
-        epochs_done: 0,
-        adam_step: 0,
-        history: vec![],
-    };
-    if let Some(saved) = ckpt.read::<CheckpointState>()? {
-        if saved.key != key {
-            return Err(PipelineError::Invalid(format!(
-                "{} holds a checkpoint of a different run ({:?}); remove it or choose another --out",
-                ckpt.dir.display(),
-                saved.key
-            )));
-        }
-        model.load_weights(&ckpt.weights(saved.epochs_done))?;
-        adam.load_moments(&ckpt.adam(saved.epochs_done), saved.adam_step)?;
-        tracing::info!(
-            epochs_done = saved.epochs_done,
-            "resuming train-base from checkpoint"
-        );
-        state = saved;
-    }
+    let mut state = resume(&ckpt, key, &mut model, &mut adam)?;
     let resumed_from_epoch = state.epochs_done;
 
     let (x_train, y_train) = dataset_tensors(&train, opts.device);
-    let n = train.len() as i64;
-    let bs = opts.batch_size as i64;
-    let steps = (n + bs - 1) / bs;
     let last_epoch = opts
         .pause_after
         .map_or(opts.epochs, |p| (resumed_from_epoch + p).min(opts.epochs));
     for epoch in state.epochs_done..last_epoch {
-        let started = Instant::now();
-        // Seeded per epoch: shuffling and noise of epoch e are the same whether or not
-        // the run was interrupted before it.
-        tch::manual_seed(epoch_seed(opts.seed, epoch));
-        let lr = learning_rate(opts.learning_rate, epoch, opts.epochs);
-        let perm = Tensor::randperm(n, (Kind::Int64, opts.device));
-        let bar = progress_bar(
-            steps as u64,
-            &format!("epoch {}/{}", epoch + 1, opts.epochs),
-            opts.show_progress,
-        );
-        let (mut loss_sum, mut correct, mut seen) = (0f64, 0i64, 0i64);
-        for step in 0..steps {
-            let idx = perm.narrow(0, step * bs, bs.min(n - step * bs));
-            let x = x_train.index_select(0, &idx);
-            let y = y_train.index_select(0, &idx);
-            let noisy = &x + x.randn_like() * opts.sigma;
-            let logits = model.forward_t(&noisy, true)?;
-            let loss = logits.cross_entropy_for_logits(&y);
-            loss.backward();
-            adam.step(lr);
-            let b = idx.size()[0];
-            loss_sum += loss.double_value(&[]) * b as f64;
-            correct += logits
-                .argmax(1, false)
-                .eq_tensor(&y)
-                .sum(Kind::Int64)
-                .int64_value(&[]);
-            seen += b;
-            bar.inc(1);
-            if step % 20 == 0 {
-                bar.set_message(format!("loss {:.4}", loss_sum / seen as f64));
-            }
-        }
-        bar.finish_and_clear();
-        let stats = EpochStats {
-            epoch: epoch + 1,
-            learning_rate: lr,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_noisy_accuracy: correct as f64 / seen.max(1) as f64,
-            seconds: started.elapsed().as_secs_f64(),
-        };
+        let stats = train_epoch(&mut model, &mut adam, (&x_train, &y_train), opts, epoch)?;
         tracing::info!(
             epoch = stats.epoch,
             loss = stats.train_loss,
@@ -272,6 +197,152 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
     let clean_test_accuracy = accuracy(&model, &test, 0.0, opts.seed)?;
     let noisy_test_accuracy = accuracy(&model, &test, opts.sigma, opts.seed)?;
     let training_seconds: f64 = state.history.iter().map(|e| e.seconds).sum();
+    let provenance = Provenance {
+        dataset: Some(opts.dataset.into()),
+        epochs: Some(opts.epochs),
+        batch_size: Some(opts.batch_size),
+        learning_rate: Some(opts.learning_rate),
+        seed: Some(opts.seed),
+        training_seconds: Some(training_seconds),
+        clean_test_accuracy: Some(clean_test_accuracy),
+        noisy_test_accuracy: Some(noisy_test_accuracy),
+        created_by: Some(format!(
+            "smoothcert {} train-base",
+            env!("CARGO_PKG_VERSION")
+        )),
+    };
+    write_bundle(&mut model, opts, &train, normalization, provenance)?;
+    let summary = TrainSummary {
+        bundle: opts.out.clone(),
+        dataset: opts.dataset,
+        arch: opts.arch.name().to_string(),
+        sigma: opts.sigma,
+        epochs: opts.epochs,
+        resumed_from_epoch,
+        training_seconds,
+        clean_test_accuracy,
+        noisy_test_accuracy,
+        history: state.history,
+    };
+    write_json(&opts.out.join("train_summary.json"), &summary)?;
+    // The bundle is complete: the checkpoint has served its purpose.
+    let _ = std::fs::remove_dir_all(&ckpt.dir);
+    Ok(TrainOutcome::Finished(summary))
+}
+
+/// The training split (its first `limit` images, if given) and the test split.
+fn datasets(opts: &TrainBaseOptions) -> Result<(data::Dataset, data::Dataset), PipelineError> {
+    let data_dir = opts
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| opts.dataset.default_dir());
+    let mut train = data::load(opts.dataset, &data_dir, Split::Train)?;
+    if let Some(limit) = opts.limit {
+        let keep = limit.min(train.len());
+        train.images.truncate(keep * train.image_numel());
+        train.labels.truncate(keep);
+    }
+    let test = data::load(opts.dataset, &data_dir, Split::Test)?;
+    Ok((train, test))
+}
+
+/// The run so far: the checkpoint's weights, optimizer moments and history
+/// when it holds this run (`key`), else a fresh state. A checkpoint of
+/// another run is refused.
+fn resume(
+    ckpt: &Checkpoint,
+    key: RunKey,
+    model: &mut Classifier,
+    adam: &mut Adam,
+) -> Result<CheckpointState, PipelineError> {
+    let Some(saved) = ckpt.read::<CheckpointState>()? else {
+        return Ok(CheckpointState {
+            key,
+            epochs_done: 0,
+            adam_step: 0,
+            history: vec![],
+        });
+    };
+    if saved.key != key {
+        return Err(PipelineError::Invalid(format!(
+            "{} holds a checkpoint of a different run ({:?}); remove it or choose another --out",
+            ckpt.dir.display(),
+            saved.key
+        )));
+    }
+    model.load_weights(&ckpt.weights(saved.epochs_done))?;
+    adam.load_moments(&ckpt.adam(saved.epochs_done), saved.adam_step)?;
+    tracing::info!(
+        epochs_done = saved.epochs_done,
+        "resuming train-base from checkpoint"
+    );
+    Ok(saved)
+}
+
+/// One epoch: the training images in the epoch's seeded order, each batch
+/// under fresh noise.
+fn train_epoch(
+    model: &mut Classifier,
+    adam: &mut Adam,
+    (x_train, y_train): (&Tensor, &Tensor),
+    opts: &TrainBaseOptions,
+    epoch: usize,
+) -> Result<EpochStats, PipelineError> {
+    let started = Instant::now();
+    let n = x_train.size()[0];
+    let bs = opts.batch_size as i64;
+    let steps = (n + bs - 1) / bs;
+    // Seeded per epoch: shuffling and noise of epoch e are the same whether or not
+    // the run was interrupted before it.
+    tch::manual_seed(epoch_seed(opts.seed, epoch));
+    let lr = learning_rate(opts.learning_rate, epoch, opts.epochs);
+    let perm = Tensor::randperm(n, (Kind::Int64, opts.device));
+    let bar = progress_bar(
+        steps as u64,
+        &format!("epoch {}/{}", epoch + 1, opts.epochs),
+        opts.show_progress,
+    );
+    let (mut loss_sum, mut correct, mut seen) = (0f64, 0i64, 0i64);
+    for step in 0..steps {
+        let idx = perm.narrow(0, step * bs, bs.min(n - step * bs));
+        let x = x_train.index_select(0, &idx);
+        let y = y_train.index_select(0, &idx);
+        let noisy = &x + x.randn_like() * opts.sigma;
+        let logits = model.forward_t(&noisy, true)?;
+        let loss = logits.cross_entropy_for_logits(&y);
+        loss.backward();
+        adam.step(lr);
+        let b = idx.size()[0];
+        loss_sum += loss.double_value(&[]) * b as f64;
+        correct += logits
+            .argmax(1, false)
+            .eq_tensor(&y)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+        seen += b;
+        bar.inc(1);
+        if step % 20 == 0 {
+            bar.set_message(format!("loss {:.4}", loss_sum / seen as f64));
+        }
+    }
+    bar.finish_and_clear();
+    Ok(EpochStats {
+        epoch: epoch + 1,
+        learning_rate: lr,
+        train_loss: loss_sum / seen.max(1) as f64,
+        train_noisy_accuracy: correct as f64 / seen.max(1) as f64,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The trained model as a bundle in `opts.out`: weights first, then model.toml.
+fn write_bundle(
+    model: &mut Classifier,
+    opts: &TrainBaseOptions,
+    train: &data::Dataset,
+    normalization: Normalization,
+    provenance: Provenance,
+) -> Result<(), PipelineError> {
     let bundle = Bundle {
         name: opts.name.clone().unwrap_or_else(|| {
             format!("{}-{}-sigma{}", opts.dataset, opts.arch.name(), opts.sigma)
@@ -289,20 +360,7 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
             file: "base.safetensors".into(),
             arch: Some(opts.arch.name().to_string()),
         },
-        provenance: Provenance {
-            dataset: Some(opts.dataset.into()),
-            epochs: Some(opts.epochs),
-            batch_size: Some(opts.batch_size),
-            learning_rate: Some(opts.learning_rate),
-            seed: Some(opts.seed),
-            training_seconds: Some(training_seconds),
-            clean_test_accuracy: Some(clean_test_accuracy),
-            noisy_test_accuracy: Some(noisy_test_accuracy),
-            created_by: Some(format!(
-                "smoothcert {} train-base",
-                env!("CARGO_PKG_VERSION")
-            )),
-        },
+        provenance,
         surrogate: None,
         dir: opts.out.clone(),
     };
@@ -310,23 +368,7 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
     let tmp = weights.with_extension("tmp.safetensors");
     model.save_weights(&tmp)?;
     std::fs::rename(&tmp, &weights).map_err(io_err(&weights))?;
-    bundle.save()?;
-    let summary = TrainSummary {
-        bundle: opts.out.clone(),
-        dataset: opts.dataset,
-        arch: opts.arch.name().to_string(),
-        sigma: opts.sigma,
-        epochs: opts.epochs,
-        resumed_from_epoch,
-        training_seconds,
-        clean_test_accuracy,
-        noisy_test_accuracy,
-        history: state.history,
-    };
-    write_json(&opts.out.join("train_summary.json"), &summary)?;
-    // The bundle is complete: the checkpoint has served its purpose.
-    let _ = std::fs::remove_dir_all(&ckpt.dir);
-    Ok(TrainOutcome::Finished(summary))
+    Ok(bundle.save()?)
 }
 
 /// Test accuracy of the base classifier on clean inputs (sigma = 0) or on one

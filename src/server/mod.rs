@@ -151,15 +151,6 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     let shared = Arc::new(Shared::new(config.clone(), metrics.clone()));
     let lifecycle = shared.lifecycle.clone();
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-
     // The listener and the address it got (port 0 picks one).
     let bind = |what: &'static str, addr: SocketAddr| async move {
         let err = |source| ServeError::Bind { what, addr, source };
@@ -171,6 +162,64 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         bind("gRPC (server.grpc_addr)", config.server.grpc_addr).await?;
     let (metrics_listener, metrics_addr) =
         bind("metrics (server.metrics_addr)", config.server.metrics_addr).await?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let grace = Duration::from_millis(config.server.grace_period_ms);
+    // Listeners close once the lifecycle reaches Stopped.
+    let closed = {
+        let lifecycle = lifecycle.clone();
+        move || {
+            let lifecycle = lifecycle.clone();
+            async move { lifecycle.reached(Phase::Stopped).await }
+        }
+    };
+    let metrics_task = tokio::spawn(serve_metrics(metrics_listener, shared.clone(), closed()));
+    // tonic sets TCP_NODELAY only on listeners it binds itself: without it,
+    // Nagle holds small responses back until the client's delayed ACK.
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let grpc_task = spawn_grpc(&config, &shared, incoming, closed())?;
+
+    let task = {
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(run_lifecycle(Lifetime {
+            config,
+            metrics,
+            shared,
+            stop,
+            stop_rx,
+            grace,
+            grpc_task,
+            metrics_task,
+        }))
+    };
+    Ok(RunningServer {
+        grpc_addr,
+        metrics_addr,
+        shared,
+        stop,
+        task,
+    })
+}
+
+/// Serves the gRPC services (health, both reflection versions, the
+/// certifier behind its bearer-token check), over TLS when configured, until
+/// `shutdown`.
+fn spawn_grpc(
+    config: &Config,
+    shared: &Arc<Shared>,
+    incoming: tonic::transport::server::TcpIncoming,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<JoinHandle<Result<(), tonic::transport::Error>>, ServeError> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
 
     let limit = config.limits.max_message_bytes;
     let certifier =
@@ -200,100 +249,100 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         .add_service(tonic::service::interceptor::InterceptedService::new(
             certifier, auth,
         ));
+    Ok(tokio::spawn(
+        router.serve_with_incoming_shutdown(incoming, shutdown),
+    ))
+}
 
-    let (stop, stop_rx) = watch::channel(false);
-    let grace = Duration::from_millis(config.server.grace_period_ms);
-    // Listeners close once the lifecycle reaches Stopped.
-    let closed = {
-        let lifecycle = lifecycle.clone();
-        move || {
-            let lifecycle = lifecycle.clone();
-            async move { lifecycle.reached(Phase::Stopped).await }
-        }
-    };
-    let metrics_task = tokio::spawn(serve_metrics(metrics_listener, shared.clone(), closed()));
-    // tonic sets TCP_NODELAY only on listeners it binds itself: without it,
-    // Nagle holds small responses back until the client's delayed ACK.
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    let grpc_task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, closed()));
+/// What the server's lifetime task owns.
+struct Lifetime {
+    config: Config,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+    grace: Duration,
+    grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    metrics_task: JoinHandle<()>,
+}
 
-    let task = {
-        let shared = shared.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let cancel = Arc::new(AtomicBool::new(false));
-            let loading = spawn_loader(config.clone(), metrics.clone(), cancel.clone());
-            let mut load_error = None;
-            tokio::select! {
-                loaded = loading => match loaded {
-                    Ok(Ok(registry)) => {
-                        if let Ok(mut slot) = shared.models.write() {
-                            *slot = Some(Arc::new(registry));
-                        }
-                        if lifecycle.serve() {
-                            tracing::info!("serving");
-                        }
-                    }
-                    Ok(Err(e)) => load_error = Some(e),
-                    Err(_) => load_error = Some(LoadError::LoaderDied),
-                },
-                // Stopped while loading: the loader gives up on its own.
-                _ = until_true(stop_rx.clone()) => {
-                    cancel.store(true, Ordering::SeqCst);
-                    tracing::info!("stopped while loading models");
-                }
-            }
-            if let Some(e) = &load_error {
-                tracing::error!(error = %e, "model loading failed");
-                let _ = stop.send(true);
-            }
-            until_true(stop_rx).await;
-            if lifecycle.drain() {
-                tracing::info!(
-                    grace_ms = grace.as_millis() as u64,
-                    in_flight = lifecycle.in_flight(),
-                    "shutting down: health NOT_SERVING, draining in-flight requests"
-                );
-            }
-            if tokio::time::timeout(grace, lifecycle.idle()).await.is_err() {
-                tracing::warn!(
-                    in_flight = lifecycle.in_flight(),
-                    "grace period over: answering the requests still in flight UNAVAILABLE"
-                );
-            }
-            lifecycle.stop();
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, lifecycle.idle()).await;
-            let served = tokio::time::timeout(CLOSE_TIMEOUT, grpc_task).await;
-            if served.is_err() {
-                tracing::warn!(
-                    "connections still open {} ms after GOAWAY close with the process",
-                    CLOSE_TIMEOUT.as_millis()
-                );
-            }
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, metrics_task).await;
-            let registry = shared.models.write().ok().and_then(|mut m| m.take());
-            if let Some(registry) = registry.and_then(|r| Arc::try_unwrap(r).ok()) {
-                // The lanes drop their abandoned work at the next noise block.
-                let _ = tokio::task::spawn_blocking(move || registry.shutdown()).await;
-            }
-            if let Some(e) = load_error {
-                return Err(ServeError::Load(e));
-            }
-            match served {
-                Ok(Ok(Ok(()))) | Err(_) => Ok(()),
-                Ok(Ok(Err(e))) => Err(e.into()),
-                Ok(Err(e)) => Err(e.into()),
-            }
-        })
-    };
-    Ok(RunningServer {
-        grpc_addr,
-        metrics_addr,
+/// Loads the models (or stops while loading), serves until told to stop,
+/// drains for the grace period, then closes the listeners and the lanes.
+async fn run_lifecycle(l: Lifetime) -> Result<(), ServeError> {
+    let Lifetime {
+        config,
+        metrics,
         shared,
         stop,
-        task,
-    })
+        stop_rx,
+        grace,
+        grpc_task,
+        metrics_task,
+    } = l;
+    let lifecycle = shared.lifecycle.clone();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let loading = spawn_loader(config.clone(), metrics.clone(), cancel.clone());
+    let mut load_error = None;
+    tokio::select! {
+        loaded = loading => match loaded {
+            Ok(Ok(registry)) => {
+                if let Ok(mut slot) = shared.models.write() {
+                    *slot = Some(Arc::new(registry));
+                }
+                if lifecycle.serve() {
+                    tracing::info!("serving");
+                }
+            }
+            Ok(Err(e)) => load_error = Some(e),
+            Err(_) => load_error = Some(LoadError::LoaderDied),
+        },
+        // Stopped while loading: the loader gives up on its own.
+        _ = until_true(stop_rx.clone()) => {
+            cancel.store(true, Ordering::SeqCst);
+            tracing::info!("stopped while loading models");
+        }
+    }
+    if let Some(e) = &load_error {
+        tracing::error!(error = %e, "model loading failed");
+        let _ = stop.send(true);
+    }
+    until_true(stop_rx).await;
+    if lifecycle.drain() {
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            in_flight = lifecycle.in_flight(),
+            "shutting down: health NOT_SERVING, draining in-flight requests"
+        );
+    }
+    if tokio::time::timeout(grace, lifecycle.idle()).await.is_err() {
+        tracing::warn!(
+            in_flight = lifecycle.in_flight(),
+            "grace period over: answering the requests still in flight UNAVAILABLE"
+        );
+    }
+    lifecycle.stop();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, lifecycle.idle()).await;
+    let served = tokio::time::timeout(CLOSE_TIMEOUT, grpc_task).await;
+    if served.is_err() {
+        tracing::warn!(
+            "connections still open {} ms after GOAWAY close with the process",
+            CLOSE_TIMEOUT.as_millis()
+        );
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, metrics_task).await;
+    let registry = shared.models.write().ok().and_then(|mut m| m.take());
+    if let Some(registry) = registry.and_then(|r| Arc::try_unwrap(r).ok()) {
+        // The lanes drop their abandoned work at the next noise block.
+        let _ = tokio::task::spawn_blocking(move || registry.shutdown()).await;
+    }
+    if let Some(e) = load_error {
+        return Err(ServeError::Load(e));
+    }
+    match served {
+        Ok(Ok(Ok(()))) | Err(_) => Ok(()),
+        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Err(e)) => Err(e.into()),
+    }
 }
 
 /// `/metrics` (Prometheus text), `/healthz` (alive) and `/readyz` (200 once

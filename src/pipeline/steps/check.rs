@@ -20,6 +20,35 @@ pub(super) fn check_plan(
     if let Some(t) = &opts.tail {
         t.validate("tail-map counts")?;
     }
+    check_flags(opts)?;
+    let bundle = Bundle::load(&opts.bundle)?;
+    check_existing_surrogate(opts, &bundle, reaches_calibrate)?;
+    let (_, test) =
+        crate::pipeline::bundle_dataset(&bundle, Split::Test, opts.data_dir.as_deref())?;
+    let len = test.len();
+    if reaches_calibrate && !opts.recalibrate {
+        let calibration = bundle
+            .surrogate
+            .as_ref()
+            .and_then(|s| s.calibration.as_ref());
+        if let Some(c) = calibration.filter(|c| calibration_matches(opts, c)) {
+            let planned = opts.calibration.indices(len);
+            if !calibrated_on(&bundle, &planned)? {
+                return Err(PipelineError::Invalid(format!(
+                    "{} holds a calibration on other inputs than this plan's calibration role \
+                     ({} inputs there, {} in the plan); pass --recalibrate to replace it",
+                    opts.bundle.display(),
+                    c.m,
+                    planned.len()
+                )));
+            }
+        }
+    }
+    check_disjoint_roles(opts, len)
+}
+
+/// The numbers and splits the flags give.
+fn check_flags(opts: &PipelineOptions) -> Result<(), PipelineError> {
     if opts.eval.skip == 0
         || opts.eval.n == 0
         || opts.chunk == 0
@@ -45,7 +74,17 @@ pub(super) fn check_plan(
             "the surrogate trains on the train split; the tail map, calibration and evaluation use the test split".into(),
         ));
     }
-    let bundle = Bundle::load(&opts.bundle)?;
+    Ok(())
+}
+
+/// A surrogate already in the bundle must stand in for this plan's N, keep
+/// its tail map, and hold a calibration of this plan's parameters (unless
+/// --recalibrate).
+fn check_existing_surrogate(
+    opts: &PipelineOptions,
+    bundle: &Bundle,
+    reaches_calibrate: bool,
+) -> Result<(), PipelineError> {
     if let Some(s) = &bundle.surrogate {
         if s.nominal_n != opts.nominal_n {
             return Err(PipelineError::Invalid(format!(
@@ -87,27 +126,12 @@ pub(super) fn check_plan(
             }
         }
     }
-    let (_, test) =
-        crate::pipeline::bundle_dataset(&bundle, Split::Test, opts.data_dir.as_deref())?;
-    let len = test.len();
-    if reaches_calibrate && !opts.recalibrate {
-        let calibration = bundle
-            .surrogate
-            .as_ref()
-            .and_then(|s| s.calibration.as_ref());
-        if let Some(c) = calibration.filter(|c| calibration_matches(opts, c)) {
-            let planned = opts.calibration.indices(len);
-            if !calibrated_on(&bundle, &planned)? {
-                return Err(PipelineError::Invalid(format!(
-                    "{} holds a calibration on other inputs than this plan's calibration role \
-                     ({} inputs there, {} in the plan); pass --recalibrate to replace it",
-                    opts.bundle.display(),
-                    c.m,
-                    planned.len()
-                )));
-            }
-        }
-    }
+    Ok(())
+}
+
+/// The test split's roles (calibration, evaluation, tail map) each hold
+/// images, and no image is in two.
+fn check_disjoint_roles(opts: &PipelineOptions, len: usize) -> Result<(), PipelineError> {
     let mut roles = vec![
         ("calibration", opts.calibration.indices(len)),
         ("evaluation", opts.eval.indices(len)),
