@@ -2,7 +2,7 @@
 //! behaviour is known in closed form, so results can be checked against an
 //! independent computation rather than against recorded outputs.
 use crate::data::DatasetKind;
-use crate::model::{BaseSpec, Bundle, NoiseKind, NoiseSpec, Provenance, WeightsFormat};
+use crate::model::{BaseSpec, Bundle, Provenance, WeightsFormat};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -13,6 +13,24 @@ use tch::{Device, Kind, Tensor};
 /// Phi(|x[0] - threshold| / sigma) and the exact certified L2 radius is the
 /// distance to the boundary, |x[0] - threshold|.
 pub fn write_threshold_bundle(dir: &Path, shape: [usize; 3], threshold: f64, sigma: f64) -> Bundle {
+    write_threshold_bundle_with(
+        dir,
+        shape,
+        threshold,
+        crate::smoothing::Noise::Gaussian { sigma },
+    )
+}
+
+/// The same rule under any noise. Under uniform noise on [-lambda, lambda]
+/// (|x[0] - threshold| < lambda) pA is (|x[0] - threshold| + lambda) / (2
+/// lambda), under Laplace noise 1 - exp(-|x[0] - threshold| / lambda) / 2;
+/// either way the exact certified L1 radius is the distance to the boundary.
+pub fn write_threshold_bundle_with(
+    dir: &Path,
+    shape: [usize; 3],
+    threshold: f64,
+    noise: crate::smoothing::Noise,
+) -> Bundle {
     std::fs::create_dir_all(dir).expect("create bundle dir");
     let [c, h, w] = shape.map(|d| d as i64);
     let example = Tensor::rand([2, c, h, w], (Kind::Float, Device::Cpu));
@@ -29,10 +47,7 @@ pub fn write_threshold_bundle(dir: &Path, shape: [usize; 3], threshold: f64, sig
         input_shape: shape,
         labels: vec!["low".into(), "high".into()],
         normalization: None,
-        noise: NoiseSpec {
-            kind: NoiseKind::Gaussian,
-            sigma,
-        },
+        noise,
         base: BaseSpec {
             format: WeightsFormat::Torchscript,
             file: "base.pt".into(),

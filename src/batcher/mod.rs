@@ -186,7 +186,7 @@ struct LaneTx {
 pub struct ModelWorkers {
     model: String,
     has_surrogate: bool,
-    sigma: f64,
+    noise: crate::smoothing::Noise,
     stage_slice: u64,
     surrogate: LaneTx,
     monte_carlo: LaneTx,
@@ -242,7 +242,7 @@ impl ModelWorkers {
         let workers = ModelWorkers {
             model: name.to_string(),
             has_surrogate: bundle.surrogate.is_some(),
-            sigma: bundle.sigma(),
+            noise: bundle.noise(),
             stage_slice: stage_slice(opts.forward_batch),
             surrogate,
             monte_carlo,
@@ -277,8 +277,8 @@ impl ModelWorkers {
         self.has_surrogate
     }
 
-    pub fn sigma(&self) -> f64 {
-        self.sigma
+    pub fn noise(&self) -> crate::smoothing::Noise {
+        self.noise
     }
 
     /// The most estimation samples one stage task may draw.

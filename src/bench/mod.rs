@@ -96,7 +96,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
         // Warm-up: allocator, kernels, thread pool.
         let _ = model.logits(&x)?;
         let warm = [NoiseStream::whole(0, batch.min(samples) as u64, opts.seed)];
-        model.count_streams(&one, &warm, bundle.sigma(), batch, &mut |_| true)?;
+        model.count_streams(&one, &warm, bundle.noise(), batch, &mut |_| true)?;
         sync(opts.device);
         let reps = (samples + batch - 1) / batch;
         let (mut plain_rates, mut mc_rates) = (Vec::new(), Vec::new());
@@ -114,7 +114,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
             let stream = [NoiseStream::whole(0, opts.samples, opts.seed)];
             let t = Instant::now();
             let counts =
-                model.count_streams(&one, &stream, bundle.sigma(), batch, &mut |_| true)?;
+                model.count_streams(&one, &stream, bundle.noise(), batch, &mut |_| true)?;
             mc_rates.push(samples as f64 / t.elapsed().as_secs_f64());
             let total: u64 = counts.iter().flatten().flatten().sum();
             if total != opts.samples {

@@ -12,6 +12,52 @@ use smoothcert::engine::{AutoBand, CertifyParams};
 use smoothcert::model::{cuda_status, parse_device, Arch};
 use smoothcert::smoothing::AdaptiveN0;
 
+/// `--noise` and its scale: `--sigma` (gaussian) or `--lambda` (uniform, laplace).
+#[derive(clap::Args, Debug, Clone)]
+pub struct NoiseArgs {
+    /// The smoothing noise: gaussian (L2 certificates), uniform or laplace (L1).
+    #[arg(long, default_value = "gaussian", value_parser = ["gaussian", "uniform", "laplace"])]
+    noise: String,
+    /// The Gaussian's standard deviation.
+    #[arg(long)]
+    sigma: Option<f64>,
+    /// The uniform noise's half-width, or the Laplace noise's scale.
+    #[arg(long)]
+    lambda: Option<f64>,
+}
+
+impl NoiseArgs {
+    /// The noise the flags give; `default_sigma` stands in for a missing
+    /// --sigma where a command has one.
+    pub fn noise(&self, default_sigma: Option<f64>) -> Result<smoothcert::smoothing::Noise> {
+        use smoothcert::smoothing::Noise;
+        let noise = match (self.noise.as_str(), self.sigma, self.lambda) {
+            ("gaussian", sigma, None) => Noise::Gaussian {
+                sigma: sigma
+                    .or(default_sigma)
+                    .ok_or_else(|| anyhow::anyhow!("--noise gaussian needs --sigma"))?,
+            },
+            ("uniform", None, Some(lambda)) => Noise::Uniform { lambda },
+            ("laplace", None, Some(lambda)) => Noise::Laplace { lambda },
+            ("gaussian", _, Some(_)) => anyhow::bail!(
+                "--lambda is for --noise uniform or laplace; the Gaussian takes --sigma"
+            ),
+            (kind, Some(_), _) => {
+                anyhow::bail!("--sigma is the Gaussian's; --noise {kind} takes --lambda")
+            }
+            (kind, None, _) => anyhow::bail!("--noise {kind} needs --lambda"),
+        };
+        noise.validate().map_err(|_| {
+            anyhow::anyhow!(
+                "--{} must be > 0, got {}",
+                noise.scale_name(),
+                noise.scale()
+            )
+        })?;
+        Ok(noise)
+    }
+}
+
 /// `--device`: where the model runs.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeviceArgs {

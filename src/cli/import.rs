@@ -1,5 +1,5 @@
 //! `smoothcert import`.
-use super::args::DeviceArgs;
+use super::args::{DeviceArgs, NoiseArgs};
 use anyhow::{Context, Result};
 use smoothcert::data::{self, DatasetSource, Split};
 use smoothcert::model::Normalization;
@@ -31,9 +31,9 @@ pub struct ImportArgs {
     /// C,H,W of one input, e.g. 3,32,32.
     #[arg(long, value_delimiter = ',', required = true)]
     shape: Vec<usize>,
-    /// Noise level the base classifier was trained for (and certificates use).
-    #[arg(long)]
-    sigma: f64,
+    /// The noise the base classifier was trained for (and certificates use).
+    #[command(flatten)]
+    noise: NoiseArgs,
     /// Per-channel mean and std applied before the module (leave out when the
     /// module normalizes itself).
     #[arg(long, value_delimiter = ',', requires = "normalize_std")]
@@ -96,7 +96,7 @@ impl ImportArgs {
             name: self.name,
             labels,
             shape,
-            sigma: self.sigma,
+            noise: self.noise.noise(None)?,
             normalization: self
                 .normalize_mean
                 .zip(self.normalize_std)

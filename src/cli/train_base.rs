@@ -1,5 +1,5 @@
 //! `smoothcert train-base`.
-use super::args::{arch_parser, DeviceArgs};
+use super::args::{arch_parser, DeviceArgs, NoiseArgs};
 use anyhow::{Context, Result};
 use smoothcert::data::DatasetKind;
 use smoothcert::model::Arch;
@@ -16,8 +16,8 @@ pub struct TrainBaseArgs {
     data_dir: Option<PathBuf>,
     #[arg(long, default_value = "small-cnn", value_parser = arch_parser())]
     arch: Arch,
-    #[arg(long, default_value_t = 0.25)]
-    sigma: f64,
+    #[command(flatten)]
+    noise: NoiseArgs,
     #[arg(long, default_value_t = 10)]
     epochs: usize,
     #[arg(long, default_value_t = 128)]
@@ -48,7 +48,7 @@ impl TrainBaseArgs {
             dataset: self.dataset,
             data_dir: self.data_dir,
             arch: self.arch,
-            sigma: self.sigma,
+            noise: self.noise.noise(Some(0.25))?,
             epochs: self.epochs,
             batch_size: self.batch_size,
             learning_rate: self.lr,
@@ -71,12 +71,12 @@ impl TrainBaseArgs {
             }
         };
         println!(
-            "bundle {}: {} epochs in {:.1} s; test accuracy clean {:.2}%, noisy (sigma {}) {:.2}%",
+            "bundle {}: {} epochs in {:.1} s; test accuracy clean {:.2}%, noisy ({}) {:.2}%",
             s.bundle.display(),
             s.epochs,
             s.training_seconds,
             100.0 * s.clean_test_accuracy,
-            s.sigma,
+            s.noise,
             100.0 * s.noisy_test_accuracy
         );
         Ok(())

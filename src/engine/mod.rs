@@ -6,7 +6,7 @@
 //! one answer everywhere, batched or not. AUTO's decision is [`AutoBand::fallback`].
 use crate::model::{Bundle, Classifier, ModelError};
 use crate::smoothing::sequential::{self, SequentialTest};
-use crate::smoothing::{self, CalibrationShift, Decision, SmoothingError};
+use crate::smoothing::{self, CalibrationShift, Decision, Noise, SmoothingError};
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
@@ -98,10 +98,10 @@ fn mc_certificate_for(
     estimation: &[u64],
     n: u64,
     alpha: f64,
-    sigma: f64,
+    noise: Noise,
 ) -> Result<McCertificate, EngineError> {
     let count_a = estimation.get(class_a).copied().unwrap_or(0);
-    let decision = smoothing::certify_decision(class_a, count_a, n, alpha, sigma)?;
+    let decision = smoothing::certify_decision(class_a, count_a, n, alpha, noise)?;
     Ok(McCertificate {
         class_a,
         count_a,
@@ -159,7 +159,7 @@ pub fn surrogate_estimate(
     margin_z: Option<f64>,
     n: u64,
     alpha: f64,
-    sigma: f64,
+    noise: Noise,
 ) -> Result<SurrogateEstimate, EngineError> {
     let surrogate_class = smoothing::argmax(p);
     let p_hat_a = p.get(class_a).copied().unwrap_or(0.0);
@@ -167,7 +167,7 @@ pub fn surrogate_estimate(
     let offset = p_hat_a - p_used;
     let count_a = ((n as f64) * p_used).round().clamp(0.0, n as f64) as u64;
     let decision = if surrogate_class == class_a {
-        smoothing::certify_decision(class_a, count_a, n, alpha, sigma)?
+        smoothing::certify_decision(class_a, count_a, n, alpha, noise)?
     } else {
         Decision::Abstain {
             reason: smoothing::AbstainReason::ClassMismatch,
@@ -271,7 +271,7 @@ pub struct SequentialCertificate {
     pub stages: usize,
     /// Whether the surrogate sized the schedule.
     pub guided: bool,
-    /// Certified with sigma * Phi^-1(p_a_lower) >= target_radius, or
+    /// Certified with the noise's radius at p_a_lower >= target_radius, or
     /// Abstain(TargetNotReached); p_a_lower is the stopping stage's bound.
     pub decision: Decision,
 }
@@ -347,7 +347,7 @@ pub type BatchResult = (
 pub struct Engine {
     base: Classifier,
     surrogate: Option<Classifier>,
-    sigma: f64,
+    noise: Noise,
     forward_batch: i64,
 }
 
@@ -371,7 +371,7 @@ impl Engine {
         Ok(Engine {
             base,
             surrogate,
-            sigma: bundle.sigma(),
+            noise: bundle.noise(),
             forward_batch,
         })
     }
@@ -384,8 +384,8 @@ impl Engine {
         &self.base
     }
 
-    pub fn sigma(&self) -> f64 {
-        self.sigma
+    pub fn noise(&self) -> Noise {
+        self.noise
     }
 
     pub fn forward_batch(&self) -> i64 {
@@ -405,12 +405,12 @@ impl Engine {
         for r in reqs {
             validate_request(task, r)?;
         }
-        let (base, sigma, fb) = (&self.base, self.sigma, self.forward_batch);
+        let (base, noise, fb) = (&self.base, self.noise, self.forward_batch);
         Ok(match task {
             Task::Surrogate => {
                 let surrogate = self.surrogate.as_ref().ok_or(EngineError::NoSurrogate)?;
                 let (out, t, p) =
-                    requests::certify_surrogate(base, surrogate, sigma, inputs, reqs, fb, keep)?;
+                    requests::certify_surrogate(base, surrogate, noise, inputs, reqs, fb, keep)?;
                 let out = out
                     .into_iter()
                     .map(|o| o.map(|(e, s)| Outcome::Surrogate(e, s)))
@@ -418,7 +418,7 @@ impl Engine {
                 (out, t, p)
             }
             Task::MonteCarlo => {
-                let (out, t, p) = requests::certify_mc(base, sigma, inputs, reqs, fb, keep)?;
+                let (out, t, p) = requests::certify_mc(base, noise, inputs, reqs, fb, keep)?;
                 let out = out
                     .into_iter()
                     .map(|o| o.map(|(c, s)| Outcome::MonteCarlo(c, s)))
@@ -426,7 +426,7 @@ impl Engine {
                 (out, t, p)
             }
             Task::Predict => {
-                let (out, t, p) = requests::predict(base, sigma, inputs, reqs, fb, keep)?;
+                let (out, t, p) = requests::predict(base, noise, inputs, reqs, fb, keep)?;
                 (
                     out.into_iter().map(|o| o.map(Outcome::Predict)).collect(),
                     t,
@@ -434,7 +434,7 @@ impl Engine {
                 )
             }
             Task::Stage => {
-                let (out, t, p) = requests::count_stage(base, sigma, inputs, reqs, fb, keep)?;
+                let (out, t, p) = requests::count_stage(base, noise, inputs, reqs, fb, keep)?;
                 let out = out
                     .into_iter()
                     .map(|o| o.map(|(k, s)| Outcome::Stage(k, s)))
@@ -486,18 +486,22 @@ impl Engine {
 /// this function: the guide comes from the surrogate and cA from the
 /// selection samples, both independent of the estimation samples.
 pub fn sequential_test(
-    sigma: f64,
+    noise: Noise,
     target_radius: f64,
     alpha: f64,
     cap: u64,
     guide: Option<f64>,
 ) -> Result<SequentialTest, EngineError> {
-    let p_star = sequential::p_star(target_radius, sigma).map_err(|_| {
-        invalid(
-            "target_radius",
-            "must be a finite radius >= 0 (in the input's L2 units)",
-        )
-    })?;
+    let p_star = noise
+        .p_star(target_radius)
+        .map_err(|_| EngineError::InvalidParam {
+            field: "target_radius",
+            message: format!(
+                "must be a finite radius >= 0 and at most {} (in the input's {} units)",
+                noise.max_radius(),
+                noise.norm().as_str()
+            ),
+        })?;
     if cap == 0 {
         return Err(invalid("n", "must be at least 1"));
     }

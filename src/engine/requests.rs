@@ -8,6 +8,7 @@ use super::{
     McCertificate, Prediction, SurrogateEstimate,
 };
 use crate::model::{splitmix64_mix, Classifier, NoiseStream};
+use crate::smoothing::Noise;
 use crate::smoothing::{AdaptiveN0, CalibrationShift, SelectionMargin};
 use std::time::{Duration, Instant};
 use tch::Tensor;
@@ -99,7 +100,7 @@ pub struct BatchTiming {
 /// request was cancelled while drawing.
 pub fn select(
     base: &Classifier,
-    sigma: f64,
+    noise: Noise,
     inputs: &Tensor,
     reqs: &[TaskParams],
     forward_batch: i64,
@@ -140,7 +141,7 @@ pub fn select(
         let got = base.tally_streams(
             inputs,
             &streams,
-            sigma,
+            noise,
             forward_batch,
             &mut |s| open.get(s).is_some_and(|&i| keep(i)),
             true,
@@ -220,14 +221,14 @@ pub type Batch<T> = (Vec<Option<(T, Selected)>>, BatchTiming, PassCounts);
 pub fn certify_surrogate(
     base: &Classifier,
     surrogate: &Classifier,
-    sigma: f64,
+    noise: Noise,
     inputs: &Tensor,
     reqs: &[TaskParams],
     forward_batch: i64,
     keep: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Batch<SurrogateEstimate>, EngineError> {
     let started = Instant::now();
-    let selection = select(base, sigma, inputs, reqs, forward_batch, keep)?;
+    let selection = select(base, noise, inputs, reqs, forward_batch, keep)?;
     let sampling = started.elapsed();
     let started = Instant::now();
     let probs = surrogate_probs(surrogate, inputs)?;
@@ -245,7 +246,7 @@ pub fn certify_surrogate(
         .map(|(r, sel)| {
             let p = probs.get(r.input).map(Vec::as_slice).unwrap_or(&[]);
             sel.map(|sel| {
-                surrogate_estimate(sel.class_a, p, r.shift, sel.margin_z(), r.n, r.alpha, sigma)
+                surrogate_estimate(sel.class_a, p, r.shift, sel.margin_z(), r.n, r.alpha, noise)
                     .map(|e| (e, sel))
             })
             .transpose()
@@ -258,20 +259,20 @@ pub fn certify_surrogate(
 /// cA), then n estimation samples.
 pub fn certify_mc(
     base: &Classifier,
-    sigma: f64,
+    noise: Noise,
     inputs: &Tensor,
     reqs: &[TaskParams],
     forward_batch: i64,
     keep: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Batch<McCertificate>, EngineError> {
     let started = Instant::now();
-    let selection = select(base, sigma, inputs, reqs, forward_batch, keep)?;
+    let selection = select(base, noise, inputs, reqs, forward_batch, keep)?;
     // A request cancelled during selection draws no estimation samples.
     let alive: Vec<bool> = selection.iter().map(Option::is_some).collect();
     let estimation = base.count_streams(
         inputs,
         &streams(reqs, ESTIMATION, |r| r.n),
-        sigma,
+        noise,
         forward_batch,
         &mut |s| alive[s] && keep(s),
     )?;
@@ -294,7 +295,7 @@ pub fn certify_mc(
         .zip(selection.into_iter().zip(estimation))
         .map(|(r, pair)| match pair {
             (Some(sel), Some(est)) => {
-                mc_certificate_for(sel.class_a, &est, r.n, r.alpha, sigma).map(|c| Some((c, sel)))
+                mc_certificate_for(sel.class_a, &est, r.n, r.alpha, noise).map(|c| Some((c, sel)))
             }
             _ => Ok(None),
         })
@@ -305,7 +306,7 @@ pub fn certify_mc(
 /// PREDICT for each request: n samples and the binomial test (n0 unused).
 pub fn predict(
     base: &Classifier,
-    sigma: f64,
+    noise: Noise,
     inputs: &Tensor,
     reqs: &[TaskParams],
     forward_batch: i64,
@@ -315,7 +316,7 @@ pub fn predict(
     let counts = base.count_streams(
         inputs,
         &streams(reqs, ESTIMATION, |r| r.n),
-        sigma,
+        noise,
         forward_batch,
         keep,
     )?;
@@ -340,7 +341,7 @@ pub fn predict(
 /// estimation samples (`slice`, required).
 pub fn count_stage(
     base: &Classifier,
-    sigma: f64,
+    noise: Noise,
     inputs: &Tensor,
     reqs: &[TaskParams],
     forward_batch: i64,
@@ -354,7 +355,7 @@ pub fn count_stage(
                 .ok_or(EngineError::Internal("a stage task needs its slice"))
         })
         .collect::<Result<_, _>>()?;
-    let selection = select(base, sigma, inputs, reqs, forward_batch, keep)?;
+    let selection = select(base, noise, inputs, reqs, forward_batch, keep)?;
     let alive: Vec<bool> = selection.iter().map(Option::is_some).collect();
     let streams: Vec<NoiseStream> = reqs
         .iter()
@@ -367,7 +368,7 @@ pub fn count_stage(
             len: r.n,
         })
         .collect();
-    let counts = base.count_streams(inputs, &streams, sigma, forward_batch, &mut |s| {
+    let counts = base.count_streams(inputs, &streams, noise, forward_batch, &mut |s| {
         alive[s] && keep(s)
     })?;
     let timing = BatchTiming {

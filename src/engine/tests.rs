@@ -5,6 +5,7 @@ use tch::Device;
 
 const SHAPE: [usize; 3] = [1, 4, 4];
 const SIGMA: f64 = 0.25;
+const NOISE: crate::smoothing::Noise = crate::smoothing::Noise::Gaussian { sigma: SIGMA };
 
 fn model(dir: &std::path::Path) -> Classifier {
     let bundle = write_threshold_bundle(dir, SHAPE, 0.5, SIGMA);
@@ -202,14 +203,14 @@ mod requests_batch {
         let x = batch(&[0.52, 0.1, 0.48]);
         let a = stream(0, 3000, 5);
         let alone = m
-            .count_streams(&x, &[a], SIGMA, 4096, &mut |_| true)
+            .count_streams(&x, &[a], NOISE, 4096, &mut |_| true)
             .unwrap();
         // Other streams before it, a forward batch that straddles blocks and streams.
         let mixed = m
             .count_streams(
                 &x,
                 &[stream(1, 700, 9), stream(2, 1500, 3), a],
-                SIGMA,
+                NOISE,
                 7,
                 &mut |_| true,
             )
@@ -223,7 +224,7 @@ mod requests_batch {
         assert!((counts[1] as f64 / 3000.0 - p).abs() < 5.0 * se);
         // Another seed, other noise.
         let other = m
-            .count_streams(&x, &[stream(0, 3000, 6)], SIGMA, 4096, &mut |_| true)
+            .count_streams(&x, &[stream(0, 3000, 6)], NOISE, 4096, &mut |_| true)
             .unwrap();
         assert_ne!(other[0], alone[0]);
     }
@@ -243,15 +244,15 @@ mod requests_batch {
         let n0 = 20_000u64;
         let streams: Vec<NoiseStream> = (0..3).map(|i| stream(i, n0, 40 + i as u64)).collect();
         let tallies = m
-            .tally_streams(&x, &streams, SIGMA, 999, &mut |_| true, true)
+            .tally_streams(&x, &streams, NOISE, 999, &mut |_| true, true)
             .unwrap();
         let counts = m
-            .count_streams(&x, &streams, SIGMA, 999, &mut |_| true)
+            .count_streams(&x, &streams, NOISE, 999, &mut |_| true)
             .unwrap();
         let reqs: Vec<TaskParams> = (0..3)
             .map(|i| TaskParams::new(i, n0, 1, 0.001, 7 + i as u64))
             .collect();
-        let selected = requests::select(&m, SIGMA, &x, &reqs, 999, &mut |_| true).unwrap();
+        let selected = requests::select(&m, NOISE, &x, &reqs, 999, &mut |_| true).unwrap();
         for (i, &x0) in firsts.iter().enumerate() {
             let t = tallies[i].as_ref().unwrap();
             assert_eq!(Some(&t.counts), counts[i].as_ref());
@@ -277,7 +278,7 @@ mod requests_batch {
         }
         // count_streams asks for no margins.
         let plain = m
-            .tally_streams(&x, &streams[..1], SIGMA, 999, &mut |_| true, false)
+            .tally_streams(&x, &streams[..1], NOISE, 999, &mut |_| true, false)
             .unwrap();
         assert!(plain[0].as_ref().unwrap().margin_sum.is_empty());
     }
@@ -293,7 +294,7 @@ mod requests_batch {
             .count_streams(
                 &x,
                 &[stream(0, 10_000, 1), stream(1, 10_000, 2)],
-                SIGMA,
+                NOISE,
                 512,
                 &mut |s| {
                     asked[s] += 1;
@@ -324,20 +325,20 @@ mod requests_batch {
             })
             .collect();
         let (together, _, passes) =
-            requests::certify_mc(&m, SIGMA, &x, &reqs, 999, &mut |_| true).unwrap();
+            requests::certify_mc(&m, NOISE, &x, &reqs, 999, &mut |_| true).unwrap();
         assert_eq!(passes.base, reqs.iter().map(|r| r.n0 + r.n).sum::<u64>());
         for (i, r) in reqs.iter().enumerate() {
             let one = x.narrow(0, i as i64, 1);
             let single = TaskParams { input: 0, ..*r };
             let (alone, _, _) =
-                requests::certify_mc(&m, SIGMA, &one, &[single], 4096, &mut |_| true).unwrap();
+                requests::certify_mc(&m, NOISE, &one, &[single], 4096, &mut |_| true).unwrap();
             assert_eq!(together[i], alone[0], "request {i}");
             let (cert, selected) = together[i].as_ref().unwrap();
             assert_eq!(selected.class_a, cert.class_a);
             assert_eq!(selected.drawn, r.n0, "fixed n0 draws exactly n0");
             // The decision is CERTIFY's on these counts and this request's own alpha.
             let expected =
-                crate::smoothing::certify_decision(cert.class_a, cert.count_a, r.n, r.alpha, SIGMA)
+                crate::smoothing::certify_decision(cert.class_a, cert.count_a, r.n, r.alpha, NOISE)
                     .unwrap();
             assert_eq!(cert.decision, expected);
         }
@@ -373,7 +374,7 @@ mod sequential_stages {
             .count_streams(
                 &x,
                 &[NoiseStream::whole(0, len, 77)],
-                SIGMA,
+                NOISE,
                 64,
                 &mut |_| true,
             )
@@ -391,7 +392,7 @@ mod sequential_stages {
             })
             .collect();
         let parts = m
-            .count_streams(&x, &slices, SIGMA, 100, &mut |_| true)
+            .count_streams(&x, &slices, NOISE, 100, &mut |_| true)
             .unwrap();
         let mut summed = vec![0u64; 2];
         for p in parts.iter().flatten() {
@@ -409,7 +410,7 @@ mod sequential_stages {
             len,
         };
         assert!(m
-            .count_streams(&x, &[bad], SIGMA, 64, &mut |_| true)
+            .count_streams(&x, &[bad], NOISE, 64, &mut |_| true)
             .is_err());
     }
 
@@ -435,7 +436,7 @@ mod sequential_stages {
             };
             let (out, _, passes) = count_stage(
                 e.base(),
-                SIGMA,
+                NOISE,
                 &x,
                 &[stage],
                 e.forward_batch(),
@@ -468,6 +469,73 @@ fn offline_inputs_never_share_a_noise_block() {
                     seen.insert(block_seed),
                     "input {idx} block {block} collides"
                 );
+            }
+        }
+    }
+}
+
+/// Under the L1 noises the threshold rule's pA has a closed form, and the
+/// certified L1 radius comes within a few percent of the distance to the
+/// boundary, never above it: Monte Carlo counts and radii, uniform and Laplace.
+#[test]
+fn l1_noises_count_and_certify_by_their_closed_forms() {
+    use crate::smoothing::Noise;
+    let _rng = rng_lock();
+    for noise in [
+        Noise::Uniform { lambda: 0.5 },
+        Noise::Laplace { lambda: 0.25 },
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = crate::testing::write_threshold_bundle_with(dir.path(), SHAPE, 0.5, noise);
+        let e = Engine::load(&bundle, Device::Cpu, 4096, false).unwrap();
+        let n = 50_000u64;
+        let firsts = [0.8, 0.35, 0.5];
+        let (out, _, _) = e
+            .run(
+                Task::MonteCarlo,
+                &batch(&firsts),
+                &reqs(100, n, 0.001, &[21, 22, 23]),
+                &mut |_| true,
+            )
+            .unwrap();
+        for (o, &x0) in out.iter().zip(&firsts) {
+            let Some(Outcome::MonteCarlo(c, _)) = o else {
+                panic!("{o:?}")
+            };
+            let d = (x0 - 0.5f64).abs();
+            let p_a = match noise {
+                Noise::Uniform { lambda } => (d + lambda) / (2.0 * lambda),
+                Noise::Laplace { lambda } => 1.0 - (-d / lambda).exp() / 2.0,
+                Noise::Gaussian { .. } => unreachable!(),
+            };
+            let se = (p_a * (1.0 - p_a) / n as f64).sqrt();
+            let observed = c.count_a as f64 / n as f64;
+            assert!(
+                (observed - p_a).abs() < 5.0 * se + 1e-9,
+                "{noise} x0 = {x0}: observed {observed}, expected {p_a}"
+            );
+            match c.decision {
+                Decision::Certified {
+                    class,
+                    radius,
+                    p_a_lower,
+                } => {
+                    assert_eq!(class, usize::from(x0 > 0.5));
+                    assert!(radius < d, "{noise}: radius {radius} >= {d}");
+                    assert!(
+                        radius > 0.9 * d,
+                        "{noise}: radius {radius} too small for {d}"
+                    );
+                    // By the closed forms, independently of Noise::radius.
+                    let closed = match noise {
+                        Noise::Uniform { lambda } => 2.0 * lambda * (p_a_lower - 0.5),
+                        Noise::Laplace { lambda } => -lambda * (2.0 * (1.0 - p_a_lower)).ln(),
+                        Noise::Gaussian { .. } => unreachable!(),
+                    };
+                    assert!((closed - radius).abs() < 1e-12);
+                }
+                ref other if d == 0.0 => assert!(matches!(other, Decision::Abstain { .. })),
+                ref other => panic!("{noise} x0 = {x0}: {other:?}"),
             }
         }
     }

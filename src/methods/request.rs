@@ -8,7 +8,7 @@
 use crate::engine::requests::TaskParams;
 use crate::engine::{AutoBand, Method};
 use crate::model::Bundle;
-use crate::smoothing::{AdaptiveN0, CalibrationShift};
+use crate::smoothing::{AdaptiveN0, CalibrationShift, Noise};
 
 /// A request option, however a surface spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +201,7 @@ impl CertifyRequest {
                 ),
             });
         }
-        let target = target(method, o.target_radius, bundle.sigma())?.map(|radius| Target {
+        let target = target(method, o.target_radius, bundle.noise())?.map(|radius| Target {
             radius,
             guided: !o.unguided,
         });
@@ -368,7 +368,7 @@ fn calibrated(
     }
     sampling.n0 = cal.n0;
     Ok(Calibrated {
-        shift: cal.shift(),
+        shift: cal.shift(terms.bundle.noise()),
         delta: cal.delta,
     })
 }
@@ -398,7 +398,7 @@ impl PredictRequest {
 
 /// The target radius: required by SEQUENTIAL, optional for AUTO (its Monte
 /// Carlo step then tests it), meaningless for the rest; and within reach.
-fn target(method: Method, value: Option<f64>, sigma: f64) -> Result<Option<f64>, RequestError> {
+fn target(method: Method, value: Option<f64>, noise: Noise) -> Result<Option<f64>, RequestError> {
     let field = Field::TargetRadius;
     match (method, value) {
         (Method::Sequential, None) => Err(invalid(
@@ -411,17 +411,14 @@ fn target(method: Method, value: Option<f64>, sigma: f64) -> Result<Option<f64>,
                 format!("{r} is not a radius: must be finite and >= 0"),
             ))
         }
-        (Method::Sequential | Method::Auto, Some(r))
-            if r > crate::smoothing::max_certifiable_radius(sigma) =>
-        {
-            Err(invalid(
-                field,
-                format!(
-                    "{r} cannot be certified at sigma = {sigma} (at most about {:.3})",
-                    crate::smoothing::max_certifiable_radius(sigma)
-                ),
-            ))
-        }
+        (Method::Sequential | Method::Auto, Some(r)) if r > noise.max_radius() => Err(invalid(
+            field,
+            format!(
+                "{r} cannot be certified under {noise} noise (at most about {:.3} in {})",
+                noise.max_radius(),
+                noise.norm().as_str()
+            ),
+        )),
         (Method::Sequential | Method::Auto, r) => Ok(r),
         (_, None) => Ok(None),
         (other, Some(_)) => Err(invalid(

@@ -66,7 +66,7 @@ pub(super) async fn certify(
     };
     let guide = guide.filter(|_| target.guided);
     let test = sequential_test(
-        workers.sigma(),
+        workers.noise(),
         target.radius,
         params.alpha,
         params.n,
@@ -97,7 +97,7 @@ pub(super) async fn certify(
             SequentialDecision::Certified { p_a_lower } => Decision::Certified {
                 class: sel.class_a,
                 p_a_lower,
-                radius: crate::smoothing::gaussian_l2_radius(workers.sigma(), p_a_lower),
+                radius: workers.noise().radius(p_a_lower),
             },
             SequentialDecision::NotReached { p_a_lower } => Decision::Abstain {
                 reason: AbstainReason::TargetNotReached,

@@ -24,19 +24,6 @@ pub enum BundleError {
     Invalid { path: PathBuf, message: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NoiseKind {
-    Gaussian,
-}
-
-/// The smoothing noise: isotropic Gaussian in pixel space, before normalization.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NoiseSpec {
-    pub kind: NoiseKind,
-    pub sigma: f64,
-}
-
 /// Per-channel mean/std applied inside the model, after the noise.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Normalization {
@@ -241,11 +228,13 @@ pub struct CalibrationBin {
 }
 
 impl Calibration {
-    /// What CALIBRATED does to p_hat[cA] under this calibration.
-    pub fn shift(&self) -> crate::smoothing::CalibrationShift {
+    /// What CALIBRATED does to p_hat[cA] under this calibration, with the
+    /// bundle's `noise` (whose radius units the radius-space score uses).
+    pub fn shift(&self, noise: crate::smoothing::Noise) -> crate::smoothing::CalibrationShift {
         let edges: Vec<f64> = self.bins.iter().filter_map(|b| b.upper).collect();
         let qs: Vec<f64> = self.bins.iter().map(|b| b.q).collect();
         crate::smoothing::CalibrationShift {
+            noise,
             score: self.score,
             q: self.q,
             // A bundle whose bins do not load (checked at load) serves one q.
@@ -322,7 +311,8 @@ pub struct Bundle {
     pub labels: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalization: Option<Normalization>,
-    pub noise: NoiseSpec,
+    /// The smoothing noise (`[noise] kind = "gaussian", sigma = ...`).
+    pub noise: crate::smoothing::Noise,
     pub base: BaseSpec,
     #[serde(default)]
     pub provenance: Provenance,
@@ -371,8 +361,8 @@ impl Bundle {
         self.labels.len()
     }
 
-    pub fn sigma(&self) -> f64 {
-        self.noise.sigma
+    pub fn noise(&self) -> crate::smoothing::Noise {
+        self.noise
     }
 
     /// Fingerprint of the surrogate file (`fsutil::fingerprint`), `None`
@@ -399,8 +389,12 @@ impl Bundle {
         if self.labels.len() < 2 {
             return Err("labels: a classifier needs at least two classes".into());
         }
-        if !(self.noise.sigma.is_finite() && self.noise.sigma > 0.0) {
-            return Err(format!("noise.sigma must be > 0, got {}", self.noise.sigma));
+        if self.noise.validate().is_err() {
+            return Err(format!(
+                "noise.{} must be > 0, got {}",
+                self.noise.scale_name(),
+                self.noise.scale()
+            ));
         }
         if let Some(norm) = &self.normalization {
             if norm.mean.len() != c || norm.std.len() != c {
@@ -535,10 +529,7 @@ mod tests {
                 mean: vec![0.5],
                 std: vec![0.25],
             }),
-            noise: NoiseSpec {
-                kind: NoiseKind::Gaussian,
-                sigma: 0.25,
-            },
+            noise: crate::smoothing::Noise::Gaussian { sigma: 0.25 },
             base: BaseSpec {
                 format: WeightsFormat::Safetensors,
                 file: "base.safetensors".into(),
@@ -647,7 +638,7 @@ mod tests {
         });
         assert!(matches!(bad.save(), Err(BundleError::Invalid { .. })));
         let mut bad = sample(dir.path());
-        bad.noise.sigma = -1.0;
+        bad.noise = crate::smoothing::Noise::Gaussian { sigma: -1.0 };
         assert!(bad.save().unwrap_err().to_string().contains("sigma"));
         let mut bad = sample(dir.path());
         if let Some(c) = bad.surrogate.as_mut().and_then(|s| s.calibration.as_mut()) {

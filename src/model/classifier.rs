@@ -297,7 +297,7 @@ impl Classifier {
     }
 
     /// Class counts of the base classifier over `num` noisy copies of each
-    /// input (x + N(0, sigma^2 I)), drawn and counted on the device.
+    /// input (x plus the noise), drawn and counted on the device.
     ///
     /// The B * num (input, sample) pairs are processed in forward batches of
     /// `batch` that may span inputs, so a small `num` over many inputs fills
@@ -307,7 +307,7 @@ impl Classifier {
         &self,
         inputs: &Tensor,
         num: i64,
-        sigma: f64,
+        noise: crate::smoothing::Noise,
         batch: i64,
     ) -> Result<Tensor, ModelError> {
         // Fallible (f_) calls throughout: a batch too large for the device's
@@ -327,8 +327,7 @@ impl Classifier {
             let end = (start + batch).min(total);
             let owner = Tensor::f_arange_start(start, end, (Kind::Int64, self.device))?
                 .f_floor_divide_scalar(num)?;
-            let mut noisy = Tensor::f_randn([end - start, c, h, w], (Kind::Float, self.device))?;
-            let _ = noisy.f_mul_scalar_(sigma)?;
+            let mut noisy = super::noise::draw(noise, &[end - start, c, h, w], self.device)?;
             let _ = noisy.f_add_(&inputs.f_index_select(0, &owner)?)?;
             let _ = self.add_class_counts(&noisy, &owner, &mut counts, b)?;
             start = end;
@@ -349,12 +348,12 @@ impl Classifier {
         &self,
         inputs: &Tensor,
         streams: &[NoiseStream],
-        sigma: f64,
+        noise: crate::smoothing::Noise,
         batch: i64,
         keep: &mut dyn FnMut(usize) -> bool,
     ) -> Result<Vec<Option<Vec<u64>>>, ModelError> {
         Ok(self
-            .tally_streams(inputs, streams, sigma, batch, keep, false)?
+            .tally_streams(inputs, streams, noise, batch, keep, false)?
             .into_iter()
             .map(|t| t.map(|t| t.counts))
             .collect())
@@ -369,7 +368,7 @@ impl Classifier {
         &self,
         inputs: &Tensor,
         streams: &[NoiseStream],
-        sigma: f64,
+        noise: crate::smoothing::Noise,
         batch: i64,
         keep: &mut dyn FnMut(usize) -> bool,
         margins: bool,
@@ -426,12 +425,11 @@ impl Classifier {
                 let mut noisy = {
                     let _rng = super::rng_lock();
                     tch::manual_seed(block_seed(stream.seed, block));
-                    Tensor::f_randn([whole as i64, c, h, w], (Kind::Float, self.device))?
+                    super::noise::draw(noise, &[whole as i64, c, h, w], self.device)?
                 };
                 if offset > 0 || len < whole as i64 {
                     noisy = noisy.f_narrow(0, offset as i64, len)?;
                 }
-                let _ = noisy.f_mul_scalar_(sigma)?;
                 let _ = noisy.f_add_(&inputs.f_narrow(0, stream.input as i64, 1)?)?;
                 pending.push(
                     noisy,
@@ -698,8 +696,12 @@ mod tests {
         let _rng = crate::testing::rng_lock();
         let m = cnn();
         let x = Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu));
-        assert!(m.sample_counts(&x, i64::MAX, 0.25, 100).is_err());
-        let counts = m.sample_counts(&x, 7, 0.25, 3).unwrap();
+        assert!(m
+            .sample_counts(&x, i64::MAX, crate::smoothing::Noise::gaussian(0.25), 100)
+            .is_err());
+        let counts = m
+            .sample_counts(&x, 7, crate::smoothing::Noise::gaussian(0.25), 3)
+            .unwrap();
         assert_eq!(counts.size(), vec![2, 10]);
         assert_eq!(counts.sum(Kind::Int64).int64_value(&[]), 14);
     }

@@ -4,11 +4,12 @@ mod arch;
 mod bundle;
 mod classifier;
 mod device;
+pub mod noise;
 
 pub use arch::Arch;
 pub use bundle::{
-    BaseSpec, Bundle, BundleError, Calibration, CalibrationBin, NoiseKind, NoiseSpec,
-    Normalization, Provenance, SurrogateSpec, SurrogateTraining, TailMap, WeightsFormat, MANIFEST,
+    BaseSpec, Bundle, BundleError, Calibration, CalibrationBin, Normalization, Provenance,
+    SurrogateSpec, SurrogateTraining, TailMap, WeightsFormat, MANIFEST,
 };
 #[cfg(test)]
 pub(crate) use classifier::block_seed;

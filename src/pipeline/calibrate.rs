@@ -123,8 +123,8 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
     })?;
 
     let inputs = score_inputs(&bundle, &counts, opts)?;
-    let scores = scores(&inputs, opts, counts.meta.n);
-    let sigma = bundle.sigma();
+    let scores = scores(&inputs, opts, counts.meta.n, bundle.noise());
+    let noise = bundle.noise();
     let s: Vec<f64> = scores.iter().map(|x| x.s).collect();
     let (q, got_rank) = smoothing::conformal_quantile_by(&s, opts.delta, opts.rank_rule)
         .map_err(EngineError::from)?;
@@ -152,11 +152,11 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
             band_figures(
                 &scores,
                 &counts,
-                calibration.shift(),
+                calibration.shift(noise),
                 low,
                 0.5,
                 opts.alpha,
-                sigma,
+                noise,
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -222,7 +222,12 @@ fn check_calibration_counts(
 }
 
 /// Each input's conformal score, on the estimate the calibrated method uses.
-fn scores(inputs: &[ScoredInput], opts: &CalibrateOptions, n: u64) -> Vec<Score> {
+fn scores(
+    inputs: &[ScoredInput],
+    opts: &CalibrateOptions,
+    n: u64,
+    noise: crate::smoothing::Noise,
+) -> Vec<Score> {
     inputs
         .iter()
         .map(|x| {
@@ -236,7 +241,7 @@ fn scores(inputs: &[ScoredInput], opts: &CalibrateOptions, n: u64) -> Vec<Score>
                 margin_z: x.margin_z,
                 estimate,
                 p_mc_a: x.p_mc_a,
-                s: opts.score.score(estimate, x.p_mc_a, n),
+                s: opts.score.score(noise, estimate, x.p_mc_a, n),
             }
         })
         .collect()
@@ -267,7 +272,7 @@ pub(crate) fn score_inputs(
     let x = counts.images(&dataset)?.to_device(opts.device);
     let model = Classifier::load(bundle, opts.device)?;
     let surrogate = Classifier::load_surrogate(bundle, opts.device)?;
-    let sigma = bundle.sigma();
+    let noise = bundle.noise();
     // cA as certification draws it: the same seeded streams per input.
     let reqs: Vec<TaskParams> = counts
         .indices
@@ -283,7 +288,7 @@ pub(crate) fn score_inputs(
             )
         })
         .collect();
-    let selected = requests::select(&model, sigma, &x, &reqs, opts.batch, &mut |_| true)?;
+    let selected = requests::select(&model, noise, &x, &reqs, opts.batch, &mut |_| true)?;
     let probs: Vec<f64> = engine::surrogate_probs(&surrogate, &x)?.concat();
     let k = bundle.num_classes();
     let n = counts.meta.n as f64;
@@ -349,7 +354,7 @@ fn band_figures(
     low: f64,
     high: f64,
     alpha: f64,
-    sigma: f64,
+    noise: crate::smoothing::Noise,
 ) -> Result<BandFigures, PipelineError> {
     let band = AutoBand { low, high };
     let n = counts.meta.n;
@@ -361,7 +366,7 @@ fn band_figures(
             shift,
             n,
             alpha,
-            sigma,
+            noise,
         )?;
         let p_cal = match estimate.decision {
             Decision::Certified { p_a_lower, .. } | Decision::Abstain { p_a_lower, .. } => {
@@ -369,7 +374,7 @@ fn band_figures(
             }
         };
         let mc_count = counts.row(i)[sc.class_a].max(0) as u64;
-        let mc_certifies = smoothing::certify_decision(sc.class_a, mc_count, n, alpha, sigma)
+        let mc_certifies = smoothing::certify_decision(sc.class_a, mc_count, n, alpha, noise)
             .map_err(EngineError::from)?;
         if band.falls_back(&estimate) {
             fallback += 1;
@@ -405,12 +410,12 @@ pub(crate) fn calibrated_estimate(
     shift: CalibrationShift,
     n: u64,
     alpha: f64,
-    sigma: f64,
+    noise: crate::smoothing::Noise,
 ) -> Result<engine::SurrogateEstimate, EngineError> {
     let mut p = vec![0.0; classes];
     p[class_a] = p_hat_a;
     if surrogate_class != class_a {
         p[surrogate_class] = 2.0;
     }
-    engine::surrogate_estimate(class_a, &p, Some(shift), margin_z, n, alpha, sigma)
+    engine::surrogate_estimate(class_a, &p, Some(shift), margin_z, n, alpha, noise)
 }

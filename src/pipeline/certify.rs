@@ -72,7 +72,9 @@ pub struct CertifySummary {
     pub n0: u64,
     pub n: u64,
     pub alpha: f64,
-    pub sigma: f64,
+    /// The noise the radii certify under, and their norm.
+    pub noise: crate::smoothing::Noise,
+    pub norm: &'static str,
     /// What the radii are: "certificate" (mc), "estimate" (surrogate,
     /// calibrated) or "mixed" (auto: each row's method says which).
     pub radius_kind: &'static str,
@@ -246,7 +248,8 @@ fn summary(
         n0: opts.params.n0,
         n: opts.params.n,
         alpha: opts.params.alpha,
-        sigma: bundle.sigma(),
+        noise: bundle.noise(),
+        norm: bundle.noise().norm().as_str(),
         radius_kind: RadiusKind::of_run([opts.method.radius_kind()]),
         fallback_fraction: (opts.method == Method::Auto).then(|| {
             rows.iter()
@@ -288,9 +291,9 @@ fn run_params(
         n0: request.sampling().n0,
         n: request.sampling().n,
         alpha: request.sampling().alpha,
-        sigma: bundle.sigma(),
+        noise: bundle.noise().into(),
         seed: opts.seed,
-        noise: NOISE_SCHEME.into(),
+        noise_scheme: NOISE_SCHEME.into(),
         device: format!("{:?}", opts.device),
         adaptive_n0: match request.selection() {
             Selection::Adaptive(a) => Some((a.chunk, a.alpha)),

@@ -63,7 +63,8 @@ pub struct CountsMeta {
     pub dataset_fnv1a: Option<String>,
     pub split: Split,
     pub n: u64,
-    pub sigma: f64,
+    #[serde(flatten)]
+    pub noise: super::NoiseRecord,
     pub seed: u64,
     pub num_classes: usize,
     pub skip: usize,
@@ -435,7 +436,7 @@ fn planned_inputs(
         dataset,
         split: opts.split,
         n: opts.n,
-        sigma: bundle.sigma(),
+        noise: bundle.noise().into(),
         seed: opts.seed,
         num_classes: bundle.num_classes(),
         skip: opts.skip,
@@ -542,6 +543,10 @@ fn sample_chunk(
 ) -> Result<Counts, PipelineError> {
     let n_samples = i64::try_from(meta.n)
         .map_err(|_| PipelineError::Invalid(format!("--n {} is too large", meta.n)))?;
+    let noise = meta
+        .noise
+        .noise()
+        .ok_or_else(|| PipelineError::Invalid("the counts record no whole noise".into()))?;
     let mut rows = Vec::with_capacity(chunk.len() * meta.num_classes);
     for &idx in chunk {
         let x = super::images_tensor(ds, &[idx], Device::Cpu);
@@ -551,7 +556,7 @@ fn sample_chunk(
         let counts = {
             let _rng = crate::model::rng_lock();
             tch::manual_seed(counts_seed(meta.seed, idx));
-            model.sample_counts(&x, n_samples, meta.sigma, batch)?
+            model.sample_counts(&x, n_samples, noise, batch)?
         };
         let counts: Vec<i64> = Vec::try_from(counts.flatten(0, -1))
             .map_err(|e| PipelineError::Model(crate::model::ModelError::from(e)))?;

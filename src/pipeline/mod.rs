@@ -49,6 +49,50 @@ impl From<tch::TchError> for PipelineError {
     }
 }
 
+/// A noise as the pipeline's files record it (flattened into counts and run
+/// parameters): `sigma` alone for the Gaussian, as every file written before
+/// other noises existed has it; `noise_kind` and `lambda` for the others.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NoiseRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigma: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda: Option<f64>,
+}
+
+impl From<crate::smoothing::Noise> for NoiseRecord {
+    fn from(n: crate::smoothing::Noise) -> NoiseRecord {
+        use crate::smoothing::Noise;
+        match n {
+            Noise::Gaussian { sigma } => NoiseRecord {
+                noise_kind: None,
+                sigma: Some(sigma),
+                lambda: None,
+            },
+            Noise::Uniform { lambda } | Noise::Laplace { lambda } => NoiseRecord {
+                noise_kind: Some(n.kind().into()),
+                sigma: None,
+                lambda: Some(lambda),
+            },
+        }
+    }
+}
+
+impl NoiseRecord {
+    /// The noise recorded, if the record is whole.
+    pub fn noise(&self) -> Option<crate::smoothing::Noise> {
+        use crate::smoothing::Noise;
+        match (self.noise_kind.as_deref(), self.sigma, self.lambda) {
+            (None | Some("gaussian"), Some(sigma), None) => Some(Noise::Gaussian { sigma }),
+            (Some("uniform"), None, Some(lambda)) => Some(Noise::Uniform { lambda }),
+            (Some("laplace"), None, Some(lambda)) => Some(Noise::Laplace { lambda }),
+            _ => None,
+        }
+    }
+}
+
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PipelineError + '_ {
     move |source| PipelineError::Io {
         path: path.to_path_buf(),

@@ -8,9 +8,7 @@
 //! place, so a failed import leaves nothing behind.
 use super::PipelineError;
 use crate::data::{self, DatasetSource, Split};
-use crate::model::{
-    BaseSpec, Bundle, Classifier, NoiseKind, NoiseSpec, Normalization, Provenance, WeightsFormat,
-};
+use crate::model::{BaseSpec, Bundle, Classifier, Normalization, Provenance, WeightsFormat};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -26,7 +24,8 @@ pub struct ImportOptions {
     pub name: Option<String>,
     pub labels: Vec<String>,
     pub shape: [usize; 3],
-    pub sigma: f64,
+    /// The noise the classifier was trained for (and certificates use).
+    pub noise: crate::smoothing::Noise,
     pub normalization: Option<Normalization>,
     /// The user's images (an image folder or manifests): recorded in the
     /// bundle for every later pipeline step; its test split measures the
@@ -183,10 +182,7 @@ fn assemble(opts: &ImportOptions, name: &str, dir: &Path) -> Result<ImportSummar
         input_shape: opts.shape,
         labels: opts.labels.clone(),
         normalization: opts.normalization.clone(),
-        noise: NoiseSpec {
-            kind: NoiseKind::Gaussian,
-            sigma: opts.sigma,
-        },
+        noise: opts.noise,
         base: BaseSpec {
             format: WeightsFormat::Torchscript,
             file: base_file.into(),
@@ -212,7 +208,7 @@ fn assemble(opts: &ImportOptions, name: &str, dir: &Path) -> Result<ImportSummar
         // is a logit index); the load checks that.
         let ds = source.load(Split::Test, opts.shape, &opts.labels, None)?;
         bundle.provenance.dataset = Some(source);
-        let (c, n, m) = accuracies(&model, &ds, opts.max_images, opts.sigma, opts.seed)?;
+        let (c, n, m) = accuracies(&model, &ds, opts.max_images, opts.noise, opts.seed)?;
         clean = Some(c);
         noisy = Some(n);
         images = m;
@@ -230,13 +226,13 @@ fn assemble(opts: &ImportOptions, name: &str, dir: &Path) -> Result<ImportSummar
     })
 }
 
-/// Clean and noisy (one draw at sigma per image, seeded) top-1 accuracy on
+/// Clean and noisy (one draw of the noise per image, seeded) top-1 accuracy on
 /// at most `max` images spread evenly over the split.
 fn accuracies(
     model: &Classifier,
     ds: &data::Dataset,
     max: usize,
-    sigma: f64,
+    noise: crate::smoothing::Noise,
     seed: u64,
 ) -> Result<(f64, f64, usize), PipelineError> {
     let step = ds.len().div_ceil(max.max(1)).max(1);
@@ -248,7 +244,7 @@ fn accuracies(
         let noise = {
             let _rng = crate::model::rng_lock();
             tch::manual_seed(seed.wrapping_add(chunk_no as u64) as i64);
-            Tensor::randn(x.size(), (Kind::Float, model.device())) * sigma
+            crate::model::noise::draw(noise, &x.size(), model.device())?
         };
         let labels = Tensor::from_slice(&chunk.iter().map(|&i| ds.labels[i]).collect::<Vec<_>>())
             .to_device(model.device());

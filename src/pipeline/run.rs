@@ -30,12 +30,14 @@ pub struct RunParams {
     pub n0: u64,
     pub n: u64,
     pub alpha: f64,
-    pub sigma: f64,
+    #[serde(flatten)]
+    pub noise: super::NoiseRecord,
     pub seed: u64,
     /// How noise is drawn: "seeded_streams_v2" (the served path, per-input
     /// request seed `engine::input_seed(seed, idx)`). Files from before it
     /// lack the key and are not resumed.
-    pub noise: String,
+    #[serde(rename = "noise")]
+    pub noise_scheme: String,
     pub device: String,
     /// Adaptive n0 (chunk, alpha); absent for fixed n0.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -105,7 +105,7 @@ pub fn select_calibration(opts: &SelectOptions) -> Result<SelectionSummary, Pipe
     check_selection_counts(&bundle, &spec, &counts)?;
     let inputs = score_inputs(&bundle, &counts, base)?;
     let n = counts.meta.n;
-    let sigma = bundle.sigma();
+    let noise = bundle.noise();
     let k = bundle.num_classes();
     let folds: [Vec<&ScoredInput>; 2] = [
         inputs.iter().step_by(2).collect(),
@@ -121,14 +121,14 @@ pub fn select_calibration(opts: &SelectOptions) -> Result<SelectionSummary, Pipe
                     edges,
                     margin,
                 };
-                candidates.push(cross_fit(way, &folds, opts, base, n, k, sigma)?);
+                candidates.push(cross_fit(way, &folds, opts, base, n, k, noise)?);
             }
         }
     }
     let chosen = best_candidate(&candidates, base.delta)?;
 
     // AUTO's band under the chosen calibration, cross-fitted the same way.
-    let bands = band_candidates(&chosen, &folds, opts, n, k, sigma)?;
+    let bands = band_candidates(&chosen, &folds, opts, n, k, noise)?;
     let band = bands
         .iter()
         .filter(|b| b.accuracy_gap_at_0 <= opts.band_tolerance)
@@ -222,7 +222,7 @@ fn band_candidates(
     opts: &SelectOptions,
     n: u64,
     k: usize,
-    sigma: f64,
+    noise: crate::smoothing::Noise,
 ) -> Result<Vec<BandCandidate>, PipelineError> {
     let base = &opts.base;
     let mut bands = Vec::new();
@@ -235,11 +235,11 @@ fn band_candidates(
                 edges: &chosen.bin_edges,
                 margin: chosen.margin_threshold,
             };
-            let shift = calibrate_on(&folds[f], way, base.delta, n)?
+            let shift = calibrate_on(&folds[f], way, base.delta, n, noise)?
                 .ok_or_else(|| PipelineError::Invalid("the chosen bins lost feasibility".into()))?;
             for x in &folds[1 - f] {
-                let estimate = estimate(x, shift, n, k, base.alpha, sigma)?;
-                let mc = mc_radius(x, n, base.alpha, sigma)?;
+                let estimate = estimate(x, shift, n, k, base.alpha, noise)?;
+                let mc = mc_radius(x, n, base.alpha, noise)?;
                 let auto_correct = if band.falls_back(&estimate) {
                     fallback += 1;
                     mc.is_some() && x.class_a as i64 == x.label
@@ -309,13 +309,13 @@ fn cross_fit(
     base: &CalibrateOptions,
     n: u64,
     k: usize,
-    sigma: f64,
+    noise: crate::smoothing::Noise,
 ) -> Result<Candidate, PipelineError> {
     let mut over = 0usize;
     let mut total = 0usize;
     let mut gap = vec![0i64; opts.radii.len()];
     for f in 0..2 {
-        let Some(shift) = calibrate_on(&folds[f], way, base.delta, n)? else {
+        let Some(shift) = calibrate_on(&folds[f], way, base.delta, n, noise)? else {
             return Ok(Candidate {
                 score: way.score,
                 bin_edges: way.edges.to_vec(),
@@ -326,9 +326,9 @@ fn cross_fit(
             });
         };
         for x in &folds[1 - f] {
-            let est = estimate(x, shift, n, k, base.alpha, sigma)?;
+            let est = estimate(x, shift, n, k, base.alpha, noise)?;
             let cal = certified(&est.decision);
-            let mc = mc_radius(x, n, base.alpha, sigma)?;
+            let mc = mc_radius(x, n, base.alpha, noise)?;
             if cal.unwrap_or(0.0) > mc.unwrap_or(0.0) {
                 over += 1;
             }
@@ -359,6 +359,7 @@ fn calibrate_on(
     way: Way<'_>,
     delta: f64,
     n: u64,
+    noise: crate::smoothing::Noise,
 ) -> Result<Option<CalibrationShift>, PipelineError> {
     let Way {
         score,
@@ -368,7 +369,7 @@ fn calibrate_on(
     let mut by_bin: Vec<Vec<f64>> = vec![Vec::new(); edges.len() + 1];
     for x in half {
         let p = smoothing::blended_estimate(x.p_hat_a, x.margin_z, margin);
-        let s = score.score(p, x.p_mc_a, n);
+        let s = score.score(noise, p, x.p_mc_a, n);
         if !s.is_finite() {
             return Err(PipelineError::Invalid(format!(
                 "input {}: its {} score is not finite (estimate {}, p_MC {})",
@@ -393,6 +394,7 @@ fn calibrate_on(
     let pooled: Vec<f64> = by_bin.concat();
     let (q, _) = smoothing::conformal_quantile(&pooled, delta).map_err(EngineError::from)?;
     Ok(Some(CalibrationShift {
+        noise,
         score,
         q,
         bins: if edges.is_empty() {
@@ -411,11 +413,11 @@ fn estimate(
     n: u64,
     k: usize,
     alpha: f64,
-    sigma: f64,
+    noise: crate::smoothing::Noise,
 ) -> Result<engine::SurrogateEstimate, PipelineError> {
     let input = (x.class_a, x.surrogate_class, x.p_hat_a, x.margin_z);
     Ok(calibrate::calibrated_estimate(
-        input, k, shift, n, alpha, sigma,
+        input, k, shift, n, alpha, noise,
     )?)
 }
 
@@ -424,9 +426,9 @@ fn mc_radius(
     x: &ScoredInput,
     n: u64,
     alpha: f64,
-    sigma: f64,
+    noise: crate::smoothing::Noise,
 ) -> Result<Option<f64>, PipelineError> {
-    let d = smoothing::certify_decision(x.class_a, x.count_a, n, alpha, sigma)
+    let d = smoothing::certify_decision(x.class_a, x.count_a, n, alpha, noise)
         .map_err(EngineError::from)?;
     Ok(certified(&d))
 }

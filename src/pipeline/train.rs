@@ -1,13 +1,11 @@
 //! `train-base`: a base classifier trained with Gaussian noise augmentation
-//! (fresh noise at sigma on every batch, Cohen et al.'s recipe), checkpointed
+//! (fresh noise of the bundle's kind on every batch, Cohen et al.'s recipe), checkpointed
 //! every epoch so an interrupted run resumes exactly where it stopped.
 use super::optim::{learning_rate, Adam, Checkpoint};
 use super::{io_err, progress_bar, write_json, PipelineError};
 use crate::data::{self, Dataset, DatasetKind, Split};
-use crate::model::{
-    Arch, BaseSpec, Bundle, Classifier, NoiseKind, NoiseSpec, Normalization, Provenance,
-    WeightsFormat,
-};
+use crate::model::{Arch, BaseSpec, Bundle, Classifier, Normalization, Provenance, WeightsFormat};
+use crate::smoothing::Noise;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,7 +16,8 @@ pub struct TrainBaseOptions {
     pub dataset: DatasetKind,
     pub data_dir: Option<PathBuf>,
     pub arch: Arch,
-    pub sigma: f64,
+    /// The smoothing noise trained under (and recorded in the bundle).
+    pub noise: Noise,
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
@@ -39,7 +38,7 @@ pub struct TrainBaseOptions {
 struct RunKey {
     dataset: DatasetKind,
     arch: String,
-    sigma: f64,
+    noise: Noise,
     epochs: usize,
     batch_size: usize,
     learning_rate: f64,
@@ -69,7 +68,7 @@ pub struct TrainSummary {
     pub bundle: PathBuf,
     pub dataset: DatasetKind,
     pub arch: String,
-    pub sigma: f64,
+    pub noise: Noise,
     pub epochs: usize,
     pub resumed_from_epoch: usize,
     pub training_seconds: f64,
@@ -129,12 +128,13 @@ pub enum TrainOutcome {
 }
 
 pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError> {
-    // Checked before any work: a bundle needs sigma > 0, and finding out after
-    // the last epoch would waste the whole run.
-    if !(opts.sigma > 0.0 && opts.sigma.is_finite()) {
+    // Checked before any work: a bundle needs a scale > 0, and finding out
+    // after the last epoch would waste the whole run.
+    if opts.noise.validate().is_err() {
         return Err(PipelineError::Invalid(format!(
-            "--sigma must be > 0, got {}",
-            opts.sigma
+            "--{} must be > 0, got {}",
+            opts.noise.scale_name(),
+            opts.noise.scale()
         )));
     }
     if opts.epochs == 0 || opts.batch_size == 0 {
@@ -157,7 +157,7 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
     let key = RunKey {
         dataset: opts.dataset,
         arch: opts.arch.name().to_string(),
-        sigma: opts.sigma,
+        noise: opts.noise,
         epochs: opts.epochs,
         batch_size: opts.batch_size,
         learning_rate: opts.learning_rate,
@@ -194,8 +194,8 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
         });
     }
 
-    let clean_test_accuracy = accuracy(&model, &test, 0.0, opts.seed)?;
-    let noisy_test_accuracy = accuracy(&model, &test, opts.sigma, opts.seed)?;
+    let clean_test_accuracy = accuracy(&model, &test, None, opts.seed)?;
+    let noisy_test_accuracy = accuracy(&model, &test, Some(opts.noise), opts.seed)?;
     let training_seconds: f64 = state.history.iter().map(|e| e.seconds).sum();
     let provenance = Provenance {
         dataset: Some(opts.dataset.into()),
@@ -216,7 +216,7 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
         bundle: opts.out.clone(),
         dataset: opts.dataset,
         arch: opts.arch.name().to_string(),
-        sigma: opts.sigma,
+        noise: opts.noise,
         epochs: opts.epochs,
         resumed_from_epoch,
         training_seconds,
@@ -307,7 +307,7 @@ fn train_epoch(
         let idx = perm.narrow(0, step * bs, bs.min(n - step * bs));
         let x = x_train.index_select(0, &idx);
         let y = y_train.index_select(0, &idx);
-        let noisy = &x + x.randn_like() * opts.sigma;
+        let noisy = crate::model::noise::add_to(&x, opts.noise)?;
         let logits = model.forward_t(&noisy, true)?;
         let loss = logits.cross_entropy_for_logits(&y);
         loss.backward();
@@ -345,16 +345,19 @@ fn write_bundle(
 ) -> Result<(), PipelineError> {
     let bundle = Bundle {
         name: opts.name.clone().unwrap_or_else(|| {
-            format!("{}-{}-sigma{}", opts.dataset, opts.arch.name(), opts.sigma)
+            format!(
+                "{}-{}-{}{}",
+                opts.dataset,
+                opts.arch.name(),
+                opts.noise.scale_name(),
+                opts.noise.scale()
+            )
         }),
         version: "1".into(),
         input_shape: train.shape,
         labels: train.classes.clone(),
         normalization: Some(normalization),
-        noise: NoiseSpec {
-            kind: NoiseKind::Gaussian,
-            sigma: opts.sigma,
-        },
+        noise: opts.noise,
         base: BaseSpec {
             format: WeightsFormat::Safetensors,
             file: "base.safetensors".into(),
@@ -371,12 +374,12 @@ fn write_bundle(
     Ok(bundle.save()?)
 }
 
-/// Test accuracy of the base classifier on clean inputs (sigma = 0) or on one
+/// Test accuracy of the base classifier on clean inputs (`None`) or on one
 /// noisy copy of each input.
 pub fn accuracy(
     model: &Classifier,
     ds: &Dataset,
-    sigma: f64,
+    noise: Option<Noise>,
     seed: u64,
 ) -> Result<f64, PipelineError> {
     let _guard = tch::no_grad_guard();
@@ -389,10 +392,9 @@ pub fn accuracy(
     while start < n {
         let len = chunk.min(n - start);
         let xb = x.narrow(0, start, len);
-        let xb = if sigma > 0.0 {
-            &xb + xb.randn_like() * sigma
-        } else {
-            xb
+        let xb = match noise {
+            Some(noise) => crate::model::noise::add_to(&xb, noise)?,
+            None => xb,
         };
         let pred = model.logits(&xb)?.argmax(1, false);
         correct += pred

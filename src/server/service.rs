@@ -247,6 +247,14 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
+/// The proto's `sigma`: the Gaussian's, 0 for the other noises.
+fn gaussian_sigma(model: &LoadedModel) -> f64 {
+    match model.bundle.noise() {
+        crate::smoothing::Noise::Gaussian { sigma } => sigma,
+        _ => 0.0,
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -278,8 +286,9 @@ fn parameters(
         n0: s.n0,
         n: s.n,
         alpha: s.alpha,
-        sigma: model.bundle.sigma(),
-        noise: "gaussian".into(),
+        sigma: gaussian_sigma(model),
+        noise: model.bundle.noise().kind().into(),
+        noise_scale: model.bundle.noise().scale(),
         seed: s.seed,
         model_version: model.bundle.version.clone(),
         delta: cal.map_or(0.0, |c| c.delta),
@@ -342,7 +351,12 @@ fn certify_response(
             class_index: class as u32,
             label: label(model, class),
             radius,
-            norm: "L2".into(),
+            norm: model.bundle.noise().norm().as_str().into(),
+            linf_radius: model
+                .bundle
+                .noise()
+                .linf_radius(p_a_lower, model.bundle.input_shape.iter().product())
+                .unwrap_or(0.0),
             p_a_lower,
             count_a,
             estimate: answer.outcome.radius_kind() == Some(RadiusKind::Estimate),
@@ -407,8 +421,9 @@ fn predict_response(
             n0: 0,
             n: r.n,
             alpha: r.alpha,
-            sigma: model.bundle.sigma(),
-            noise: "gaussian".into(),
+            sigma: gaussian_sigma(model),
+            noise: model.bundle.noise().kind().into(),
+            noise_scale: model.bundle.noise().scale(),
             seed: r.seed,
             model_version: model.bundle.version.clone(),
             n_drawn: r.n,
@@ -430,8 +445,10 @@ fn model_info(model: &LoadedModel, is_default: bool) -> pb::ModelInfo {
         version: model.bundle.version.clone(),
         input_shape: model.bundle.input_shape.iter().map(|&d| d as u32).collect(),
         classes: model.bundle.labels.clone(),
-        sigma: model.bundle.sigma(),
-        noise: "gaussian".into(),
+        sigma: gaussian_sigma(model),
+        noise: model.bundle.noise().kind().into(),
+        noise_scale: model.bundle.noise().scale(),
+        norm: model.bundle.noise().norm().as_str().into(),
         nominal_n: model.bundle.surrogate.as_ref().map_or(0, |s| s.nominal_n),
         device: format!("{:?}", model.device).to_lowercase(),
         defaults: Some(pb::OptionValues {

@@ -1,7 +1,7 @@
 //! Split-conformal calibration of the surrogate and the sequential choice of
 //! cA (adaptive n0): the two pieces of statistics the methods beyond the
 //! paper add, torch-free like the rest of `smoothing`.
-use super::{binomial_test_two_sided, SmoothingError};
+use super::{binomial_test_two_sided, Noise, SmoothingError};
 use serde::{Deserialize, Serialize};
 
 /// How a calibration input's overestimation is scored. Split conformal
@@ -25,11 +25,13 @@ pub enum ConformalScore {
     /// where it is small.
     #[value(name = "root-miss", alias = "root_miss")]
     RootMiss,
-    /// s = Phi^-1(p_hat) - Phi^-1(p_MC), each p kept within [c, 1 - c]: the
-    /// overestimate in radius space, in units of sigma (sigma s is the gap
-    /// between the two radii before Clopper-Pearson). CALIBRATED takes
-    /// sigma q off the surrogate's radius: the same shift at every p_hat, so
-    /// no radius is capped the way p_gap caps it.
+    /// s = u(p_hat) - u(p_MC), each p kept within [c, 1 - c], where u is the
+    /// noise's radius in units of its scale (`Noise::radius_unit`): Phi^-1
+    /// for the Gaussian (hence the name), 2 (p - 1/2) for the uniform,
+    /// -ln(2 (1 - p)) for the Laplace. The overestimate in radius space
+    /// (scale * s is the gap between the two radii before Clopper-Pearson).
+    /// CALIBRATED takes scale * q off the surrogate's radius: the same shift
+    /// at every p_hat, so no radius is capped the way p_gap caps it.
     #[value(name = "probit")]
     Probit,
 }
@@ -45,8 +47,9 @@ impl ConformalScore {
     }
 
     /// The score of one input whose surrogate says `p_hat` and whose Monte
-    /// Carlo count over `n` samples gives `p_mc`.
-    pub fn score(self, p_hat: f64, p_mc: f64, n: u64) -> f64 {
+    /// Carlo count over `n` samples gives `p_mc`, under `noise` (only the
+    /// radius-space score reads it).
+    pub fn score(self, noise: Noise, p_hat: f64, p_mc: f64, n: u64) -> f64 {
         if !p_hat.is_finite() || !p_mc.is_finite() {
             // Refused by the quantile, rather than read as a sure prediction.
             return f64::NAN;
@@ -61,13 +64,13 @@ impl ConformalScore {
                 let c = half_sample(n);
                 ((1.0 - p_mc).max(0.0) + c).powf(0.25) - ((1.0 - p_hat).max(0.0) + c).powf(0.25)
             }
-            ConformalScore::Probit => probit(p_hat, n) - probit(p_mc, n),
+            ConformalScore::Probit => unit(noise, p_hat, n) - unit(noise, p_mc, n),
         }
     }
 
     /// The calibrated probability: the least p_MC with score(p_hat, p_MC) <= q,
     /// so that a score within q means p_MC >= this value.
-    pub fn calibrated(self, p_hat: f64, q: f64, n: u64) -> f64 {
+    pub fn calibrated(self, noise: Noise, p_hat: f64, q: f64, n: u64) -> f64 {
         if !p_hat.is_finite() || !q.is_finite() {
             return 0.0;
         }
@@ -88,15 +91,15 @@ impl ConformalScore {
                     1.0 - (root.powi(4) - c)
                 }
             }
-            // score <= q  <=>  probit(p_MC) >= probit(p_hat) - q, and probit is
-            // increasing, so p_MC (kept within [c, 1 - c]) >= Phi(probit(p_hat) - q).
+            // score <= q  <=>  u(p_MC) >= u(p_hat) - q, and u is increasing,
+            // so p_MC (kept within [c, 1 - c]) >= u^-1(u(p_hat) - q).
             // At or below the clamp's floor the bound says nothing: count 0.
             ConformalScore::Probit => {
-                let z = probit(p_hat, n) - q;
-                if z <= probit(0.0, n) {
+                let z = unit(noise, p_hat, n) - q;
+                if z <= unit(noise, 0.0, n) {
                     0.0
                 } else {
-                    standard_normal_cdf(z)
+                    noise.p_of_unit(z)
                 }
             }
         }
@@ -104,15 +107,16 @@ impl ConformalScore {
     }
 }
 
-/// Phi^-1(p) with p kept within [c, 1 - c], c = 1/(2n): finite at p = 0 and 1.
-fn probit(p: f64, n: u64) -> f64 {
-    let c = half_sample(n);
-    super::binomial::norm_ppf(p.clamp(c, 1.0 - c))
-}
-
 fn standard_normal_cdf(z: f64) -> f64 {
     use statrs::distribution::{ContinuousCDF, Normal};
     Normal::standard().cdf(z)
+}
+
+/// The noise's radius in units of its scale at p kept within [c, 1 - c],
+/// c = 1/(2n): finite at p = 0 and 1 (Phi^-1 for the Gaussian).
+fn unit(noise: Noise, p: f64, n: u64) -> f64 {
+    let c = half_sample(n);
+    noise.radius_unit(p.clamp(c, 1.0 - c))
 }
 
 fn half_sample(n: u64) -> f64 {
@@ -261,6 +265,8 @@ pub fn blended_estimate(p_hat: f64, margin_z: Option<f64>, threshold: Option<f64
 /// threshold, the estimate blends the selection samples' margin in first.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CalibrationShift {
+    /// The bundle's noise, whose radius units the radius-space score uses.
+    pub noise: Noise,
     pub score: ConformalScore,
     pub q: f64,
     pub bins: Option<MondrianBins>,
@@ -277,7 +283,7 @@ impl CalibrationShift {
     pub fn apply(&self, p_hat: f64, margin_z: Option<f64>, n: u64) -> f64 {
         let p = self.estimate(p_hat, margin_z);
         let q = self.bins.map_or(self.q, |b| b.q_for(p));
-        self.score.calibrated(p, q, n)
+        self.score.calibrated(self.noise, p, q, n)
     }
 }
 

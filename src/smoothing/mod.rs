@@ -9,6 +9,7 @@
 
 mod binomial;
 mod conformal;
+mod noise;
 pub mod sequential;
 
 pub use conformal::{
@@ -16,6 +17,7 @@ pub use conformal::{
     conformal_rank, margin_threshold_ok, training_conditional_rank, AdaptiveN0, CalibrationShift,
     ConformalScore, MondrianBins, RankRule, SelectionMargin, MAX_BINS, MAX_MARGIN_THRESHOLD,
 };
+pub use noise::{Noise, Norm};
 
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +29,7 @@ pub enum SmoothingError {
     InvalidCount { k: u64, n: u64 },
     #[error("invalid alpha {0}: need 0 < alpha < 1")]
     InvalidAlpha(f64),
-    #[error("invalid sigma {0}: need a finite sigma > 0")]
+    #[error("invalid noise scale {0}: need a finite sigma or lambda > 0")]
     InvalidSigma(f64),
     #[error("zero samples: n must be at least 1")]
     ZeroSamples,
@@ -125,12 +127,6 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// The largest target radius a request may ask for: 8.2 sigma, about
-/// sigma * Phi^-1(1 - 1e-16); beyond it no sample count certifies anything.
-pub fn max_certifiable_radius(sigma: f64) -> f64 {
-    8.2 * sigma
-}
-
 /// Two-sided exact binomial test p-value of k successes in n trials at p = 0.5
 /// (`scipy.stats.binomtest(k, n, 0.5).pvalue`; for p = 0.5 that is
 /// min(1, 2 * P(X >= max(k, n - k)))). Tiny p-values underflow to 0 only below ~1e-308.
@@ -209,24 +205,23 @@ pub enum Decision {
 }
 
 /// CERTIFY's decision (steps 4-5): p_a_lower = clopper_pearson_lower(count_a, n, alpha);
-/// certified with radius sigma * Phi^-1(p_a_lower) iff p_a_lower > 1/2, else
-/// Abstain(LowConfidence). Errors on invalid counts, alpha, or sigma (finite, > 0).
+/// certified with the noise's radius at p_a_lower (sigma * Phi^-1(p_a_lower)
+/// for the Gaussian) iff p_a_lower > 1/2, else Abstain(LowConfidence).
+/// Errors on invalid counts, alpha, or the noise's scale (finite, > 0).
 pub fn certify_decision(
     class: usize,
     count_a: u64,
     n: u64,
     alpha: f64,
-    sigma: f64,
+    noise: Noise,
 ) -> Result<Decision, SmoothingError> {
-    if !(sigma > 0.0 && sigma.is_finite()) {
-        return Err(SmoothingError::InvalidSigma(sigma));
-    }
+    noise.validate()?;
     let p_a_lower = clopper_pearson_lower(count_a, n, alpha)?;
     if p_a_lower > 0.5 {
         Ok(Decision::Certified {
             class,
             p_a_lower,
-            radius: gaussian_l2_radius(sigma, p_a_lower),
+            radius: noise.radius(p_a_lower),
         })
     } else {
         Ok(Decision::Abstain {

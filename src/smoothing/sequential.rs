@@ -1,5 +1,9 @@
 //! Exact certificates at a required radius: a staged sequential test of
-//! H0: pA < p* = Phi(eps / sigma) (Gaussian noise, L2) at level alpha.
+//! H0: pA < p* at level alpha, where p* is the smallest pA whose radius
+//! reaches the target under the bundle's noise (`Noise::p_star`: Phi(eps /
+//! sigma) for the Gaussian's L2 radius, 1/2 + eps / (2 lambda) and
+//! 1 - exp(-eps / lambda) / 2 for the uniform's and the Laplace's L1 radius).
+//! The test itself only compares bounds on pA with p*, so it holds for any noise.
 //!
 //! # The guarantee
 //!
@@ -15,7 +19,7 @@
 //! So whatever the stopping rule does (certify when L_j >= p*, give up when
 //! the cap is out of reach, continue otherwise), the bound L_J at the stage J
 //! where it stops is a (1 - alpha) lower confidence bound for pA, valid at
-//! that stopping time, and sigma * Phi^-1(L_J) is a certified radius with
+//! that stopping time, and the noise's radius at L_J is a certified radius with
 //! Cohen et al.'s guarantee at level alpha. Under H0 (pA < p*), the
 //! probability of certifying eps is at most alpha. Giving up never
 //! certifies, so the futility rule spends no alpha and may look at the
@@ -30,20 +34,6 @@
 //! That is why a guided schedule keeps the guarantee whatever the surrogate
 //! says: a wrong guide costs samples, never validity.
 use super::{clopper_pearson_lower, clopper_pearson_upper, SmoothingError};
-use statrs::distribution::{ContinuousCDF, Normal};
-
-/// p* = Phi(eps / sigma): the smallest pA that certifies radius eps.
-pub fn p_star(eps: f64, sigma: f64) -> Result<f64, SmoothingError> {
-    if !(sigma.is_finite() && sigma > 0.0) {
-        return Err(SmoothingError::InvalidSigma(sigma));
-    }
-    if !(eps.is_finite() && eps >= 0.0) {
-        return Err(SmoothingError::NumericalFailure(format!(
-            "target radius {eps} must be finite and >= 0"
-        )));
-    }
-    Ok(Normal::standard().cdf(eps / sigma))
-}
 
 /// One stage: the cumulative number of estimation samples after it, and the
 /// level spent on its bound.
@@ -396,10 +386,17 @@ fn settling_size(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smoothing::Noise;
+    use statrs::distribution::ContinuousCDF;
+
+    /// The Gaussian's p* for radius eps at sigma.
+    fn p_star(eps: f64, sigma: f64) -> f64 {
+        Noise::Gaussian { sigma }.p_star(eps).unwrap()
+    }
 
     #[test]
     fn schedules_spend_at_most_alpha_and_end_at_the_cap() {
-        let ps = p_star(0.75, 0.25).unwrap();
+        let ps = p_star(0.75, 0.25);
         let plain = Schedule::plain(0.001, 100_000, ps).unwrap();
         let sizes: Vec<u64> = plain.stages().iter().map(|s| s.n).collect();
         assert_eq!(sizes, [100, 400, 1600, 6400, 25_600, 100_000]);
@@ -413,7 +410,7 @@ mod tests {
             assert!(fewest_certifying(ps, *a) <= s.n);
         }
         for eps in [0.25, 0.5, 0.75] {
-            let ps = p_star(eps, 0.25).unwrap();
+            let ps = p_star(eps, 0.25);
             for p_hat in [0.5, 0.9, 0.97, 0.99, 0.999, 0.9999, 1.0] {
                 let g = Schedule::guided(0.001, 100_000, ps, p_hat).unwrap();
                 assert_eq!(g.cap(), 100_000);
@@ -438,7 +435,7 @@ mod tests {
         // With pA = 1, certifying eps at level alpha / 2 takes the smallest n
         // with (alpha / 2)^(1 / n) >= p*: n >= ln(2 / alpha) / -ln p*.
         for eps in [0.25, 0.5, 0.75] {
-            let ps = p_star(eps, 0.25).unwrap();
+            let ps = p_star(eps, 0.25);
             let closed = (2.0f64 / 0.001).ln() / -ps.ln();
             let g = Schedule::guided(0.001, 100_000, ps, 1.0).unwrap();
             // Looks before the first certifying one spend nothing.
@@ -545,15 +542,45 @@ mod tests {
     }
 
     /// The guarantee, tested where it is tightest: pA exactly p* and just
-    /// below it. alpha = 0.05 so that false certificates are frequent enough
-    /// to count. 20,000 simulated streams per case go through `decide`; the
-    /// exact rate comes from the independent recursion above.
+    /// below it, for the Gaussian's L2 thresholds and the uniform's and the
+    /// Laplace's L1 ones. alpha = 0.05 so that false certificates are
+    /// frequent enough to count. 20,000 simulated streams per case go through
+    /// `decide`; the exact rate comes from the independent recursion above,
+    /// and each p* from the closed form written here (rs4a's radii inverted),
+    /// not from `Noise::p_star`.
     #[test]
     fn false_certificates_stay_below_alpha_at_the_worst_cases() {
+        use statrs::distribution::Normal;
         let alpha = 0.05;
-        let sigma = 0.25;
-        for (eps, cap) in [(0.25, 1_000u64), (0.5, 2_000)] {
-            let ps = p_star(eps, sigma).unwrap();
+        let cases = [
+            (
+                Noise::Gaussian { sigma: 0.25 },
+                0.25,
+                1_000u64,
+                Normal::standard().cdf(1.0),
+            ),
+            (
+                Noise::Gaussian { sigma: 0.25 },
+                0.5,
+                2_000,
+                Normal::standard().cdf(2.0),
+            ),
+            // Uniform, lambda = 0.5: R = 2 lambda (p - 1/2), so p* = 0.7 at R = 0.2.
+            (Noise::Uniform { lambda: 0.5 }, 0.2, 1_000, 0.7),
+            // Laplace, lambda = 0.25: R = -lambda ln(2 (1 - p)), so p* = 1 - e^-1 / 2 at R = 0.25.
+            (
+                Noise::Laplace { lambda: 0.25 },
+                0.25,
+                1_000,
+                1.0 - (-1.0f64).exp() / 2.0,
+            ),
+        ];
+        for (noise, eps, cap, independent) in cases {
+            let ps = noise.p_star(eps).unwrap();
+            assert!(
+                (ps - independent).abs() < 1e-12,
+                "{noise}: p* {ps} vs {independent}"
+            );
             let schedules = [
                 Schedule::plain(alpha, cap, ps).unwrap(),
                 // A guide that says "certain": half of alpha on a small first stage.
@@ -569,7 +596,7 @@ mod tests {
                     let exact = exact_certification_rate(&test, p);
                     assert!(
                         exact <= alpha,
-                        "exact rate {exact} > {alpha} at p = {p}, {schedule:?}"
+                        "{noise}: exact rate {exact} > {alpha} at p = {p}, {schedule:?}"
                     );
                     let mut rng = Rng(eps.to_bits() ^ p.to_bits() ^ schedule.stages()[0].n);
                     let streams = 20_000;
@@ -593,9 +620,12 @@ mod tests {
                     let se = (exact * (1.0 - exact) / f64::from(streams)).sqrt();
                     assert!(
                         (rate - exact).abs() <= 4.5 * se + 1e-4,
-                        "eps {eps} p {p}: simulated {rate} vs exact {exact} (se {se}), {schedule:?}"
+                        "{noise} eps {eps} p {p}: simulated {rate} vs exact {exact} (se {se}), {schedule:?}"
                     );
-                    assert!(rate <= alpha + 4.5 * se, "simulated {rate} > {alpha}");
+                    assert!(
+                        rate <= alpha + 4.5 * se,
+                        "{noise}: simulated {rate} > {alpha}"
+                    );
                 }
             }
         }
@@ -603,9 +633,9 @@ mod tests {
 
     #[test]
     fn p_star_is_phi_of_eps_over_sigma() {
-        assert!((p_star(0.5, 0.25).unwrap() - 0.977_249_868_051_820_8).abs() < 1e-9);
-        assert!((p_star(0.75, 0.25).unwrap() - 0.998_650_101_968_369_9).abs() < 1e-9);
-        assert_eq!(p_star(0.0, 0.25).unwrap(), 0.5);
-        assert!(p_star(-1.0, 0.25).is_err());
+        assert!((p_star(0.5, 0.25) - 0.977_249_868_051_820_8).abs() < 1e-9);
+        assert!((p_star(0.75, 0.25) - 0.998_650_101_968_369_9).abs() < 1e-9);
+        assert_eq!(p_star(0.0, 0.25), 0.5);
+        assert!(Noise::Gaussian { sigma: 0.25 }.p_star(-1.0).is_err());
     }
 }

@@ -5,6 +5,9 @@
 use super::*;
 use statrs::function::gamma::ln_gamma;
 
+/// The shipped bundle's noise.
+const G: Noise = Noise::Gaussian { sigma: 0.25 };
+
 /// `|ours - reference| <= rel * |reference|` (exact match required for a reference of 0).
 fn assert_rel(ours: f64, reference: f64, rel: f64, what: &str) {
     assert!(
@@ -157,7 +160,7 @@ fn invalid_inputs_are_errors_not_panics() {
             Err(InvalidAlpha(_))
         ));
         assert!(matches!(
-            certify_decision(0, 5, 10, alpha, 0.25),
+            certify_decision(0, 5, 10, alpha, Noise::gaussian(0.25)),
             Err(InvalidAlpha(_))
         ));
         assert!(matches!(
@@ -172,7 +175,7 @@ fn invalid_inputs_are_errors_not_panics() {
     );
     for sigma in [0.0, -0.25, f64::NAN, f64::INFINITY] {
         assert!(matches!(
-            certify_decision(0, 5, 10, 0.001, sigma),
+            certify_decision(0, 5, 10, 0.001, Noise::gaussian(sigma)),
             Err(InvalidSigma(_))
         ));
     }
@@ -394,7 +397,7 @@ fn certify_decision_thresholds_at_one_half() {
     // n = 100 000, alpha = 0.001 (the paper's setting).
     let (n, alpha, sigma) = (100_000u64, 1e-3, 0.25);
     let p = clopper_pearson_lower(99_990, n, alpha).unwrap();
-    match certify_decision(3, 99_990, n, alpha, sigma).unwrap() {
+    match certify_decision(3, 99_990, n, alpha, Noise::gaussian(sigma)).unwrap() {
         Decision::Certified {
             class,
             p_a_lower,
@@ -415,7 +418,7 @@ fn certify_decision_thresholds_at_one_half() {
         .find(|&k| clopper_pearson_lower(k, n, alpha).unwrap() > 0.5)
         .unwrap();
     for k in [0, 1, 500, first - 1] {
-        match certify_decision(0, k, n, alpha, sigma).unwrap() {
+        match certify_decision(0, k, n, alpha, Noise::gaussian(sigma)).unwrap() {
             Decision::Abstain { reason, p_a_lower } => {
                 assert_eq!(reason, AbstainReason::LowConfidence);
                 assert!(p_a_lower <= 0.5);
@@ -423,14 +426,14 @@ fn certify_decision_thresholds_at_one_half() {
             d => panic!("k={k}: expected abstain, got {d:?}"),
         }
     }
-    match certify_decision(0, first, n, alpha, sigma).unwrap() {
+    match certify_decision(0, first, n, alpha, Noise::gaussian(sigma)).unwrap() {
         Decision::Certified {
             p_a_lower, radius, ..
         } => assert!(p_a_lower > 0.5 && radius > 0.0 && radius < 0.01),
         d => panic!("expected certified, got {d:?}"),
     }
     // All n of n samples at n = 100 000: the paper's largest possible radius (~0.95).
-    match certify_decision(0, 100_000, 100_000, alpha, sigma).unwrap() {
+    match certify_decision(0, 100_000, 100_000, alpha, Noise::gaussian(sigma)).unwrap() {
         Decision::Certified { radius, .. } => assert!((radius - 0.953).abs() < 0.001),
         d => panic!("{d:?}"),
     }
@@ -693,11 +696,11 @@ fn calibrated_probability_is_the_boundary_of_the_score() {
     ] {
         for &p_hat in &ps {
             for q in [-0.5, -0.01, 0.0, 0.004, 0.07, 0.9, 2.0] {
-                let cal = score.calibrated(p_hat, q, n);
+                let cal = score.calibrated(G, p_hat, q, n);
                 assert!((0.0..=1.0).contains(&cal));
                 for k in (0..=n).step_by(997).chain([n]) {
                     let p_mc = k as f64 / n as f64;
-                    let s = score.score(p_hat, p_mc, n);
+                    let s = score.score(G, p_hat, p_mc, n);
                     if p_mc >= cal + 1e-12 {
                         assert!(s <= q + 1e-9, "{score:?} p_hat {p_hat} q {q} p_mc {p_mc}");
                     } else if p_mc < cal - 1e-12 {
@@ -708,9 +711,12 @@ fn calibrated_probability_is_the_boundary_of_the_score() {
         }
     }
     // log_miss by hand: miss 1e-3, q = ln 2 doubles it (plus c = 5e-6).
-    let got = ConformalScore::LogMiss.calibrated(0.999, 2f64.ln(), n);
+    let got = ConformalScore::LogMiss.calibrated(G, 0.999, 2f64.ln(), n);
     assert!((got - (1.0 - (2.0 * (1e-3 + 5e-6) - 5e-6))).abs() < 1e-12);
-    assert_eq!(ConformalScore::PGap.calibrated(0.95, 0.07, n), 0.95 - 0.07);
+    assert_eq!(
+        ConformalScore::PGap.calibrated(G, 0.95, 0.07, n),
+        0.95 - 0.07
+    );
 }
 
 /// The training-conditional rank against an independent computation: the
@@ -779,23 +785,23 @@ fn probit_score_inverts_to_the_calibrated_probability() {
     let normal = Normal::standard();
     for &p_hat in &[0.6, 0.9, 0.99, 0.9999, 1.0] {
         for &q in &[0.05, 0.3, 1.0] {
-            let p_cal = ConformalScore::Probit.calibrated(p_hat, q, n);
+            let p_cal = ConformalScore::Probit.calibrated(G, p_hat, q, n);
             let c = 0.5 / n as f64;
             let expected = normal.cdf(normal.inverse_cdf(p_hat.clamp(c, 1.0 - c)) - q);
             assert!(
                 (p_cal - expected).abs() < 1e-9,
                 "{p_hat} {q}: {p_cal} vs {expected}"
             );
-            let at = ConformalScore::Probit.score(p_hat, p_cal, n);
+            let at = ConformalScore::Probit.score(G, p_hat, p_cal, n);
             assert!((at - q).abs() < 1e-6, "score at the bound {at} vs {q}");
-            assert!(ConformalScore::Probit.score(p_hat, (p_cal + 1e-3).min(1.0), n) <= q + 1e-9);
-            assert!(ConformalScore::Probit.score(p_hat, p_cal - 1e-3, n) > q);
+            assert!(ConformalScore::Probit.score(G, p_hat, (p_cal + 1e-3).min(1.0), n) <= q + 1e-9);
+            assert!(ConformalScore::Probit.score(G, p_hat, p_cal - 1e-3, n) > q);
         }
     }
     // The radius shift does not cap: a confident surrogate keeps a large radius.
-    let p_cal = ConformalScore::Probit.calibrated(0.99999, 0.3, n);
+    let p_cal = ConformalScore::Probit.calibrated(G, 0.99999, 0.3, n);
     assert!(normal.inverse_cdf(p_cal) > 3.5, "{p_cal}");
-    assert!(ConformalScore::PGap.calibrated(0.99999, 0.067, n) < 0.94);
+    assert!(ConformalScore::PGap.calibrated(G, 0.99999, 0.067, n) < 0.94);
 }
 
 /// Mondrian bins: each p_hat takes its own bin's quantile.
@@ -816,6 +822,7 @@ fn mondrian_bins_pick_their_quantile() {
     assert!(MondrianBins::new(&[0.9], &[0.1]).is_err());
     assert!(check_edges(&[0.0]).is_err() && check_edges(&[0.5, 1.0]).is_err());
     let shift = CalibrationShift {
+        noise: G,
         score: ConformalScore::PGap,
         q: 9.0,
         bins: Some(bins),
@@ -876,6 +883,7 @@ fn blended_estimate_takes_the_margin_below_its_threshold() {
     assert_eq!(blended_estimate(0.9, None, t), 0.9);
     assert_eq!(blended_estimate(0.9, Some(f64::NAN), t), 0.9);
     let shift = CalibrationShift {
+        noise: G,
         score: ConformalScore::Probit,
         q: 0.3,
         bins: None,
@@ -938,5 +946,172 @@ fn argmax_top_two_and_median_match_their_definitions() {
         let below = p.iter().filter(|&&v| v <= m).count();
         let above = p.iter().filter(|&&v| v >= m).count();
         assert!(below >= 3 && above >= 3, "{p:?} {m}");
+    }
+}
+
+/// The noises' radii against their closed forms, and their inverses.
+#[test]
+fn noise_radii_and_their_inverses() {
+    let g = Noise::Gaussian { sigma: 0.25 };
+    let u = Noise::Uniform { lambda: 0.5 };
+    let l = Noise::Laplace { lambda: 0.25 };
+    assert_eq!(
+        (g.norm(), u.norm(), l.norm()),
+        (Norm::L2, Norm::L1, Norm::L1)
+    );
+    // Gaussian: sigma Phi^-1(p), scipy.stats.norm.ppf(0.99) = 2.3263478740408408.
+    assert_rel(
+        g.radius(0.99),
+        0.25 * 2.326_347_874_040_840_8,
+        1e-12,
+        "gaussian",
+    );
+    assert_eq!(g.radius(0.99), gaussian_l2_radius(0.25, 0.99));
+    for p in [0.5, 0.6, 0.75, 0.9, 0.99, 0.999_9] {
+        // rs4a's certify_l1: 2 lambda (p - 1/2) and -lambda ln(2 (1 - p)).
+        assert_rel(u.radius(p), 2.0 * 0.5 * (p - 0.5), 1e-15, "uniform");
+        assert_rel(
+            l.radius(p),
+            -0.25 * (2.0 * (1.0 - p)).ln(),
+            1e-15,
+            "laplace",
+        );
+        for noise in [g, u, l] {
+            let r = noise.radius(p);
+            let back = noise.p_star(r).unwrap();
+            assert!(
+                (back - p).abs() < 1e-10,
+                "{noise}: p {p} -> r {r} -> {back}"
+            );
+        }
+    }
+    for noise in [g, u, l] {
+        assert_eq!(noise.radius(0.5), 0.0, "{noise}");
+        assert!(noise.radius(0.4) < 0.0, "{noise}");
+        assert!(noise.radius(1.5).is_nan(), "{noise}");
+        assert!(noise.p_star(-0.1).is_err());
+        assert!(noise.p_star(noise.max_radius() * 1.01).is_err());
+        assert!(noise.p_star(noise.max_radius()).unwrap() < 1.0);
+    }
+    assert!(
+        (u.max_radius() - 0.5).abs() < 1e-12,
+        "uniform radii stop at lambda"
+    );
+    assert!((l.max_radius() - 0.25 * 36.04).abs() < 0.01);
+    assert_eq!(g.max_radius(), 8.2 * 0.25);
+    // rs4a's certify_linf for uniform: 2 lambda (1 - (1.5 - p)^(1/d)).
+    let d = 784;
+    let linf = u.linf_radius(0.9, d).unwrap();
+    assert_rel(
+        linf,
+        2.0 * 0.5 * (1.0 - 0.6f64.powf(1.0 / 784.0)),
+        1e-14,
+        "linf",
+    );
+    assert!(g.linf_radius(0.9, d).is_none() && u.linf_radius(0.4, d).is_none());
+    assert!(Noise::Uniform { lambda: 0.0 }.validate().is_err());
+    assert!(Noise::Laplace { lambda: f64::NAN }.p_star(0.1).is_err());
+}
+
+/// An independent check of the L1 radii: the one-dimensional Neyman-Pearson
+/// worst case computed numerically. Under a shift of delta along one
+/// coordinate, the adversary's classifier puts pA of the clean noise where
+/// the shifted density is smallest relative to the clean one; the radius is
+/// the largest delta that keeps that mass above 1/2. Densities, grid and
+/// bisection are written here and share nothing with the closed forms.
+#[test]
+fn l1_radii_match_the_numerical_neyman_pearson_worst_case() {
+    let uniform = |lambda: f64| move |x: f64| if x.abs() <= lambda { 0.5 / lambda } else { 0.0 };
+    let laplace = |lambda: f64| move |x: f64| (-x.abs() / lambda).exp() / (2.0 * lambda);
+    // The worst-case shifted mass of a set of clean mass p under a shift delta.
+    fn worst_mass(pdf: &dyn Fn(f64) -> f64, extent: f64, delta: f64, p: f64) -> f64 {
+        let cells = 100_000;
+        let (lo, hi) = (-extent, extent + delta);
+        let h = (hi - lo) / cells as f64;
+        let mut c: Vec<(f64, f64, f64)> = (0..cells)
+            .map(|i| {
+                let x = lo + (i as f64 + 0.5) * h;
+                let (p0, p1) = (pdf(x) * h, pdf(x - delta) * h);
+                let ratio = if p0 > 0.0 { p1 / p0 } else { f64::INFINITY };
+                (ratio, p0, p1)
+            })
+            .collect();
+        c.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (mut clean, mut shifted) = (0.0, 0.0);
+        for (_, p0, p1) in c {
+            if clean + p0 >= p {
+                // The last cell, in part.
+                shifted += p1 * ((p - clean) / p0);
+                break;
+            }
+            clean += p0;
+            shifted += p1;
+        }
+        shifted
+    }
+    fn np_radius(pdf: &dyn Fn(f64) -> f64, extent: f64, p: f64) -> f64 {
+        let (mut lo, mut hi) = (0.0, extent);
+        for _ in 0..32 {
+            let mid = (lo + hi) / 2.0;
+            if worst_mass(pdf, extent, mid, p) > 0.5 {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+    for p in [0.6, 0.75, 0.9] {
+        let lambda = 0.5;
+        let ours = Noise::Uniform { lambda }.radius(p);
+        let np = np_radius(&uniform(lambda), lambda, p);
+        assert!(
+            (ours - np).abs() < 4e-3 * lambda,
+            "uniform p {p}: {ours} vs {np}"
+        );
+        let lambda = 0.25;
+        let ours = Noise::Laplace { lambda }.radius(p);
+        let np = np_radius(&laplace(lambda), 40.0 * lambda, p);
+        assert!(
+            (ours - np).abs() < 4e-3 * lambda,
+            "laplace p {p}: {ours} vs {np}"
+        );
+    }
+}
+
+/// The radius-space score under the L1 noises: its calibrated probability is
+/// the score's boundary, and for the uniform, whose radius is linear in p,
+/// it is p_hat - q / 2 (a radius cut of lambda q), by closed form.
+#[test]
+fn the_radius_space_score_follows_each_noise() {
+    let n = 10_000;
+    let c = 1.0 / (2.0 * n as f64);
+    for noise in [
+        Noise::Uniform { lambda: 0.5 },
+        Noise::Laplace { lambda: 0.25 },
+    ] {
+        for p_hat in [0.3f64, 0.6, 0.9, 0.99, 0.9999, 1.0] {
+            for q in [-0.2, 0.0, 0.01, 0.1, 0.5] {
+                let cal = ConformalScore::Probit.calibrated(noise, p_hat, q, n);
+                assert!((0.0..=1.0).contains(&cal), "{noise} {p_hat} {q}: {cal}");
+                if let Noise::Uniform { .. } = noise {
+                    let want = (p_hat.clamp(c, 1.0 - c) - q / 2.0).clamp(0.0, 1.0);
+                    assert!(
+                        (cal - want).abs() < 1e-12 || cal == 0.0,
+                        "{p_hat} {q}: {cal} vs {want}"
+                    );
+                }
+                for k in (0..=n).step_by(37).chain([n]) {
+                    let p_mc = k as f64 / n as f64;
+                    let s = ConformalScore::Probit.score(noise, p_hat, p_mc, n);
+                    // Above 1 - c no count reaches the bound (counts are clamped there).
+                    if p_mc >= cal + 1e-12 && cal <= 1.0 - c {
+                        assert!(s <= q + 1e-9, "{noise} p_hat {p_hat} q {q} p_mc {p_mc}");
+                    } else if p_mc < cal - 1e-12 && cal > 0.0 {
+                        assert!(s > q - 1e-9, "{noise} p_hat {p_hat} q {q} p_mc {p_mc}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -94,7 +94,7 @@ fn opts(model: &Path, out: &Path, folder: Option<PathBuf>) -> ImportOptions {
         name: None,
         labels: vec!["bright".into(), "dark".into()],
         shape: SHAPE,
-        sigma: 0.25,
+        noise: smoothcert::smoothing::Noise::Gaussian { sigma: 0.25 },
         normalization: None,
         dataset: folder.map(|image_folder| DatasetSource::ImageFolder { image_folder }),
         max_images: 100,

@@ -18,7 +18,7 @@ fn train_opts(out: &Path) -> TrainBaseOptions {
         dataset: DatasetKind::FashionMnist,
         data_dir: None,
         arch: Arch::SmallCnn,
-        sigma: 0.25,
+        noise: smoothcert::smoothing::Noise::Gaussian { sigma: 0.25 },
         epochs: 3,
         batch_size: 64,
         learning_rate: 2e-3,
@@ -97,7 +97,7 @@ fn train_base_resumes_to_identical_weights() {
     first.pause_after = Some(1);
     train_base(&first).unwrap();
     let mut second = first.clone();
-    second.sigma = 0.5;
+    second.noise = smoothcert::smoothing::Noise::Gaussian { sigma: 0.5 };
     let err = train_base(&second).unwrap_err().to_string();
     assert!(err.contains("different run"), "{err}");
 }

@@ -7,7 +7,7 @@
 //!   cargo test --release --test it schedule_tuning:: -- --ignored --nocapture
 use smoothcert::smoothing::clopper_pearson_lower;
 use smoothcert::smoothing::sequential::{
-    p_star, Guide, Schedule, SequentialDecision, SequentialTest, FUTILITY, GUIDE,
+    Guide, Schedule, SequentialDecision, SequentialTest, FUTILITY, GUIDE,
 };
 
 struct Rng(u64);
@@ -81,8 +81,10 @@ fn guided_schedule_knobs_on_the_calibration_images() {
         )
         .collect();
     println!("shipped: {GUIDE:?}");
-    for eps in [0.25, 0.5, 0.75] {
-        let ps = p_star(eps, sigma).unwrap();
+    for eps in [0.25f64, 0.5, 0.75] {
+        let ps = smoothcert::smoothing::Noise::Gaussian { sigma }
+            .p_star(eps)
+            .unwrap();
         println!("\neps {eps}:");
         for (name, guide) in &variants {
             let mut rng = Rng(eps.to_bits());

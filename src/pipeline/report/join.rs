@@ -7,15 +7,22 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Two runs are comparable input by input only on the same split of the same
-/// base classifier at the same sigma and alpha (n may differ on purpose).
+/// base classifier under the same noise and alpha (n may differ on purpose).
 /// Returns the first run parameter that differs, when both files have them.
 pub(super) fn incomparable(a: &FileReport, b: &FileReport) -> Option<&'static str> {
     let (Some(pa), Some(pb)) = (&a.run_params, &b.run_params) else {
         return None;
     };
-    ["split", "base_weights_fnv1a", "sigma", "alpha"]
-        .into_iter()
-        .find(|k| pa.get(*k) != pb.get(*k))
+    [
+        "split",
+        "base_weights_fnv1a",
+        "noise_kind",
+        "sigma",
+        "lambda",
+        "alpha",
+    ]
+    .into_iter()
+    .find(|k| pa.get(*k) != pb.get(*k))
 }
 
 /// A report input is one certify TSV, or several joined by '+' (runs of one
@@ -121,4 +128,25 @@ pub(super) fn same_run(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 /// `certify`'s parameters for the run at `path`, if any.
 pub(super) fn read_run_params(path: &Path) -> Option<serde_json::Value> {
     RunFiles::of(path).params_json()
+}
+
+/// The noise a run recorded (runs of earlier versions: the Gaussian's sigma).
+pub(super) fn run_noise(params: Option<&serde_json::Value>) -> Option<crate::smoothing::Noise> {
+    serde_json::from_value::<crate::pipeline::NoiseRecord>(params?.clone())
+        .ok()?
+        .noise()
+}
+
+/// The norm the files' radii are in: their noises' one norm ("L2" when no
+/// file says; "mixed" when they differ, which no comparison spans).
+pub(super) fn report_norm(files: &[FileReport]) -> &'static str {
+    let mut norms = files
+        .iter()
+        .filter_map(|f| run_noise(f.run_params.as_ref()))
+        .map(|n| n.norm().as_str());
+    match norms.next() {
+        None => "L2",
+        Some(first) if norms.all(|n| n == first) => first,
+        Some(_) => "mixed",
+    }
 }

@@ -175,7 +175,10 @@ pub(super) fn markdown(files: &[FileReport], radii: &[f64], all_rows: &[Vec<Cert
         out.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
     out.push_str(
-        "\nColumns r = ...: certified accuracy (%) at that L2 radius; ACR: average certified radius.\n",
+        &format!(
+            "\nColumns r = ...: certified accuracy (%) at that {} radius; ACR: average certified radius.\n",
+            super::join::report_norm(files)
+        ),
     );
     for f in files {
         if let Some(p) = &f.run_params {
@@ -186,12 +189,12 @@ pub(super) fn markdown(files: &[FileReport], radii: &[f64], all_rows: &[Vec<Cert
                 "nominal n"
             };
             out.push_str(&format!(
-                "{}: n0 = {}, {n_kind} = {}, alpha = {}, sigma = {}",
+                "{}: n0 = {}, {n_kind} = {}, alpha = {}, noise {}",
                 escape_md(&f.summary.name),
                 field("n0"),
                 field("n"),
                 field("alpha"),
-                field("sigma")
+                super::join::run_noise(Some(p)).map_or("?".to_string(), |n| n.to_string())
             ));
             // CALIBRATED and AUTO: (q, delta, score), and AUTO's band.
             if let Some(c) = p.get("calibration").and_then(|c| c.as_array()) {

@@ -195,7 +195,8 @@ pub fn run_report(files: &[PathBuf], opts: &ReportOptions) -> Result<String, Rep
         sequential,
     };
     write_report_json(&report, &opts.out_dir)?;
-    write_plot(&all_rows, &names, max_radius, &opts.out_dir)?;
+    let norm = join::report_norm(&report.files);
+    write_plot(&all_rows, &names, (max_radius, norm), &opts.out_dir)?;
     let mut md = markdown(&report.files, &opts.radii, &all_rows);
     md.push_str(&comparison_markdown(&report.comparisons));
     md.push_str(&sequential_markdown(&report.sequential));
@@ -351,7 +352,7 @@ fn write_report_json(report: &ReportJson, out_dir: &Path) -> Result<(), ReportEr
 fn write_plot(
     all_rows: &[Vec<CertRow>],
     names: &[String],
-    max_radius: f64,
+    (max_radius, norm): (f64, &str),
     out_dir: &Path,
 ) -> Result<(), ReportError> {
     let plot: Vec<PlotCurve> = all_rows
@@ -375,7 +376,7 @@ fn write_plot(
             png_path.display()
         );
     }
-    let png = draw_png(&plot, max_radius, text).map_err(|detail| ReportError::Plot {
+    let png = draw_png(&plot, max_radius, norm, text).map_err(|detail| ReportError::Plot {
         path: png_path.clone(),
         detail,
     })?;

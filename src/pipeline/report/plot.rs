@@ -113,6 +113,7 @@ pub(super) const COLORS: [plotters::style::RGBColor; 8] = [
 pub(super) fn draw_png(
     curves: &[PlotCurve],
     max_radius: f64,
+    norm: &str,
     text: bool,
 ) -> Result<Vec<u8>, String> {
     use plotters::prelude::*;
@@ -131,9 +132,9 @@ pub(super) fn draw_png(
         if text {
             // With an estimate on the plot the title says so: its curve is not certified.
             let caption = if curves.iter().any(|c| c.estimate) {
-                "Certified accuracy vs L2 radius (dashed: surrogate estimates)"
+                format!("Certified accuracy vs {norm} radius (dashed: surrogate estimates)")
             } else {
-                "Certified accuracy vs L2 radius"
+                format!("Certified accuracy vs {norm} radius")
             };
             builder
                 .caption(caption, ("sans-serif", 26))
@@ -146,7 +147,7 @@ pub(super) fn draw_png(
         let percent = |v: &f64| format!("{:.0}%", v * 100.0);
         let mut mesh = chart.configure_mesh();
         if text {
-            mesh.x_desc("radius (L2)")
+            mesh.x_desc(format!("radius ({norm})"))
                 .y_desc("certified accuracy")
                 .label_style(("sans-serif", 16))
                 .axis_desc_style(("sans-serif", 18))

@@ -329,7 +329,7 @@ fn plot_without_a_font_still_draws_curves() {
         estimate: false,
         steps: step_points(&rows()),
     }];
-    let png = draw_png(&curves, 0.9, false).unwrap();
+    let png = draw_png(&curves, 0.9, "L2", false).unwrap();
     let img = image::load_from_memory(&png).unwrap().to_rgb8();
     assert!(img.pixels().filter(|p| p.0 == [31, 119, 180]).count() > 500);
 }
