@@ -339,52 +339,61 @@ impl Config {
             return Err(invalid("models", "at least one model is needed"));
         }
         for (i, m) in self.models.iter().enumerate() {
-            let key = |k: &str| format!("models[{i}].{k}");
-            if m.method == Method::Sequential {
+            m.validate(i)?;
+        }
+        Ok(())
+    }
+}
+
+impl ModelConfig {
+    /// The checks of `models[i]`, each naming its key.
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        let m = self;
+        let key = |k: &str| format!("models[{i}].{k}");
+        if m.method == Method::Sequential {
+            return Err(invalid(
+                key("method"),
+                "sequential needs each request's target_radius, so it cannot be the default; \
+                 clients ask for SEQUENTIAL per request",
+            ));
+        }
+        if m.n0 == 0 || m.n0 > m.max_n0 {
+            return Err(invalid(
+                key("n0"),
+                format!("must be in 1..={} (max_n0)", m.max_n0),
+            ));
+        }
+        if let Some(n) = m.n {
+            if n == 0 || n > m.max_n {
                 return Err(invalid(
-                    key("method"),
-                    "sequential needs each request's target_radius, so it cannot be the default; \
-                     clients ask for SEQUENTIAL per request",
+                    key("n"),
+                    format!("must be in 1..={} (max_n)", m.max_n),
                 ));
             }
-            if m.n0 == 0 || m.n0 > m.max_n0 {
-                return Err(invalid(
-                    key("n0"),
-                    format!("must be in 1..={} (max_n0)", m.max_n0),
-                ));
-            }
-            if let Some(n) = m.n {
-                if n == 0 || n > m.max_n {
-                    return Err(invalid(
-                        key("n"),
-                        format!("must be in 1..={} (max_n)", m.max_n),
-                    ));
-                }
-            }
-            if m.adaptive_n0_chunk == 0 {
-                return Err(invalid(key("adaptive_n0_chunk"), "must be at least 1"));
-            }
-            if !(m.adaptive_n0_alpha > 0.0 && m.adaptive_n0_alpha < 1.0) {
-                return Err(invalid(key("adaptive_n0_alpha"), "must be in (0, 1)"));
-            }
-            if !(0.0..=1.0).contains(&m.auto_band_low) {
-                return Err(invalid(key("auto_band_low"), "must be in [0, 1]"));
-            }
-            if !(m.auto_band_low..=1.0).contains(&m.auto_band_high) {
-                return Err(invalid(
-                    key("auto_band_high"),
-                    "must be in [auto_band_low, 1]",
-                ));
-            }
-            if !(m.min_alpha > 0.0 && m.min_alpha < 1.0) {
-                return Err(invalid(key("min_alpha"), "must be in (0, 1)"));
-            }
-            if !(m.alpha >= m.min_alpha && m.alpha < 1.0) {
-                return Err(invalid(key("alpha"), "must be in [min_alpha, 1)"));
-            }
-            if let Err(e) = crate::model::parse_device(&m.device) {
-                return Err(invalid(key("device"), e.to_string()));
-            }
+        }
+        if m.adaptive_n0_chunk == 0 {
+            return Err(invalid(key("adaptive_n0_chunk"), "must be at least 1"));
+        }
+        if !(m.adaptive_n0_alpha > 0.0 && m.adaptive_n0_alpha < 1.0) {
+            return Err(invalid(key("adaptive_n0_alpha"), "must be in (0, 1)"));
+        }
+        if !(0.0..=1.0).contains(&m.auto_band_low) {
+            return Err(invalid(key("auto_band_low"), "must be in [0, 1]"));
+        }
+        if !(m.auto_band_low..=1.0).contains(&m.auto_band_high) {
+            return Err(invalid(
+                key("auto_band_high"),
+                "must be in [auto_band_low, 1]",
+            ));
+        }
+        if !(m.min_alpha > 0.0 && m.min_alpha < 1.0) {
+            return Err(invalid(key("min_alpha"), "must be in (0, 1)"));
+        }
+        if !(m.alpha >= m.min_alpha && m.alpha < 1.0) {
+            return Err(invalid(key("alpha"), "must be in [min_alpha, 1)"));
+        }
+        if let Err(e) = crate::model::parse_device(&m.device) {
+            return Err(invalid(key("device"), e.to_string()));
         }
         Ok(())
     }

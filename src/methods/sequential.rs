@@ -22,6 +22,16 @@ struct Tally {
 }
 
 impl Tally {
+    fn answer(self, outcome: Outcome) -> Answer {
+        Answer {
+            outcome,
+            method: Method::Sequential,
+            queue: self.queue,
+            timing: self.timing,
+            batch_size: self.batch_size,
+        }
+    }
+
     fn add(&mut self, a: &Answer) {
         self.queue += a.queue;
         self.timing.sampling += a.timing.sampling;
@@ -114,13 +124,7 @@ pub(super) async fn certify(
             guided: guide.is_some(),
             decision,
         };
-        return Ok(Answer {
-            outcome: Outcome::Sequential(certificate, sel),
-            method: Method::Sequential,
-            queue: tally.queue,
-            timing: tally.timing,
-            batch_size: tally.batch_size,
-        });
+        return Ok(tally.answer(Outcome::Sequential(certificate, sel)));
     }
     Err(EngineError::Internal("the sequential test ran past its cap").into())
 }
