@@ -4,23 +4,24 @@
 # rerun after any stop and it goes on from the last finished chunk. Counts
 # shards land in counts/<bundle>/ (commit finished ones: they cost hours).
 #
-#   bash scripts/uniform-model.sh [choose|base|counts|all]
+#   bash scripts/uniform-model.sh [choose|base|all] [pipeline flags, e.g. --until train-counts]
 #
 # choose: lambda 0.5 and 1.0 bases (20 epochs each) certified by Monte Carlo
 #   at N = 1,000 on the 100 test images i % 100 == 49 (no role of the bundle
 #   uses them); the table says which lambda keeps good accuracy over a useful
 #   range of L1 radii.
-# base:   the chosen lambda's base classifier (LAMBDA, default 0.5).
-# counts: the pipeline up to its last counts (resumable), then the rest.
+# base:   the chosen lambda's base classifier (LAMBDA, default 1.0: see docs/PIPELINE.md).
+# all:    the base, then the pipeline (resumable; extra flags go to it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 B=${SMOOTHCERT_BIN:-target/release/smoothcert}
-lambda=${LAMBDA:-0.5}
+lambda=${LAMBDA:-1.0}
 bundle=models/fashion-mnist-uniform-lambda$lambda
 counts=counts/fashion-mnist-uniform-lambda$lambda
 reports=$bundle/reports/n10000
 device=${DEVICE:-cpu}
 what=${1:-all}
+if [ $# -gt 0 ]; then shift; fi
 
 train() { # train LAMBDA OUT
     [ -f "$2/base.safetensors" ] && return 0
@@ -53,10 +54,10 @@ train "$lambda" "$bundle"
 # machine reproduces (and resumes) them.
 mkdir -p "$reports"
 $B pipeline --bundle "$bundle" --counts-dir "$counts" --nominal-n 10000 \
-    --train-n 1000 --train-skip 15 --train-shards 8 --train-use 1,2,3,4,5,6,7,8 \
+    --train-n 1000 --train-skip 15 --train-shards 8 --train-use 0,1,2,3,4,5,6,7 \
     --tail-n 10000 --tail-skip 5 --tail-shards 20 --tail-use 1,3 \
     --calibration-skip 1 --calibration-shards 50 --calibration-use 1,2 \
     --eval-skip 50 --eval-offset 0 --eval-n 10000 \
     --chunk 50 --calibration-chunk 10 --counts-batch 32 --counts-device cpu \
     --score probit --delta 0.05 --n0 100 --alpha 0.001 --seed 0 \
-    --radii 0,0.125,0.25,0.375 --device "$device" --reports-dir "$reports" "$@"
+    --radii 0,0.25,0.5,0.75 --device "$device" --reports-dir "$reports" "$@"

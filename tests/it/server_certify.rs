@@ -224,3 +224,101 @@ async fn stream_answers_every_request_and_reports_bad_ones_inline() {
     server.shutdown();
     server.wait().await.unwrap();
 }
+
+/// A uniform-noise bundle served beside the Gaussian one: its certificates
+/// are in L1 with the uniform's radius and L-infinity radius by their closed
+/// forms, its SEQUENTIAL target uses the uniform's p*, and ListModels says
+/// each model's noise, scale and norm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uniform_noise_bundle_answers_in_l1() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("uniform");
+    let lambda = 0.5;
+    smoothcert::testing::write_threshold_bundle_with(
+        &dir,
+        [1, 28, 28],
+        0.5,
+        smoothcert::smoothing::Noise::Uniform { lambda },
+    );
+    let (server, mut client) = start(crate::common::config_for(&[
+        ("gauss", &crate::common::bundle_dir(), ""),
+        ("uniform", &dir, "method = \"monte_carlo\""),
+    ]))
+    .await;
+    let models = client
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let info = |name: &str| models.iter().find(|m| m.name == name).unwrap().clone();
+    let (g, u) = (info("gauss"), info("uniform"));
+    assert_eq!(
+        (g.noise.as_str(), g.norm.as_str(), g.noise_scale),
+        ("gaussian", "L2", 0.25)
+    );
+    assert_eq!(
+        (u.noise.as_str(), u.norm.as_str(), u.noise_scale),
+        ("uniform", "L1", lambda)
+    );
+    assert_eq!(u.sigma, 0.0, "sigma is the Gaussian's alone");
+
+    // First pixel 0.8: the L1 distance to the rule's boundary is 0.3.
+    let mut pixels = vec![0.3f32; 784];
+    pixels[0] = 0.8;
+    let ask = |options: pb::CertifyOptions| pb::CertifyRequest {
+        model: "uniform".into(),
+        input: Some(tensor(&pixels, &[1, 28, 28])),
+        options: Some(options),
+        request_id: String::new(),
+    };
+    let r = client
+        .certify(ask(pb::CertifyOptions {
+            n: Some(20_000),
+            seed: Some(3),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let params = r.parameters.clone().unwrap();
+    assert_eq!(
+        (params.noise.as_str(), params.noise_scale),
+        ("uniform", lambda)
+    );
+    let c = crate::common::certified(&r);
+    assert!(!c.estimate);
+    assert_eq!(c.norm, "L1");
+    assert!((c.radius - 2.0 * lambda * (c.p_a_lower - 0.5)).abs() < 1e-12);
+    let linf = 2.0 * lambda * (1.0 - (1.5 - c.p_a_lower).powf(1.0 / 784.0));
+    assert!((c.linf_radius - linf).abs() < 1e-12);
+    assert!(c.radius < 0.3 && c.radius > 0.27, "{}", c.radius);
+
+    // SEQUENTIAL at L1 radius 0.25 (p* = 0.75, below pA = 0.8): certified.
+    let r = client
+        .certify(ask(pb::CertifyOptions {
+            method: pb::Method::Sequential as i32,
+            n: Some(20_000),
+            target_radius: Some(0.25),
+            seed: Some(4),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let c = crate::common::certified(&r);
+    assert_eq!(c.norm, "L1");
+    assert!(c.radius >= 0.25);
+    // Beyond lambda no uniform radius exists: refused, naming the bound.
+    let err = client
+        .certify(ask(pb::CertifyOptions {
+            method: pb::Method::Sequential as i32,
+            target_radius: Some(0.6),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("L1"), "{}", err.message());
+    server.shutdown();
+}
