@@ -388,26 +388,7 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let mc_mean_seconds = mean(&mc);
     let p = &opts.params;
-    let sequential = opts
-        .target_radii
-        .iter()
-        .zip(&seq)
-        .map(
-            |(&target_radius, (times, passes, certified, mc_certified))| {
-                let mean_seconds = mean(times);
-                let mean_passes = *passes as f64 / indices.len().max(1) as f64;
-                SequentialTimes {
-                    target_radius,
-                    mean_seconds,
-                    mean_passes,
-                    certified: *certified,
-                    mc_certified: *mc_certified,
-                    speedup_mean: mc_mean_seconds / mean_seconds,
-                    speedup_passes: (p.n0 + p.n) as f64 / mean_passes,
-                }
-            },
-        )
-        .collect();
+    let sequential = sequential_times(opts, &seq, mc_mean_seconds, indices.len());
     let calibrated = calibration.map(|c| {
         let (mc_mean, auto_mean) = (mean(&mc), mean(&auto));
         let cal_median = median(&cal);
@@ -437,6 +418,37 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
         mc_mean_seconds,
         sequential,
     })
+}
+
+/// SEQUENTIAL's figures per target radius, from each target's (times,
+/// passes, certified, Monte Carlo certified) over `inputs` inputs.
+fn sequential_times(
+    opts: &MethodsBenchOptions,
+    seq: &[(Vec<f64>, u64, usize, usize)],
+    mc_mean_seconds: f64,
+    inputs: usize,
+) -> Vec<SequentialTimes> {
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let p = &opts.params;
+    opts.target_radii
+        .iter()
+        .zip(seq)
+        .map(
+            |(&target_radius, (times, passes, certified, mc_certified))| {
+                let mean_seconds = mean(times);
+                let mean_passes = *passes as f64 / inputs.max(1) as f64;
+                SequentialTimes {
+                    target_radius,
+                    mean_seconds,
+                    mean_passes,
+                    certified: *certified,
+                    mc_certified: *mc_certified,
+                    speedup_mean: mc_mean_seconds / mean_seconds,
+                    speedup_passes: (p.n0 + p.n) as f64 / mean_passes,
+                }
+            },
+        )
+        .collect()
 }
 
 #[derive(Debug, Clone)]
