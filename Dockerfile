@@ -29,6 +29,7 @@ COPY --from=builder /src/target/release/smoothcert /usr/local/bin/smoothcert
 # The dataset, for the pipeline's Jobs (deploy/pipeline); serving does not read it.
 COPY --from=builder /usr/share/datasets/fashion-mnist /usr/share/datasets/fashion-mnist
 COPY models/fashion-mnist-sigma0.25 /app/models/fashion-mnist-sigma0.25
+COPY models/fashion-mnist-uniform-lambda1.0 /app/models/fashion-mnist-uniform-lambda1.0
 COPY config/smoothcert.toml /app/config/smoothcert.toml
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin smoothcert
 USER 10001

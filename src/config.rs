@@ -38,6 +38,9 @@ pub struct Config {
     pub deprecations: Vec<String>,
 }
 
+/// The second shipped bundle: Fashion-MNIST under uniform noise (L1).
+pub const UNIFORM_BUNDLE: &str = "models/fashion-mnist-uniform-lambda1.0";
+
 /// Keys renamed in this release: (old, new). The old names stay accepted
 /// (serde aliases) for one release, with a warning naming the new key.
 pub const RENAMED_KEYS: [(&str, &str); 1] = [(
@@ -52,7 +55,14 @@ impl Default for Config {
             batching: BatchingConfig::default(),
             limits: LimitsConfig::default(),
             logging: LoggingConfig::default(),
-            models: vec![ModelConfig::default()],
+            // The shipped bundles: Gaussian (L2, the default) and uniform (L1).
+            models: vec![
+                ModelConfig::default(),
+                ModelConfig {
+                    bundle: PathBuf::from(UNIFORM_BUNDLE),
+                    ..ModelConfig::default()
+                },
+            ],
             deprecations: Vec::new(),
         }
     }
@@ -418,7 +428,13 @@ mod tests {
         let cfg = Config::load_with_env(None, env(&[])).unwrap();
         assert_eq!(cfg.server.grpc_addr.port(), 50051);
         assert_eq!(cfg.server.metrics_addr.port(), 9090);
-        assert_eq!(cfg.models.len(), 1);
+        // Both shipped bundles, the Gaussian one first (the default model).
+        assert_eq!(cfg.models.len(), 2);
+        assert_eq!(
+            cfg.models[0].bundle,
+            Path::new("models/fashion-mnist-sigma0.25")
+        );
+        assert_eq!(cfg.models[1].bundle, Path::new(UNIFORM_BUNDLE));
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");

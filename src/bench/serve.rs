@@ -225,6 +225,8 @@ pub fn bench_serve(opts: &BenchServeOptions) -> Result<BenchServeReport, Pipelin
     config.batching.max_batch_requests = opts.max_batch_requests;
     config.batching.max_queue_delay_ms = opts.max_queue_delay_ms;
     config.limits.queue_capacity = opts.concurrency.iter().max().copied().unwrap_or(1) * 2;
+    // One model: the one measured.
+    config.models.truncate(1);
     config.models[0].bundle = opts.bundle.clone();
     config.models[0].device = opts.device.clone();
     config.models[0].n0 = opts.n0;
