@@ -247,6 +247,17 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
+/// The parameters every answer of `model` shares: its noise and version.
+fn model_parameters(model: &LoadedModel) -> pb::Parameters {
+    pb::Parameters {
+        sigma: gaussian_sigma(model),
+        noise: model.bundle.noise().kind().into(),
+        noise_scale: model.bundle.noise().scale(),
+        model_version: model.bundle.version.clone(),
+        ..Default::default()
+    }
+}
+
 /// The proto's `sigma`: the Gaussian's, 0 for the other noises.
 fn gaussian_sigma(model: &LoadedModel) -> f64 {
     match model.bundle.noise() {
@@ -286,11 +297,7 @@ fn parameters(
         n0: s.n0,
         n: s.n,
         alpha: s.alpha,
-        sigma: gaussian_sigma(model),
-        noise: model.bundle.noise().kind().into(),
-        noise_scale: model.bundle.noise().scale(),
         seed: s.seed,
-        model_version: model.bundle.version.clone(),
         delta: cal.map_or(0.0, |c| c.delta),
         calibration_q: cal.map_or(0.0, |c| c.shift.q),
         calibration_score: cal
@@ -300,6 +307,7 @@ fn parameters(
         adaptive_n0: matches!(r.selection(), crate::methods::Selection::Adaptive(_)),
         n_drawn,
         target_radius: r.target().map_or(0.0, |t| t.radius),
+        ..model_parameters(model)
     }
 }
 
@@ -421,13 +429,9 @@ fn predict_response(
             n0: 0,
             n: r.n,
             alpha: r.alpha,
-            sigma: gaussian_sigma(model),
-            noise: model.bundle.noise().kind().into(),
-            noise_scale: model.bundle.noise().scale(),
             seed: r.seed,
-            model_version: model.bundle.version.clone(),
             n_drawn: r.n,
-            ..Default::default()
+            ..model_parameters(model)
         }),
         timing: Some(timing(&answer, total)),
         request_id,
