@@ -329,82 +329,161 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
         .as_ref()
         .and_then(|s| s.calibration.clone())
         .filter(|c| c.n == opts.params.n && c.n0 == opts.params.n0);
-    let request = |method: Method, target: Option<f64>| {
+    let runner = MethodRunner {
+        bundle: &bundle,
+        ds: &ds,
+        engine: &engine,
+        opts,
+    };
+    // Warm-up on one input (allocator, kernels, thread pool), not timed.
+    runner.time(Method::MonteCarlo, 0)?;
+    runner.time(Method::Surrogate, 0)?;
+    let times = runner.measure(&indices, calibration.is_some())?;
+    engine.shutdown();
+    Ok(methods_report(
+        opts,
+        bundle.name,
+        calibration.map(|c| c.delta),
+        &times,
+        indices.len(),
+    ))
+}
+
+/// The times `bench_methods` measured, one entry per input.
+#[derive(Default)]
+struct MethodTimes {
+    mc: Vec<f64>,
+    sur: Vec<f64>,
+    /// CALIBRATED and AUTO, when the bundle's calibration holds.
+    cal: Vec<f64>,
+    auto: Vec<f64>,
+    /// Inputs AUTO left to Monte Carlo.
+    fallbacks: usize,
+    /// Per target radius: (times, passes, certified, Monte Carlo certified).
+    seq: Vec<(Vec<f64>, u64, usize, usize)>,
+}
+
+/// One method on one input through the served path, for `bench_methods`.
+struct MethodRunner<'a> {
+    bundle: &'a Bundle,
+    ds: &'a crate::data::Dataset,
+    engine: &'a Offline,
+    opts: &'a MethodsBenchOptions,
+}
+
+impl MethodRunner<'_> {
+    /// The seconds `method` took on input `idx` (SEQUENTIAL: at `target`,
+    /// guided) with the input's offline seed, and its answer.
+    fn run(
+        &self,
+        method: Method,
+        idx: usize,
+        target: Option<f64>,
+    ) -> Result<(f64, crate::batcher::Answer), PipelineError> {
+        let opts = self.opts;
         let target = target.map(|radius| Target {
             radius,
             guided: true,
         });
-        build_offline(&bundle, method, &opts.params, None, opts.auto_band, target)
-    };
-    let run = |method: Method, idx: usize, target: Option<f64>| {
-        let req = request(method, target)?.with_seed(crate::engine::input_seed(opts.seed, idx));
+        let req = build_offline(
+            self.bundle,
+            method,
+            &opts.params,
+            None,
+            opts.auto_band,
+            target,
+        )?
+        .with_seed(crate::engine::input_seed(opts.seed, idx));
         let t = Instant::now();
-        let answer = engine.certify(&req, ds.image(idx).to_vec())?;
-        Ok::<_, PipelineError>((t.elapsed().as_secs_f64(), answer))
-    };
-    let time = |method: Method, idx: usize| -> Result<(f64, Method), PipelineError> {
-        let (t, answer) = run(method, idx, None)?;
+        let answer = self.engine.certify(&req, self.ds.image(idx).to_vec())?;
+        Ok((t.elapsed().as_secs_f64(), answer))
+    }
+
+    /// The seconds `method` took on input `idx`, and the method that answered.
+    fn time(&self, method: Method, idx: usize) -> Result<(f64, Method), PipelineError> {
+        let (t, answer) = self.run(method, idx, None)?;
         Ok((t, answer.method))
-    };
-    // Certified and correct at radius r.
-    let certified_at = |a: &crate::batcher::Answer, label: i64, r: f64| match a.outcome.decision() {
+    }
+
+    /// Every method on each of `indices` in turn (the calibrated ones only
+    /// when `calibrated`).
+    fn measure(&self, indices: &[usize], calibrated: bool) -> Result<MethodTimes, PipelineError> {
+        let targets = &self.opts.target_radii;
+        let mut times = MethodTimes {
+            seq: vec![(Vec::new(), 0, 0, 0); targets.len()],
+            ..MethodTimes::default()
+        };
+        for &idx in indices {
+            let (t, mc_answer) = self.run(Method::MonteCarlo, idx, None)?;
+            times.mc.push(t);
+            times.sur.push(self.time(Method::Surrogate, idx)?.0);
+            let label = self.ds.labels[idx];
+            for (&target, acc) in targets.iter().zip(times.seq.iter_mut()) {
+                let (t, a) = self.run(Method::Sequential, idx, Some(target))?;
+                let passes = match &a.outcome {
+                    // Selection and estimation samples, and the surrogate's pass.
+                    crate::engine::Outcome::Sequential(c, sel) => sel.drawn + c.n + 1,
+                    _ => 0,
+                };
+                acc.0.push(t);
+                acc.1 += passes;
+                acc.2 += usize::from(certified_at(&a, label, target));
+                acc.3 += usize::from(certified_at(&mc_answer, label, target));
+            }
+            if calibrated {
+                times.cal.push(self.time(Method::Calibrated, idx)?.0);
+                let (t, by) = self.time(Method::Auto, idx)?;
+                times.auto.push(t);
+                times.fallbacks += usize::from(by == Method::MonteCarlo);
+            }
+        }
+        Ok(times)
+    }
+}
+
+/// Certified and correct at radius r.
+fn certified_at(a: &crate::batcher::Answer, label: i64, r: f64) -> bool {
+    match a.outcome.decision() {
         Some(crate::smoothing::Decision::Certified { class, radius, .. }) => {
             *class as i64 == label && *radius >= r
         }
         _ => false,
-    };
-    let mut seq: Vec<(Vec<f64>, u64, usize, usize)> =
-        vec![(Vec::new(), 0, 0, 0); opts.target_radii.len()];
-    // Warm-up on one input (allocator, kernels, thread pool), not timed.
-    time(Method::MonteCarlo, 0)?;
-    time(Method::Surrogate, 0)?;
-    let (mut cal, mut auto, mut fallbacks) = (Vec::new(), Vec::new(), 0usize);
-    let (mut mc, mut sur) = (Vec::new(), Vec::new());
-    for &idx in &indices {
-        let (t, mc_answer) = run(Method::MonteCarlo, idx, None)?;
-        mc.push(t);
-        sur.push(time(Method::Surrogate, idx)?.0);
-        let label = ds.labels[idx];
-        for (&target, acc) in opts.target_radii.iter().zip(seq.iter_mut()) {
-            let (t, a) = run(Method::Sequential, idx, Some(target))?;
-            let passes = match &a.outcome {
-                // Selection and estimation samples, and the surrogate's pass.
-                crate::engine::Outcome::Sequential(c, sel) => sel.drawn + c.n + 1,
-                _ => 0,
-            };
-            acc.0.push(t);
-            acc.1 += passes;
-            acc.2 += usize::from(certified_at(&a, label, target));
-            acc.3 += usize::from(certified_at(&mc_answer, label, target));
-        }
-        if calibration.is_some() {
-            cal.push(time(Method::Calibrated, idx)?.0);
-            let (t, by) = time(Method::Auto, idx)?;
-            auto.push(t);
-            fallbacks += usize::from(by == Method::MonteCarlo);
-        }
     }
-    engine.shutdown();
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let mc_mean_seconds = mean(&mc);
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// `bench_methods`' figures from its times over `inputs` inputs;
+/// `calibration_delta` is the calibration's delta when the calibrated
+/// methods were timed.
+fn methods_report(
+    opts: &MethodsBenchOptions,
+    bundle: String,
+    calibration_delta: Option<f64>,
+    times: &MethodTimes,
+    inputs: usize,
+) -> MethodsBenchReport {
+    let mc_mean_seconds = mean(&times.mc);
     let p = &opts.params;
-    let sequential = sequential_times(opts, &seq, mc_mean_seconds, indices.len());
-    let calibrated = calibration.map(|c| {
-        let (mc_mean, auto_mean) = (mean(&mc), mean(&auto));
-        let cal_median = median(&cal);
+    let sequential = sequential_times(opts, &times.seq, mc_mean_seconds, inputs);
+    let calibrated = calibration_delta.map(|delta| {
+        let (mc_mean, auto_mean) = (mean(&times.mc), mean(&times.auto));
+        let cal_median = median(&times.cal);
         CalibratedTimes {
-            delta: c.delta,
+            delta,
             calibrated_median_seconds: cal_median,
             auto_mean_seconds: auto_mean,
             mc_mean_seconds: mc_mean,
-            auto_fallbacks: fallbacks,
-            calibrated_speedup: median(&mc) / cal_median,
+            auto_fallbacks: times.fallbacks,
+            calibrated_speedup: median(&times.mc) / cal_median,
             auto_speedup_mean: mc_mean / auto_mean,
         }
     });
-    let (mc, sur) = (median(&mc), median(&sur));
-    Ok(MethodsBenchReport {
-        bundle: bundle.name,
+    let (mc, sur) = (median(&times.mc), median(&times.sur));
+    MethodsBenchReport {
+        bundle,
         device: format!("{:?}", opts.device),
         inputs: opts.inputs,
         n0: p.n0,
@@ -417,7 +496,7 @@ pub fn bench_methods(opts: &MethodsBenchOptions) -> Result<MethodsBenchReport, P
         calibrated,
         mc_mean_seconds,
         sequential,
-    })
+    }
 }
 
 /// SEQUENTIAL's figures per target radius, from each target's (times,
@@ -428,7 +507,6 @@ fn sequential_times(
     mc_mean_seconds: f64,
     inputs: usize,
 ) -> Vec<SequentialTimes> {
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let p = &opts.params;
     opts.target_radii
         .iter()
@@ -535,58 +613,19 @@ pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport
         indices,
     } = SpreadInputs::load(&opts.bundle, opts.inputs)?;
     let engine = Engine::load(&bundle, opts.device, opts.forward_batch, true)?;
-    let req = |i: usize, idx: usize, adaptive: bool| TaskParams {
-        adaptive_n0: adaptive.then_some(opts.adaptive_n0),
-        ..TaskParams::new(
-            i,
-            opts.n0,
-            100_000,
-            0.001,
-            crate::engine::input_seed(opts.seed, idx),
-        )
+    let runner = AdaptiveRunner {
+        engine: &engine,
+        ds: &ds,
+        opts,
     };
-    let run = |x: &Tensor, reqs: &[TaskParams]| engine.run(Task::Surrogate, x, reqs, &mut |_| true);
     // Warm-up, not timed.
     let x0 = crate::pipeline::images_tensor(&ds, &[0], opts.device);
-    run(&x0, &[req(0, 0, false)])?;
-    run(&x0, &[req(0, 0, true)])?;
-    let (mut fixed_t, mut adaptive_t) = (Vec::new(), Vec::new());
-    let (mut differ, mut drawn) = (0usize, 0u64);
-    for &idx in &indices {
-        let x = crate::pipeline::images_tensor(&ds, &[idx], opts.device);
-        let t = Instant::now();
-        let (f, _, _) = run(&x, &[req(0, idx, false)])?;
-        fixed_t.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let (a, _, _) = run(&x, &[req(0, idx, true)])?;
-        adaptive_t.push(t.elapsed().as_secs_f64());
-        if let (
-            Some(Some(crate::engine::Outcome::Surrogate(f, _))),
-            Some(Some(crate::engine::Outcome::Surrogate(a, sel))),
-        ) = (f.first(), a.first())
-        {
-            differ += usize::from(f.class_a != a.class_a);
-            drawn += sel.drawn;
-        }
-    }
-    // Batched: the inputs in groups of batch_requests, as one server batch each.
-    let batched = |adaptive: bool| -> Result<f64, PipelineError> {
-        let started = Instant::now();
-        for group in indices.chunks(opts.batch_requests) {
-            let x = crate::pipeline::images_tensor(&ds, group, opts.device);
-            let reqs: Vec<TaskParams> = group
-                .iter()
-                .enumerate()
-                .map(|(i, &idx)| req(i, idx, adaptive))
-                .collect();
-            run(&x, &reqs)?;
-        }
-        sync(opts.device);
-        Ok(indices.len() as f64 / started.elapsed().as_secs_f64())
-    };
-    let fixed_rate = batched(false)?;
-    let adaptive_rate = batched(true)?;
-    let (f, a) = (median(&fixed_t), median(&adaptive_t));
+    runner.run(&x0, &[runner.req(0, 0, false)])?;
+    runner.run(&x0, &[runner.req(0, 0, true)])?;
+    let single = runner.one_at_a_time(&indices)?;
+    let fixed_rate = runner.batched_rate(&indices, false)?;
+    let adaptive_rate = runner.batched_rate(&indices, true)?;
+    let (f, a) = (median(&single.fixed_t), median(&single.adaptive_t));
     Ok(AdaptiveBenchReport {
         bundle: bundle.name,
         device: format!("{:?}", opts.device),
@@ -594,8 +633,8 @@ pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport
         n0: opts.n0,
         chunk: opts.adaptive_n0.chunk,
         alpha: opts.adaptive_n0.alpha,
-        differing_class_a: differ as f64 / indices.len() as f64,
-        mean_samples_adaptive: drawn as f64 / indices.len() as f64,
+        differing_class_a: single.differ as f64 / indices.len() as f64,
+        mean_samples_adaptive: single.drawn as f64 / indices.len() as f64,
         fixed_median_seconds: f,
         adaptive_median_seconds: a,
         single_gain: f / a,
@@ -604,4 +643,93 @@ pub fn bench_adaptive(opts: &AdaptiveBenchOptions) -> Result<AdaptiveBenchReport
         batched_gain: adaptive_rate / fixed_rate,
         batch_requests: opts.batch_requests,
     })
+}
+
+/// Fixed and adaptive n0, one input at a time.
+struct SingleTimes {
+    fixed_t: Vec<f64>,
+    adaptive_t: Vec<f64>,
+    /// Inputs whose cA differs between the two.
+    differ: usize,
+    /// Selection samples adaptive n0 drew, over all inputs.
+    drawn: u64,
+}
+
+/// Surrogate certification through the engine's request path, for `bench_adaptive`.
+struct AdaptiveRunner<'a> {
+    engine: &'a Engine,
+    ds: &'a crate::data::Dataset,
+    opts: &'a AdaptiveBenchOptions,
+}
+
+impl AdaptiveRunner<'_> {
+    /// Request `i` of a batch, on input `idx` with its offline seed.
+    fn req(&self, i: usize, idx: usize, adaptive: bool) -> TaskParams {
+        let opts = self.opts;
+        TaskParams {
+            adaptive_n0: adaptive.then_some(opts.adaptive_n0),
+            ..TaskParams::new(
+                i,
+                opts.n0,
+                100_000,
+                0.001,
+                crate::engine::input_seed(opts.seed, idx),
+            )
+        }
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
+        reqs: &[TaskParams],
+    ) -> Result<crate::engine::BatchResult, crate::engine::EngineError> {
+        self.engine.run(Task::Surrogate, x, reqs, &mut |_| true)
+    }
+
+    /// Each input alone, fixed then adaptive.
+    fn one_at_a_time(&self, indices: &[usize]) -> Result<SingleTimes, PipelineError> {
+        let (mut fixed_t, mut adaptive_t) = (Vec::new(), Vec::new());
+        let (mut differ, mut drawn) = (0usize, 0u64);
+        for &idx in indices {
+            let x = crate::pipeline::images_tensor(self.ds, &[idx], self.opts.device);
+            let t = Instant::now();
+            let (f, _, _) = self.run(&x, &[self.req(0, idx, false)])?;
+            fixed_t.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let (a, _, _) = self.run(&x, &[self.req(0, idx, true)])?;
+            adaptive_t.push(t.elapsed().as_secs_f64());
+            if let (
+                Some(Some(crate::engine::Outcome::Surrogate(f, _))),
+                Some(Some(crate::engine::Outcome::Surrogate(a, sel))),
+            ) = (f.first(), a.first())
+            {
+                differ += usize::from(f.class_a != a.class_a);
+                drawn += sel.drawn;
+            }
+        }
+        Ok(SingleTimes {
+            fixed_t,
+            adaptive_t,
+            differ,
+            drawn,
+        })
+    }
+
+    /// Inputs per second with the inputs in groups of batch_requests, as one
+    /// server batch each.
+    fn batched_rate(&self, indices: &[usize], adaptive: bool) -> Result<f64, PipelineError> {
+        let opts = self.opts;
+        let started = Instant::now();
+        for group in indices.chunks(opts.batch_requests) {
+            let x = crate::pipeline::images_tensor(self.ds, group, opts.device);
+            let reqs: Vec<TaskParams> = group
+                .iter()
+                .enumerate()
+                .map(|(i, &idx)| self.req(i, idx, adaptive))
+                .collect();
+            self.run(&x, &reqs)?;
+        }
+        sync(opts.device);
+        Ok(indices.len() as f64 / started.elapsed().as_secs_f64())
+    }
 }

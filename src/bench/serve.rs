@@ -217,21 +217,8 @@ pub fn bench_serve(opts: &BenchServeOptions) -> Result<BenchServeReport, Pipelin
             .map(|i| ds.image(i).to_vec())
             .collect(),
     );
-
-    let mut config = Config::default();
-    config.server.grpc_addr = ([127, 0, 0, 1], 0).into();
-    config.server.metrics_addr = ([127, 0, 0, 1], 0).into();
-    config.server.grace_period_ms = 5_000;
-    config.batching.max_batch_requests = opts.max_batch_requests;
-    config.batching.max_queue_delay_ms = opts.max_queue_delay_ms;
-    config.limits.queue_capacity = opts.concurrency.iter().max().copied().unwrap_or(1) * 2;
-    // One model: the one measured.
-    config.models.truncate(1);
-    config.models[0].bundle = opts.bundle.clone();
-    config.models[0].device = opts.device.clone();
-    config.models[0].n0 = opts.n0;
     let forward_batch = crate::model::forward_batch_for(device, 0, bundle.input_shape);
-    config.batching.forward_batch = forward_batch;
+    let config = server_config(opts, forward_batch);
 
     let engine = |label: &str| -> Result<f64, PipelineError> {
         let rate = match opts.target_radius {
@@ -242,26 +229,7 @@ pub fn bench_serve(opts: &BenchServeOptions) -> Result<BenchServeReport, Pipelin
         Ok(rate)
     };
     let probe = || engine("engine");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| PipelineError::Invalid(format!("async runtime: {e}")))?;
-    let (dynamic, rates) = runtime.block_on(load_runs(
-        config.clone(),
-        opts,
-        images.clone(),
-        Some(&probe),
-    ))?;
-    let batch_one = if matches!(opts.placement, Placement::Target(_)) {
-        Vec::new()
-    } else {
-        let mut one = config;
-        one.batching.max_batch_requests = 1;
-        runtime
-            .block_on(load_runs(one, opts, images.clone(), None))?
-            .0
-    };
-    drop(runtime);
+    let (dynamic, rates, batch_one) = load_both_modes(config, opts, &images, &probe)?;
     Ok(BenchServeReport {
         bundle: bundle.name.clone(),
         device: format!("{device:?}"),
@@ -283,6 +251,57 @@ pub fn bench_serve(opts: &BenchServeOptions) -> Result<BenchServeReport, Pipelin
         dynamic,
         batch_one,
     })
+}
+
+/// The server's configuration: the bench's batching and this one model, on
+/// free loopback ports.
+fn server_config(opts: &BenchServeOptions, forward_batch: i64) -> Config {
+    let mut config = Config::default();
+    config.server.grpc_addr = ([127, 0, 0, 1], 0).into();
+    config.server.metrics_addr = ([127, 0, 0, 1], 0).into();
+    config.server.grace_period_ms = 5_000;
+    config.batching.max_batch_requests = opts.max_batch_requests;
+    config.batching.max_queue_delay_ms = opts.max_queue_delay_ms;
+    config.limits.queue_capacity = opts.concurrency.iter().max().copied().unwrap_or(1) * 2;
+    // One model: the one measured.
+    config.models.truncate(1);
+    config.models[0].bundle = opts.bundle.clone();
+    config.models[0].device = opts.device.clone();
+    config.models[0].n0 = opts.n0;
+    config.batching.forward_batch = forward_batch;
+    config
+}
+
+/// The load runs with dynamic batching, the engine's rates around them, and
+/// the runs with one request per batch (empty for a --target).
+type BothModes = (Vec<LoadResult>, Vec<f64>, Vec<LoadResult>);
+
+/// The load levels with dynamic batching (and the engine's rates around
+/// them), then, unless the server is a --target, with
+/// `max_batch_requests = 1`.
+fn load_both_modes(
+    config: Config,
+    opts: &BenchServeOptions,
+    images: &Arc<Vec<Vec<f32>>>,
+    probe: EngineProbe<'_>,
+) -> Result<BothModes, PipelineError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| PipelineError::Invalid(format!("async runtime: {e}")))?;
+    let (dynamic, rates) =
+        runtime.block_on(load_runs(config.clone(), opts, images.clone(), Some(probe)))?;
+    let batch_one = if matches!(opts.placement, Placement::Target(_)) {
+        Vec::new()
+    } else {
+        let mut one = config;
+        one.batching.max_batch_requests = 1;
+        runtime
+            .block_on(load_runs(one, opts, images.clone(), None))?
+            .0
+    };
+    drop(runtime);
+    Ok((dynamic, rates, batch_one))
 }
 
 /// The engine alone: ACCELERATED over batches of `max_batch_requests` inputs.
@@ -394,81 +413,118 @@ async fn drive(
     images: Arc<Vec<Vec<f32>>>,
     engine: Option<EngineProbe<'_>>,
 ) -> Result<(Vec<LoadResult>, Vec<f64>), PipelineError> {
-    let mut results = Vec::new();
-    let mut rates = Vec::new();
-    // The server idles while the engine is measured in this process.
-    let measure = |rates: &mut Vec<f64>| -> Result<(), PipelineError> {
-        if let Some(probe) = engine {
-            rates.push(tokio::task::block_in_place(probe)?);
-        }
-        Ok(())
+    let mut rates = EngineRates {
+        probe: engine,
+        rates: Vec::new(),
     };
-    let around = |rates: &[f64], level: usize| -> Option<f64> {
-        Some((rates.get(level)? + rates.get(level + 1)?) / 2.0)
-    };
-    let top = opts.concurrency.iter().max().copied().unwrap_or(1);
-    let target = opts.target_radius;
-    match &opts.client {
-        LoadClient::Tonic => {
-            let mut channels = Vec::new();
-            for _ in 0..opts.connections {
-                let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-                    .map_err(|e| bench_err(&e))?
-                    .connect()
-                    .await
-                    .map_err(|e| bench_err(&e))?;
-                channels.push(ch);
-            }
-            // Warm-up at the largest concurrency, unmeasured.
-            closed_loop(&channels, &images, top, top * 2, target).await;
-            measure(&mut rates)?;
-            for (level, &concurrency) in opts.concurrency.iter().enumerate() {
-                let mut r =
-                    closed_loop(&channels, &images, concurrency, opts.requests, target).await;
-                measure(&mut rates)?;
-                r.engine_per_s = around(&rates, level);
-                tracing::info!(?r, "load level done");
-                results.push(r);
-            }
-        }
+    let results = match &opts.client {
+        LoadClient::Tonic => drive_tonic(addr, opts, &images, &mut rates).await?,
         LoadClient::Python {
             interpreter,
             script,
         } => {
-            if target.is_some() {
+            if opts.target_radius.is_some() {
                 return Err(PipelineError::Invalid(
                     "--python drives SURROGATE load only (no --target-radius)".into(),
                 ));
             }
-            measure(&mut rates)?;
+            rates.measure()?;
+            let mut results = Vec::new();
             for (level, &concurrency) in opts.concurrency.iter().enumerate() {
-                let mut cmd = std::process::Command::new(interpreter);
-                cmd.arg(script)
-                    .args(["--addr", addr])
-                    .args(["--concurrency", &concurrency.to_string()])
-                    .args(["--requests", &opts.requests.to_string()])
-                    .args(["--warmup", &(top * 2).to_string()]);
-                let out = tokio::task::spawn_blocking(move || cmd.output())
-                    .await
-                    .map_err(|e| bench_err(&e))?
-                    .map_err(|e| bench_err(&format!("{}: {e}", interpreter.display())))?;
-                if !out.status.success() {
-                    return Err(bench_err(&format!(
-                        "the Python load client failed: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    )));
-                }
-                let mut r: LoadResult = serde_json::from_slice(&out.stdout).map_err(|e| {
-                    bench_err(&format!("the Python load client printed no result ({e})"))
-                })?;
-                measure(&mut rates)?;
-                r.engine_per_s = around(&rates, level);
+                let mut r = python_level(addr, opts, interpreter, script, concurrency).await?;
+                rates.measure()?;
+                r.engine_per_s = rates.around(level);
                 tracing::info!(?r, "load level done");
                 results.push(r);
             }
+            results
         }
+    };
+    Ok((results, rates.rates))
+}
+
+/// The offline engine's rates, measured before the first load level and
+/// after each (none without a probe).
+struct EngineRates<'a> {
+    probe: Option<EngineProbe<'a>>,
+    rates: Vec<f64>,
+}
+
+impl EngineRates<'_> {
+    fn measure(&mut self) -> Result<(), PipelineError> {
+        // The server idles while the engine is measured in this process.
+        if let Some(probe) = self.probe {
+            self.rates.push(tokio::task::block_in_place(probe)?);
+        }
+        Ok(())
     }
-    Ok((results, rates))
+
+    /// The mean of the measurements just before and just after `level`.
+    fn around(&self, level: usize) -> Option<f64> {
+        Some((self.rates.get(level)? + self.rates.get(level + 1)?) / 2.0)
+    }
+}
+
+/// The load levels from tonic clients in this process, over
+/// `opts.connections` connections.
+async fn drive_tonic(
+    addr: &str,
+    opts: &BenchServeOptions,
+    images: &Arc<Vec<Vec<f32>>>,
+    rates: &mut EngineRates<'_>,
+) -> Result<Vec<LoadResult>, PipelineError> {
+    let top = opts.concurrency.iter().max().copied().unwrap_or(1);
+    let target = opts.target_radius;
+    let mut channels = Vec::new();
+    for _ in 0..opts.connections {
+        let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| bench_err(&e))?
+            .connect()
+            .await
+            .map_err(|e| bench_err(&e))?;
+        channels.push(ch);
+    }
+    // Warm-up at the largest concurrency, unmeasured.
+    closed_loop(&channels, images, top, top * 2, target).await;
+    rates.measure()?;
+    let mut results = Vec::new();
+    for (level, &concurrency) in opts.concurrency.iter().enumerate() {
+        let mut r = closed_loop(&channels, images, concurrency, opts.requests, target).await;
+        rates.measure()?;
+        r.engine_per_s = rates.around(level);
+        tracing::info!(?r, "load level done");
+        results.push(r);
+    }
+    Ok(results)
+}
+
+/// One load level from the Python load client, in a process of its own.
+async fn python_level(
+    addr: &str,
+    opts: &BenchServeOptions,
+    interpreter: &std::path::Path,
+    script: &std::path::Path,
+    concurrency: usize,
+) -> Result<LoadResult, PipelineError> {
+    let top = opts.concurrency.iter().max().copied().unwrap_or(1);
+    let mut cmd = std::process::Command::new(interpreter);
+    cmd.arg(script)
+        .args(["--addr", addr])
+        .args(["--concurrency", &concurrency.to_string()])
+        .args(["--requests", &opts.requests.to_string()])
+        .args(["--warmup", &(top * 2).to_string()]);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(|e| bench_err(&e))?
+        .map_err(|e| bench_err(&format!("{}: {e}", interpreter.display())))?;
+    if !out.status.success() {
+        return Err(bench_err(&format!(
+            "the Python load client failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| bench_err(&format!("the Python load client printed no result ({e})")))
 }
 
 fn bench_err(e: &dyn std::fmt::Display) -> PipelineError {

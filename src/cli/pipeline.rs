@@ -153,22 +153,26 @@ pub struct PipelineArgs {
 
 impl PipelineArgs {
     pub fn run(self) -> Result<()> {
+        let opts = self.options()?;
+        let s = steps::run_pipeline(&opts).context("pipeline failed")?;
+        print_summary(&s);
+        Ok(())
+    }
+
+    /// The pipeline's options from the command line, with its defaults filled in.
+    fn options(self) -> Result<steps::PipelineOptions> {
         let bundle_name = std::path::absolute(&self.bundle)
             .context("--bundle")?
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .context("--bundle names no folder")?;
-        let train_use = if self.train_use.is_empty() {
-            (0..self.train_shards).collect()
-        } else {
-            self.train_use
-        };
         let device = self.device.device()?;
         let counts_device = match &self.counts_device {
             Some(d) => parse_device(d)?,
             None => device,
         };
-        let opts = steps::PipelineOptions {
+        let (train, tail, calibration, eval) = self.roles();
+        Ok(steps::PipelineOptions {
             counts_dir: self
                 .counts_dir
                 .unwrap_or_else(|| PathBuf::from("counts").join(&bundle_name)),
@@ -185,33 +189,10 @@ impl PipelineArgs {
             counts_device,
             seed: self.seed,
             nominal_n: self.nominal_n,
-            train: CountsRole {
-                split: Split::Train,
-                n: self.train_n,
-                skip: self.train_skip,
-                shards: self.train_shards,
-                used: train_use,
-            },
-            tail: (!self.no_tail_map).then_some(CountsRole {
-                split: Split::Test,
-                n: self.tail_n,
-                skip: self.tail_skip,
-                shards: self.tail_shards,
-                used: self.tail_use,
-            }),
-            calibration: CountsRole {
-                split: Split::Test,
-                n: self.nominal_n,
-                skip: self.calibration_skip,
-                shards: self.calibration_shards,
-                used: self.calibration_use,
-            },
-            eval: EvalRole {
-                offset: self.eval_offset,
-                skip: self.eval_skip,
-                max: self.eval_max,
-                n: self.eval_n.unwrap_or(self.nominal_n),
-            },
+            train,
+            tail,
+            calibration,
+            eval,
             chunk: self.chunk,
             calibration_chunk: self.calibration_chunk,
             arch: self.arch,
@@ -229,37 +210,78 @@ impl PipelineArgs {
             recalibrate: self.recalibrate,
             counts_worker: self.counts_worker,
             show_progress: true,
+        })
+    }
+
+    /// The counts of the train, tail-map (none with --no-tail-map) and
+    /// calibration roles, and the evaluation's images.
+    fn roles(&self) -> (CountsRole, Option<CountsRole>, CountsRole, EvalRole) {
+        let train_use = if self.train_use.is_empty() {
+            (0..self.train_shards).collect()
+        } else {
+            self.train_use.clone()
         };
-        let s = steps::run_pipeline(&opts).context("pipeline failed")?;
-        println!("| step | this run | seconds this run | seconds in all |");
-        println!("|---|---|---:|---:|");
-        for st in &s.steps {
-            let status = match st.status {
-                StepStatus::Ran => "ran",
-                StepStatus::DoneBefore => "done before",
-                StepStatus::NotRun => "not run",
-            };
-            println!(
-                "| {} | {status} | {:.1} | {:.1} |",
-                st.step, st.seconds_this_run, st.seconds_total
-            );
-        }
+        let train = CountsRole {
+            split: Split::Train,
+            n: self.train_n,
+            skip: self.train_skip,
+            shards: self.train_shards,
+            used: train_use,
+        };
+        let tail = (!self.no_tail_map).then(|| CountsRole {
+            split: Split::Test,
+            n: self.tail_n,
+            skip: self.tail_skip,
+            shards: self.tail_shards,
+            used: self.tail_use.clone(),
+        });
+        let calibration = CountsRole {
+            split: Split::Test,
+            n: self.nominal_n,
+            skip: self.calibration_skip,
+            shards: self.calibration_shards,
+            used: self.calibration_use.clone(),
+        };
+        let eval = EvalRole {
+            offset: self.eval_offset,
+            skip: self.eval_skip,
+            max: self.eval_max,
+            n: self.eval_n.unwrap_or(self.nominal_n),
+        };
+        (train, tail, calibration, eval)
+    }
+}
+
+/// The table of steps (what ran, how long), the seconds in all, and the
+/// report when the pipeline got that far.
+fn print_summary(s: &steps::PipelineSummary) {
+    println!("| step | this run | seconds this run | seconds in all |");
+    println!("|---|---|---:|---:|");
+    for st in &s.steps {
+        let status = match st.status {
+            StepStatus::Ran => "ran",
+            StepStatus::DoneBefore => "done before",
+            StepStatus::NotRun => "not run",
+        };
         println!(
-            "\n{:.1} s this run; the steps' seconds over all runs add up to {:.1}{}",
-            s.wall_seconds_this_run,
-            s.step_seconds_total,
-            if s.finished {
-                format!(
-                    "; summary in {}",
-                    s.reports_dir.join(steps::SUMMARY_FILE).display()
-                )
-            } else {
-                String::new()
-            }
+            "| {} | {status} | {:.1} | {:.1} |",
+            st.step, st.seconds_this_run, st.seconds_total
         );
-        if let Some(report) = &s.report {
-            println!("\n{report}");
+    }
+    println!(
+        "\n{:.1} s this run; the steps' seconds over all runs add up to {:.1}{}",
+        s.wall_seconds_this_run,
+        s.step_seconds_total,
+        if s.finished {
+            format!(
+                "; summary in {}",
+                s.reports_dir.join(steps::SUMMARY_FILE).display()
+            )
+        } else {
+            String::new()
         }
-        Ok(())
+    );
+    if let Some(report) = &s.report {
+        println!("\n{report}");
     }
 }

@@ -7,7 +7,7 @@ use super::{
     mc_certificate_for, prediction, surrogate_estimate, surrogate_probs, top_two, EngineError,
     McCertificate, Prediction, SurrogateEstimate,
 };
-use crate::model::{splitmix64_mix, Classifier, NoiseStream};
+use crate::model::{splitmix64_mix, Classifier, NoiseStream, StreamTally};
 use crate::smoothing::Noise;
 use crate::smoothing::{AdaptiveN0, CalibrationShift, SelectionMargin};
 use std::time::{Duration, Instant};
@@ -108,9 +108,7 @@ pub fn select(
 ) -> Result<Vec<Option<Selected>>, EngineError> {
     let k = base.num_classes();
     let mut out: Vec<Option<Selected>> = vec![None; reqs.len()];
-    let mut counts = vec![vec![0u64; k]; reqs.len()];
-    let mut margin_sums = vec![(vec![0f64; k], vec![0f64; k]); reqs.len()];
-    let mut drawn = vec![0u64; reqs.len()];
+    let mut selecting = vec![Selecting::new(k); reqs.len()];
     let mut open: Vec<usize> = Vec::new();
     for (i, r) in reqs.iter().enumerate() {
         if let Some(rule) = r.adaptive_n0 {
@@ -125,18 +123,7 @@ pub fn select(
     while !open.is_empty() {
         let streams: Vec<NoiseStream> = open
             .iter()
-            .map(|&i| {
-                let r = &reqs[i];
-                let base_seed = stream_seed(r.seed, SELECTION);
-                match r.adaptive_n0 {
-                    None => NoiseStream::whole(r.input, r.n0, base_seed),
-                    Some(rule) => NoiseStream::whole(
-                        r.input,
-                        rule.chunk.min(r.n0 - drawn[i]),
-                        base_seed ^ splitmix64_mix(look.wrapping_add(1)),
-                    ),
-                }
-            })
+            .map(|&i| selection_stream(&reqs[i], selecting[i].drawn, look))
             .collect();
         let got = base.tally_streams(
             inputs,
@@ -149,34 +136,10 @@ pub fn select(
         let mut still = Vec::new();
         for ((&i, stream), tally) in open.iter().zip(&streams).zip(got) {
             let Some(tally) = tally else { continue };
-            for (c, v) in counts[i].iter_mut().zip(&tally.counts) {
-                *c += v;
-            }
-            let (sum, sum_sq) = &mut margin_sums[i];
-            for (acc, v) in sum.iter_mut().zip(&tally.margin_sum) {
-                *acc += v;
-            }
-            for (acc, v) in sum_sq.iter_mut().zip(&tally.margin_sum_sq) {
-                *acc += v;
-            }
-            drawn[i] += stream.num;
-            let r = &reqs[i];
-            let done = match r.adaptive_n0 {
-                None => true,
-                Some(rule) => drawn[i] >= r.n0 || rule.settled(&counts[i], r.n0)?,
-            };
-            if done {
-                let class_a = top_two(&counts[i]).0;
-                let (sum, sum_sq) = &margin_sums[i];
-                out[i] = Some(Selected {
-                    class_a,
-                    drawn: drawn[i],
-                    margin: SelectionMargin::from_sums(
-                        sum.get(class_a).copied().unwrap_or(f64::NAN),
-                        sum_sq.get(class_a).copied().unwrap_or(f64::NAN),
-                        drawn[i],
-                    ),
-                });
+            let sel = &mut selecting[i];
+            sel.add(&tally, stream.num);
+            if sel.done(&reqs[i])? {
+                out[i] = Some(sel.selected());
             } else {
                 still.push(i);
             }
@@ -185,6 +148,78 @@ pub fn select(
         look += 1;
     }
     Ok(out)
+}
+
+/// The selection samples of look `look` of `r`, `drawn` already drawn: all
+/// n0 at once (fixed), or the next chunk from a stream of the look's own.
+fn selection_stream(r: &TaskParams, drawn: u64, look: u64) -> NoiseStream {
+    let base_seed = stream_seed(r.seed, SELECTION);
+    match r.adaptive_n0 {
+        None => NoiseStream::whole(r.input, r.n0, base_seed),
+        Some(rule) => NoiseStream::whole(
+            r.input,
+            rule.chunk.min(r.n0 - drawn),
+            base_seed ^ splitmix64_mix(look.wrapping_add(1)),
+        ),
+    }
+}
+
+/// One request's selection under way: its class counts and per-class margin
+/// sums over the selection samples drawn so far.
+#[derive(Clone)]
+struct Selecting {
+    counts: Vec<u64>,
+    margin_sum: Vec<f64>,
+    margin_sum_sq: Vec<f64>,
+    drawn: u64,
+}
+
+impl Selecting {
+    fn new(classes: usize) -> Selecting {
+        Selecting {
+            counts: vec![0; classes],
+            margin_sum: vec![0.0; classes],
+            margin_sum_sq: vec![0.0; classes],
+            drawn: 0,
+        }
+    }
+
+    /// Adds a look's tally of `num` samples.
+    fn add(&mut self, tally: &StreamTally, num: u64) {
+        for (c, v) in self.counts.iter_mut().zip(&tally.counts) {
+            *c += v;
+        }
+        for (acc, v) in self.margin_sum.iter_mut().zip(&tally.margin_sum) {
+            *acc += v;
+        }
+        for (acc, v) in self.margin_sum_sq.iter_mut().zip(&tally.margin_sum_sq) {
+            *acc += v;
+        }
+        self.drawn += num;
+    }
+
+    /// Fixed selection is done after its one look; adaptive once the cap n0
+    /// is reached or the stopping rule settles the leader.
+    fn done(&self, r: &TaskParams) -> Result<bool, EngineError> {
+        Ok(match r.adaptive_n0 {
+            None => true,
+            Some(rule) => self.drawn >= r.n0 || rule.settled(&self.counts, r.n0)?,
+        })
+    }
+
+    /// cA, the top class so far, with its margin over the samples drawn.
+    fn selected(&self) -> Selected {
+        let class_a = top_two(&self.counts).0;
+        Selected {
+            class_a,
+            drawn: self.drawn,
+            margin: SelectionMargin::from_sums(
+                self.margin_sum.get(class_a).copied().unwrap_or(f64::NAN),
+                self.margin_sum_sq.get(class_a).copied().unwrap_or(f64::NAN),
+                self.drawn,
+            ),
+        }
+    }
 }
 
 /// Noisy base-classifier passes a batch made, per kind.

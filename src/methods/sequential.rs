@@ -52,29 +52,9 @@ pub(super) async fn certify(
 ) -> Result<Answer, BatchError> {
     let first = match first {
         Some(a) => Some(a),
-        None if workers.has_surrogate() => {
-            let plain = TaskParams {
-                shift: None,
-                ..params
-            };
-            Some(
-                workers
-                    .call(Task::Surrogate, pixels.clone(), plain, deadline)
-                    .await?,
-            )
-        }
-        None => None,
+        None => surrogate_step(workers, &pixels, params, deadline).await?,
     };
-    // What the schedule may depend on: cA and p_hat, both fixed before any
-    // estimation sample is drawn.
-    let (mut selected, guide) = match first.as_ref().map(|a| &a.outcome) {
-        Some(Outcome::Surrogate(e, sel)) => (
-            Some(*sel),
-            (e.surrogate_class == e.class_a).then_some(e.p_hat_a),
-        ),
-        _ => (None, None),
-    };
-    let guide = guide.filter(|_| target.guided);
+    let (mut selected, guide) = schedule_basis(first.as_ref(), target.guided);
     let test = sequential_test(
         workers.noise(),
         target.radius,
@@ -102,17 +82,9 @@ pub(super) async fn certify(
         )
         .await?;
         let sel = selected.unwrap_or(Selected::given(0));
-        let decision = match test.decide(j, tally.count_a).map_err(EngineError::from)? {
-            SequentialDecision::Continue => continue,
-            SequentialDecision::Certified { p_a_lower } => Decision::Certified {
-                class: sel.class_a,
-                p_a_lower,
-                radius: workers.noise().radius(p_a_lower),
-            },
-            SequentialDecision::NotReached { p_a_lower } => Decision::Abstain {
-                reason: AbstainReason::TargetNotReached,
-                p_a_lower,
-            },
+        let verdict = test.decide(j, tally.count_a).map_err(EngineError::from)?;
+        let Some(decision) = decision(workers, sel.class_a, verdict) else {
+            continue;
         };
         let certificate = SequentialCertificate {
             class_a: sel.class_a,
@@ -127,6 +99,62 @@ pub(super) async fn certify(
         return Ok(tally.answer(Outcome::Sequential(certificate, sel)));
     }
     Err(EngineError::Internal("the sequential test ran past its cap").into())
+}
+
+/// A plain (uncalibrated) surrogate task for cA and p_hat, when the model
+/// has a surrogate.
+async fn surrogate_step(
+    workers: &ModelWorkers,
+    pixels: &[f32],
+    params: TaskParams,
+    deadline: Instant,
+) -> Result<Option<Answer>, BatchError> {
+    if !workers.has_surrogate() {
+        return Ok(None);
+    }
+    let plain = TaskParams {
+        shift: None,
+        ..params
+    };
+    Ok(Some(
+        workers
+            .call(Task::Surrogate, pixels.to_vec(), plain, deadline)
+            .await?,
+    ))
+}
+
+/// What the schedule may depend on: cA and p_hat, both fixed before any
+/// estimation sample is drawn. p_hat guides it only where the surrogate's
+/// class is cA, and only when the target asks for guidance.
+fn schedule_basis(first: Option<&Answer>, guided: bool) -> (Option<Selected>, Option<f64>) {
+    let (selected, guide) = match first.map(|a| &a.outcome) {
+        Some(Outcome::Surrogate(e, sel)) => (
+            Some(*sel),
+            (e.surrogate_class == e.class_a).then_some(e.p_hat_a),
+        ),
+        _ => (None, None),
+    };
+    (selected, guide.filter(|_| guided))
+}
+
+/// The decision a stage's verdict makes for cA; `None` to go on to the next stage.
+fn decision(
+    workers: &ModelWorkers,
+    class_a: usize,
+    verdict: SequentialDecision,
+) -> Option<Decision> {
+    match verdict {
+        SequentialDecision::Continue => None,
+        SequentialDecision::Certified { p_a_lower } => Some(Decision::Certified {
+            class: class_a,
+            p_a_lower,
+            radius: workers.noise().radius(p_a_lower),
+        }),
+        SequentialDecision::NotReached { p_a_lower } => Some(Decision::Abstain {
+            reason: AbstainReason::TargetNotReached,
+            p_a_lower,
+        }),
+    }
 }
 
 /// Draws estimation samples up to `stage_n`, a slice at a time; the first

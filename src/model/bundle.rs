@@ -397,85 +397,117 @@ impl Bundle {
             ));
         }
         if let Some(norm) = &self.normalization {
-            if norm.mean.len() != c || norm.std.len() != c {
-                return Err(format!(
-                    "normalization: mean and std need {c} values (one per channel)"
-                ));
-            }
-            if norm.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-                return Err("normalization.std values must be > 0".into());
-            }
+            validate_normalization(norm, c)?;
         }
         let mut specs = vec![("base", &self.base)];
         if let Some(s) = &self.surrogate {
             specs.push(("surrogate", &s.model));
-            if s.nominal_n == 0 {
-                return Err("surrogate.nominal_n must be at least 1".into());
-            }
-            if let Some(t) = &s.tail_map {
-                t.validate()?;
-            }
-            if let Some(c) = &s.calibration {
-                if !(c.delta > 0.0 && c.delta < 1.0 && c.q.is_finite()) {
-                    return Err(format!(
-                        "surrogate.calibration: delta must be in (0, 1) and q finite, got {} and {}",
-                        c.delta, c.q
-                    ));
-                }
-                if c.m == 0 || c.rank == 0 || c.rank > c.m || c.n == 0 || c.n0 == 0 {
-                    return Err(
-                        "surrogate.calibration: m, rank (<= m), n and n0 must be at least 1".into(),
-                    );
-                }
-                if let Some(t) = c
-                    .margin_threshold
-                    .filter(|&t| !crate::smoothing::margin_threshold_ok(t))
-                {
-                    return Err(format!(
-                        "surrogate.calibration.margin_threshold: need a finite z within +-{}, got {t}",
-                        crate::smoothing::MAX_MARGIN_THRESHOLD
-                    ));
-                }
-                if let crate::smoothing::RankRule::TrainingConditional { gamma } = c.rank_rule {
-                    if !(gamma > 0.0 && gamma < 1.0) {
-                        return Err(format!(
-                            "surrogate.calibration.rank_rule: gamma must be in (0, 1), got {gamma}"
-                        ));
-                    }
-                }
-                if !c.bins.is_empty() {
-                    let edges: Vec<f64> = c.bins.iter().filter_map(|b| b.upper).collect();
-                    let qs: Vec<f64> = c.bins.iter().map(|b| b.q).collect();
-                    let last_open = c.bins.last().is_some_and(|b| b.upper.is_none());
-                    let counted: usize = c.bins.iter().map(|b| b.m).sum();
-                    let ranks_ok = c.bins.iter().all(|b| b.rank >= 1 && b.rank <= b.m);
-                    if !last_open
-                        || edges.len() + 1 != c.bins.len()
-                        || counted != c.m
-                        || !ranks_ok
-                        || qs.iter().any(|q| !q.is_finite())
-                        || crate::smoothing::MondrianBins::new(&edges, &qs).is_err()
-                    {
-                        return Err("surrogate.calibration.bins: need increasing upper edges inside (0, 1) \
-                             on every bin but the last, finite q, 1 <= rank <= m per bin, and the bins' m \
-                             summing to m"
-                            .into());
-                    }
-                }
-            }
+            validate_surrogate(s)?;
         }
         for (section, spec) in specs {
-            if spec.format == WeightsFormat::Safetensors && spec.arch.is_none() {
-                return Err(format!(
-                    "{section}.arch is required when {section}.format = \"safetensors\""
-                ));
-            }
-            if spec.file.is_empty() {
-                return Err(format!("{section}.file is empty"));
-            }
+            validate_weights(section, spec)?;
         }
         Ok(())
     }
+}
+
+/// Normalization needs one positive, finite std (and one mean) per channel.
+fn validate_normalization(norm: &Normalization, channels: usize) -> Result<(), String> {
+    if norm.mean.len() != channels || norm.std.len() != channels {
+        return Err(format!(
+            "normalization: mean and std need {channels} values (one per channel)"
+        ));
+    }
+    if norm.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err("normalization.std values must be > 0".into());
+    }
+    Ok(())
+}
+
+/// The surrogate's own terms: nominal n, tail map and calibration (its
+/// weights are checked with the base's).
+fn validate_surrogate(s: &SurrogateSpec) -> Result<(), String> {
+    if s.nominal_n == 0 {
+        return Err("surrogate.nominal_n must be at least 1".into());
+    }
+    if let Some(t) = &s.tail_map {
+        t.validate()?;
+    }
+    if let Some(c) = &s.calibration {
+        validate_calibration(c)?;
+    }
+    Ok(())
+}
+
+fn validate_calibration(c: &Calibration) -> Result<(), String> {
+    if !(c.delta > 0.0 && c.delta < 1.0 && c.q.is_finite()) {
+        return Err(format!(
+            "surrogate.calibration: delta must be in (0, 1) and q finite, got {} and {}",
+            c.delta, c.q
+        ));
+    }
+    if c.m == 0 || c.rank == 0 || c.rank > c.m || c.n == 0 || c.n0 == 0 {
+        return Err("surrogate.calibration: m, rank (<= m), n and n0 must be at least 1".into());
+    }
+    if let Some(t) = c
+        .margin_threshold
+        .filter(|&t| !crate::smoothing::margin_threshold_ok(t))
+    {
+        return Err(format!(
+            "surrogate.calibration.margin_threshold: need a finite z within +-{}, got {t}",
+            crate::smoothing::MAX_MARGIN_THRESHOLD
+        ));
+    }
+    if let crate::smoothing::RankRule::TrainingConditional { gamma } = c.rank_rule {
+        if !(gamma > 0.0 && gamma < 1.0) {
+            return Err(format!(
+                "surrogate.calibration.rank_rule: gamma must be in (0, 1), got {gamma}"
+            ));
+        }
+    }
+    if !c.bins.is_empty() {
+        validate_calibration_bins(c)?;
+    }
+    Ok(())
+}
+
+/// Mondrian bins: increasing edges, the last bin open, finite q, ranks
+/// within each bin's m, and the bins' m adding up to the calibration's.
+fn validate_calibration_bins(c: &Calibration) -> Result<(), String> {
+    let edges: Vec<f64> = c.bins.iter().filter_map(|b| b.upper).collect();
+    let qs: Vec<f64> = c.bins.iter().map(|b| b.q).collect();
+    let last_open = c.bins.last().is_some_and(|b| b.upper.is_none());
+    let counted: usize = c.bins.iter().map(|b| b.m).sum();
+    let ranks_ok = c.bins.iter().all(|b| b.rank >= 1 && b.rank <= b.m);
+    if !last_open
+        || edges.len() + 1 != c.bins.len()
+        || counted != c.m
+        || !ranks_ok
+        || qs.iter().any(|q| !q.is_finite())
+        || crate::smoothing::MondrianBins::new(&edges, &qs).is_err()
+    {
+        return Err(
+            "surrogate.calibration.bins: need increasing upper edges inside (0, 1) \
+             on every bin but the last, finite q, 1 <= rank <= m per bin, and the bins' m \
+             summing to m"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// A network's weights section (`base` or `surrogate`): a file, and an
+/// architecture for safetensors.
+fn validate_weights(section: &str, spec: &BaseSpec) -> Result<(), String> {
+    if spec.format == WeightsFormat::Safetensors && spec.arch.is_none() {
+        return Err(format!(
+            "{section}.arch is required when {section}.format = \"safetensors\""
+        ));
+    }
+    if spec.file.is_empty() {
+        return Err(format!("{section}.file is empty"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -384,94 +384,22 @@ impl Classifier {
                 bad.input
             )));
         }
-        let [c, h, w] = self.shape.map(|d| d as i64);
-        let batch = batch.max(1);
-        let mut tally = Tally {
-            counts: Tensor::f_zeros([s_len * k], (Kind::Int64, self.device))?,
-            margins: if margins {
-                Some((
-                    Tensor::f_zeros([s_len, k], (Kind::Double, self.device))?,
-                    Tensor::f_zeros([s_len, k], (Kind::Double, self.device))?,
-                ))
-            } else {
-                None
-            },
+        let mut run = StreamTallier {
+            classifier: self,
+            inputs,
+            noise,
+            batch: batch.max(1),
+            streams: s_len,
+            tally: Tally::zeros(s_len, k, margins, self.device)?,
+            pending: Pending::default(),
         };
         let mut alive = vec![true; streams.len()];
-        let mut pending = Pending::default();
         for (s, stream) in streams.iter().enumerate() {
-            if stream
-                .start
-                .checked_add(stream.num)
-                .is_none_or(|end| end > stream.len)
-            {
-                return Err(ModelError::Torch(format!(
-                    "noise slice {}..+{} of a stream of {}",
-                    stream.start, stream.num, stream.len
-                )));
-            }
-            let block_len = NOISE_BLOCK as u64;
-            let mut drawn = 0u64;
-            while drawn < stream.num {
-                if !keep(s) {
-                    alive[s] = false;
-                    break;
-                }
-                let at = stream.start + drawn;
-                let block = at / block_len;
-                let offset = at % block_len;
-                let whole = (stream.len - block * block_len).min(block_len);
-                let len = (whole - offset).min(stream.num - drawn) as i64;
-                let mut noisy = {
-                    let _rng = super::rng_lock();
-                    tch::manual_seed(block_seed(stream.seed, block));
-                    super::noise::draw(noise, &[whole as i64, c, h, w], self.device)?
-                };
-                if offset > 0 || len < whole as i64 {
-                    noisy = noisy.f_narrow(0, offset as i64, len)?;
-                }
-                let _ = noisy.f_add_(&inputs.f_narrow(0, stream.input as i64, 1)?)?;
-                pending.push(
-                    noisy,
-                    Tensor::f_full([len], s as i64, (Kind::Int64, self.device))?,
-                );
-                while pending.rows >= batch {
-                    self.count_pending(&mut pending, batch, &mut tally, s_len)?;
-                }
-                drawn += len as u64;
-            }
+            check_slice(stream)?;
+            alive[s] = run.draw_stream(s, stream, keep)?;
         }
-        while pending.rows > 0 {
-            let rows = pending.rows;
-            self.count_pending(&mut pending, rows, &mut tally, s_len)?;
-        }
-        let k = k.max(1) as usize;
-        let flat: Vec<i64> = Vec::try_from(tally.counts.f_to_device(Device::Cpu)?)?;
-        let (sum, sum_sq): (Vec<f64>, Vec<f64>) = match &tally.margins {
-            Some((sum, sum_sq)) => (
-                Vec::try_from(sum.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?,
-                Vec::try_from(sum_sq.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?,
-            ),
-            None => (Vec::new(), Vec::new()),
-        };
-        Ok(flat
-            .chunks(k)
-            .zip(&alive)
-            .enumerate()
-            .map(|(s, (row, &alive))| {
-                alive.then(|| StreamTally {
-                    counts: row.iter().map(|&c| c as u64).collect(),
-                    margin_sum: sum
-                        .get(s * k..(s + 1) * k)
-                        .map(<[f64]>::to_vec)
-                        .unwrap_or_default(),
-                    margin_sum_sq: sum_sq
-                        .get(s * k..(s + 1) * k)
-                        .map(<[f64]>::to_vec)
-                        .unwrap_or_default(),
-                })
-            })
-            .collect())
+        run.count_rest()?;
+        run.tally.per_stream(&alive, k.max(1) as usize)
     }
 
     /// Classifies the first `rows` pending noisy inputs and adds their classes
@@ -603,6 +531,163 @@ pub struct StreamTally {
 struct Tally {
     counts: Tensor,
     margins: Option<(Tensor, Tensor)>,
+}
+
+impl Tally {
+    /// An empty tally of `streams` streams over `classes` classes on `device`.
+    fn zeros(
+        streams: i64,
+        classes: i64,
+        margins: bool,
+        device: Device,
+    ) -> Result<Tally, ModelError> {
+        Ok(Tally {
+            counts: Tensor::f_zeros([streams * classes], (Kind::Int64, device))?,
+            margins: if margins {
+                Some((
+                    Tensor::f_zeros([streams, classes], (Kind::Double, device))?,
+                    Tensor::f_zeros([streams, classes], (Kind::Double, device))?,
+                ))
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Each stream's tally on the CPU (`k` classes), `None` for those not `alive`.
+    fn per_stream(&self, alive: &[bool], k: usize) -> Result<Vec<Option<StreamTally>>, ModelError> {
+        let flat: Vec<i64> = Vec::try_from(self.counts.f_to_device(Device::Cpu)?)?;
+        let (sum, sum_sq): (Vec<f64>, Vec<f64>) = match &self.margins {
+            Some((sum, sum_sq)) => (
+                Vec::try_from(sum.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?,
+                Vec::try_from(sum_sq.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?,
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        Ok(flat
+            .chunks(k)
+            .zip(alive)
+            .enumerate()
+            .map(|(s, (row, &alive))| {
+                alive.then(|| StreamTally {
+                    counts: row.iter().map(|&c| c as u64).collect(),
+                    margin_sum: sum
+                        .get(s * k..(s + 1) * k)
+                        .map(<[f64]>::to_vec)
+                        .unwrap_or_default(),
+                    margin_sum_sq: sum_sq
+                        .get(s * k..(s + 1) * k)
+                        .map(<[f64]>::to_vec)
+                        .unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+}
+
+/// A stream's slice must lie within the stream.
+fn check_slice(stream: &NoiseStream) -> Result<(), ModelError> {
+    if stream
+        .start
+        .checked_add(stream.num)
+        .is_none_or(|end| end > stream.len)
+    {
+        return Err(ModelError::Torch(format!(
+            "noise slice {}..+{} of a stream of {}",
+            stream.start, stream.num, stream.len
+        )));
+    }
+    Ok(())
+}
+
+/// One [`Classifier::tally_streams`] call under way: streams are drawn in
+/// turn into `pending`, which is classified a forward batch at a time.
+struct StreamTallier<'a> {
+    classifier: &'a Classifier,
+    /// On the device, as floats.
+    inputs: Tensor,
+    noise: crate::smoothing::Noise,
+    /// Forward batch rows (at least 1).
+    batch: i64,
+    /// How many streams the tally holds.
+    streams: i64,
+    tally: Tally,
+    pending: Pending,
+}
+
+impl StreamTallier<'_> {
+    /// Draws stream `s` block by block, classifying each full forward batch;
+    /// `false` when `keep` abandoned it.
+    fn draw_stream(
+        &mut self,
+        s: usize,
+        stream: &NoiseStream,
+        keep: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<bool, ModelError> {
+        let device = self.classifier.device;
+        let mut drawn = 0u64;
+        while drawn < stream.num {
+            if !keep(s) {
+                return Ok(false);
+            }
+            let (noisy, len) = self.draw_block(stream, stream.start + drawn, stream.num - drawn)?;
+            self.pending.push(
+                noisy,
+                Tensor::f_full([len], s as i64, (Kind::Int64, device))?,
+            );
+            while self.pending.rows >= self.batch {
+                self.classifier.count_pending(
+                    &mut self.pending,
+                    self.batch,
+                    &mut self.tally,
+                    self.streams,
+                )?;
+            }
+            drawn += len as u64;
+        }
+        Ok(true)
+    }
+
+    /// Noisy copies of the stream's input: samples from `at` on, at most
+    /// `left` and not past `at`'s block. The block is drawn whole from its
+    /// own seed and then narrowed, so any slicing sees the same samples.
+    fn draw_block(
+        &self,
+        stream: &NoiseStream,
+        at: u64,
+        left: u64,
+    ) -> Result<(Tensor, i64), ModelError> {
+        let block_len = NOISE_BLOCK as u64;
+        let block = at / block_len;
+        let offset = at % block_len;
+        let whole = (stream.len - block * block_len).min(block_len);
+        let len = (whole - offset).min(left) as i64;
+        let [c, h, w] = self.classifier.shape.map(|d| d as i64);
+        let mut noisy = {
+            let _rng = super::rng_lock();
+            tch::manual_seed(block_seed(stream.seed, block));
+            super::noise::draw(self.noise, &[whole as i64, c, h, w], self.classifier.device)?
+        };
+        if offset > 0 || len < whole as i64 {
+            noisy = noisy.f_narrow(0, offset as i64, len)?;
+        }
+        let _ = noisy.f_add_(&self.inputs.f_narrow(0, stream.input as i64, 1)?)?;
+        Ok((noisy, len))
+    }
+
+    /// Classifies whatever is still pending, as one last (short) batch.
+    fn count_rest(&mut self) -> Result<(), ModelError> {
+        while self.pending.rows > 0 {
+            let rows = self.pending.rows;
+            self.classifier.count_pending(
+                &mut self.pending,
+                rows,
+                &mut self.tally,
+                self.streams,
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Noisy inputs drawn but not yet classified, with the stream each row belongs to.

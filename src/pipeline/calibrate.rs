@@ -101,14 +101,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
     })?;
     // Everything checked before any work, so that nothing is written for a
     // calibration the bundle would then refuse to hold.
-    if !(opts.delta > 0.0 && opts.delta < 1.0) {
-        return Err(PipelineError::Invalid("--delta must be in (0, 1)".into()));
-    }
-    if !(opts.alpha > 0.0 && opts.alpha < 1.0) || opts.n0 == 0 || opts.batch < 1 {
-        return Err(PipelineError::Invalid(
-            "--alpha must be in (0, 1), --n0 and --batch at least 1".into(),
-        ));
-    }
+    check_levels(opts)?;
     let counts = super::counts::merge_counts_in_memory(&opts.counts)?;
     check_calibration_counts(&bundle, &spec, &counts)?;
     smoothing::check_edges(&opts.bin_edges).map_err(EngineError::from)?;
@@ -146,22 +139,9 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
         margin_threshold: opts.margin_threshold,
         surrogate_fnv1a: super::surrogate_fingerprint(&bundle)?,
     };
-    let bands = [0.0, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5]
-        .iter()
-        .map(|&low| {
-            band_figures(
-                &scores,
-                &counts,
-                calibration.shift(noise),
-                low,
-                0.5,
-                opts.alpha,
-                noise,
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let bands = band_table(&scores, &counts, &calibration, opts.alpha, noise)?;
     let summary = CalibrationSummary {
-        calibration: calibration.clone(),
+        calibration,
         counts_split: counts.meta.split,
         overestimating: s.iter().filter(|&&v| v > 0.0).count() as f64 / m as f64,
         mean_score: s.iter().sum::<f64>() / m as f64,
@@ -172,6 +152,54 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
         bands,
         scores,
     };
+    save_calibration(&mut bundle, &counts, &summary)?;
+    Ok(summary)
+}
+
+/// --delta and --alpha in (0, 1), --n0 and --batch at least 1.
+fn check_levels(opts: &CalibrateOptions) -> Result<(), PipelineError> {
+    if !(opts.delta > 0.0 && opts.delta < 1.0) {
+        return Err(PipelineError::Invalid("--delta must be in (0, 1)".into()));
+    }
+    if !(opts.alpha > 0.0 && opts.alpha < 1.0) || opts.n0 == 0 || opts.batch < 1 {
+        return Err(PipelineError::Invalid(
+            "--alpha must be in (0, 1), --n0 and --batch at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// AUTO's figures for the candidate bands [low, 0.5].
+fn band_table(
+    scores: &[Score],
+    counts: &Counts,
+    calibration: &Calibration,
+    alpha: f64,
+    noise: crate::smoothing::Noise,
+) -> Result<Vec<BandFigures>, PipelineError> {
+    [0.0, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5]
+        .iter()
+        .map(|&low| {
+            band_figures(
+                scores,
+                counts,
+                calibration.shift(noise),
+                low,
+                0.5,
+                alpha,
+                noise,
+            )
+        })
+        .collect()
+}
+
+/// Writes the calibration's inputs and summary beside the bundle, then the
+/// calibration into its model.toml.
+fn save_calibration(
+    bundle: &mut Bundle,
+    counts: &Counts,
+    summary: &CalibrationSummary,
+) -> Result<(), PipelineError> {
     write_json(
         &bundle.dir.join(INPUTS_FILE),
         &InputList {
@@ -179,12 +207,12 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<CalibrationSummary, Pipeline
             indices: counts.indices.clone(),
         },
     )?;
-    write_json(&bundle.dir.join(SUMMARY_FILE), &summary)?;
+    write_json(&bundle.dir.join(SUMMARY_FILE), summary)?;
     if let Some(s) = bundle.surrogate.as_mut() {
-        s.calibration = Some(calibration);
+        s.calibration = Some(summary.calibration.clone());
     }
     bundle.save()?;
-    Ok(summary)
+    Ok(())
 }
 
 /// Counts fit to calibrate with: at the surrogate's nominal N, on inputs

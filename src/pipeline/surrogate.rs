@@ -361,57 +361,106 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
     }
     let bundle = Bundle::load(&opts.bundle)?;
     let data = TrainingData::load(&bundle, opts)?;
-    let key = RunKey {
-        arch: opts.init.arch_name().into(),
-        init: opts.init.name().into(),
-        loss: opts.loss,
-        epochs: opts.epochs,
-        batch_size: opts.batch_size,
-        learning_rate: opts.learning_rate,
-        val_fraction: opts.val_fraction,
-        seed: opts.seed,
-        counts: counts_key(&data.runs),
-    };
-    let ckpt = Checkpoint {
-        dir: bundle.dir.join("surrogate-checkpoint"),
-    };
-    let script = opts.init == SurrogateInit::BaseCopy;
-    let saved = match ckpt.read::<State>()? {
-        Some(saved) if saved.key != key => {
-            return Err(PipelineError::Invalid(format!(
-                "{} holds a checkpoint of a different surrogate run; remove it to start over",
-                ckpt.dir.display()
-            )))
-        }
-        other => other,
-    };
-    let mut model = start_model(
-        &bundle,
-        opts,
-        saved
-            .as_ref()
-            .map(|s| ckpt.weights_of(s.epochs_done, script)),
-    )?;
-    let mut adam = Adam::new(&model)?;
-    let mut state = State {
-        key,
-        epochs_done: 0,
-        adam_step: 0,
-        best_epoch: 0,
-        best_val_js: f64::INFINITY,
-        history: vec![],
-    };
-    if let Some(saved) = saved {
-        adam.load_moments(&ckpt.adam(saved.epochs_done), saved.adam_step)?;
-        state = saved;
+    let mut run = SurrogateRun::resume(&bundle, opts, &data)?;
+    let last = opts.pause_after.map_or(opts.epochs, |p| {
+        (run.state.epochs_done + p).min(opts.epochs)
+    });
+    for epoch in run.state.epochs_done..last {
+        run.epoch(epoch)?;
     }
-    let last = opts
-        .pause_after
-        .map_or(opts.epochs, |p| (state.epochs_done + p).min(opts.epochs));
-    for epoch in state.epochs_done..last {
+    if run.state.epochs_done < opts.epochs {
+        return Ok(SurrogateOutcome::Paused {
+            epochs_done: run.state.epochs_done,
+        });
+    }
+    let spec = install_best(bundle, opts, &data, &run.state, &run.ckpt)?;
+    Ok(SurrogateOutcome::Finished(Box::new(spec)))
+}
+
+/// A surrogate training run: the model, its optimizer and the state its
+/// checkpoint keeps after every epoch.
+struct SurrogateRun<'a> {
+    opts: &'a TrainSurrogateOptions,
+    data: &'a TrainingData,
+    ckpt: Checkpoint,
+    /// A TorchScript copy of the base (else built-in weights).
+    script: bool,
+    model: Classifier,
+    adam: Adam,
+    state: State,
+}
+
+impl<'a> SurrogateRun<'a> {
+    /// The run so far: from the checkpoint when it holds this run, else from
+    /// the start. A checkpoint of another run is refused.
+    fn resume(
+        bundle: &Bundle,
+        opts: &'a TrainSurrogateOptions,
+        data: &'a TrainingData,
+    ) -> Result<Self, PipelineError> {
+        let key = RunKey {
+            arch: opts.init.arch_name().into(),
+            init: opts.init.name().into(),
+            loss: opts.loss,
+            epochs: opts.epochs,
+            batch_size: opts.batch_size,
+            learning_rate: opts.learning_rate,
+            val_fraction: opts.val_fraction,
+            seed: opts.seed,
+            counts: counts_key(&data.runs),
+        };
+        let ckpt = Checkpoint {
+            dir: bundle.dir.join("surrogate-checkpoint"),
+        };
+        let script = opts.init == SurrogateInit::BaseCopy;
+        let saved = match ckpt.read::<State>()? {
+            Some(saved) if saved.key != key => {
+                return Err(PipelineError::Invalid(format!(
+                    "{} holds a checkpoint of a different surrogate run; remove it to start over",
+                    ckpt.dir.display()
+                )))
+            }
+            other => other,
+        };
+        let model = start_model(
+            bundle,
+            opts,
+            saved
+                .as_ref()
+                .map(|s| ckpt.weights_of(s.epochs_done, script)),
+        )?;
+        let mut adam = Adam::new(&model)?;
+        let mut state = State {
+            key,
+            epochs_done: 0,
+            adam_step: 0,
+            best_epoch: 0,
+            best_val_js: f64::INFINITY,
+            history: vec![],
+        };
+        if let Some(saved) = saved {
+            adam.load_moments(&ckpt.adam(saved.epochs_done), saved.adam_step)?;
+            state = saved;
+        }
+        Ok(SurrogateRun {
+            opts,
+            data,
+            ckpt,
+            script,
+            model,
+            adam,
+            state,
+        })
+    }
+
+    /// Trains and validates epoch `epoch` (from 0), keeps its weights if
+    /// they are the best so far, and checkpoints the run.
+    fn epoch(&mut self, epoch: usize) -> Result<(), PipelineError> {
+        let (opts, data, ckpt, script) = (self.opts, self.data, &self.ckpt, self.script);
+        let (model, adam, state) = (&mut self.model, &mut self.adam, &mut self.state);
         let started = Instant::now();
-        let train_loss = train_epoch(&mut model, &mut adam, &data, opts, epoch)?;
-        let validation = validate(&model, &data.x_val, &data.q_val, opts.batch_size as i64)?;
+        let train_loss = train_epoch(model, adam, data, opts, epoch)?;
+        let validation = validate(model, &data.x_val, &data.q_val, opts.batch_size as i64)?;
         tracing::info!(
             epoch = epoch + 1,
             loss = train_loss,
@@ -426,7 +475,7 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         let previous_best = state.best_epoch;
         if validation.mean_js < state.best_val_js {
             std::fs::create_dir_all(&ckpt.dir).map_err(io_err(&ckpt.dir))?;
-            save_trained(&mut model, &ckpt.best(epoch + 1, script))?;
+            save_trained(model, &ckpt.best(epoch + 1, script))?;
             state.best_val_js = validation.mean_js;
             state.best_epoch = epoch + 1;
         }
@@ -438,18 +487,12 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
         });
         state.epochs_done = epoch + 1;
         state.adam_step = adam.step;
-        ckpt.write(&mut model, &adam, state.epochs_done, &state)?;
+        ckpt.write(model, adam, state.epochs_done, &*state)?;
         if previous_best != state.best_epoch && previous_best > 0 {
             let _ = std::fs::remove_file(ckpt.best(previous_best, script));
         }
+        Ok(())
     }
-    if state.epochs_done < opts.epochs {
-        return Ok(SurrogateOutcome::Paused {
-            epochs_done: state.epochs_done,
-        });
-    }
-    let spec = install_best(bundle, opts, &data, &state, &ckpt)?;
-    Ok(SurrogateOutcome::Finished(Box::new(spec)))
 }
 
 /// The counted inputs and their normalized counts, split once by the seed

@@ -128,20 +128,7 @@ pub enum TrainOutcome {
 }
 
 pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError> {
-    // Checked before any work: a bundle needs a scale > 0, and finding out
-    // after the last epoch would waste the whole run.
-    if opts.noise.validate().is_err() {
-        return Err(PipelineError::Invalid(format!(
-            "--{} must be > 0, got {}",
-            opts.noise.scale_name(),
-            opts.noise.scale()
-        )));
-    }
-    if opts.epochs == 0 || opts.batch_size == 0 {
-        return Err(PipelineError::Invalid(
-            "--epochs and --batch-size must be at least 1".into(),
-        ));
-    }
+    check_options(opts)?;
     let (train, test) = datasets(opts)?;
     let normalization = dataset_normalization(&train);
     // The initial weights come from --seed too, so a run is reproducible end to end.
@@ -154,20 +141,10 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
         opts.device,
     )?;
     let mut adam = Adam::new(&model)?;
-    let key = RunKey {
-        dataset: opts.dataset,
-        arch: opts.arch.name().to_string(),
-        noise: opts.noise,
-        epochs: opts.epochs,
-        batch_size: opts.batch_size,
-        learning_rate: opts.learning_rate,
-        seed: opts.seed,
-        limit: opts.limit,
-    };
     let ckpt = Checkpoint {
         dir: opts.out.join("checkpoint"),
     };
-    let mut state = resume(&ckpt, key, &mut model, &mut adam)?;
+    let mut state = resume(&ckpt, RunKey::of(opts), &mut model, &mut adam)?;
     let resumed_from_epoch = state.epochs_done;
 
     let (x_train, y_train) = dataset_tensors(&train, opts.device);
@@ -197,20 +174,12 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
     let clean_test_accuracy = accuracy(&model, &test, None, opts.seed)?;
     let noisy_test_accuracy = accuracy(&model, &test, Some(opts.noise), opts.seed)?;
     let training_seconds: f64 = state.history.iter().map(|e| e.seconds).sum();
-    let provenance = Provenance {
-        dataset: Some(opts.dataset.into()),
-        epochs: Some(opts.epochs),
-        batch_size: Some(opts.batch_size),
-        learning_rate: Some(opts.learning_rate),
-        seed: Some(opts.seed),
-        training_seconds: Some(training_seconds),
-        clean_test_accuracy: Some(clean_test_accuracy),
-        noisy_test_accuracy: Some(noisy_test_accuracy),
-        created_by: Some(format!(
-            "smoothcert {} train-base",
-            env!("CARGO_PKG_VERSION")
-        )),
-    };
+    let provenance = provenance(
+        opts,
+        training_seconds,
+        clean_test_accuracy,
+        noisy_test_accuracy,
+    );
     write_bundle(&mut model, opts, &train, normalization, provenance)?;
     let summary = TrainSummary {
         bundle: opts.out.clone(),
@@ -228,6 +197,62 @@ pub fn train_base(opts: &TrainBaseOptions) -> Result<TrainOutcome, PipelineError
     // The bundle is complete: the checkpoint has served its purpose.
     let _ = std::fs::remove_dir_all(&ckpt.dir);
     Ok(TrainOutcome::Finished(summary))
+}
+
+/// Checked before any work: a bundle needs a scale > 0, and finding out
+/// after the last epoch would waste the whole run.
+fn check_options(opts: &TrainBaseOptions) -> Result<(), PipelineError> {
+    if opts.noise.validate().is_err() {
+        return Err(PipelineError::Invalid(format!(
+            "--{} must be > 0, got {}",
+            opts.noise.scale_name(),
+            opts.noise.scale()
+        )));
+    }
+    if opts.epochs == 0 || opts.batch_size == 0 {
+        return Err(PipelineError::Invalid(
+            "--epochs and --batch-size must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl RunKey {
+    fn of(opts: &TrainBaseOptions) -> RunKey {
+        RunKey {
+            dataset: opts.dataset,
+            arch: opts.arch.name().to_string(),
+            noise: opts.noise,
+            epochs: opts.epochs,
+            batch_size: opts.batch_size,
+            learning_rate: opts.learning_rate,
+            seed: opts.seed,
+            limit: opts.limit,
+        }
+    }
+}
+
+/// How the bundle's base was made, for its model.toml.
+fn provenance(
+    opts: &TrainBaseOptions,
+    training_seconds: f64,
+    clean_test_accuracy: f64,
+    noisy_test_accuracy: f64,
+) -> Provenance {
+    Provenance {
+        dataset: Some(opts.dataset.into()),
+        epochs: Some(opts.epochs),
+        batch_size: Some(opts.batch_size),
+        learning_rate: Some(opts.learning_rate),
+        seed: Some(opts.seed),
+        training_seconds: Some(training_seconds),
+        clean_test_accuracy: Some(clean_test_accuracy),
+        noisy_test_accuracy: Some(noisy_test_accuracy),
+        created_by: Some(format!(
+            "smoothcert {} train-base",
+            env!("CARGO_PKG_VERSION")
+        )),
+    }
 }
 
 /// The training split (its first `limit` images, if given) and the test split.

@@ -142,79 +142,25 @@ fn load_one(
     config: &Config,
     metrics: Arc<Metrics>,
 ) -> Result<LoadedModel, LoadError> {
-    let key = |k: &str| format!("models[{i}].{k}");
     let bundle = Bundle::load(&mc.bundle).map_err(|source| LoadError::Bundle {
-        key: key("bundle"),
+        key: model_key(i, "bundle"),
         source,
     })?;
     let device = parse_device(&mc.device).map_err(|source| LoadError::Device {
-        key: key("device"),
+        key: model_key(i, "device"),
         source,
     })?;
     let name = mc.name.clone().unwrap_or_else(|| bundle.name.clone());
-    let nominal = bundle.surrogate.as_ref().map(|s| s.nominal_n);
-    let n = mc.n.or(nominal).unwrap_or(100_000);
-    if n > mc.max_n {
-        return Err(LoadError::Invalid {
-            key: key("n"),
-            message: format!("the default n {n} exceeds max_n {}", mc.max_n),
-        });
-    }
-    let has_surrogate = bundle.surrogate.is_some();
-    let calibrated = bundle
-        .surrogate
-        .as_ref()
-        .is_some_and(|s| s.calibration.is_some());
-    let wanted = mc.method;
-    let method = match wanted {
-        Method::Calibrated | Method::Auto if !calibrated => {
-            let instead = if has_surrogate {
-                Method::Surrogate
-            } else {
-                Method::MonteCarlo
-            };
-            tracing::warn!(model = %name, wanted = wanted.as_str(), instead = instead.as_str(),
-                "bundle has no calibration: changing the default method");
-            instead
-        }
-        Method::Surrogate if !has_surrogate => {
-            tracing::warn!(model = %name, "bundle has no surrogate: the default method is monte_carlo");
-            Method::MonteCarlo
-        }
-        m => m,
-    };
-    if let (Method::Calibrated | Method::Auto, Some(cal)) = (
-        method,
-        bundle
-            .surrogate
-            .as_ref()
-            .and_then(|s| s.calibration.as_ref()),
-    ) {
-        // Otherwise every request left to the defaults would be refused.
-        if n != cal.n {
-            return Err(LoadError::Invalid {
-                key: key("n"),
-                message: format!(
-                    "the default method {method} holds at the calibrated n = {}, not {n}",
-                    cal.n
-                ),
-            });
-        }
-    }
+    let n = default_n(i, mc, &bundle)?;
+    let method = default_method(mc.method, &bundle, &name);
+    check_calibrated_n(i, method, n, &bundle)?;
     let auto_band = AutoBand {
         low: mc.auto_band_low,
         high: mc.auto_band_high,
     };
     let forward_batch =
         crate::model::forward_batch_for(device, config.batching.forward_batch, bundle.input_shape);
-    let opts = BatchingOptions {
-        max_batch_requests: config.batching.max_batch_requests,
-        max_queue_delay: Duration::from_millis(config.batching.max_queue_delay_ms),
-        forward_batch,
-        queue_capacity: config.limits.queue_capacity,
-        mc_queue_capacity: config.limits.mc_queue_capacity,
-        stage_queue_capacity: config.limits.stage_queue_capacity,
-    };
+    let opts = batching_options(config, forward_batch);
     let workers = ModelWorkers::start(&name, &bundle, device, &opts, metrics)?;
     Ok(LoadedModel {
         name,
@@ -240,4 +186,84 @@ fn load_one(
         auto_band,
         workers,
     })
+}
+
+/// The configuration key `k` of the `i`th model, as errors name it.
+fn model_key(i: usize, k: &str) -> String {
+    format!("models[{i}].{k}")
+}
+
+/// The default n: the configured one, else the surrogate's nominal n, else
+/// 100,000; refused above `max_n`.
+fn default_n(i: usize, mc: &ModelConfig, bundle: &Bundle) -> Result<u64, LoadError> {
+    let nominal = bundle.surrogate.as_ref().map(|s| s.nominal_n);
+    let n = mc.n.or(nominal).unwrap_or(100_000);
+    if n > mc.max_n {
+        return Err(LoadError::Invalid {
+            key: model_key(i, "n"),
+            message: format!("the default n {n} exceeds max_n {}", mc.max_n),
+        });
+    }
+    Ok(n)
+}
+
+/// The configured default method, or (with a warning) the nearest one the
+/// bundle supports when it lacks the calibration or surrogate it needs.
+fn default_method(wanted: Method, bundle: &Bundle, name: &str) -> Method {
+    let has_surrogate = bundle.surrogate.is_some();
+    let calibrated = bundle
+        .surrogate
+        .as_ref()
+        .is_some_and(|s| s.calibration.is_some());
+    match wanted {
+        Method::Calibrated | Method::Auto if !calibrated => {
+            let instead = if has_surrogate {
+                Method::Surrogate
+            } else {
+                Method::MonteCarlo
+            };
+            tracing::warn!(model = %name, wanted = wanted.as_str(), instead = instead.as_str(),
+                "bundle has no calibration: changing the default method");
+            instead
+        }
+        Method::Surrogate if !has_surrogate => {
+            tracing::warn!(model = %name, "bundle has no surrogate: the default method is monte_carlo");
+            Method::MonteCarlo
+        }
+        m => m,
+    }
+}
+
+/// A calibrated default method needs the default n to be the calibrated n.
+fn check_calibrated_n(i: usize, method: Method, n: u64, bundle: &Bundle) -> Result<(), LoadError> {
+    if let (Method::Calibrated | Method::Auto, Some(cal)) = (
+        method,
+        bundle
+            .surrogate
+            .as_ref()
+            .and_then(|s| s.calibration.as_ref()),
+    ) {
+        // Otherwise every request left to the defaults would be refused.
+        if n != cal.n {
+            return Err(LoadError::Invalid {
+                key: model_key(i, "n"),
+                message: format!(
+                    "the default method {method} holds at the calibrated n = {}, not {n}",
+                    cal.n
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn batching_options(config: &Config, forward_batch: i64) -> BatchingOptions {
+    BatchingOptions {
+        max_batch_requests: config.batching.max_batch_requests,
+        max_queue_delay: Duration::from_millis(config.batching.max_queue_delay_ms),
+        forward_batch,
+        queue_capacity: config.limits.queue_capacity,
+        mc_queue_capacity: config.limits.mc_queue_capacity,
+        stage_queue_capacity: config.limits.stage_queue_capacity,
+    }
 }

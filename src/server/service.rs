@@ -10,10 +10,11 @@ use crate::engine::{Method, Outcome, RadiusKind};
 use crate::methods::{CertifyRequest, PredictRequest};
 use crate::metrics::Metrics;
 use crate::smoothing::{AbstainReason, Decision};
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
@@ -506,104 +507,19 @@ impl pb::certifier_server::Certifier for CertifierService {
         // The client's deadline, if any, bounds the whole stream; each request
         // gets the server's own timeout from the moment it is read.
         let client_deadline = Self::client_deadline(request.metadata());
-        let mut phase = self.shared.lifecycle.subscribe();
-        let mut inbound = request.into_inner();
+        let phase = self.shared.lifecycle.subscribe();
+        let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(limit);
-        let svc = self.clone();
-        tokio::spawn(async move {
-            let permits = Arc::new(Semaphore::new(limit));
-            let mut index = 0u64;
-            let mut cut_short = false;
-            loop {
-                // On shutdown the stream stops reading; it ends once the
-                // requests already read are answered.
-                let next = tokio::select! {
-                    _ = phase.wait_for(|p| *p >= Phase::Draining) => {
-                        cut_short = true;
-                        break;
-                    }
-                    next = inbound.message() => next,
-                };
-                let req = match next {
-                    Ok(Some(req)) => req,
-                    Ok(None) => break,
-                    Err(status) => {
-                        let _ = tx
-                            .send(Err(super::resource_exhausted_if_oversize(status)))
-                            .await;
-                        break;
-                    }
-                };
-                // At the in-flight limit, wait for room, but not past a drain:
-                // the request already read is then answered UNAVAILABLE.
-                let permit = tokio::select! {
-                    p = permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                    _ = async { phase.wait_for(|p| *p >= Phase::Draining).await.map(|_| ()) } => {
-                        let e = super::error::not_serving(Phase::Draining);
-                        let _ = tx
-                            .send(Ok(pb::CertifyStreamResponse {
-                                index,
-                                request_id: req.request_id.clone(),
-                                result: Some(pb::certify_stream_response::Result::Error(
-                                    pb::StreamError {
-                                        code: e.code() as i32,
-                                        message: e.to_string(),
-                                    },
-                                )),
-                            }))
-                            .await;
-                        index += 1;
-                        cut_short = true;
-                        break;
-                    }
-                };
-                let (tx, svc, i) = (tx.clone(), svc.clone(), index);
-                index += 1;
-                let deadline = svc.deadline(client_deadline);
-                tokio::spawn(async move {
-                    let request_id = req.request_id.clone();
-                    // A client that hangs up drops its pending work with it.
-                    let result = tokio::select! {
-                        r = svc.certify_tracked(req, deadline) => r,
-                        _ = tx.closed() => return,
-                    };
-                    let result = Some(match result {
-                        Ok(r) => pb::certify_stream_response::Result::Response(r),
-                        Err(e) => pb::certify_stream_response::Result::Error(pb::StreamError {
-                            code: e.code() as i32,
-                            message: e.to_string(),
-                        }),
-                    });
-                    // A client that stopped reading cannot hold the shutdown up.
-                    tokio::select! {
-                        _ = tx.send(Ok(pb::CertifyStreamResponse {
-                            index: i,
-                            request_id,
-                            result,
-                        })) => {}
-                        _ = svc.shared.lifecycle.reached(Phase::Stopped) => {}
-                    }
-                    drop(permit);
-                });
-            }
-            if cut_short {
-                // Every request read has its answer (or its error) sent; what
-                // the client sent after these was never read: say so.
-                tokio::select! {
-                    _ = permits.acquire_many(limit as u32) => {}
-                    _ = svc.shared.lifecycle.reached(Phase::Stopped) => {}
-                }
-                let _ = tx
-                    .send(Err(Status::unavailable(format!(
-                        "the server is shutting down: this stream stopped reading after {index} requests, \
-                         all of them answered; send the rest to another replica"
-                    ))))
-                    .await;
-            }
-        });
+        let session = StreamSession {
+            svc: self.clone(),
+            tx,
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+            client_deadline,
+            phase,
+            index: 0,
+        };
+        tokio::spawn(session.run(inbound));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -660,6 +576,150 @@ impl pb::certifier_server::Certifier for CertifierService {
             .collect();
         Ok(Response::new(pb::ListModelsResponse { models }))
     }
+}
+
+/// One `CertifyStream` call: reads the client's requests in turn and answers
+/// each in its own task, at most `limit` at a time.
+struct StreamSession {
+    svc: CertifierService,
+    tx: mpsc::Sender<Result<pb::CertifyStreamResponse, Status>>,
+    /// One per request being answered, `limit` in all.
+    permits: Arc<Semaphore>,
+    limit: usize,
+    client_deadline: Option<Instant>,
+    phase: watch::Receiver<Phase>,
+    /// Requests read so far (the next one's index).
+    index: u64,
+}
+
+impl StreamSession {
+    async fn run(mut self, mut inbound: Streaming<pb::CertifyRequest>) {
+        // Each step breaks with whether a drain cut the stream short.
+        let cut_short = loop {
+            let req = match self.next_request(&mut inbound).await {
+                ControlFlow::Continue(req) => req,
+                ControlFlow::Break(cut_short) => break cut_short,
+            };
+            let permit = match self.permit_for(&req).await {
+                ControlFlow::Continue(permit) => permit,
+                ControlFlow::Break(cut_short) => break cut_short,
+            };
+            self.spawn_answer(req, permit);
+        };
+        if cut_short {
+            self.say_stopped_reading().await;
+        }
+    }
+
+    /// The next request read, or a break at the stream's end, at a read
+    /// error (sent to the client) or on a drain.
+    async fn next_request(
+        &mut self,
+        inbound: &mut Streaming<pb::CertifyRequest>,
+    ) -> ControlFlow<bool, pb::CertifyRequest> {
+        // On shutdown the stream stops reading; it ends once the
+        // requests already read are answered.
+        let next = tokio::select! {
+            _ = self.phase.wait_for(|p| *p >= Phase::Draining) => {
+                return ControlFlow::Break(true);
+            }
+            next = inbound.message() => next,
+        };
+        match next {
+            Ok(Some(req)) => ControlFlow::Continue(req),
+            Ok(None) => ControlFlow::Break(false),
+            Err(status) => {
+                let _ = self
+                    .tx
+                    .send(Err(super::resource_exhausted_if_oversize(status)))
+                    .await;
+                ControlFlow::Break(false)
+            }
+        }
+    }
+
+    /// Room for `req` among the requests in flight.
+    async fn permit_for(
+        &mut self,
+        req: &pb::CertifyRequest,
+    ) -> ControlFlow<bool, OwnedSemaphorePermit> {
+        // At the in-flight limit, wait for room, but not past a drain:
+        // the request already read is then answered UNAVAILABLE.
+        let phase = &mut self.phase;
+        tokio::select! {
+            p = self.permits.clone().acquire_owned() => match p {
+                Ok(p) => ControlFlow::Continue(p),
+                Err(_) => ControlFlow::Break(false),
+            },
+            _ = async { phase.wait_for(|p| *p >= Phase::Draining).await.map(|_| ()) } => {
+                let e = super::error::not_serving(Phase::Draining);
+                let _ = self
+                    .tx
+                    .send(Ok(pb::CertifyStreamResponse {
+                        index: self.index,
+                        request_id: req.request_id.clone(),
+                        result: Some(stream_error(&e)),
+                    }))
+                    .await;
+                self.index += 1;
+                ControlFlow::Break(true)
+            }
+        }
+    }
+
+    /// Answers `req` in its own task, which holds `permit` until it is done.
+    fn spawn_answer(&mut self, req: pb::CertifyRequest, permit: OwnedSemaphorePermit) {
+        let (tx, svc, i) = (self.tx.clone(), self.svc.clone(), self.index);
+        self.index += 1;
+        let deadline = svc.deadline(self.client_deadline);
+        tokio::spawn(async move {
+            let request_id = req.request_id.clone();
+            // A client that hangs up drops its pending work with it.
+            let result = tokio::select! {
+                r = svc.certify_tracked(req, deadline) => r,
+                _ = tx.closed() => return,
+            };
+            let result = Some(match result {
+                Ok(r) => pb::certify_stream_response::Result::Response(r),
+                Err(e) => stream_error(&e),
+            });
+            // A client that stopped reading cannot hold the shutdown up.
+            tokio::select! {
+                _ = tx.send(Ok(pb::CertifyStreamResponse {
+                    index: i,
+                    request_id,
+                    result,
+                })) => {}
+                _ = svc.shared.lifecycle.reached(Phase::Stopped) => {}
+            }
+            drop(permit);
+        });
+    }
+
+    /// Once every request read has its answer (or its error) sent, tells the
+    /// client that what it sent after these was never read.
+    async fn say_stopped_reading(&self) {
+        tokio::select! {
+            _ = self.permits.acquire_many(self.limit as u32) => {}
+            _ = self.svc.shared.lifecycle.reached(Phase::Stopped) => {}
+        }
+        let index = self.index;
+        let _ = self
+            .tx
+            .send(Err(Status::unavailable(format!(
+                "the server is shutting down: this stream stopped reading after {index} requests, \
+                 all of them answered; send the rest to another replica"
+            ))))
+            .await;
+    }
+}
+
+/// A stream's answer to one request that failed.
+fn stream_error(e: &ServiceError) -> pb::certify_stream_response::Result {
+    pb::certify_stream_response::Result::Error(pb::StreamError {
+        code: e.code() as i32,
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -61,63 +61,78 @@ pub(super) fn escape_md(s: &str) -> String {
 pub(super) fn comparison_markdown(comparisons: &[Comparison]) -> String {
     let mut out = String::new();
     for c in comparisons {
-        let methods = c
-            .estimate_methods
-            .iter()
-            .map(|(m, k)| format!("{m} {k}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        out.push_str(&format!(
-            "\n{} ({methods}) against {} (Monte Carlo certificate), {} common inputs:\n\n",
-            escape_md(&c.estimate),
-            escape_md(&c.reference),
-            c.common_inputs
-        ));
-        out.push_str("| r | certified accuracy gap (pp) |\n| ---: | ---: |\n");
-        for (r, gap) in &c.certified_accuracy_gap_pp {
-            out.push_str(&format!("| {r} | {gap:+.1} |\n"));
-        }
-        out.push_str(&format!(
-            "\nACR gap {:+.3}; prediction agreement {:.1}%; overestimation: {:.1}% of inputs \
-             ({} of {}, 95% CI {:.1}-{:.1}%) get a larger radius than their certificate \
-             (95th percentile of the excess {:.3}); speedup {:.1}x by median seconds per input \
-             ({:.4} s vs {:.4} s), {:.1}x by mean ({:.4} s vs {:.4} s), as the two certify runs \
-             measured them.\n",
-            c.acr_gap,
-            100.0 * c.prediction_agreement,
-            100.0 * c.overestimation_rate,
-            c.overestimation_count,
-            c.common_inputs,
-            100.0 * c.overestimation_ci95.0,
-            100.0 * c.overestimation_ci95.1,
-            c.overestimation_p95,
-            c.speedup,
-            c.median_seconds_reference,
-            c.median_seconds_estimate,
-            c.speedup_mean,
-            c.mean_seconds_reference,
-            c.mean_seconds_estimate
-        ));
-        if let Some(f) = c.fallback_fraction {
-            out.push_str(&format!(
-                "Monte Carlo answered {:.1}% of these inputs (fallbacks).\n",
-                100.0 * f
-            ));
-        }
-        if let Some(a) = c.class_a_agreement {
-            out.push_str(&format!(
-                "Same cA in both runs: {:.1}% of inputs.",
-                100.0 * a
-            ));
-            if let (Some(r), Some(e)) = (c.mean_n0_drawn_reference, c.mean_n0_drawn_estimate) {
-                out.push_str(&format!(
-                    " Selection samples per input: {r:.1} (reference) vs {e:.1}."
-                ));
-            }
-            out.push('\n');
-        }
+        out.push_str(&comparison_section(c));
     }
-    // The price of the coverage statement: calibrated against the plain surrogate.
+    out.push_str(&calibration_cost(comparisons));
+    out
+}
+
+/// One estimate against the Monte Carlo certificate: the certified-accuracy
+/// gaps, the overestimation and the speedup, then the fallbacks and the
+/// choice of cA where known.
+fn comparison_section(c: &Comparison) -> String {
+    let methods = c
+        .estimate_methods
+        .iter()
+        .map(|(m, k)| format!("{m} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut out = format!(
+        "\n{} ({methods}) against {} (Monte Carlo certificate), {} common inputs:\n\n",
+        escape_md(&c.estimate),
+        escape_md(&c.reference),
+        c.common_inputs
+    );
+    out.push_str("| r | certified accuracy gap (pp) |\n| ---: | ---: |\n");
+    for (r, gap) in &c.certified_accuracy_gap_pp {
+        out.push_str(&format!("| {r} | {gap:+.1} |\n"));
+    }
+    out.push_str(&format!(
+        "\nACR gap {:+.3}; prediction agreement {:.1}%; overestimation: {:.1}% of inputs \
+         ({} of {}, 95% CI {:.1}-{:.1}%) get a larger radius than their certificate \
+         (95th percentile of the excess {:.3}); speedup {:.1}x by median seconds per input \
+         ({:.4} s vs {:.4} s), {:.1}x by mean ({:.4} s vs {:.4} s), as the two certify runs \
+         measured them.\n",
+        c.acr_gap,
+        100.0 * c.prediction_agreement,
+        100.0 * c.overestimation_rate,
+        c.overestimation_count,
+        c.common_inputs,
+        100.0 * c.overestimation_ci95.0,
+        100.0 * c.overestimation_ci95.1,
+        c.overestimation_p95,
+        c.speedup,
+        c.median_seconds_reference,
+        c.median_seconds_estimate,
+        c.speedup_mean,
+        c.mean_seconds_reference,
+        c.mean_seconds_estimate
+    ));
+    if let Some(f) = c.fallback_fraction {
+        out.push_str(&format!(
+            "Monte Carlo answered {:.1}% of these inputs (fallbacks).\n",
+            100.0 * f
+        ));
+    }
+    if let Some(a) = c.class_a_agreement {
+        out.push_str(&format!(
+            "Same cA in both runs: {:.1}% of inputs.",
+            100.0 * a
+        ));
+        if let (Some(r), Some(e)) = (c.mean_n0_drawn_reference, c.mean_n0_drawn_estimate) {
+            out.push_str(&format!(
+                " Selection samples per input: {r:.1} (reference) vs {e:.1}."
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The price of the coverage statement: each calibrated file's gaps minus
+/// the plain surrogate's (nothing without a plain surrogate).
+fn calibration_cost(comparisons: &[Comparison]) -> String {
+    let mut out = String::new();
     let only = |m: &'static str| {
         comparisons
             .iter()
@@ -144,6 +159,29 @@ pub(super) fn comparison_markdown(comparisons: &[Comparison]) -> String {
 }
 
 pub(super) fn markdown(files: &[FileReport], radii: &[f64], all_rows: &[Vec<CertRow>]) -> String {
+    let (mut out, any_estimate) = files_table(files, radii, all_rows);
+    out.push_str(
+        &format!(
+            "\nColumns r = ...: certified accuracy (%) at that {} radius; ACR: average certified radius.\n",
+            super::join::report_norm(files)
+        ),
+    );
+    for f in files {
+        if let Some(p) = &f.run_params {
+            out.push_str(&run_params_line(f, p));
+        }
+    }
+    if any_estimate {
+        out.push_str(
+            "Radii marked (estimate) come from the surrogate: estimates of the Monte Carlo \
+             certificate, not statistical guarantees.\n",
+        );
+    }
+    out
+}
+
+/// The table of one row per file, and whether any file's radii are estimates.
+fn files_table(files: &[FileReport], radii: &[f64], all_rows: &[Vec<CertRow>]) -> (String, bool) {
     let mut head = vec!["file".to_string(), "method".into(), "inputs".into()];
     head.extend(radii.iter().map(|r| format!("r = {r}")));
     head.extend(["ACR".into(), "abstain %".into(), "median s/input".into()]);
@@ -174,55 +212,44 @@ pub(super) fn markdown(files: &[FileReport], radii: &[f64], all_rows: &[Vec<Cert
         cells.push(format!("{:.4}", c.median_seconds));
         out.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
-    out.push_str(
-        &format!(
-            "\nColumns r = ...: certified accuracy (%) at that {} radius; ACR: average certified radius.\n",
-            super::join::report_norm(files)
-        ),
+    (out, any_estimate)
+}
+
+/// A file's run parameters, from its params.json `p`, as one line.
+fn run_params_line(f: &FileReport, p: &serde_json::Value) -> String {
+    let field = |k: &str| p.get(k).map_or("?".to_string(), |v| v.to_string());
+    let n_kind = if f.radius_kind == "certificate" {
+        "n"
+    } else {
+        "nominal n"
+    };
+    let mut out = format!(
+        "{}: n0 = {}, {n_kind} = {}, alpha = {}, noise {}",
+        escape_md(&f.summary.name),
+        field("n0"),
+        field("n"),
+        field("alpha"),
+        super::join::run_noise(Some(p)).map_or("?".to_string(), |n| n.to_string())
     );
-    for f in files {
-        if let Some(p) = &f.run_params {
-            let field = |k: &str| p.get(k).map_or("?".to_string(), |v| v.to_string());
-            let n_kind = if f.radius_kind == "certificate" {
-                "n"
-            } else {
-                "nominal n"
-            };
+    // CALIBRATED and AUTO: (q, delta, score), and AUTO's band.
+    if let Some(c) = p.get("calibration").and_then(|c| c.as_array()) {
+        let at = |i: usize| c.get(i).map_or("?".to_string(), |v| v.to_string());
+        out.push_str(&format!(
+            ", calibration delta = {}, score {}, q = {}",
+            at(1),
+            at(2).trim_matches('"'),
+            at(0)
+        ));
+        if let Some(t) = p.get("margin_threshold").and_then(|t| t.as_f64()) {
             out.push_str(&format!(
-                "{}: n0 = {}, {n_kind} = {}, alpha = {}, noise {}",
-                escape_md(&f.summary.name),
-                field("n0"),
-                field("n"),
-                field("alpha"),
-                super::join::run_noise(Some(p)).map_or("?".to_string(), |n| n.to_string())
+                " on the selection margin's estimate below z = {t} (the surrogate above)"
             ));
-            // CALIBRATED and AUTO: (q, delta, score), and AUTO's band.
-            if let Some(c) = p.get("calibration").and_then(|c| c.as_array()) {
-                let at = |i: usize| c.get(i).map_or("?".to_string(), |v| v.to_string());
-                out.push_str(&format!(
-                    ", calibration delta = {}, score {}, q = {}",
-                    at(1),
-                    at(2).trim_matches('"'),
-                    at(0)
-                ));
-                if let Some(t) = p.get("margin_threshold").and_then(|t| t.as_f64()) {
-                    out.push_str(&format!(
-                        " on the selection margin's estimate below z = {t} (the surrogate above)"
-                    ));
-                }
-            }
-            if let Some(b) = p.get("auto_band").and_then(|b| b.as_array()) {
-                let at = |i: usize| b.get(i).map_or("?".to_string(), |v| v.to_string());
-                out.push_str(&format!(", AUTO band [{}, {}]", at(0), at(1)));
-            }
-            out.push('\n');
         }
     }
-    if any_estimate {
-        out.push_str(
-            "Radii marked (estimate) come from the surrogate: estimates of the Monte Carlo \
-             certificate, not statistical guarantees.\n",
-        );
+    if let Some(b) = p.get("auto_band").and_then(|b| b.as_array()) {
+        let at = |i: usize| b.get(i).map_or("?".to_string(), |v| v.to_string());
+        out.push_str(&format!(", AUTO band [{}, {}]", at(0), at(1)));
     }
+    out.push('\n');
     out
 }

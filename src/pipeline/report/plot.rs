@@ -107,6 +107,16 @@ pub(super) const COLORS: [plotters::style::RGBColor; 8] = [
     plotters::style::RGBColor(23, 190, 207),
 ];
 
+/// The chart plotted on: radius against certified accuracy, on the bitmap.
+type Chart<'a, 'b> = plotters::chart::ChartContext<
+    'a,
+    plotters::backend::BitMapBackend<'b>,
+    plotters::coord::cartesian::Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
 /// Draws the curves into a PNG in memory. Without `text`, no caption, axis
 /// labels or legend are drawn (plotters fails on text with no font), but the
 /// curves and grid still are.
@@ -127,58 +137,10 @@ pub(super) fn draw_png(
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let mut builder = ChartBuilder::on(&root);
-        builder.margin(20);
-        if text {
-            // With an estimate on the plot the title says so: its curve is not certified.
-            let caption = if curves.iter().any(|c| c.estimate) {
-                format!("Certified accuracy vs {norm} radius (dashed: surrogate estimates)")
-            } else {
-                format!("Certified accuracy vs {norm} radius")
-            };
-            builder
-                .caption(caption, ("sans-serif", 26))
-                .x_label_area_size(55)
-                .y_label_area_size(75);
-        }
-        let mut chart = builder
-            .build_cartesian_2d(0f64..x_max, 0f64..1.02f64)
-            .map_err(|e| e.to_string())?;
-        let percent = |v: &f64| format!("{:.0}%", v * 100.0);
-        let mut mesh = chart.configure_mesh();
-        if text {
-            mesh.x_desc(format!("radius ({norm})"))
-                .y_desc("certified accuracy")
-                .label_style(("sans-serif", 16))
-                .axis_desc_style(("sans-serif", 18))
-                .y_label_formatter(&percent);
-        }
-        mesh.draw().map_err(|e| e.to_string())?;
+        let estimates = curves.iter().any(|c| c.estimate);
+        let mut chart = chart_with_grid(&root, x_max, norm, text, estimates)?;
         for (i, c) in curves.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            let mut points = c.steps.clone();
-            // Carry the last level to the right edge so curves end together.
-            if let Some(&(_, y)) = points.last() {
-                points.push((x_max, y));
-            }
-            let style = color.stroke_width(2);
-            let series = if c.estimate {
-                chart.draw_series(DashedLineSeries::new(points, 10, 6, style))
-            } else {
-                chart.draw_series(LineSeries::new(points, style))
-            }
-            .map_err(|e| e.to_string())?;
-            if text {
-                let estimate = c.estimate;
-                series.label(c.label.as_str()).legend(move |(x, y)| {
-                    let ends = vec![(x, y), (x + 28, y)];
-                    if estimate {
-                        plotters::element::DashedPathElement::new(ends, 8, 5, style).into_dyn()
-                    } else {
-                        PathElement::new(ends, style).into_dyn()
-                    }
-                });
-            }
+            draw_curve(&mut chart, c, COLORS[i % COLORS.len()], x_max, text)?;
         }
         if text {
             chart
@@ -197,4 +159,82 @@ pub(super) fn draw_png(
     img.write_to(&mut png, image::ImageFormat::Png)
         .map_err(|e| e.to_string())?;
     Ok(png.into_inner())
+}
+
+/// The chart over [0, x_max] x [0, 1.02] with its grid drawn; with `text`,
+/// its caption (saying so when `estimates` are plotted) and axis labels.
+fn chart_with_grid<'a, 'b>(
+    root: &'a plotters::drawing::DrawingArea<
+        plotters::backend::BitMapBackend<'b>,
+        plotters::coord::Shift,
+    >,
+    x_max: f64,
+    norm: &str,
+    text: bool,
+    estimates: bool,
+) -> Result<Chart<'a, 'b>, String> {
+    let mut builder = plotters::chart::ChartBuilder::on(root);
+    builder.margin(20);
+    if text {
+        // With an estimate on the plot the title says so: its curve is not certified.
+        let caption = if estimates {
+            format!("Certified accuracy vs {norm} radius (dashed: surrogate estimates)")
+        } else {
+            format!("Certified accuracy vs {norm} radius")
+        };
+        builder
+            .caption(caption, ("sans-serif", 26))
+            .x_label_area_size(55)
+            .y_label_area_size(75);
+    }
+    let mut chart = builder
+        .build_cartesian_2d(0f64..x_max, 0f64..1.02f64)
+        .map_err(|e| e.to_string())?;
+    let percent = |v: &f64| format!("{:.0}%", v * 100.0);
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc(format!("radius ({norm})"))
+            .y_desc("certified accuracy")
+            .label_style(("sans-serif", 16))
+            .axis_desc_style(("sans-serif", 18))
+            .y_label_formatter(&percent);
+    }
+    mesh.draw().map_err(|e| e.to_string())?;
+    Ok(chart)
+}
+
+/// One curve (dashed for an estimate) carried on to `x_max`, and with
+/// `text`, its legend entry.
+fn draw_curve<'a, 'b: 'a>(
+    chart: &mut Chart<'a, 'b>,
+    c: &PlotCurve,
+    color: plotters::style::RGBColor,
+    x_max: f64,
+    text: bool,
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    let mut points = c.steps.clone();
+    // Carry the last level to the right edge so curves end together.
+    if let Some(&(_, y)) = points.last() {
+        points.push((x_max, y));
+    }
+    let style = color.stroke_width(2);
+    let series = if c.estimate {
+        chart.draw_series(DashedLineSeries::new(points, 10, 6, style))
+    } else {
+        chart.draw_series(LineSeries::new(points, style))
+    }
+    .map_err(|e| e.to_string())?;
+    if text {
+        let estimate = c.estimate;
+        series.label(c.label.as_str()).legend(move |(x, y)| {
+            let ends = vec![(x, y), (x + 28, y)];
+            if estimate {
+                plotters::element::DashedPathElement::new(ends, 8, 5, style).into_dyn()
+            } else {
+                PathElement::new(ends, style).into_dyn()
+            }
+        });
+    }
+    Ok(())
 }

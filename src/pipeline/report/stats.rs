@@ -138,11 +138,7 @@ pub fn compare_sequential(
     guided: Option<bool>,
     (mc_n0, surrogate_pass): (u64, bool),
 ) -> SequentialComparison {
-    let by_idx: BTreeMap<usize, &CertRow> = mc.iter().map(|r| (r.idx, r)).collect();
-    let pairs: Vec<(&CertRow, &CertRow)> = seq
-        .iter()
-        .filter_map(|s| by_idx.get(&s.idx).map(|m| (*m, s)))
-        .collect();
+    let pairs = common_inputs(mc, seq);
     let n = pairs.len().max(1) as f64;
     let frac = |f: &dyn Fn(&(&CertRow, &CertRow)) -> bool| {
         pairs.iter().filter(|p| f(p)).count() as f64 / n
@@ -224,12 +220,7 @@ pub fn compare(
     estimate: (&str, &[CertRow]),
     radii: &[f64],
 ) -> Comparison {
-    let by_idx: BTreeMap<usize, &CertRow> = reference.1.iter().map(|r| (r.idx, r)).collect();
-    let pairs: Vec<(&CertRow, &CertRow)> = estimate
-        .1
-        .iter()
-        .filter_map(|e| by_idx.get(&e.idx).map(|r| (*r, e)))
-        .collect();
+    let pairs = common_inputs(reference.1, estimate.1);
     let refs: Vec<CertRow> = pairs.iter().map(|(r, _)| (*r).clone()).collect();
     let ests: Vec<CertRow> = pairs.iter().map(|(_, e)| (*e).clone()).collect();
     let (cr, ce) = (
@@ -237,31 +228,8 @@ pub fn compare(
         summarize(estimate.0, &ests, radii),
     );
     let n = pairs.len().max(1) as f64;
-    let mut excess: Vec<f64> = pairs
-        .iter()
-        .map(|(r, e)| e.radius - r.radius)
-        .filter(|d| *d > 0.0)
-        .collect();
-    excess.sort_by(f64::total_cmp);
-    let p95 = if excess.is_empty() {
-        0.0
-    } else {
-        nearest_rank(&excess, 0.95)
-    };
-    let over = excess.len() as u64;
-    let ci = if pairs.is_empty() {
-        (0.0, 1.0)
-    } else {
-        let total = pairs.len() as u64;
-        (
-            crate::smoothing::clopper_pearson_lower(over, total, 0.025).unwrap_or(0.0),
-            crate::smoothing::clopper_pearson_upper(over, total, 0.025).unwrap_or(1.0),
-        )
-    };
-    let mut estimate_methods = BTreeMap::new();
-    for (_, e) in &pairs {
-        *estimate_methods.entry(e.method.to_string()).or_insert(0) += 1;
-    }
+    let over = Overestimation::of(&pairs);
+    let estimate_methods = method_counts(&pairs);
     let fallback_fraction = (estimate_methods.len() > 1).then(|| {
         estimate_methods
             .iter()
@@ -270,30 +238,17 @@ pub fn compare(
             .sum::<usize>() as f64
             / n
     });
-    let both_a: Vec<(usize, usize)> = pairs
-        .iter()
-        .filter_map(|(r, e)| Some((r.class_a?, e.class_a?)))
-        .collect();
-    let mean_drawn = |rows: &[CertRow]| -> Option<f64> {
-        let d: Vec<u64> = rows.iter().filter_map(|r| r.n0_drawn).collect();
-        (!d.is_empty()).then(|| d.iter().sum::<u64>() as f64 / d.len() as f64)
-    };
     Comparison {
-        overestimation_count: excess.len(),
-        overestimation_ci95: ci,
+        overestimation_count: over.count,
+        overestimation_ci95: over.ci95,
         estimate_methods,
         fallback_fraction,
-        class_a_agreement: (!both_a.is_empty())
-            .then(|| both_a.iter().filter(|(a, b)| a == b).count() as f64 / both_a.len() as f64),
-        mean_n0_drawn_reference: mean_drawn(&refs),
-        mean_n0_drawn_estimate: mean_drawn(&ests),
+        class_a_agreement: class_a_agreement(&pairs),
+        mean_n0_drawn_reference: mean_n0_drawn(&refs),
+        mean_n0_drawn_estimate: mean_n0_drawn(&ests),
         mean_seconds_reference: cr.mean_seconds,
         mean_seconds_estimate: ce.mean_seconds,
-        speedup_mean: if ce.mean_seconds > 0.0 {
-            cr.mean_seconds / ce.mean_seconds
-        } else {
-            f64::INFINITY
-        },
+        speedup_mean: speedup(cr.mean_seconds, ce.mean_seconds),
         reference: reference.0.to_string(),
         estimate: estimate.0.to_string(),
         common_inputs: pairs.len(),
@@ -306,14 +261,97 @@ pub fn compare(
         acr_gap: ce.acr - cr.acr,
         prediction_agreement: pairs.iter().filter(|(r, e)| r.predict == e.predict).count() as f64
             / n,
-        overestimation_rate: excess.len() as f64 / n,
-        overestimation_p95: p95,
+        overestimation_rate: over.count as f64 / n,
+        overestimation_p95: over.p95,
         median_seconds_reference: cr.median_seconds,
         median_seconds_estimate: ce.median_seconds,
-        speedup: if ce.median_seconds > 0.0 {
-            cr.median_seconds / ce.median_seconds
+        speedup: speedup(cr.median_seconds, ce.median_seconds),
+    }
+}
+
+/// The (reference, other) rows of the inputs both files hold, in the other
+/// file's order.
+fn common_inputs<'a>(
+    reference: &'a [CertRow],
+    other: &'a [CertRow],
+) -> Vec<(&'a CertRow, &'a CertRow)> {
+    let by_idx: BTreeMap<usize, &CertRow> = reference.iter().map(|r| (r.idx, r)).collect();
+    other
+        .iter()
+        .filter_map(|e| by_idx.get(&e.idx).map(|r| (*r, e)))
+        .collect()
+}
+
+/// The inputs whose estimated radius exceeds the certified one.
+struct Overestimation {
+    count: usize,
+    /// 95th percentile of the excess; 0 if none.
+    p95: f64,
+    /// Two-sided 95% Clopper-Pearson interval of the rate.
+    ci95: (f64, f64),
+}
+
+impl Overestimation {
+    fn of(pairs: &[(&CertRow, &CertRow)]) -> Overestimation {
+        let mut excess: Vec<f64> = pairs
+            .iter()
+            .map(|(r, e)| e.radius - r.radius)
+            .filter(|d| *d > 0.0)
+            .collect();
+        excess.sort_by(f64::total_cmp);
+        let p95 = if excess.is_empty() {
+            0.0
         } else {
-            f64::INFINITY
-        },
+            nearest_rank(&excess, 0.95)
+        };
+        let over = excess.len() as u64;
+        let ci95 = if pairs.is_empty() {
+            (0.0, 1.0)
+        } else {
+            let total = pairs.len() as u64;
+            (
+                crate::smoothing::clopper_pearson_lower(over, total, 0.025).unwrap_or(0.0),
+                crate::smoothing::clopper_pearson_upper(over, total, 0.025).unwrap_or(1.0),
+            )
+        };
+        Overestimation {
+            count: excess.len(),
+            p95,
+            ci95,
+        }
+    }
+}
+
+/// The estimate's methods, with row counts.
+fn method_counts(pairs: &[(&CertRow, &CertRow)]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, e) in pairs {
+        *counts.entry(e.method.to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Fraction of inputs where both runs chose the same cA, of those where both say.
+fn class_a_agreement(pairs: &[(&CertRow, &CertRow)]) -> Option<f64> {
+    let both_a: Vec<(usize, usize)> = pairs
+        .iter()
+        .filter_map(|(r, e)| Some((r.class_a?, e.class_a?)))
+        .collect();
+    (!both_a.is_empty())
+        .then(|| both_a.iter().filter(|(a, b)| a == b).count() as f64 / both_a.len() as f64)
+}
+
+/// Mean selection samples drawn per input, over the rows that say.
+fn mean_n0_drawn(rows: &[CertRow]) -> Option<f64> {
+    let d: Vec<u64> = rows.iter().filter_map(|r| r.n0_drawn).collect();
+    (!d.is_empty()).then(|| d.iter().sum::<u64>() as f64 / d.len() as f64)
+}
+
+/// Reference seconds over the estimate's (infinite when the estimate took none).
+fn speedup(reference: f64, estimate: f64) -> f64 {
+    if estimate > 0.0 {
+        reference / estimate
+    } else {
+        f64::INFINITY
     }
 }
