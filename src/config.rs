@@ -26,6 +26,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub connections: ConnectionsConfig,
     pub batching: BatchingConfig,
     pub limits: LimitsConfig,
     pub logging: LoggingConfig,
@@ -52,6 +53,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             server: ServerConfig::default(),
+            connections: ConnectionsConfig::default(),
             batching: BatchingConfig::default(),
             limits: LimitsConfig::default(),
             logging: LoggingConfig::default(),
@@ -97,6 +99,106 @@ impl Default for ServerConfig {
             tls_key: None,
             auth_token: None,
         }
+    }
+}
+
+/// The gRPC listener's connections: how long each may live, and the HTTP/2
+/// limits that keep one client from holding or flooding the server. See
+/// docs/DEPLOYMENT.md for why each default is what it is.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// After about this long a connection gets a GOAWAY, so that clients
+    /// reconnect and a load balancer spreads them over new replicas (gRPC's
+    /// MAX_CONNECTION_AGE). 0: connections live as long as their client wants.
+    pub max_age_ms: u64,
+    /// Each connection's age is drawn from max_age_ms * (1 +- this), so that
+    /// connections opened together do not all reconnect together.
+    pub max_age_jitter: f64,
+    /// After the GOAWAY, how long the calls in flight on the connection may
+    /// take before it is closed under them.
+    pub max_age_grace_ms: u64,
+    /// Calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+    /// An HTTP/2 PING after this long without a frame from the peer; a peer
+    /// that does not answer within keepalive_timeout_ms is dropped. 0: no pings.
+    pub keepalive_interval_ms: u64,
+    pub keepalive_timeout_ms: u64,
+    /// The largest header block (metadata) a request may send.
+    pub max_header_list_bytes: u32,
+    /// Streams a client may open and reset before the server has seen them
+    /// through, before the connection is ended: the rapid-reset attack
+    /// (CVE-2023-44487) opens and resets streams without limit.
+    pub max_pending_reset_streams: usize,
+    /// Streams the server itself may reset for a client's protocol errors
+    /// before it ends the connection (the "MadeYouReset" variant, CVE-2025-8671).
+    pub max_local_error_reset_streams: usize,
+    /// A TLS client must finish its handshake within this long.
+    pub tls_handshake_timeout_ms: u64,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            max_age_ms: 0,
+            max_age_jitter: 0.1,
+            max_age_grace_ms: 30_000,
+            max_concurrent_streams: 256,
+            keepalive_interval_ms: 60_000,
+            keepalive_timeout_ms: 20_000,
+            max_header_list_bytes: 64 << 10,
+            max_pending_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+            tls_handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl ConnectionsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("connections.{k}");
+        if !(0.0..=0.5).contains(&self.max_age_jitter) {
+            return Err(invalid(key("max_age_jitter"), "must be in [0, 0.5]"));
+        }
+        for (k, v) in [
+            (
+                "max_concurrent_streams",
+                u64::from(self.max_concurrent_streams),
+            ),
+            (
+                "max_header_list_bytes",
+                u64::from(self.max_header_list_bytes),
+            ),
+            (
+                "max_pending_reset_streams",
+                self.max_pending_reset_streams as u64,
+            ),
+            (
+                "max_local_error_reset_streams",
+                self.max_local_error_reset_streams as u64,
+            ),
+            ("keepalive_timeout_ms", self.keepalive_timeout_ms),
+            ("tls_handshake_timeout_ms", self.tls_handshake_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key(k), "must be at least 1"));
+            }
+        }
+        for (k, v) in [
+            ("max_age_ms", self.max_age_ms),
+            ("max_age_grace_ms", self.max_age_grace_ms),
+            ("keepalive_interval_ms", self.keepalive_interval_ms),
+            ("keepalive_timeout_ms", self.keepalive_timeout_ms),
+            ("tls_handshake_timeout_ms", self.tls_handshake_timeout_ms),
+        ] {
+            if v > MAX_DURATION_MS {
+                return Err(invalid(
+                    key(k),
+                    format!("{v} is more than a day ({MAX_DURATION_MS} ms)"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -345,6 +447,7 @@ impl Config {
         if s.auth_token.as_deref() == Some("") {
             return Err(invalid("server.auth_token", "must not be empty when set"));
         }
+        self.connections.validate()?;
         if self.models.is_empty() {
             return Err(invalid("models", "at least one model is needed"));
         }

@@ -69,6 +69,15 @@ pub struct LaneLabels {
     pub lane: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    /// peer, max_age, max_age_grace or shutdown: what ended a gRPC connection.
+    pub closed_by: String,
+}
+
+/// The values of `closed_by` (server::connections::Closed spells each).
+pub const CLOSED_BY: [&str; 4] = ["peer", "max_age", "max_age_grace", "shutdown"];
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. ~4.6 min: surrogate answers in milliseconds, Monte Carlo in seconds.
     Histogram::new(exponential_buckets(0.0005, 2.0, 20))
@@ -100,6 +109,8 @@ pub struct Metrics {
     models_loaded: Gauge,
     models_configured: Gauge,
     in_flight: Gauge,
+    connections_open: Gauge,
+    connections_closed: Family<ClosedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -110,115 +121,130 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("smoothcert");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<MethodLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
-        let queue = Family::<TaskLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
-        let batch_size = Family::<TaskLabels, Histogram>::new_with_constructor(
-            batch_histogram as fn() -> Histogram,
-        );
-        let passes = Family::<PassLabels, Counter>::default();
-        let dropped = Family::<TaskLabels, Counter>::default();
-        let auto_paths = Family::<AutoLabels, Counter>::default();
-        let request_passes = Family::<MethodLabels, Histogram>::new_with_constructor(
-            passes_histogram as fn() -> Histogram,
-        );
-        let abstentions = Family::<ReasonLabels, Counter>::default();
-        let queue_depth = Family::<LaneLabels, Gauge>::default();
-        let queue_capacity = Family::<LaneLabels, Gauge>::default();
-        let models_loaded = Gauge::default();
-        let models_configured = Gauge::default();
-        let in_flight = Gauge::default();
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("smoothcert"),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            queue: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            batch_size: Family::new_with_constructor(batch_histogram as fn() -> Histogram),
+            passes: Family::default(),
+            dropped: Family::default(),
+            auto_paths: Family::default(),
+            request_passes: Family::new_with_constructor(passes_histogram as fn() -> Histogram),
+            abstentions: Family::default(),
+            queue_depth: Family::default(),
+            queue_capacity: Family::default(),
+            models_loaded: Gauge::default(),
+            models_configured: Gauge::default(),
+            in_flight: Gauge::default(),
+            connections_open: Gauge::default(),
+            connections_closed: Family::default(),
+        };
+        // Registration order is the order of the exposition output.
+        metrics.register_traffic();
+        metrics.register_gauges();
+        metrics.register_connections();
+        metrics
+    }
+
+    /// Registers the counters and histograms of requests, batches and passes.
+    fn register_traffic(&mut self) {
+        let registry = &mut self.registry;
         registry.register(
             "requests",
             "Requests answered, by model, method, outcome and gRPC code",
-            requests.clone(),
+            self.requests.clone(),
         );
         registry.register(
             "request_duration_seconds",
             "Time from receiving a request to answering it",
-            latency.clone(),
+            self.latency.clone(),
         );
         registry.register(
             "queue_duration_seconds",
             "Time a request waited for its batch to start",
-            queue.clone(),
+            self.queue.clone(),
         );
         registry.register(
             "batch_size",
             "Requests per inference batch",
-            batch_size.clone(),
+            self.batch_size.clone(),
         );
         registry.register(
             "forward_passes",
             "Inputs passed through a network (noisy copies for base, clean inputs for surrogate)",
-            passes.clone(),
+            self.passes.clone(),
         );
         registry.register(
             "dropped",
             "Requests dropped unrun or part-run because the caller left or the deadline passed",
-            dropped.clone(),
+            self.dropped.clone(),
         );
         registry.register(
             "auto_path",
             "AUTO requests by the method that answered: calibrated, or the monte_carlo fallback",
-            auto_paths.clone(),
+            self.auto_paths.clone(),
         );
         registry.register(
             "request_passes",
             "Base-classifier passes per answered request (selection and estimation samples), by the method that answered",
-            request_passes.clone(),
+            self.request_passes.clone(),
         );
         registry.register(
             "abstentions",
             "Abstentions by the method that answered and the reason",
-            abstentions.clone(),
+            self.abstentions.clone(),
         );
+    }
+
+    /// Registers the gauges: queue depths and capacities, models, requests in flight.
+    fn register_gauges(&mut self) {
+        let registry = &mut self.registry;
         registry.register(
             "queue_depth",
             "Requests waiting, by model and lane",
-            queue_depth.clone(),
+            self.queue_depth.clone(),
         );
         registry.register(
             "queue_capacity",
             "The most requests a lane's queue holds; more are refused with RESOURCE_EXHAUSTED",
-            queue_capacity.clone(),
+            self.queue_capacity.clone(),
         );
         registry.register(
             "models_loaded",
             "Models loaded and warmed up",
-            models_loaded.clone(),
+            self.models_loaded.clone(),
         );
         registry.register(
             "models_configured",
             "Models the configuration names (all loaded once serving)",
-            models_configured.clone(),
+            self.models_configured.clone(),
         );
         registry.register(
             "requests_in_flight",
             "Requests being handled",
-            in_flight.clone(),
+            self.in_flight.clone(),
         );
-        Metrics {
-            registry,
-            requests,
-            latency,
-            queue,
-            batch_size,
-            passes,
-            dropped,
-            auto_paths,
-            request_passes,
-            abstentions,
-            queue_depth,
-            queue_capacity,
-            models_loaded,
-            models_configured,
-            in_flight,
+    }
+
+    /// Registers the gRPC connections open, and those closed by cause.
+    fn register_connections(&mut self) {
+        self.registry.register(
+            "grpc_connections_open",
+            "gRPC connections open",
+            self.connections_open.clone(),
+        );
+        self.registry.register(
+            "grpc_connections_closed",
+            "gRPC connections closed, by what closed them (max_age: the connection's age, \
+             max_age_grace: its age and grace, with calls still open)",
+            self.connections_closed.clone(),
+        );
+        // Every cause from the start, at 0, so that rate() sees the first close.
+        for closed_by in CLOSED_BY {
+            let _ = self.connections_closed.get_or_create(&ClosedLabels {
+                closed_by: closed_by.to_string(),
+            });
         }
     }
 
@@ -329,6 +355,20 @@ impl Metrics {
     pub fn in_flight(&self) -> InFlight<'_> {
         self.in_flight.inc();
         InFlight(&self.in_flight)
+    }
+
+    /// Counts a gRPC connection open until the guard drops.
+    pub fn connection_opened(&self) -> InFlight<'_> {
+        self.connections_open.inc();
+        InFlight(&self.connections_open)
+    }
+
+    pub fn connection_closed(&self, closed_by: &str) {
+        self.connections_closed
+            .get_or_create(&ClosedLabels {
+                closed_by: closed_by.to_string(),
+            })
+            .inc();
     }
 
     /// The text exposition format.

@@ -16,6 +16,7 @@
 //!   CertifyStream cut short ends with UNAVAILABLE; every connection gets an
 //!   HTTP/2 GOAWAY and is closed once its answers are written, at most
 //!   [`CLOSE_TIMEOUT`] later; then `wait` returns (the process exits).
+pub mod connections;
 pub mod error;
 pub mod health;
 pub mod lifecycle;
@@ -37,7 +38,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 /// The generated API (`proto/smoothcert/v1/certifier.proto`).
 pub mod pb {
@@ -63,8 +63,6 @@ pub enum ServeError {
     Tls(String),
     #[error("loading models: {0}")]
     Load(#[from] LoadError),
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("a server task failed: {0}")]
@@ -150,6 +148,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     metrics.set_models_configured(config.models.len());
     let shared = Arc::new(Shared::new(config.clone(), metrics.clone()));
     let lifecycle = shared.lifecycle.clone();
+    if let Some(open_files) = connections::raise_open_files_limit() {
+        tracing::debug!(open_files, "open-files limit");
+    }
 
     // The listener and the address it got (port 0 picks one).
     let bind = |what: &'static str, addr: SocketAddr| async move {
@@ -174,11 +175,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         }
     };
     let metrics_task = tokio::spawn(serve_metrics(metrics_listener, shared.clone(), closed()));
-    // tonic sets TCP_NODELAY only on listeners it binds itself: without it,
-    // Nagle holds small responses back until the client's delayed ACK.
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    let grpc_task = spawn_grpc(&config, &shared, incoming, closed())?;
+    let grpc_task = spawn_grpc(&config, &shared, grpc_listener, closed())?;
 
     let task = {
         let shared = shared.clone();
@@ -204,14 +201,14 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
 }
 
 /// Serves the gRPC services (health, both reflection versions, the
-/// certifier behind its bearer-token check), over TLS when configured, until
-/// `shutdown`.
+/// certifier behind its bearer-token check), over TLS when configured, on
+/// the accept loop of [`connections`], until `shutdown`.
 fn spawn_grpc(
     config: &Config,
     shared: &Arc<Shared>,
-    incoming: tonic::transport::server::TcpIncoming,
+    listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<JoinHandle<Result<(), tonic::transport::Error>>, ServeError> {
+) -> Result<JoinHandle<()>, ServeError> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -229,29 +226,35 @@ fn spawn_grpc(
     let auth = BearerAuth {
         token: config.server.auth_token.clone().map(Arc::from),
     };
-    let mut builder = Server::builder();
-    if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| ServeError::Tls(format!("{}: {e}", p.display())))
-        };
-        let identity = Identity::from_pem(read(cert)?, read(key)?);
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(identity))
-            .map_err(|e| ServeError::Tls(e.to_string()))?;
-    }
-    let router = builder
-        .layer(tower::util::MapResponseLayer::new(
-            oversize_response_as_resource_exhausted as fn(_) -> _,
-        ))
-        .add_service(health::server(shared.clone()))
+    let routes = tonic::service::Routes::new(health::server(shared.clone()))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             certifier, auth,
-        ));
-    Ok(tokio::spawn(
-        router.serve_with_incoming_shutdown(incoming, shutdown),
-    ))
+        ))
+        .prepare();
+    let service = tower::ServiceBuilder::new()
+        .layer(tower::util::MapResponseLayer::new(
+            oversize_response_as_resource_exhausted as fn(_) -> _,
+        ))
+        .service(routes);
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| ServeError::Tls(format!("{}: {e}", p.display())))
+            };
+            Some(connections::tls_acceptor(&read(cert)?, &read(key)?).map_err(ServeError::Tls)?)
+        }
+        _ => None,
+    };
+    let policy = connections::ConnectionPolicy::new(&config.connections, tls);
+    Ok(tokio::spawn(connections::serve(
+        listener,
+        service,
+        policy,
+        shared.metrics.clone(),
+        shutdown,
+    )))
 }
 
 /// What the server's lifetime task owns.
@@ -262,7 +265,7 @@ struct Lifetime {
     stop: watch::Sender<bool>,
     stop_rx: watch::Receiver<bool>,
     grace: Duration,
-    grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    grpc_task: JoinHandle<()>,
     metrics_task: JoinHandle<()>,
 }
 
@@ -339,8 +342,7 @@ async fn run_lifecycle(l: Lifetime) -> Result<(), ServeError> {
         return Err(ServeError::Load(e));
     }
     match served {
-        Ok(Ok(Ok(()))) | Err(_) => Ok(()),
-        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Ok(())) | Err(_) => Ok(()),
         Ok(Err(e)) => Err(e.into()),
     }
 }

@@ -3,8 +3,10 @@
 //! Run one concern with `cargo test --test it <module>::`.
 mod common;
 
+mod balancing;
 mod calibration;
 mod cli;
+mod connections;
 mod consistency;
 mod counts;
 mod deploy;
