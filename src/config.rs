@@ -22,6 +22,24 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+fn at_least_one(key: &str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(invalid(key, "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Durations are added to "now"; beyond a day they only risk overflow.
+fn within_a_day(key: &str, v: u64) -> Result<(), ConfigError> {
+    if v > MAX_DURATION_MS {
+        return Err(invalid(
+            key,
+            format!("{v} is more than a day ({MAX_DURATION_MS} ms)"),
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -180,9 +198,7 @@ impl ConnectionsConfig {
             ("keepalive_timeout_ms", self.keepalive_timeout_ms),
             ("tls_handshake_timeout_ms", self.tls_handshake_timeout_ms),
         ] {
-            if v == 0 {
-                return Err(invalid(key(k), "must be at least 1"));
-            }
+            at_least_one(&key(k), v)?;
         }
         for (k, v) in [
             ("max_age_ms", self.max_age_ms),
@@ -191,12 +207,7 @@ impl ConnectionsConfig {
             ("keepalive_timeout_ms", self.keepalive_timeout_ms),
             ("tls_handshake_timeout_ms", self.tls_handshake_timeout_ms),
         ] {
-            if v > MAX_DURATION_MS {
-                return Err(invalid(
-                    key(k),
-                    format!("{v} is more than a day ({MAX_DURATION_MS} ms)"),
-                ));
-            }
+            within_a_day(&key(k), v)?;
         }
         Ok(())
     }
@@ -402,9 +413,7 @@ impl Config {
             ("limits.stage_queue_capacity", l.stage_queue_capacity),
             ("limits.stream_in_flight", l.stream_in_flight),
         ] {
-            if v == 0 {
-                return Err(invalid(key, "must be at least 1"));
-            }
+            at_least_one(key, v as u64)?;
         }
         if l.request_timeout_ms == 0 {
             return Err(invalid("limits.request_timeout_ms", "must be at least 1"));
@@ -415,18 +424,12 @@ impl Config {
                 format!("{} is more than {MAX_STREAM_IN_FLIGHT}", l.stream_in_flight),
             ));
         }
-        // Durations are added to "now"; beyond a day they only risk overflow.
         for (key, v) in [
             ("limits.request_timeout_ms", l.request_timeout_ms),
             ("server.grace_period_ms", self.server.grace_period_ms),
             ("batching.max_queue_delay_ms", b.max_queue_delay_ms),
         ] {
-            if v > MAX_DURATION_MS {
-                return Err(invalid(
-                    key,
-                    format!("{v} is more than a day ({MAX_DURATION_MS} ms)"),
-                ));
-            }
+            within_a_day(key, v)?;
         }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             return Err(invalid(

@@ -10,7 +10,6 @@
 
 use crate::config::ConnectionsConfig;
 use crate::metrics::Metrics;
-use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -23,6 +22,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+
+/// The gRPC services as every connection serves them: tonic's routes behind
+/// the layer that rewrites an oversized message's status (server/mod.rs).
+pub type GrpcService = tower::util::MapResponse<
+    tonic::service::Routes,
+    fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
+>;
 
 /// What one accepted connection is served with.
 #[derive(Clone)]
@@ -73,20 +79,13 @@ impl ConnectionPolicy {
 /// Accepts connections until `shutdown`, then closes the listener at once,
 /// sends every connection a GOAWAY, and returns when all have closed (the
 /// server's lifecycle answers what is still in flight by then).
-pub async fn serve<S>(
+pub async fn serve(
     listener: TcpListener,
-    service: S,
+    service: GrpcService,
     policy: ConnectionPolicy,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
-) where
-    S: tower::Service<http::Request<Incoming>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     let (drain_tx, drain_rx) = watch::channel(false);
     let policy = Arc::new(policy);
     tokio::pin!(shutdown);
@@ -158,15 +157,7 @@ impl Closed {
 }
 
 impl Connection {
-    async fn run<S>(self, tcp: TcpStream, service: S)
-    where
-        S: tower::Service<http::Request<Incoming>, Response = http::Response<tonic::body::Body>>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    async fn run(self, tcp: TcpStream, service: GrpcService) {
         let _open = self.metrics.connection_opened();
         let closed = match self.policy.tls.clone() {
             None => self.serve(tcp, service).await,
@@ -191,15 +182,9 @@ impl Connection {
 
     /// Serves HTTP/2 on `io` until the peer closes, the age (and then the
     /// grace) passes, or the server drains.
-    async fn serve<IO, S>(&self, io: IO, service: S) -> Closed
+    async fn serve<IO>(&self, io: IO, service: GrpcService) -> Closed
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: tower::Service<http::Request<Incoming>, Response = http::Response<tonic::body::Body>>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let conn = self
             .policy

@@ -337,9 +337,9 @@ async fn connection_age_moves_a_connected_client_onto_an_added_replica() {
     assert!(without < 0.05, "without an age: {without}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_killed_under_load_loses_no_request() {
-    let dir = tempfile::tempdir().unwrap();
+/// Replicas a and b, both ready, behind the proxy, with the retrying load
+/// running through it.
+async fn two_replicas_under_load(dir: &tempfile::TempDir) -> (Replica, Replica, Proxy, Load) {
     let mut a = Replica::new(dir.path(), "a", "");
     let mut b = Replica::new(dir.path(), "b", "");
     a.start();
@@ -348,7 +348,31 @@ async fn a_replica_killed_under_load_loses_no_request() {
     b.ready().await;
     let proxy = Proxy::start(dir.path(), &[&a, &b]).await;
     let load = Load::start(dir.path(), &proxy, true);
-    until_answered(&a, 0.0).await;
+    // The load is under way: one of the two has answered.
+    let started = Instant::now();
+    while a.answered().await + b.answered().await < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the load got no answer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (a, b, proxy, load)
+}
+
+/// Every request sent was answered, each the same way every time, and as
+/// the replica checked against answers it.
+fn assert_nothing_lost(summary: &serde_json::Value, check: &serde_json::Value) {
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(summary["sent"], summary["answered"], "{summary}");
+    assert_eq!(summary["inconsistent"], 0, "{summary}");
+    assert_eq!(check["mismatches"], 0, "{check}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_load_loses_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, _proxy, load) = two_replicas_under_load(&dir).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // The one channel's connection is on one replica: kill that one.
     let (victim, survivor) = if a.answered().await >= b.answered().await {
@@ -362,24 +386,13 @@ async fn a_replica_killed_under_load_loses_no_request() {
     let summary = load.finish().await;
     let check = load_check(&dir, survivor).await;
     eprintln!("SIGKILL of {} under load: {summary}; {check}", victim.name);
-    assert_eq!(summary["failed"], 0, "{summary}");
-    assert_eq!(summary["sent"], summary["answered"], "{summary}");
-    assert_eq!(summary["inconsistent"], 0, "{summary}");
-    assert_eq!(check["mismatches"], 0, "{check}");
+    assert_nothing_lost(&summary, &check);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_loses_no_request() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Replica::new(dir.path(), "a", "");
-    let mut b = Replica::new(dir.path(), "b", "");
-    a.start();
-    b.start();
-    a.ready().await;
-    b.ready().await;
-    let proxy = Proxy::start(dir.path(), &[&a, &b]).await;
-    let load = Load::start(dir.path(), &proxy, true);
-    until_answered(&a, 0.0).await;
+    let (mut a, mut b, _proxy, load) = two_replicas_under_load(&dir).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     for replica in [&mut a, &mut b] {
         replica.terminate().await;
@@ -392,10 +405,7 @@ async fn a_rolling_restart_loses_no_request() {
     let summary = load.finish().await;
     let check = load_check(&dir, &a).await;
     eprintln!("rolling restart (SIGTERM, restart, each in turn): {summary}; {check}");
-    assert_eq!(summary["failed"], 0, "{summary}");
-    assert_eq!(summary["sent"], summary["answered"], "{summary}");
-    assert_eq!(summary["inconsistent"], 0, "{summary}");
-    assert_eq!(check["mismatches"], 0, "{check}");
+    assert_nothing_lost(&summary, &check);
 }
 
 /// Asks every request the load answered (its --answers file) again,
