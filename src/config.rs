@@ -48,6 +48,7 @@ pub struct Config {
     pub batching: BatchingConfig,
     pub limits: LimitsConfig,
     pub logging: LoggingConfig,
+    pub traces: TracesConfig,
     /// The models to serve; the first is the default unless
     /// `server.default_model` names another.
     pub models: Vec<ModelConfig>,
@@ -75,6 +76,7 @@ impl Default for Config {
             batching: BatchingConfig::default(),
             limits: LimitsConfig::default(),
             logging: LoggingConfig::default(),
+            traces: TracesConfig::default(),
             // The shipped bundles: Gaussian (L2, the default) and uniform (L1).
             models: vec![
                 ModelConfig::default(),
@@ -295,6 +297,71 @@ impl Default for LoggingConfig {
     }
 }
 
+/// Request and batch spans over OTLP/gRPC (src/server/telemetry.rs).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracesConfig {
+    /// An OTLP/gRPC collector, e.g. `http://otel-collector:4317`; empty: no traces.
+    pub otlp_endpoint: String,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+    /// Share of traces kept where the caller sent no sampling decision
+    /// (a caller's `traceparent` decides for its own trace).
+    pub sample_ratio: f64,
+    /// Spans wait at most this long to go out, in batches.
+    pub export_delay_ms: u64,
+    /// One export call's timeout.
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        TracesConfig {
+            otlp_endpoint: String::new(),
+            service_name: "smoothcert".into(),
+            sample_ratio: 1.0,
+            export_delay_ms: 5000,
+            export_timeout_ms: 10000,
+        }
+    }
+}
+
+impl TracesConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let e = &self.otlp_endpoint;
+        if !e.is_empty() {
+            let ok = e.parse::<http::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                return Err(invalid(
+                    "traces.otlp_endpoint",
+                    format!(
+                        "{e:?} is not an http:// or https:// address (e.g. http://localhost:4317)"
+                    ),
+                ));
+            }
+        }
+        if self.service_name.is_empty() {
+            return Err(invalid("traces.service_name", "must not be empty"));
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(invalid(
+                "traces.sample_ratio",
+                format!("{} is not in 0..=1", self.sample_ratio),
+            ));
+        }
+        for (key, v) in [
+            ("traces.export_delay_ms", self.export_delay_ms),
+            ("traces.export_timeout_ms", self.export_timeout_ms),
+        ] {
+            at_least_one(key, v)?;
+            within_a_day(key, v)?;
+        }
+        Ok(())
+    }
+}
+
 /// The most requests one stream may have in flight.
 pub const MAX_STREAM_IN_FLIGHT: usize = 65_536;
 
@@ -451,6 +518,7 @@ impl Config {
             return Err(invalid("server.auth_token", "must not be empty when set"));
         }
         self.connections.validate()?;
+        self.traces.validate()?;
         if self.models.is_empty() {
             return Err(invalid("models", "at least one model is needed"));
         }
@@ -611,6 +679,49 @@ mod tests {
         }
         let e = err(&[("SMOOTHCERT__LIMITS__STREAM_IN_FLIGHT", "10000000000")]);
         assert!(e.contains("limits.stream_in_flight"), "{e}");
+        for (var, value, key) in [
+            (
+                "SMOOTHCERT__TRACES__OTLP_ENDPOINT",
+                "collector:4317",
+                "traces.otlp_endpoint",
+            ),
+            (
+                "SMOOTHCERT__TRACES__OTLP_ENDPOINT",
+                "grpc://collector:4317",
+                "traces.otlp_endpoint",
+            ),
+            (
+                "SMOOTHCERT__TRACES__SAMPLE_RATIO",
+                "1.5",
+                "traces.sample_ratio",
+            ),
+            (
+                "SMOOTHCERT__TRACES__EXPORT_DELAY_MS",
+                "0",
+                "traces.export_delay_ms",
+            ),
+            (
+                "SMOOTHCERT__TRACES__SERVICE_NAME",
+                "",
+                "traces.service_name",
+            ),
+        ] {
+            let e = err(&[(var, value)]);
+            assert!(e.contains(key), "{var}={value}: {e}");
+        }
+        let ok = Config::load_with_env(
+            None,
+            env(&[(
+                "SMOOTHCERT__TRACES__OTLP_ENDPOINT",
+                "http://otel-collector:4317",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(ok.traces.otlp_endpoint, "http://otel-collector:4317");
+        assert!(
+            Config::default().traces.otlp_endpoint.is_empty(),
+            "traces are off by default"
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");

@@ -128,6 +128,8 @@ struct Job {
     deadline: Instant,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Answer, BatchError>>,
+    /// The caller's span (the request's), which the batch span links to.
+    span: tracing::Span,
 }
 
 impl Job {
@@ -304,6 +306,7 @@ impl ModelWorkers {
             deadline,
             enqueued,
             reply,
+            span: tracing::Span::current(),
         })?;
         let waited = || BatchError::DeadlineExceeded {
             waited: enqueued.elapsed(),
@@ -475,6 +478,19 @@ impl Worker {
     fn run_group(&self, engine: &Engine, task: Task, jobs: Vec<Job>, started: Instant) {
         let size = jobs.len();
         self.metrics.batch(&self.model, task, size);
+        // One batch serves many requests' traces: linked to each, child of none.
+        let span = tracing::info_span!(
+            parent: None,
+            "batch",
+            model = %self.model,
+            lane = self.lane.as_str(),
+            task = task.as_str(),
+            batch_size = size as i64
+        );
+        for job in &jobs {
+            span.follows_from(&job.span);
+        }
+        let _entered = span.enter();
         // libtorch ops that panic (a CUDA error inside a module's forward)
         // must not take the lane down: the batch fails, the lane goes on, and
         // its requests are told that a retry may succeed.

@@ -4,7 +4,8 @@
 //! - `bench-certify`: every method against Monte Carlo on the same inputs,
 //!   through the served path ([`Offline`]);
 //! - `bench-adaptive`: adaptive against fixed n0;
-//! - [`serve`]: the gRPC service under load.
+//! - [`serve`]: the gRPC service under load;
+//! - [`soak`]: the service under steady mixed load for a long time (RSS, latency, errors).
 use crate::engine::requests::TaskParams;
 use crate::engine::{Engine, Method, Task};
 use crate::methods::{Offline, Target};
@@ -14,6 +15,7 @@ use crate::pipeline::PipelineError;
 use crate::smoothing::median;
 
 pub mod serve;
+pub mod soak;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;

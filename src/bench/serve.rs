@@ -527,13 +527,15 @@ async fn python_level(
         .map_err(|e| bench_err(&format!("the Python load client printed no result ({e})")))
 }
 
-fn bench_err(e: &dyn std::fmt::Display) -> PipelineError {
+pub(crate) fn bench_err(e: &dyn std::fmt::Display) -> PipelineError {
     PipelineError::Invalid(format!("bench-serve: {e}"))
 }
 
 /// The server the load is sent to, and how to stop it.
-struct ServerUnderTest {
-    addr: String,
+pub(crate) struct ServerUnderTest {
+    pub(crate) addr: String,
+    /// Its metrics port, where this bench started it as a child.
+    metrics: Option<u16>,
     kind: ServerKind,
 }
 
@@ -568,6 +570,7 @@ impl ServerUnderTest {
         match placement {
             Placement::Target(addr) => Ok(ServerUnderTest {
                 addr: addr.clone(),
+                metrics: None,
                 kind: ServerKind::Target,
             }),
             Placement::InProcess => {
@@ -577,6 +580,7 @@ impl ServerUnderTest {
                 server.ready().await.map_err(|e| bench_err(&e))?;
                 Ok(ServerUnderTest {
                     addr: server.grpc_addr.to_string(),
+                    metrics: Some(server.metrics_addr.port()),
                     kind: ServerKind::InProcess(server),
                 })
             }
@@ -585,7 +589,7 @@ impl ServerUnderTest {
     }
 
     /// `smoothcert serve` with the bench's configuration on two free loopback ports.
-    async fn start_child(config: &Config) -> Result<Self, PipelineError> {
+    pub(crate) async fn start_child(config: &Config) -> Result<Self, PipelineError> {
         let free_port = || -> Result<u16, PipelineError> {
             let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| bench_err(&e))?;
             Ok(l.local_addr().map_err(|e| bench_err(&e))?.port())
@@ -598,7 +602,8 @@ impl ServerUnderTest {
             "[server]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nmetrics_addr = \"127.0.0.1:{metrics}\"\n\
              grace_period_ms = {}\n\
              [batching]\nmax_batch_requests = {}\nmax_queue_delay_ms = {}\nforward_batch = {}\n\
-             [limits]\nqueue_capacity = {}\n\
+             [limits]\nqueue_capacity = {}\nmc_queue_capacity = {}\nstage_queue_capacity = {}\n\
+             [connections]\nmax_age_ms = {}\n\
              [logging]\nlevel = \"warn\"\n\
              [[models]]\nbundle = {}\ndevice = {}\nn0 = {}\n",
             config.server.grace_period_ms,
@@ -606,6 +611,9 @@ impl ServerUnderTest {
             config.batching.max_queue_delay_ms,
             config.batching.forward_batch,
             config.limits.queue_capacity,
+            config.limits.mc_queue_capacity,
+            config.limits.stage_queue_capacity,
+            config.connections.max_age_ms,
             toml::Value::String(bundle.display().to_string()),
             toml::Value::String(m.device.clone()),
             m.n0,
@@ -625,6 +633,7 @@ impl ServerUnderTest {
             .map_err(|e| bench_err(&format!("starting the server: {e}")))?;
         let mut server = ServerUnderTest {
             addr: format!("127.0.0.1:{grpc}"),
+            metrics: Some(metrics),
             kind: ServerKind::Child { child, config_file },
         };
         let started = Instant::now();
@@ -647,7 +656,19 @@ impl ServerUnderTest {
         }
     }
 
-    async fn stop(mut self) -> Result<(), PipelineError> {
+    /// The child server's process id.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        match &self.kind {
+            ServerKind::Child { child, .. } => Some(child.id()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn metrics_port(&self) -> Option<u16> {
+        self.metrics
+    }
+
+    pub(crate) async fn stop(mut self) -> Result<(), PipelineError> {
         match std::mem::replace(&mut self.kind, ServerKind::Target) {
             ServerKind::Target => Ok(()),
             ServerKind::InProcess(server) => {
@@ -683,6 +704,29 @@ impl ServerUnderTest {
             }
         }
     }
+}
+
+/// The sum of a metric's series on the server's /metrics (NaN where unread).
+pub(crate) async fn scrape_metric(port: u16, name: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        Some(body)
+    };
+    let Ok(Some(body)) = tokio::time::timeout(Duration::from_secs(5), fetch).await else {
+        return f64::NAN;
+    };
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Whether the server's `/readyz` answers 200.

@@ -6,6 +6,7 @@
 mod args;
 mod bench;
 mod bench_serve;
+mod bench_soak;
 mod calibrate;
 mod certify;
 mod fit_tail_map;
@@ -53,6 +54,7 @@ pub enum Command {
     BenchCertify(bench::BenchCertifyArgs),
     BenchAdaptive(bench::BenchAdaptiveArgs),
     BenchServe(bench_serve::BenchServeArgs),
+    BenchSoak(bench_soak::BenchSoakArgs),
     Info(info::InfoArgs),
     Serve(serve::ServeArgs),
 }
@@ -83,6 +85,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::BenchCertify(args) => args.run(),
         Command::BenchAdaptive(args) => args.run(),
         Command::BenchServe(args) => args.run(),
+        Command::BenchSoak(args) => args.run(),
         Command::Info(args) => args.run(),
         Command::Serve(args) => args.run(),
     }

@@ -1,7 +1,8 @@
 //! `smoothcert serve`.
 use anyhow::{Context, Result};
-use smoothcert::config::{Config, LogFormat};
+use smoothcert::config::Config;
 use smoothcert::model::cuda_status;
+use smoothcert::server::telemetry;
 use std::path::PathBuf;
 
 /// Serve certificates over gRPC (with no arguments: the shipped default
@@ -19,22 +20,21 @@ impl ServeArgs {
     /// Sets up its logging from the configuration.
     pub fn run(self) -> Result<()> {
         let config = Config::load(self.config.as_deref())?;
-        let filter = tracing_subscriber::EnvFilter::new(&config.logging.level);
-        let logs = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr);
-        match config.logging.format {
-            LogFormat::Json => logs.json().init(),
-            LogFormat::Human => logs.init(),
-        }
-        for warning in &config.deprecations {
-            tracing::warn!("{warning}");
-        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("starting the async runtime")?;
-        runtime.block_on(async {
+        let telemetry = {
+            let _context = runtime.enter();
+            telemetry::install(&config)?
+        };
+        for warning in &config.deprecations {
+            tracing::warn!("{warning}");
+        }
+        if telemetry.exporting() {
+            tracing::info!(endpoint = %config.traces.otlp_endpoint, "exporting traces over OTLP");
+        }
+        let served = runtime.block_on(async {
             // Listening before start-up, so that a signal during it is not the
             // default (abrupt) one.
             use tokio::signal::unix::{signal, SignalKind};
@@ -58,6 +58,9 @@ impl ServeArgs {
             server.wait().await?;
             tracing::info!("stopped");
             Ok(())
-        })
+        });
+        // Off the runtime's threads, while it still drives the exporter.
+        telemetry.shutdown();
+        served
     }
 }

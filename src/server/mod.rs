@@ -22,6 +22,7 @@ pub mod health;
 pub mod lifecycle;
 mod models;
 mod service;
+pub mod telemetry;
 pub mod validation;
 
 pub use health::model_health_name;

@@ -3,6 +3,7 @@ use super::error::ServiceError;
 use super::lifecycle::{InFlight, Lifecycle, Phase};
 use super::models::{LoadedModel, ModelRegistry};
 use super::pb;
+use super::telemetry::{self, CallerTrace, Rpc};
 use super::validation::{self, Input};
 use crate::batcher::Answer;
 use crate::config::Config;
@@ -72,6 +73,7 @@ pub struct CertifierService {
 struct Labels {
     model: String,
     method: &'static str,
+    resolved: bool,
 }
 
 impl Labels {
@@ -79,6 +81,22 @@ impl Labels {
         Labels {
             model: "unknown".into(),
             method,
+            resolved: false,
+        }
+    }
+
+    /// The model the request named, once found: on its metrics and its span.
+    fn resolved(&mut self, name: &str) {
+        self.model = name.to_string();
+        self.resolved = true;
+        tracing::Span::current().record("model", name);
+    }
+
+    /// A request that failed before its model was found: its span says the
+    /// name it gave.
+    fn unresolved_on(&self, span: &tracing::Span, given: &str) {
+        if !self.resolved {
+            span.record("model", given);
         }
     }
 }
@@ -129,7 +147,7 @@ impl CertifierService {
         let received = Instant::now();
         let registry = self.registry()?;
         let model = registry.resolve(&req.model)?;
-        labels.model = model.name.clone();
+        labels.resolved(&model.name);
         let r = validation::certify_request(model, req.options.as_ref())?;
         labels.method = r.method().as_str();
         tracing::Span::current().record("method", r.method().as_str());
@@ -158,7 +176,7 @@ impl CertifierService {
         let received = Instant::now();
         let registry = self.registry()?;
         let model = registry.resolve(&req.model)?;
-        labels.model = model.name.clone();
+        labels.resolved(&model.name);
         let r = validation::predict_request(model, req.options.as_ref())?;
         let pixels = validation::pixels(model, Input::from(&req.input))?;
         let answer = crate::methods::predict(&model.workers, &r, pixels, deadline).await?;
@@ -180,6 +198,7 @@ impl CertifierService {
                 ("error", e.code())
             }
         };
+        telemetry::record_status(&tracing::Span::current(), code);
         self.shared.metrics.request(
             &labels.model,
             labels.method,
@@ -193,15 +212,12 @@ impl CertifierService {
         &self,
         req: pb::CertifyRequest,
         deadline: Instant,
+        caller: &CallerTrace,
     ) -> Result<pb::CertifyResponse, ServiceError> {
         let started = Instant::now();
         let _in_flight = self.shared.metrics.in_flight();
-        let span = tracing::info_span!(
-            "certify",
-            request_id = %request_id(&req.request_id),
-            model = %req.model,
-            method = tracing::field::Empty
-        );
+        let span = caller.request_span(Rpc::Certify, &request_id(&req.request_id));
+        let given = req.model.clone();
         let mut labels = Labels::new("unresolved");
         let result = async {
             let _admitted = self.shared.admit()?;
@@ -217,6 +233,7 @@ impl CertifierService {
             }
             _ => "abstain",
         };
+        labels.unresolved_on(&span, &given);
         span.in_scope(|| self.record(&labels, &result, outcome, started));
         result
     }
@@ -491,7 +508,8 @@ impl pb::certifier_server::Certifier for CertifierService {
         request: Request<pb::CertifyRequest>,
     ) -> Result<Response<pb::CertifyResponse>, Status> {
         let deadline = self.deadline(Self::client_deadline(request.metadata()));
-        self.certify_tracked(request.into_inner(), deadline)
+        let caller = CallerTrace::of(request.metadata());
+        self.certify_tracked(request.into_inner(), deadline, &caller)
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -507,6 +525,7 @@ impl pb::certifier_server::Certifier for CertifierService {
         // The client's deadline, if any, bounds the whole stream; each request
         // gets the server's own timeout from the moment it is read.
         let client_deadline = Self::client_deadline(request.metadata());
+        let caller = CallerTrace::of(request.metadata());
         let phase = self.shared.lifecycle.subscribe();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(limit);
@@ -516,6 +535,7 @@ impl pb::certifier_server::Certifier for CertifierService {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
             client_deadline,
+            caller,
             phase,
             index: 0,
         };
@@ -530,15 +550,12 @@ impl pb::certifier_server::Certifier for CertifierService {
         request: Request<pb::PredictRequest>,
     ) -> Result<Response<pb::PredictResponse>, Status> {
         let deadline = self.deadline(Self::client_deadline(request.metadata()));
+        let caller = CallerTrace::of(request.metadata());
         let req = request.into_inner();
         let started = Instant::now();
         let _in_flight = self.shared.metrics.in_flight();
-        let span = tracing::info_span!(
-            "predict",
-            request_id = %request_id(&req.request_id),
-            model = %req.model,
-            method = "predict"
-        );
+        let span = caller.request_span(Rpc::Predict, &request_id(&req.request_id));
+        let given = req.model.clone();
         let mut labels = Labels::new("predict");
         let result = async {
             let _admitted = self.shared.admit()?;
@@ -559,6 +576,7 @@ impl pb::certifier_server::Certifier for CertifierService {
             }
             _ => "abstain",
         };
+        labels.unresolved_on(&span, &given);
         span.in_scope(|| self.record(&labels, &result, outcome, started));
         result.map(Response::new).map_err(Status::from)
     }
@@ -587,6 +605,8 @@ struct StreamSession {
     permits: Arc<Semaphore>,
     limit: usize,
     client_deadline: Option<Instant>,
+    /// The stream's caller's trace, which each of its requests joins.
+    caller: CallerTrace,
     phase: watch::Receiver<Phase>,
     /// Requests read so far (the next one's index).
     index: u64,
@@ -670,13 +690,14 @@ impl StreamSession {
     /// Answers `req` in its own task, which holds `permit` until it is done.
     fn spawn_answer(&mut self, req: pb::CertifyRequest, permit: OwnedSemaphorePermit) {
         let (tx, svc, i) = (self.tx.clone(), self.svc.clone(), self.index);
+        let caller = self.caller.clone();
         self.index += 1;
         let deadline = svc.deadline(self.client_deadline);
         tokio::spawn(async move {
             let request_id = req.request_id.clone();
             // A client that hangs up drops its pending work with it.
             let result = tokio::select! {
-                r = svc.certify_tracked(req, deadline) => r,
+                r = svc.certify_tracked(req, deadline, &caller) => r,
                 _ = tx.closed() => return,
             };
             let result = Some(match result {
