@@ -35,6 +35,9 @@ plan() {
         # soft-label cross-entropy instead of JS.
         2000x1000-no-tail-map) echo "1000 3 4 0,1 --no-tail-map" ;;
         2000x1000-soft-ce) echo "1000 3 4 0,1 --loss soft-ce" ;;
+        # The tail map fitted on counts at the nominal N (10,000) rather than
+        # 1,000, so that it sees pA near 0.9987, where r = 0.75 is decided.
+        2000x1000-tail10k) echo "1000 3 4 0,1 --tail-n 10000" ;;
         *) echo "unknown plan $1" >&2; exit 2 ;;
     esac
 }
@@ -42,6 +45,8 @@ plan() {
 for cfg in "${@:-8000x250 4000x500 2000x1000 1000x2000 2000x1000-small-cnn}"; do
   for c in $cfg; do
     read -r n skip shards use extra <<<"$(plan "$c")"
+    # A plan may give its own --tail-n; the default is the worked example's.
+    case " ${extra:-} " in *" --tail-n "*) tail_n="" ;; *) tail_n="--tail-n 1000" ;; esac
     dir="$W/budget/$c"
     mkdir -p "$dir"
     # The same classifier imported afresh (no surrogate yet), under the
@@ -59,7 +64,7 @@ for cfg in "${@:-8000x250 4000x500 2000x1000 1000x2000 2000x1000-small-cnn}"; do
     fi
     "$B" pipeline --bundle "$dir/bundle" --counts-dir "$W/counts" --reports-dir "$dir/reports" \
         --nominal-n 10000 --train-n "$n" --train-skip "$skip" --train-shards "$shards" --train-use "$use" \
-        --epochs 30 --tail-n 1000 --tail-shards 16 --tail-use 1 \
+        --epochs 30 $tail_n --tail-shards 16 --tail-use 1 \
         --calibration-shards 16 --calibration-use 2 --eval-skip 16 \
         --batch 32 --device cpu ${extra:-} ${UNTIL:+--until "$UNTIL"} | tee "$dir/pipeline.md"
   done

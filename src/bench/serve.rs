@@ -603,7 +603,7 @@ impl ServerUnderTest {
              grace_period_ms = {}\n\
              [batching]\nmax_batch_requests = {}\nmax_queue_delay_ms = {}\nforward_batch = {}\n\
              [limits]\nqueue_capacity = {}\nmc_queue_capacity = {}\nstage_queue_capacity = {}\n\
-             [connections]\nmax_age_ms = {}\n\
+             [connections]\nmax_age_ms = {}\nmax_age_grace_ms = {}\n\
              [logging]\nlevel = \"warn\"\n\
              [[models]]\nbundle = {}\ndevice = {}\nn0 = {}\n",
             config.server.grace_period_ms,
@@ -614,6 +614,7 @@ impl ServerUnderTest {
             config.limits.mc_queue_capacity,
             config.limits.stage_queue_capacity,
             config.connections.max_age_ms,
+            config.connections.max_age_grace_ms,
             toml::Value::String(bundle.display().to_string()),
             toml::Value::String(m.device.clone()),
             m.n0,

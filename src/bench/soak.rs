@@ -27,8 +27,10 @@ pub struct SoakOptions {
     pub concurrency: usize,
     pub connections: usize,
     pub mix: Vec<Load>,
-    /// The server's `connections.max_age_ms` (deploy/base: 5 minutes).
+    /// The server's `connections.max_age_ms` and `max_age_grace_ms`
+    /// (deploy/base: 5 minutes each).
     pub max_age_ms: u64,
+    pub max_age_grace_ms: u64,
     pub max_rss_growth: f64,
     pub data_dir: Option<PathBuf>,
     /// Clients follow the documented retry policy (see `send_with_retries`).
@@ -116,6 +118,7 @@ pub struct SoakReport {
     pub connections: usize,
     pub mix: Vec<String>,
     pub max_age_ms: u64,
+    pub max_age_grace_ms: u64,
     pub retry: bool,
     pub rows: Vec<SoakRow>,
     /// Error counts by gRPC code, and the first message of each code.
@@ -134,7 +137,7 @@ pub struct SoakReport {
 impl SoakReport {
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "bench-soak: {} on {}, {} in flight over {} connection(s), mix {}, connection age {} ms, client retries {}\n\n\
+            "bench-soak: {} on {}, {} in flight over {} connection(s), mix {}, connection age {} ms (grace {} ms), client retries {}\n\n\
              | minute | requests | errors | retried | per s | p50 ms | p99 ms | RSS MB | connections |\n\
              |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
             self.bundle,
@@ -143,6 +146,7 @@ impl SoakReport {
             self.connections,
             self.mix.join(","),
             self.max_age_ms,
+            self.max_age_grace_ms,
             if self.retry { "on" } else { "off" }
         );
         for r in &self.rows {
@@ -229,6 +233,7 @@ fn server_config(opts: &SoakOptions) -> Config {
     config.limits.mc_queue_capacity = opts.concurrency * 2;
     config.limits.stage_queue_capacity = opts.concurrency * 2;
     config.connections.max_age_ms = opts.max_age_ms;
+    config.connections.max_age_grace_ms = opts.max_age_grace_ms;
     config
 }
 
@@ -324,6 +329,7 @@ fn verdict(
         connections: opts.connections,
         mix: opts.mix.iter().map(Load::to_string).collect(),
         max_age_ms: opts.max_age_ms,
+        max_age_grace_ms: opts.max_age_grace_ms,
         retry: opts.retry,
         passed: errors == 0 && growth <= opts.max_rss_growth && rows.len() > warm_rows,
         rows,
@@ -552,6 +558,7 @@ mod tests {
             connections: 2,
             mix: vec![Load::Surrogate],
             max_age_ms: 0,
+            max_age_grace_ms: 0,
             max_rss_growth: 0.05,
             data_dir: None,
             retry: true,

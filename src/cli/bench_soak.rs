@@ -45,6 +45,9 @@ pub struct BenchSoakArgs {
     /// The server's connections.max_age_ms (deploy/base's 5 minutes; 0: off).
     #[arg(long, default_value_t = 300_000)]
     max_age_ms: u64,
+    /// The server's connections.max_age_grace_ms (deploy/base's 5 minutes).
+    #[arg(long, default_value_t = 300_000)]
+    max_age_grace_ms: u64,
     #[arg(long, default_value_t = 0.05)]
     max_rss_growth: f64,
     #[arg(long)]
@@ -70,6 +73,7 @@ impl BenchSoakArgs {
             connections: self.connections,
             mix: self.mix,
             max_age_ms: self.max_age_ms,
+            max_age_grace_ms: self.max_age_grace_ms,
             max_rss_growth: self.max_rss_growth,
             data_dir: self.data_dir,
             retry: !self.no_retry,
