@@ -2,7 +2,7 @@
 //! method and the counts behind the radius), appended and flushed row by row
 //! so an interrupted run resumes without redoing finished inputs.
 use super::report::summarize;
-use super::run::{RunFiles, RunParams};
+use super::run::{NoiseScheme, RunFiles, RunParams};
 use super::tsv::{open_for_resume, CertRow};
 use super::{io_err, load_inputs, progress_bar, Inputs, PipelineError};
 use crate::batcher::Answer;
@@ -264,9 +264,6 @@ fn summary(
     }
 }
 
-/// How offline runs draw noise (recorded in `params.json`).
-const NOISE_SCHEME: &str = "seeded_streams_v2";
-
 /// What the run's rows depend on, for `params.json`.
 fn run_params(
     opts: &CertifyOptions,
@@ -293,7 +290,7 @@ fn run_params(
         alpha: request.sampling().alpha,
         noise: bundle.noise().into(),
         seed: opts.seed,
-        noise_scheme: NOISE_SCHEME.into(),
+        noise_scheme: NoiseScheme::SeededStreamsV2,
         device: format!("{:?}", opts.device),
         adaptive_n0: match request.selection() {
             Selection::Adaptive(a) => Some((a.chunk, a.alpha)),

@@ -33,11 +33,14 @@ pub struct RunParams {
     #[serde(flatten)]
     pub noise: super::NoiseRecord,
     pub seed: u64,
-    /// How noise is drawn: "seeded_streams_v2" (the served path, per-input
-    /// request seed `engine::input_seed(seed, idx)`). Files from before it
-    /// lack the key and are not resumed.
-    #[serde(rename = "noise")]
-    pub noise_scheme: String,
+    /// How noise is drawn. Files from before the key are read (a report
+    /// still shows them) but never resumed.
+    #[serde(
+        rename = "noise",
+        default,
+        skip_serializing_if = "NoiseScheme::is_unrecorded"
+    )]
+    pub noise_scheme: NoiseScheme,
     pub device: String,
     /// Adaptive n0 (chunk, alpha); absent for fixed n0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,6 +66,62 @@ pub struct RunParams {
 
 fn is_zero(v: &usize) -> bool {
     *v == 0
+}
+
+/// How a run drew its noise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseScheme {
+    /// The served path: per-input request seed `engine::input_seed(seed, idx)`.
+    SeededStreamsV2,
+    /// A file from before the key: its noise cannot be drawn again.
+    #[default]
+    #[serde(skip_serializing)]
+    Unrecorded,
+}
+
+impl NoiseScheme {
+    fn is_unrecorded(&self) -> bool {
+        *self == NoiseScheme::Unrecorded
+    }
+}
+
+impl RunParams {
+    /// Two runs agree on what decides their answers: everything but how
+    /// they were executed (device, the noise scheme's version, which earlier
+    /// runs lack, how many inputs and from which offset). A field added to
+    /// `RunParams` is decisive unless it is cleared here.
+    pub fn same_run(&self, other: &RunParams) -> bool {
+        self.decisive() == other.decisive()
+    }
+
+    fn decisive(&self) -> RunParams {
+        RunParams {
+            device: String::new(),
+            noise_scheme: NoiseScheme::Unrecorded,
+            max: None,
+            offset: 0,
+            ..self.clone()
+        }
+    }
+
+    /// Runs are comparable input by input only on the same split of the same
+    /// base classifier under the same noise and alpha (n may differ on
+    /// purpose). Names the first of those that differs.
+    pub fn incomparable_with(&self, other: &RunParams) -> Option<&'static str> {
+        [
+            ("splits", self.split == other.split),
+            (
+                "base classifiers",
+                self.base_weights_fnv1a == other.base_weights_fnv1a,
+            ),
+            ("noises", self.noise == other.noise),
+            ("alphas", self.alpha == other.alpha),
+        ]
+        .into_iter()
+        .find(|(_, same)| !same)
+        .map(|(what, _)| what)
+    }
 }
 
 /// The files of the certify run whose rows are at `tsv`.
@@ -100,15 +159,15 @@ impl RunFiles {
     /// check: a finished record to keep as it is, not resume.
     pub fn finished_by_earlier_version(&self) -> bool {
         self.is_finished()
-            && std::fs::read_to_string(self.params_path())
-                .ok()
-                .and_then(|t| serde_json::from_str::<RunParams>(&t).ok())
-                .is_none()
+            && self
+                .params()
+                .is_none_or(|p| p.noise_scheme == NoiseScheme::Unrecorded)
     }
 
-    /// The parameters as written, untyped (a report copies them as they are;
-    /// runs of earlier versions lack keys). `None` when there are none.
-    pub fn params_json(&self) -> Option<serde_json::Value> {
+    /// The parameters as written, also by an earlier version that drew its
+    /// noise otherwise (a report shows them). `None` when there are none, or
+    /// in a form this version cannot read.
+    pub fn params(&self) -> Option<RunParams> {
         let text = std::fs::read_to_string(self.params_path()).ok()?;
         serde_json::from_str(&text).ok()
     }
@@ -131,14 +190,21 @@ impl RunFiles {
         }
         if has_rows {
             let text = std::fs::read_to_string(&params_path).map_err(io_err(&params_path))?;
-            let previous: RunParams = serde_json::from_str(&text).map_err(|e| {
+            let not_this_versions = |why: String| {
                 PipelineError::Invalid(format!(
-                    "{} was started with other parameters ({} is not this version's: {e}); \
+                    "{} was started with other parameters ({} is not this version's: {why}); \
                      remove it or choose another --out",
                     self.tsv.display(),
                     params_path.display()
                 ))
-            })?;
+            };
+            let previous: RunParams =
+                serde_json::from_str(&text).map_err(|e| not_this_versions(e.to_string()))?;
+            if previous.noise_scheme == NoiseScheme::Unrecorded {
+                return Err(not_this_versions(
+                    "it does not say how its noise was drawn".into(),
+                ));
+            }
             if &previous != run {
                 return Err(PipelineError::Invalid(format!(
                     "{} was started with other parameters ({previous:?}); \
@@ -163,5 +229,109 @@ impl RunFiles {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed Monte Carlo run of the shipped bundle's first report,
+    /// as an earlier version wrote it: no noise scheme, a forward batch.
+    const EARLIER: &str = r#"{"bundle_name": "b", "bundle_version": "1",
+        "base_weights_fnv1a": "0678115a757897ad", "method": "mc", "split": "test",
+        "skip": 20, "max": null, "n0": 100, "n": 10000, "alpha": 0.001,
+        "sigma": 0.25, "seed": 0, "batch": 1000, "device": "Cpu"}"#;
+
+    fn current() -> RunParams {
+        let mut p: RunParams = serde_json::from_str(EARLIER).unwrap();
+        p.method = Method::MonteCarlo;
+        p.noise_scheme = NoiseScheme::SeededStreamsV2;
+        p
+    }
+
+    #[test]
+    fn same_run_ignores_only_how_a_run_was_executed() {
+        let a = current();
+        let executed_otherwise = RunParams {
+            device: "Cuda(0)".into(),
+            noise_scheme: NoiseScheme::Unrecorded,
+            max: Some(7),
+            offset: 3,
+            ..a.clone()
+        };
+        assert!(a.same_run(&executed_otherwise));
+        let decided_otherwise = [
+            RunParams {
+                n: 20_000,
+                ..a.clone()
+            },
+            RunParams {
+                seed: 1,
+                ..a.clone()
+            },
+            RunParams {
+                method: Method::Surrogate,
+                ..a.clone()
+            },
+            RunParams {
+                tail_map: Some(vec![0.0, 1.0]),
+                ..a.clone()
+            },
+            RunParams {
+                target_radius: Some((0.5, true)),
+                ..a.clone()
+            },
+        ];
+        for b in &decided_otherwise {
+            assert!(!a.same_run(b), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn incomparable_names_what_differs() {
+        let a = current();
+        assert_eq!(a.incomparable_with(&RunParams { n: 5, ..a.clone() }), None);
+        let other_noise = RunParams {
+            noise: crate::smoothing::Noise::Gaussian { sigma: 0.5 }.into(),
+            ..a.clone()
+        };
+        assert_eq!(a.incomparable_with(&other_noise), Some("noises"));
+        let other_base = RunParams {
+            base_weights_fnv1a: "ffffffffffffffff".into(),
+            ..a.clone()
+        };
+        assert_eq!(a.incomparable_with(&other_base), Some("base classifiers"));
+    }
+
+    /// An earlier version's file is read for a report, kept as a finished
+    /// record, and never resumed.
+    #[test]
+    fn an_earlier_versions_run_is_read_but_not_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = RunFiles::of(&dir.path().join("mc.tsv"));
+        std::fs::write(files.tsv(), "header\nrow\n").unwrap();
+        std::fs::write(files.params_path(), EARLIER).unwrap();
+        let read = files.params().unwrap();
+        assert_eq!(read.method, Method::MonteCarlo);
+        assert_eq!(read.noise_scheme, NoiseScheme::Unrecorded);
+        assert!(read.same_run(&current()));
+        assert!(!files.finished_by_earlier_version(), "not finished yet");
+        std::fs::write(files.summary_path(), "{}").unwrap();
+        assert!(files.finished_by_earlier_version());
+        let err = files.begin(&current()).unwrap_err().to_string();
+        assert!(
+            err.contains("does not say how its noise was drawn"),
+            "{err}"
+        );
+        // This version's record round-trips and resumes.
+        std::fs::write(
+            files.params_path(),
+            serde_json::to_string(&current()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(files.params(), Some(current()));
+        assert!(!files.finished_by_earlier_version());
+        files.begin(&current()).unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! The Markdown tables: one row per file, then the comparisons.
 use super::stats::{is_certificate, methods, radius_kind, Comparison, SequentialComparison};
 use super::FileReport;
+use crate::pipeline::run::RunParams;
 use crate::pipeline::tsv::CertRow;
 
 /// The method column: each method, with estimates marked as such.
@@ -35,11 +36,7 @@ pub(super) fn sequential_markdown(rows: &[SequentialComparison]) -> String {
             "| {} | {} | {} | {} | {:.1} | {:.1} | {:+.1} | {:.1} | {:.0} | {:.0} | {:.1}x | {:.1}x |\n",
             escape_md(&c.file),
             c.target_radius,
-            match c.guided {
-                Some(true) => "guided",
-                Some(false) => "plain",
-                None => "?",
-            },
+            if c.guided { "guided" } else { "plain" },
             c.inputs,
             100.0 * c.certified_accuracy,
             100.0 * c.mc_certified_accuracy,
@@ -167,8 +164,8 @@ pub(super) fn markdown(files: &[FileReport], radii: &[f64], all_rows: &[Vec<Cert
         ),
     );
     for f in files {
-        if let Some(p) = &f.run_params {
-            out.push_str(&run_params_line(f, p));
+        if let Some(r) = &f.run_params {
+            out.push_str(&run_params_line(f, &r.params));
         }
     }
     if any_estimate {
@@ -216,8 +213,7 @@ fn files_table(files: &[FileReport], radii: &[f64], all_rows: &[Vec<CertRow>]) -
 }
 
 /// A file's run parameters, from its params.json `p`, as one line.
-fn run_params_line(f: &FileReport, p: &serde_json::Value) -> String {
-    let field = |k: &str| p.get(k).map_or("?".to_string(), |v| v.to_string());
+fn run_params_line(f: &FileReport, p: &RunParams) -> String {
     let n_kind = if f.radius_kind == "certificate" {
         "n"
     } else {
@@ -226,30 +222,38 @@ fn run_params_line(f: &FileReport, p: &serde_json::Value) -> String {
     let mut out = format!(
         "{}: n0 = {}, {n_kind} = {}, alpha = {}, noise {}",
         escape_md(&f.summary.name),
-        field("n0"),
-        field("n"),
-        field("alpha"),
-        super::join::run_noise(Some(p)).map_or("?".to_string(), |n| n.to_string())
+        p.n0,
+        p.n,
+        json_number(p.alpha),
+        p.noise.noise().map_or("?".to_string(), |n| n.to_string())
     );
     // CALIBRATED and AUTO: (q, delta, score), and AUTO's band.
-    if let Some(c) = p.get("calibration").and_then(|c| c.as_array()) {
-        let at = |i: usize| c.get(i).map_or("?".to_string(), |v| v.to_string());
+    if let Some((q, delta, score)) = p.calibration {
         out.push_str(&format!(
             ", calibration delta = {}, score {}, q = {}",
-            at(1),
-            at(2).trim_matches('"'),
-            at(0)
+            json_number(delta),
+            score.as_str(),
+            json_number(q)
         ));
-        if let Some(t) = p.get("margin_threshold").and_then(|t| t.as_f64()) {
+        if let Some(t) = p.margin_threshold {
             out.push_str(&format!(
                 " on the selection margin's estimate below z = {t} (the surrogate above)"
             ));
         }
     }
-    if let Some(b) = p.get("auto_band").and_then(|b| b.as_array()) {
-        let at = |i: usize| b.get(i).map_or("?".to_string(), |v| v.to_string());
-        out.push_str(&format!(", AUTO band [{}, {}]", at(0), at(1)));
+    if let Some((low, high)) = p.auto_band {
+        out.push_str(&format!(
+            ", AUTO band [{}, {}]",
+            json_number(low),
+            json_number(high)
+        ));
     }
     out.push('\n');
     out
+}
+
+/// A number as params.json writes it (1.0, not 1), so that a report reads
+/// the same as the file it came from.
+fn json_number(x: f64) -> String {
+    serde_json::Value::from(x).to_string()
 }

@@ -14,6 +14,7 @@ mod tests;
 
 use super::tsv::{CertRow, TsvError};
 use crate::engine::Method;
+use crate::pipeline::run::RunParams;
 use join::{incomparable, joined_parts, read_joined};
 use markdown::{comparison_markdown, escape_md, markdown, sequential_markdown};
 use plot::{draw_png, font_registered, legend_methods, step_points, PlotCurve};
@@ -96,7 +97,7 @@ struct FileReport {
     /// The run's parameters (n0, n, alpha, sigma, ...) from the `<stem>.params.json`
     /// that `certify` writes beside its TSV, when it is there: the level a
     /// certificate holds at is part of what it says.
-    run_params: Option<serde_json::Value>,
+    run_params: Option<join::Recorded>,
 }
 
 #[derive(Debug, Serialize)]
@@ -211,7 +212,7 @@ fn file_report(
     path: &Path,
     name: &str,
     rows: &[CertRow],
-    params: Option<serde_json::Value>,
+    params: Option<join::Recorded>,
     grid: &[f64],
     opts: &ReportOptions,
 ) -> FileReport {
@@ -249,16 +250,16 @@ struct Runs<'a> {
 
 impl Runs<'_> {
     /// The method its run recorded, when it recorded one.
-    fn run_method(&self, i: usize) -> Option<&str> {
-        self.reports[i]
-            .run_params
-            .as_ref()
-            .and_then(|p| p.get("method"))
-            .and_then(|m| m.as_str())
+    fn run_method(&self, i: usize) -> Option<Method> {
+        Some(self.params(i)?.method)
+    }
+
+    fn params(&self, i: usize) -> Option<&RunParams> {
+        Some(&self.reports[i].run_params.as_ref()?.params)
     }
 
     fn is_sequential(&self, i: usize) -> bool {
-        self.run_method(i) == Some("sequential")
+        self.run_method(i) == Some(Method::Sequential)
             || (!self.rows[i].is_empty()
                 && self.rows[i].iter().all(|r| r.method == Method::Sequential))
     }
@@ -270,7 +271,7 @@ impl Runs<'_> {
         let mc: Vec<usize> = (0..self.rows.len())
             .filter(|&i| radius_kind(&methods(&self.rows[i])) == "certificate")
             .filter(|&i| !self.is_sequential(i))
-            .filter(|&i| self.run_method(i) != Some("auto"))
+            .filter(|&i| self.run_method(i) != Some(Method::Auto))
             .collect();
         match mc.as_slice() {
             [m] => Some(*m),
@@ -315,18 +316,10 @@ impl Runs<'_> {
         (0..self.rows.len())
             .filter(|&i| self.is_sequential(i))
             .filter_map(|i| {
-                let params = self.reports[i].run_params.as_ref();
-                let target = params.and_then(|p| p.get("target_radius"));
-                let radius = target.and_then(|t| t.get(0)).and_then(|v| v.as_f64())?;
-                let guided = target.and_then(|t| t.get(1)).and_then(|v| v.as_bool());
-                let mc_n0 = self.reports[m]
-                    .run_params
-                    .as_ref()
-                    .and_then(|p| p.get("n0"))
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or(0);
-                let surrogate_pass =
-                    params.is_some_and(|p| p.get("surrogate_weights_fnv1a").is_some());
+                let params = self.params(i)?;
+                let (radius, guided) = params.target_radius?;
+                let mc_n0 = self.params(m).map_or(0, |p| p.n0);
+                let surrogate_pass = params.surrogate_weights_fnv1a.is_some();
                 Some(compare_sequential(
                     (&self.names[m], &self.rows[m]),
                     (&self.names[i], &self.rows[i]),

@@ -107,7 +107,7 @@ pub struct SequentialComparison {
     pub reference: String,
     pub target_radius: f64,
     /// Whether the surrogate sized the stages (false: the plain schedule).
-    pub guided: Option<bool>,
+    pub guided: bool,
     pub inputs: usize,
     /// Certified and correct at the target radius.
     pub certified_accuracy: f64,
@@ -135,7 +135,7 @@ pub fn compare_sequential(
     (reference, mc): (&str, &[CertRow]),
     (file, seq): (&str, &[CertRow]),
     target_radius: f64,
-    guided: Option<bool>,
+    guided: bool,
     (mc_n0, surrogate_pass): (u64, bool),
 ) -> SequentialComparison {
     let pairs = common_inputs(mc, seq);

@@ -43,7 +43,7 @@ fn sequential_against_monte_carlo_by_hand() {
         seq_row(2, 1, -1, 0.0, 50, 0.1),  // agrees (abstains)
         seq_row(9, 1, 1, 0.7, 100, 0.1),  // no Monte Carlo row: left out
     ];
-    let c = compare_sequential(("mc", &mc), ("seq", &seq), 0.5, Some(true), (20, true));
+    let c = compare_sequential(("mc", &mc), ("seq", &seq), 0.5, true, (20, true));
     assert_eq!(c.inputs, 3);
     assert!((c.certified_accuracy - 2.0 / 3.0).abs() < 1e-12);
     assert!((c.mc_certified_accuracy - 1.0 / 3.0).abs() < 1e-12);
@@ -168,6 +168,37 @@ fn steps_follow_the_definition() {
     assert_eq!(curve_grid(0.07)[7], 0.07);
 }
 
+/// A params.json as `certify` writes it, with the method spelled `method`.
+fn run_params_json(method: &str) -> serde_json::Value {
+    let params = crate::pipeline::run::RunParams {
+        bundle_name: "b".into(),
+        bundle_version: "1".into(),
+        base_weights_fnv1a: "0123456789abcdef".into(),
+        surrogate_weights_fnv1a: None,
+        method: Method::MonteCarlo,
+        split: crate::data::Split::Test,
+        offset: 0,
+        skip: 1,
+        max: None,
+        n0: 100,
+        n: 1000,
+        alpha: 0.001,
+        noise: crate::smoothing::Noise::Gaussian { sigma: 0.25 }.into(),
+        seed: 0,
+        noise_scheme: crate::pipeline::run::NoiseScheme::SeededStreamsV2,
+        device: "Cpu".into(),
+        adaptive_n0: None,
+        calibration: None,
+        margin_threshold: None,
+        auto_band: None,
+        target_radius: None,
+        tail_map: None,
+    };
+    let mut p = serde_json::to_value(params).unwrap();
+    p["method"] = method.into();
+    p
+}
+
 fn write(path: &Path, rows: &[CertRow]) {
     let mut text = format!("{}\n", super::super::tsv::HEADER);
     for r in rows {
@@ -254,7 +285,12 @@ fn run_report_writes_json_png_and_markdown() {
 #[test]
 fn joined_runs_report_as_one() {
     let dir = tempfile::tempdir().unwrap();
-    let params = |offset: usize, method: &str, n: u64| serde_json::json!({"method": method, "n": n, "offset": offset, "batch": 32});
+    let params = |offset: usize, method: &str, n: u64| {
+        let mut p = run_params_json(method);
+        p["n"] = n.into();
+        p["offset"] = offset.into();
+        p
+    };
     let put = |name: &str, rows: &[CertRow], p: serde_json::Value| {
         let path = dir.path().join(name);
         write(&path, rows);
@@ -288,7 +324,7 @@ fn joined_runs_report_as_one() {
     assert_eq!(table(&joined), table(&whole));
     let (rows_joined, p) = read_joined(&joined).unwrap();
     assert_eq!(rows_joined.len(), 8);
-    assert_eq!(p.unwrap()["offset"], serde_json::json!([0, 7]));
+    assert_eq!(p.unwrap().joined_offsets, Some(vec![0, 7]));
 
     let overlap = PathBuf::from(format!("{}+{}", a.display(), whole.display()));
     let err = read_joined(&overlap).unwrap_err().to_string();
@@ -311,7 +347,7 @@ fn an_auto_run_that_always_fell_back_is_compared_not_the_reference() {
     write(&auto, &rows());
     std::fs::write(
         crate::fsutil::sidecar(&auto, "params.json"),
-        r#"{"method": "auto"}"#,
+        run_params_json("auto").to_string(),
     )
     .unwrap();
     let out = dir.path().join("report");
