@@ -15,6 +15,7 @@ use crate::pipeline::PipelineError;
 use crate::smoothing::median;
 
 pub mod serve;
+pub(crate) mod server_under_test;
 pub mod soak;
 use serde::Serialize;
 use std::path::PathBuf;

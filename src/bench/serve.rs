@@ -9,6 +9,8 @@
 //! few HTTP/2 connections, each of `concurrency` tasks sending one request
 //! at a time (closed loop), or with `--python`, the grpc.aio load tool
 //! (clients/python/load.py) in a process of its own.
+pub use super::server_under_test::Placement;
+use super::server_under_test::ServerUnderTest;
 use crate::config::Config;
 use crate::data::Split;
 use crate::engine::requests::TaskParams;
@@ -40,28 +42,6 @@ pub struct BenchServeOptions {
     pub target_radius: Option<f64>,
     pub placement: Placement,
     pub client: LoadClient,
-}
-
-/// Where the server under load runs.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Placement {
-    /// `smoothcert serve` in a child process (this executable), one per
-    /// batching mode.
-    ChildProcess,
-    InProcess,
-    /// A server already running there; only the dynamic-batching row is
-    /// measured (its configuration is its own).
-    Target(String),
-}
-
-impl std::fmt::Display for Placement {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Placement::ChildProcess => write!(f, "child process"),
-            Placement::InProcess => write!(f, "in-process"),
-            Placement::Target(addr) => write!(f, "target {addr}"),
-        }
-    }
 }
 
 /// What sends the requests.
@@ -527,228 +507,29 @@ async fn python_level(
         .map_err(|e| bench_err(&format!("the Python load client printed no result ({e})")))
 }
 
-pub(crate) fn bench_err(e: &dyn std::fmt::Display) -> PipelineError {
+fn bench_err(e: &dyn std::fmt::Display) -> PipelineError {
     PipelineError::Invalid(format!("bench-serve: {e}"))
 }
 
-/// The server the load is sent to, and how to stop it.
-pub(crate) struct ServerUnderTest {
-    pub(crate) addr: String,
-    /// Its metrics port, where this bench started it as a child.
-    metrics: Option<u16>,
-    kind: ServerKind,
-}
-
-enum ServerKind {
-    InProcess(crate::server::RunningServer),
-    Child {
-        child: std::process::Child,
-        config_file: PathBuf,
-    },
-    Target,
-}
-
-/// The longest a child server may take to load its models.
-const CHILD_START_TIMEOUT: Duration = Duration::from_secs(300);
-/// The longest a child server may take to stop after SIGTERM before it is killed.
-const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A child server still running when its handle goes (a panic, an early
-/// return) is killed, and its configuration file removed.
-impl Drop for ServerUnderTest {
-    fn drop(&mut self) {
-        if let ServerKind::Child { child, config_file } = &mut self.kind {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = std::fs::remove_file(config_file);
-        }
+/// A Fashion-MNIST image (1 x 28 x 28, little-endian f32 bytes) as the proto carries it.
+pub(crate) fn image_tensor(data: Vec<u8>) -> pb::Tensor {
+    pb::Tensor {
+        shape: vec![1, 28, 28],
+        data,
     }
 }
 
-impl ServerUnderTest {
-    async fn start(config: Config, placement: &Placement) -> Result<Self, PipelineError> {
-        match placement {
-            Placement::Target(addr) => Ok(ServerUnderTest {
-                addr: addr.clone(),
-                metrics: None,
-                kind: ServerKind::Target,
-            }),
-            Placement::InProcess => {
-                let server = crate::server::start(config)
-                    .await
-                    .map_err(|e| bench_err(&e))?;
-                server.ready().await.map_err(|e| bench_err(&e))?;
-                Ok(ServerUnderTest {
-                    addr: server.grpc_addr.to_string(),
-                    metrics: Some(server.metrics_addr.port()),
-                    kind: ServerKind::InProcess(server),
-                })
-            }
-            Placement::ChildProcess => Self::start_child(&config).await,
-        }
+/// A Certify call to the default model with these options.
+pub(crate) fn certify_request(
+    tensor: pb::Tensor,
+    options: Option<pb::CertifyOptions>,
+) -> pb::CertifyRequest {
+    pb::CertifyRequest {
+        model: String::new(),
+        input: Some(pb::certify_request::Input::Tensor(tensor)),
+        options,
+        request_id: String::new(),
     }
-
-    /// `smoothcert serve` with the bench's configuration on two free loopback ports.
-    pub(crate) async fn start_child(config: &Config) -> Result<Self, PipelineError> {
-        let free_port = || -> Result<u16, PipelineError> {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| bench_err(&e))?;
-            Ok(l.local_addr().map_err(|e| bench_err(&e))?.port())
-        };
-        let (grpc, metrics) = (free_port()?, free_port()?);
-        let m = &config.models[0];
-        let bundle = std::fs::canonicalize(&m.bundle)
-            .map_err(|e| bench_err(&format!("{}: {e}", m.bundle.display())))?;
-        let toml = format!(
-            "[server]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nmetrics_addr = \"127.0.0.1:{metrics}\"\n\
-             grace_period_ms = {}\n\
-             [batching]\nmax_batch_requests = {}\nmax_queue_delay_ms = {}\nforward_batch = {}\n\
-             [limits]\nqueue_capacity = {}\nmc_queue_capacity = {}\nstage_queue_capacity = {}\n\
-             [connections]\nmax_age_ms = {}\nmax_age_grace_ms = {}\n\
-             [logging]\nlevel = \"warn\"\n\
-             [[models]]\nbundle = {}\ndevice = {}\nn0 = {}\n",
-            config.server.grace_period_ms,
-            config.batching.max_batch_requests,
-            config.batching.max_queue_delay_ms,
-            config.batching.forward_batch,
-            config.limits.queue_capacity,
-            config.limits.mc_queue_capacity,
-            config.limits.stage_queue_capacity,
-            config.connections.max_age_ms,
-            config.connections.max_age_grace_ms,
-            toml::Value::String(bundle.display().to_string()),
-            toml::Value::String(m.device.clone()),
-            m.n0,
-        );
-        let config_file = std::env::temp_dir().join(format!(
-            "smoothcert-bench-serve-{}-{grpc}.toml",
-            std::process::id()
-        ));
-        std::fs::write(&config_file, toml).map_err(|e| bench_err(&e))?;
-        let exe = std::env::current_exe().map_err(|e| bench_err(&e))?;
-        let child = std::process::Command::new(exe)
-            .args(["serve", "--config"])
-            .arg(&config_file)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| bench_err(&format!("starting the server: {e}")))?;
-        let mut server = ServerUnderTest {
-            addr: format!("127.0.0.1:{grpc}"),
-            metrics: Some(metrics),
-            kind: ServerKind::Child { child, config_file },
-        };
-        let started = Instant::now();
-        loop {
-            if let ServerKind::Child { child, .. } = &mut server.kind {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(bench_err(&format!(
-                        "the server exited during start-up ({status}); its log is above"
-                    )));
-                }
-            }
-            if readyz(metrics).await {
-                return Ok(server);
-            }
-            if started.elapsed() > CHILD_START_TIMEOUT {
-                server.stop().await?;
-                return Err(bench_err(&"the server was not ready within 300 s"));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// The child server's process id.
-    pub(crate) fn pid(&self) -> Option<u32> {
-        match &self.kind {
-            ServerKind::Child { child, .. } => Some(child.id()),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn metrics_port(&self) -> Option<u16> {
-        self.metrics
-    }
-
-    pub(crate) async fn stop(mut self) -> Result<(), PipelineError> {
-        match std::mem::replace(&mut self.kind, ServerKind::Target) {
-            ServerKind::Target => Ok(()),
-            ServerKind::InProcess(server) => {
-                server.shutdown();
-                server.wait().await.map_err(|e| bench_err(&e))
-            }
-            ServerKind::Child {
-                mut child,
-                config_file,
-            } => {
-                let _ = std::fs::remove_file(&config_file);
-                // SIGTERM: the server's own graceful shutdown; SIGKILL after
-                // CHILD_STOP_TIMEOUT.
-                // SAFETY: kill only sends a signal to the child's pid.
-                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-                let deadline = Instant::now() + CHILD_STOP_TIMEOUT;
-                let status = loop {
-                    match child.try_wait().map_err(|e| bench_err(&e))? {
-                        Some(status) => break status,
-                        None if Instant::now() >= deadline => {
-                            let _ = child.kill();
-                            let _ = child.wait();
-                            return Err(bench_err(&"the server did not stop within 60 s; killed"));
-                        }
-                        None => tokio::time::sleep(Duration::from_millis(100)).await,
-                    }
-                };
-                if status.success() {
-                    Ok(())
-                } else {
-                    Err(bench_err(&format!("the server exited with {status}")))
-                }
-            }
-        }
-    }
-}
-
-/// The sum of a metric's series on the server's /metrics (NaN where unread).
-pub(crate) async fn scrape_metric(port: u16, name: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await
-            .ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.ok()?;
-        Some(body)
-    };
-    let Ok(Some(body)) = tokio::time::timeout(Duration::from_secs(5), fetch).await else {
-        return f64::NAN;
-    };
-    body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Whether the server's `/readyz` answers 200.
-async fn readyz(port: u16) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let probe = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await
-            .ok()?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await.ok()?;
-        Some(head.ends_with(b" 200"))
-    };
-    tokio::time::timeout(Duration::from_secs(2), probe)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
 }
 
 /// `concurrency` clients, each sending its next request when the last is answered.
@@ -778,19 +559,14 @@ async fn closed_loop(
                     break;
                 }
                 let img = &images[i % images.len()];
-                let req = pb::CertifyRequest {
-                    model: String::new(),
-                    input: Some(pb::certify_request::Input::Tensor(pb::Tensor {
-                        shape: vec![1, 28, 28],
-                        data: img.iter().flat_map(|p| p.to_le_bytes()).collect(),
-                    })),
-                    options: target_radius.map(|t| pb::CertifyOptions {
+                let req = certify_request(
+                    image_tensor(img.iter().flat_map(|p| p.to_le_bytes()).collect()),
+                    target_radius.map(|t| pb::CertifyOptions {
                         method: pb::Method::Sequential as i32,
                         target_radius: Some(t),
                         ..Default::default()
                     }),
-                    request_id: String::new(),
-                };
+                );
                 let t0 = Instant::now();
                 match client.certify(req).await {
                     Ok(r) => {

@@ -5,7 +5,8 @@
 //! interval it prints a row: the server's RSS, p50 and p99 latency, errors
 //! and the served rate. The verdict: no errors, and RSS after the warm-up
 //! grows by at most `max_rss_growth`.
-use super::serve::{bench_err, ServerUnderTest};
+use super::serve::{certify_request, image_tensor};
+use super::server_under_test::{scrape_metric, ServerUnderTest};
 use crate::config::Config;
 use crate::data::Split;
 use crate::pipeline::PipelineError;
@@ -200,9 +201,7 @@ struct Tally {
 
 pub fn bench_soak(opts: &SoakOptions) -> Result<SoakReport, PipelineError> {
     if opts.mix.is_empty() || opts.concurrency == 0 || opts.connections == 0 {
-        return Err(bench_err(
-            &"bench-soak needs a mix, concurrency and connections",
-        ));
+        return Err(soak_err(&"it needs a mix, concurrency and connections"));
     }
     let ds = crate::data::load(
         crate::data::DatasetKind::FashionMnist,
@@ -220,7 +219,7 @@ pub fn bench_soak(opts: &SoakOptions) -> Result<SoakReport, PipelineError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| bench_err(&e))?;
+        .map_err(|e| soak_err(&e))?;
     runtime.block_on(soak(opts, images))
 }
 
@@ -241,14 +240,14 @@ async fn soak(opts: &SoakOptions, images: Arc<Vec<Vec<u8>>>) -> Result<SoakRepor
     let server = ServerUnderTest::start_child(&server_config(opts)).await?;
     let pid = server
         .pid()
-        .ok_or_else(|| bench_err(&"the soak needs a child server"))?;
+        .ok_or_else(|| soak_err(&"the soak needs a child server"))?;
     let mut channels = Vec::new();
     for _ in 0..opts.connections {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-            .map_err(|e| bench_err(&e))?
+            .map_err(|e| soak_err(&e))?
             .connect()
             .await
-            .map_err(|e| bench_err(&e))?;
+            .map_err(|e| soak_err(&e))?;
         channels.push(channel);
     }
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -274,7 +273,7 @@ async fn soak(opts: &SoakOptions, images: Arc<Vec<Vec<u8>>>) -> Result<SoakRepor
     while Instant::now() + Duration::from_millis(10) < end {
         tick.tick().await;
         let window = {
-            let mut t = tally.lock().map_err(|_| bench_err(&"a client panicked"))?;
+            let mut t = tally.lock().map_err(|_| soak_err(&"a client panicked"))?;
             std::mem::take(&mut t.window)
         };
         let row = row(started, opts.interval, window, pid, server.metrics_port()).await;
@@ -291,14 +290,11 @@ async fn soak(opts: &SoakOptions, images: Arc<Vec<Vec<u8>>>) -> Result<SoakRepor
     if let Some(port) = server.metrics_port() {
         for who in ["peer", "max_age", "max_age_grace", "shutdown"] {
             let series = format!("smoothcert_grpc_connections_closed_total{{closed_by=\"{who}\"}}");
-            closed_by.insert(
-                who.to_string(),
-                super::serve::scrape_metric(port, &series).await,
-            );
+            closed_by.insert(who.to_string(), scrape_metric(port, &series).await);
         }
     }
     server.stop().await?;
-    let t = tally.lock().map_err(|_| bench_err(&"a client panicked"))?;
+    let t = tally.lock().map_err(|_| soak_err(&"a client panicked"))?;
     let mut report = verdict(opts, rows, t.errors_by_code.clone());
     report.first_errors = t.first_errors.clone();
     report.connections_closed_by = closed_by;
@@ -352,7 +348,7 @@ async fn row(
     w.latencies_ms.sort_by(f64::total_cmp);
     let pct = |q| crate::pipeline::report::nearest_rank(&w.latencies_ms, q);
     let connections_open = match metrics {
-        Some(port) => super::serve::scrape_metric(port, "smoothcert_grpc_connections_open").await,
+        Some(port) => scrape_metric(port, "smoothcert_grpc_connections_open").await,
         None => f64::NAN,
     };
     SoakRow {
@@ -394,10 +390,7 @@ async fn client_loop(
     let mut i = index;
     while Instant::now() < end {
         let load = mix[i % mix.len()];
-        let tensor = pb::Tensor {
-            shape: vec![1, 28, 28],
-            data: images[i % images.len()].clone(),
-        };
+        let tensor = image_tensor(images[i % images.len()].clone());
         i += 1;
         let t0 = Instant::now();
         let (result, retries) = send_with_retries(&mut client, load, tensor, i as u64, retry).await;
@@ -455,19 +448,18 @@ async fn send(
     tensor: pb::Tensor,
     seed: u64,
 ) -> Result<(), tonic::Status> {
-    let certify =
-        |method: pb::Method, n: Option<u64>, target_radius: Option<f64>| pb::CertifyRequest {
-            model: String::new(),
-            input: Some(pb::certify_request::Input::Tensor(tensor.clone())),
-            options: Some(pb::CertifyOptions {
+    let certify = |method: pb::Method, n: Option<u64>, target_radius: Option<f64>| {
+        certify_request(
+            tensor.clone(),
+            Some(pb::CertifyOptions {
                 method: method as i32,
                 n,
                 seed: Some(seed),
                 target_radius,
                 ..Default::default()
             }),
-            request_id: String::new(),
-        };
+        )
+    };
     let answered = match load {
         Load::Surrogate => client
             .certify(certify(pb::Method::Surrogate, None, None))
@@ -504,6 +496,10 @@ async fn send(
             .map(drop),
     };
     answered
+}
+
+fn soak_err(e: &dyn std::fmt::Display) -> PipelineError {
+    PipelineError::Invalid(format!("bench-soak: {e}"))
 }
 
 #[cfg(test)]

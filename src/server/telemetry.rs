@@ -137,23 +137,23 @@ impl CallerTrace {
     /// that log lines keep their fields.
     pub fn request_span(&self, rpc: Rpc, request_id: &str) -> tracing::Span {
         use tracing::field::Empty;
+        // A span's name must be a literal: one macro per RPC, the same fields.
+        macro_rules! server_span {
+            ($name:literal, $method:expr) => {
+                tracing::info_span!(
+                    $name,
+                    otel.kind = "server",
+                    otel.status_code = Empty,
+                    request_id = %request_id,
+                    model = Empty,
+                    method = $method
+                )
+            };
+        }
+        // Predict has one method; a certify span records the resolved one.
         let span = match rpc {
-            Rpc::Certify => tracing::info_span!(
-                "certify",
-                otel.kind = "server",
-                otel.status_code = Empty,
-                request_id = %request_id,
-                model = Empty,
-                method = Empty
-            ),
-            Rpc::Predict => tracing::info_span!(
-                "predict",
-                otel.kind = "server",
-                otel.status_code = Empty,
-                request_id = %request_id,
-                model = Empty,
-                method = "predict"
-            ),
+            Rpc::Certify => server_span!("certify", Empty),
+            Rpc::Predict => server_span!("predict", "predict"),
         };
         // The parent first: it can be set only before the span starts.
         if let Some(parent) = &self.0 {
