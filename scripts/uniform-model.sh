@@ -52,12 +52,37 @@ train "$lambda" "$bundle"
 # training images at N = 1,000 (every 15th), the budget docs/PIPELINE.md's
 # table favours. Counts on the CPU with a forward batch of 32, so that any
 # machine reproduces (and resumes) them.
+extra=("$@")
+pipeline() {
+    $B pipeline --bundle "$bundle" --counts-dir "$counts" --nominal-n 10000 \
+        --train-n 1000 --train-skip 15 --train-shards 8 --train-use 0,1,2,3,4,5,6,7 \
+        --tail-n 10000 --tail-skip 5 --tail-shards 20 --tail-use 1,3 \
+        --calibration-skip 1 --calibration-shards 50 --calibration-use 1,2 \
+        --eval-skip 50 --eval-offset 0 --eval-n 10000 \
+        --chunk 50 --calibration-chunk 10 --counts-batch 32 --counts-device cpu \
+        --score p-gap --margin-threshold 2 --auto-band-low 0.45 --auto-band-high 0.5 --delta 0.05 --n0 100 --alpha 0.001 --seed 0 \
+        --radii 0,0.25,0.5,0.75 --device "$device" --reports-dir "$reports" \
+        "$@"
+}
+
 mkdir -p "$reports"
-$B pipeline --bundle "$bundle" --counts-dir "$counts" --nominal-n 10000 \
-    --train-n 1000 --train-skip 15 --train-shards 8 --train-use 0,1,2,3,4,5,6,7 \
-    --tail-n 10000 --tail-skip 5 --tail-shards 20 --tail-use 1,3 \
-    --calibration-skip 1 --calibration-shards 50 --calibration-use 1,2 \
-    --eval-skip 50 --eval-offset 0 --eval-n 10000 \
-    --chunk 50 --calibration-chunk 10 --counts-batch 32 --counts-device cpu \
-    --score probit --delta 0.05 --n0 100 --alpha 0.001 --seed 0 \
-    --radii 0,0.25,0.5,0.75 --device "$device" --reports-dir "$reports" "$@"
+# The selection split (i % 50 == 25, 200 images at N = 10,000; disjoint from
+# every role below) chooses the score, the margin threshold and AUTO's band
+# after the tail map and before any calibration: the pipeline's --score and
+# --margin-threshold and AUTO band below are what it chose ($reports/selection.txt).
+sel_counts="$counts/test-n10000-skip25/shard-1-of-2.safetensors"
+if [ ! -f "$bundle/selection_summary.json" ]; then
+    pipeline --until fit-tail-map
+    $B sample-counts --bundle "$bundle" --split test --n 10000 --skip 25 --shard 1/2 \
+        --chunk 10 --batch 32 --seed 0 --device cpu --out "$sel_counts"
+    $B select-calibration --bundle "$bundle" --counts "$sel_counts" --delta 0.05 \
+        --scores p-gap,log-miss,root-miss,probit --bins "none;0.99" --n0 100 --alpha 0.001 \
+        --seed 0 --device "$device" | tee "$reports/selection.txt"
+fi
+# A calibration of another score or threshold is redone (with its evaluations).
+recalibrate=()
+if ! grep -q '^score = "p_gap"' "$bundle/model.toml" ||
+    ! grep -q '^margin_threshold = 2.0$' "$bundle/model.toml"; then
+    recalibrate=(--recalibrate)
+fi
+pipeline "${recalibrate[@]+"${recalibrate[@]}"}" "${extra[@]+"${extra[@]}"}"
