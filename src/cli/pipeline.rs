@@ -38,9 +38,9 @@ pub struct PipelineArgs {
 
     /// Monte Carlo samples per training image (the surrogate's targets). At
     /// a fixed number of base passes, more images at a smaller N trained a
-    /// better fine-tuned copy (README, "Where the counts budget goes"), so the
-    /// default spends them on images.
-    #[arg(long, default_value_t = 1_000)]
+    /// better fine-tuned copy (docs/PIPELINE.md, "Where the counts budget
+    /// goes"), so the default spends them on images.
+    #[arg(long, default_value_t = 250)]
     train_n: u64,
     #[arg(long, default_value_t = 1)]
     train_skip: usize,
