@@ -4,7 +4,7 @@
 //! counting and the smoothing statistics. The server's lanes, offline
 //! `certify` and the benchmarks all run [`Engine::run`], so one seed gives
 //! one answer everywhere, batched or not. AUTO's decision is [`AutoBand::fallback`].
-use crate::model::{Bundle, Classifier, ModelError};
+use crate::model::{surrogate_rows_for, Bundle, Classifier, ModelError};
 use crate::smoothing::sequential::{self, SequentialTest};
 use crate::smoothing::{self, CalibrationShift, Decision, Noise, SmoothingError};
 use std::time::{Duration, Instant};
@@ -132,22 +132,36 @@ pub struct SurrogateEstimate {
 }
 
 /// The surrogate's probabilities [B, classes] as one row per input, with its
-/// bundle's tail map applied when it has one.
+/// bundle's tail map applied when it has one. Every forward pass has the
+/// device's fixed [`surrogate_rows_for`] rows, so an input's probabilities do
+/// not depend on the inputs it was batched with.
 pub fn surrogate_probs(
     surrogate: &Classifier,
     inputs: &Tensor,
 ) -> Result<Vec<Vec<f64>>, EngineError> {
-    let probs = surrogate
-        .logits(&inputs.to_device(surrogate.device()))?
-        .softmax(1, tch::Kind::Double)
-        .to_device(tch::Device::Cpu);
+    let rows = surrogate_rows_for(surrogate.device());
+    let total = inputs.size().first().copied().unwrap_or(0);
     let k = surrogate.num_classes().max(1);
-    let flat: Vec<f64> = Vec::try_from(probs.flatten(0, -1)).map_err(ModelError::from)?;
-    let mut rows: Vec<Vec<f64>> = flat.chunks(k).map(<[f64]>::to_vec).collect();
-    if let Some(map) = surrogate.tail_map() {
-        rows.iter_mut().for_each(|p| map.apply(p));
+    let mut out = Vec::with_capacity(total.max(0) as usize);
+    for start in (0..total).step_by(rows as usize) {
+        let chunk = inputs
+            .f_narrow(0, start, rows.min(total - start))
+            .map_err(ModelError::from)?
+            .f_to_device(surrogate.device())
+            .map_err(ModelError::from)?;
+        let probs = surrogate
+            .forward_rows(&chunk, rows)?
+            .f_softmax(1, tch::Kind::Double)
+            .map_err(ModelError::from)?
+            .f_to_device(tch::Device::Cpu)
+            .map_err(ModelError::from)?;
+        let flat: Vec<f64> = Vec::try_from(probs.flatten(0, -1)).map_err(ModelError::from)?;
+        out.extend(flat.chunks(k).map(<[f64]>::to_vec));
     }
-    Ok(rows)
+    if let Some(map) = surrogate.tail_map() {
+        out.iter_mut().for_each(|p| map.apply(p));
+    }
+    Ok(out)
 }
 
 /// ACCELERATED's decision for class cA from the surrogate's probabilities,

@@ -540,3 +540,33 @@ fn l1_noises_count_and_certify_by_their_closed_forms() {
         }
     }
 }
+
+/// A request's surrogate probabilities must not depend on how many requests
+/// share its batch: CPU kernels pick their algorithm by row count.
+#[test]
+fn surrogate_probs_do_not_depend_on_the_batch() {
+    let _rng = rng_lock();
+    let s = Classifier::new_builtin(
+        crate::model::Arch::SmallCnn,
+        [1, 28, 28],
+        10,
+        None,
+        Device::Cpu,
+    )
+    .unwrap();
+    let x = Tensor::rand([20, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let bits = |p: &[f64]| p.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    let all = surrogate_probs(&s, &x).unwrap();
+    assert_eq!(all.len(), 20);
+    for (at, len) in [(3, 1), (0, 5), (7, 13)] {
+        let part = surrogate_probs(&s, &x.narrow(0, at, len)).unwrap();
+        for (i, p) in part.iter().enumerate() {
+            assert_eq!(
+                bits(p),
+                bits(&all[at as usize + i]),
+                "row {}",
+                at as usize + i
+            );
+        }
+    }
+}

@@ -296,6 +296,34 @@ impl Classifier {
         self.forward_t(x, false)
     }
 
+    /// Evaluation-mode logits of `x` [R, C, H, W], R <= `rows`, from a
+    /// forward pass of exactly `rows` rows (zero rows pad the rest).
+    ///
+    /// Kernels choose their algorithm by batch size (libtorch's CPU GEMM
+    /// below about 16 rows, cuDNN by shape), so a row's logits can differ in
+    /// the last bits, and a near-tied argmax flip, with the number of rows
+    /// beside it. At one fixed shape a row's logits do not depend on the
+    /// other rows, which is what makes a seeded answer independent of the
+    /// requests it was batched with.
+    pub fn forward_rows(&self, x: &Tensor, rows: i64) -> Result<Tensor, ModelError> {
+        let _guard = tch::no_grad_guard();
+        let size = x.size();
+        let r = size.first().copied().unwrap_or(0);
+        if r >= rows {
+            return self.forward_t(x, false);
+        }
+        let mut pad = size.clone();
+        pad[0] = rows - r;
+        let padded = Tensor::f_cat(
+            &[
+                x.shallow_clone(),
+                Tensor::f_zeros(&pad, (x.kind(), x.device()))?,
+            ],
+            0,
+        )?;
+        Ok(self.forward_t(&padded, false)?.f_narrow(0, 0, r)?)
+    }
+
     /// Class counts of the base classifier over `num` noisy copies of each
     /// input (x plus the noise), drawn and counted on the device.
     ///
@@ -329,7 +357,7 @@ impl Classifier {
                 .f_floor_divide_scalar(num)?;
             let mut noisy = super::noise::draw(noise, &[end - start, c, h, w], self.device)?;
             let _ = noisy.f_add_(&inputs.f_index_select(0, &owner)?)?;
-            let _ = self.add_class_counts(&noisy, &owner, &mut counts, b)?;
+            let _ = self.add_class_counts(&noisy, batch, &owner, &mut counts, b)?;
             start = end;
         }
         Ok(counts.f_view([b, k])?.f_to_device(Device::Cpu)?)
@@ -338,9 +366,11 @@ impl Classifier {
     /// Class counts per noise stream: stream s draws `num` noisy copies of input
     /// `inputs[s.input]` from its own `seed`, in blocks of [`NOISE_BLOCK`] whose
     /// noise depends only on (seed, block index). A stream's counts are thus the
-    /// same whichever streams share its forward batches and whatever `batch` is
-    /// (up to floating-point ties in the logits), which is what lets a server
-    /// batch requests and still answer a seeded request reproducibly.
+    /// same whichever streams share its forward batches, and, since every
+    /// forward pass has exactly `batch` rows ([`Classifier::forward_rows`]),
+    /// its tally is the same to the bit: what lets a server batch requests
+    /// and still answer a seeded request reproducibly. Another `batch` can
+    /// change a near-tied sample's class.
     ///
     /// `keep(s)` is asked before each block of stream s; `false` abandons the
     /// stream (a cancelled request), whose result is then `None`.
@@ -402,17 +432,18 @@ impl Classifier {
         run.tally.per_stream(&alive, k.max(1) as usize)
     }
 
-    /// Classifies the first `rows` pending noisy inputs and adds their classes
-    /// to `counts` [streams * classes].
+    /// Classifies the first `rows` pending noisy inputs, in one forward pass
+    /// of `batch` rows, and adds their classes to `counts` [streams * classes].
     fn count_pending(
         &self,
         pending: &mut Pending,
         rows: i64,
+        batch: i64,
         tally: &mut Tally,
         streams: i64,
     ) -> Result<(), ModelError> {
         let (noisy, owner) = pending.take(rows)?;
-        let logits = self.add_class_counts(&noisy, &owner, &mut tally.counts, streams)?;
+        let logits = self.add_class_counts(&noisy, batch, &owner, &mut tally.counts, streams)?;
         if let Some((sum, sum_sq)) = tally.margins.as_mut() {
             // Margin of class c: its logit minus the largest other logit, i.e.
             // minus the top logit, except for the top class itself (top - second).
@@ -429,18 +460,20 @@ impl Classifier {
         Ok(())
     }
 
-    /// Classifies `noisy` [R, C, H, W] and adds each row's class to `counts`
-    /// [owners * classes] at its owner's slot (`owner` [R]: an input or a stream).
-    /// Returns the logits.
+    /// Classifies `noisy` [R, C, H, W] (R <= `batch`) in a forward pass of
+    /// exactly `batch` rows and adds each row's class to `counts`
+    /// [owners * classes] at its owner's slot (`owner` [R]: an input or a
+    /// stream). Returns the R rows' logits.
     fn add_class_counts(
         &self,
         noisy: &Tensor,
+        batch: i64,
         owner: &Tensor,
         counts: &mut Tensor,
         owners: i64,
     ) -> Result<Tensor, ModelError> {
         let k = self.num_classes as i64;
-        let logits = self.forward_t(noisy, false)?;
+        let logits = self.forward_rows(noisy, batch)?;
         let size = logits.size();
         if size.len() != 2 || size[1] != k {
             return Err(ModelError::BadOutput {
@@ -639,6 +672,7 @@ impl StreamTallier<'_> {
                 self.classifier.count_pending(
                     &mut self.pending,
                     self.batch,
+                    self.batch,
                     &mut self.tally,
                     self.streams,
                 )?;
@@ -675,13 +709,15 @@ impl StreamTallier<'_> {
         Ok((noisy, len))
     }
 
-    /// Classifies whatever is still pending, as one last (short) batch.
+    /// Classifies whatever is still pending, as one last batch padded to
+    /// the full forward batch.
     fn count_rest(&mut self) -> Result<(), ModelError> {
         while self.pending.rows > 0 {
             let rows = self.pending.rows;
             self.classifier.count_pending(
                 &mut self.pending,
                 rows,
+                self.batch,
                 &mut self.tally,
                 self.streams,
             )?;
@@ -774,6 +810,46 @@ mod tests {
             .collect();
         Tensor::write_safetensors(&reshaped, &path).unwrap();
         assert!(b.load_weights(&path).is_err());
+    }
+
+    /// Kernels pick their algorithm by batch size (libtorch's CPU GEMM for
+    /// fewer than about 16 rows, say), so a row's logits could differ in the
+    /// last bits with the company it is forwarded in. A seeded stream must
+    /// tally the same to the bit alone and beside other streams.
+    #[test]
+    fn a_streams_tally_does_not_depend_on_its_company() {
+        let _rng = crate::testing::rng_lock();
+        let m = cnn();
+        let noise = crate::smoothing::Noise::gaussian(0.25);
+        let x = Tensor::rand([3, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let mine = NoiseStream::whole(0, 100, 5);
+        let tally = |streams: &[NoiseStream], at: usize| {
+            let got = m
+                .tally_streams(&x, streams, noise, 32, &mut |_| true, true)
+                .unwrap();
+            got[at].clone().unwrap()
+        };
+        let alone = tally(&[mine], 0);
+        for company in [
+            vec![NoiseStream::whole(1, 7, 9), mine],
+            vec![
+                NoiseStream::whole(1, 45, 9),
+                mine,
+                NoiseStream::whole(2, 3, 1),
+            ],
+            vec![
+                NoiseStream::whole(2, 30, 2),
+                NoiseStream::whole(1, 1, 4),
+                mine,
+            ],
+        ] {
+            let at = company.iter().position(|s| *s == mine).unwrap();
+            let beside = tally(&company, at);
+            assert_eq!(beside.counts, alone.counts);
+            let bits = |v: &[f64]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&beside.margin_sum), bits(&alone.margin_sum));
+            assert_eq!(bits(&beside.margin_sum_sq), bits(&alone.margin_sum_sq));
+        }
     }
 
     #[test]

@@ -93,6 +93,18 @@ pub fn forward_batch_for(device: Device, configured: i64, input: [usize; 3]) -> 
     }
 }
 
+/// Rows of every surrogate forward pass on a device (inputs are chunked
+/// and the last chunk padded to it, see [`super::Classifier::forward_rows`]):
+/// 1 on a CPU, where one input costs least per request and the shape never
+/// varies; 64 on a GPU, where a pass costs its launches, not its rows.
+pub fn surrogate_rows_for(device: Device) -> i64 {
+    if device.is_cuda() {
+        64
+    } else {
+        1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

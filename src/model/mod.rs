@@ -16,7 +16,7 @@ pub(crate) use classifier::block_seed;
 pub use classifier::{
     splitmix64_mix, Classifier, Network, NoiseStream, StreamTally, GOLDEN_GAMMA, NOISE_BLOCK,
 };
-pub use device::{cuda_status, forward_batch_for, parse_device, CudaStatus};
+pub use device::{cuda_status, forward_batch_for, parse_device, surrogate_rows_for, CudaStatus};
 
 /// libtorch has one global random generator (tch exposes no per-call
 /// generator): whoever seeds it and draws from it holds this lock, so that
