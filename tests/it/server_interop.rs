@@ -226,7 +226,13 @@ async fn readme_grpcurl_lines_run_as_written() {
         .collect();
     assert!(blocks.len() >= 2, "the README's and docs' grpcurl blocks");
 
-    let (server, _client) = start(config("")).await;
+    // Both shipped bundles, as the default configuration serves them.
+    let uniform = repo.join("models/fashion-mnist-uniform-lambda1.0");
+    let (server, _client) = start(config(&format!(
+        "default_model = \"fashion-mnist-sigma0.25\"\n[[models]]\nbundle = {:?}\ndevice = \"cpu\"\n",
+        uniform.display().to_string()
+    )))
+    .await;
     let addr = server.grpc_addr.to_string();
     let dir = tempfile::tempdir().unwrap();
     // One shell for all of them, as a reader's: the first block's PATH holds for the next.
