@@ -139,25 +139,20 @@ pub fn surrogate_probs(
     surrogate: &Classifier,
     inputs: &Tensor,
 ) -> Result<Vec<Vec<f64>>, EngineError> {
-    let rows = surrogate_rows_for(surrogate.device());
-    let total = inputs.size().first().copied().unwrap_or(0);
+    let probs = surrogate
+        .forward_rows(
+            &inputs
+                .f_to_device(surrogate.device())
+                .map_err(ModelError::from)?,
+            surrogate_rows_for(surrogate.device()),
+        )?
+        .f_softmax(1, tch::Kind::Double)
+        .map_err(ModelError::from)?
+        .f_to_device(tch::Device::Cpu)
+        .map_err(ModelError::from)?;
     let k = surrogate.num_classes().max(1);
-    let mut out = Vec::with_capacity(total.max(0) as usize);
-    for start in (0..total).step_by(rows as usize) {
-        let chunk = inputs
-            .f_narrow(0, start, rows.min(total - start))
-            .map_err(ModelError::from)?
-            .f_to_device(surrogate.device())
-            .map_err(ModelError::from)?;
-        let probs = surrogate
-            .forward_rows(&chunk, rows)?
-            .f_softmax(1, tch::Kind::Double)
-            .map_err(ModelError::from)?
-            .f_to_device(tch::Device::Cpu)
-            .map_err(ModelError::from)?;
-        let flat: Vec<f64> = Vec::try_from(probs.flatten(0, -1)).map_err(ModelError::from)?;
-        out.extend(flat.chunks(k).map(<[f64]>::to_vec));
-    }
+    let flat: Vec<f64> = Vec::try_from(probs.flatten(0, -1)).map_err(ModelError::from)?;
+    let mut out: Vec<Vec<f64>> = flat.chunks(k).map(<[f64]>::to_vec).collect();
     if let Some(map) = surrogate.tail_map() {
         out.iter_mut().for_each(|p| map.apply(p));
     }

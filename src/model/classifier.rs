@@ -296,8 +296,8 @@ impl Classifier {
         self.forward_t(x, false)
     }
 
-    /// Evaluation-mode logits of `x` [R, C, H, W], R <= `rows`, from a
-    /// forward pass of exactly `rows` rows (zero rows pad the rest).
+    /// Evaluation-mode logits of `x` [R, C, H, W] from forward passes of
+    /// exactly `rows` rows each (zero rows pad the last).
     ///
     /// Kernels choose their algorithm by batch size (libtorch's CPU GEMM
     /// below about 16 rows, cuDNN by shape), so a row's logits can differ in
@@ -307,10 +307,18 @@ impl Classifier {
     /// requests it was batched with.
     pub fn forward_rows(&self, x: &Tensor, rows: i64) -> Result<Tensor, ModelError> {
         let _guard = tch::no_grad_guard();
+        let rows = rows.max(1);
         let size = x.size();
         let r = size.first().copied().unwrap_or(0);
-        if r >= rows {
+        if r == rows || size.is_empty() {
             return self.forward_t(x, false);
+        }
+        if r > rows {
+            let parts = (0..r)
+                .step_by(rows as usize)
+                .map(|at| self.forward_rows(&x.f_narrow(0, at, rows.min(r - at))?, rows))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Tensor::f_cat(&parts, 0)?);
         }
         let mut pad = size.clone();
         pad[0] = rows - r;
@@ -453,7 +461,9 @@ impl Classifier {
             let margin = logits
                 .f_sub(&first)?
                 .f_scatter(1, &at.f_narrow(1, 0, 1)?, &lead)?
-                .f_to_kind(Kind::Double)?;
+                .f_to_kind(Kind::Double)?
+                .f_to_device(Device::Cpu)?;
+            let owner = owner.f_to_device(Device::Cpu)?;
             let _ = sum.f_index_add_(0, &owner, &margin)?;
             let _ = sum_sq.f_index_add_(0, &owner, &margin.f_square()?)?;
         }
@@ -559,8 +569,10 @@ pub struct StreamTally {
     pub margin_sum_sq: Vec<f64>,
 }
 
-/// What a tally accumulates on the device: counts [streams * classes] and,
-/// when asked, margin sums and sums of squares [streams, classes].
+/// What a tally accumulates: counts [streams * classes] on the device and,
+/// when asked, margin sums and sums of squares [streams, classes] on the CPU,
+/// where `index_add_` adds in row order (CUDA's adds are atomic, in no fixed
+/// order, so a float sum there could differ in its last bits run to run).
 struct Tally {
     counts: Tensor,
     margins: Option<(Tensor, Tensor)>,
@@ -578,8 +590,8 @@ impl Tally {
             counts: Tensor::f_zeros([streams * classes], (Kind::Int64, device))?,
             margins: if margins {
                 Some((
-                    Tensor::f_zeros([streams, classes], (Kind::Double, device))?,
-                    Tensor::f_zeros([streams, classes], (Kind::Double, device))?,
+                    Tensor::f_zeros([streams, classes], (Kind::Double, Device::Cpu))?,
+                    Tensor::f_zeros([streams, classes], (Kind::Double, Device::Cpu))?,
                 ))
             } else {
                 None
