@@ -57,10 +57,11 @@ fi
 # the surrogate before its tail map, and the alternative scores.
 # Counts are sampled on the CPU with a forward batch of 32 whatever the
 # machine, as the committed ones were: batch and device decide each input's
-# noise, so any machine reproduces (and resumes) them exactly.
+# noise, so any machine reproduces (and resumes) them exactly. The shipped
+# surrogate predates the margin tail (its committed counts record no margins).
 pipeline() {
     $B pipeline --bundle "$bundle" --counts-dir "$counts" --nominal-n "$nominal_n" \
-        --train-n 10000 --train-skip 3 --train-shards 8 \
+        --train-n 10000 --train-skip 3 --train-shards 8 --margin-tail 0 \
         --train-use "$(echo $surrogate_shards | tr ' ' ,)" \
         --tail-n 10000 --tail-skip 5 --tail-shards 10 --tail-use 1,2,3,4,6,7,8,9 \
         --calibration-skip 1 --calibration-shards 50 --calibration-use 1,2,3,4,6 \

@@ -54,8 +54,9 @@ train "$lambda" "$bundle"
 # machine reproduces (and resumes) them.
 extra=("$@")
 pipeline() {
+    # --margin-tail 0: the shipped bundle predates it (its counts have no margins).
     $B pipeline --bundle "$bundle" --counts-dir "$counts" --nominal-n 10000 \
-        --train-n 1000 --train-skip 15 --train-shards 8 --train-use 0,1,2,3,4,5,6,7 \
+        --train-n 1000 --train-skip 15 --train-shards 8 --train-use 0,1,2,3,4,5,6,7 --margin-tail 0 \
         --tail-n 10000 --tail-skip 5 --tail-shards 20 --tail-use 1,3 \
         --calibration-skip 1 --calibration-shards 50 --calibration-use 1,2 \
         --eval-skip 50 --eval-offset 0 --eval-n 10000 \

@@ -108,6 +108,12 @@ pub struct PipelineArgs {
     /// soft-label cross-entropy against the normalized counts.
     #[arg(long, value_enum, default_value = "js")]
     loss: smoothcert::pipeline::surrogate::SurrogateLoss,
+    /// The margin tail's weight: the training counts record their logit
+    /// margins, and the surrogate also learns ln(1 - p[cA]) from them
+    /// (docs/PIPELINE.md, "The margin tail"); 0: the loss alone, on counts
+    /// without margins.
+    #[arg(long, default_value_t = 0.01)]
+    margin_tail: f64,
     #[arg(long, default_value_t = 30)]
     epochs: usize,
     /// The conformal score. probit (radius space) takes sigma * q off every
@@ -198,6 +204,7 @@ impl PipelineArgs {
             arch: self.arch,
             learning_rate: self.lr,
             loss: self.loss,
+            margin_tail: self.margin_tail,
             epochs: self.epochs,
             score: self.score,
             margin_threshold: self.margin_threshold.0,
@@ -227,6 +234,7 @@ impl PipelineArgs {
             skip: self.train_skip,
             shards: self.train_shards,
             used: train_use,
+            margins: self.margin_tail > 0.0,
         };
         let tail = (!self.no_tail_map).then(|| CountsRole {
             split: Split::Test,
@@ -234,6 +242,7 @@ impl PipelineArgs {
             skip: self.tail_skip,
             shards: self.tail_shards,
             used: self.tail_use.clone(),
+            margins: false,
         });
         let calibration = CountsRole {
             split: Split::Test,
@@ -241,6 +250,7 @@ impl PipelineArgs {
             skip: self.calibration_skip,
             shards: self.calibration_shards,
             used: self.calibration_use.clone(),
+            margins: false,
         };
         let eval = EvalRole {
             offset: self.eval_offset,

@@ -34,6 +34,10 @@ pub struct SampleCountsArgs {
     batch: Option<i64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Also record each input's logit-margin sums (what `train-surrogate
+    /// --margin-tail` learns the tail from).
+    #[arg(long)]
+    margins: bool,
     #[command(flatten)]
     device: DeviceArgs,
     /// Sample at most K chunks now, then stop; rerun to continue.
@@ -57,6 +61,7 @@ impl SampleCountsArgs {
             chunk: self.chunk,
             batch: self.batch,
             seed: self.seed,
+            margins: self.margins,
             device: self.device.device()?,
             out: self.out,
             pause_after: self.pause_after,

@@ -21,6 +21,11 @@ pub struct TrainSurrogateArgs {
     arch: Option<Arch>,
     #[arg(long, value_enum, default_value = "js")]
     loss: surrogate::SurrogateLoss,
+    /// Also teach ln(1 - p[cA]) against the counts' margin estimate of the
+    /// miss, with this weight (the counts need `sample-counts --margins`);
+    /// 0: the loss alone. See docs/PIPELINE.md, "The margin tail".
+    #[arg(long, default_value_t = 0.0)]
+    margin_tail: f64,
     #[arg(long, default_value_t = 20)]
     epochs: usize,
     /// Default: 128 for inputs up to 3 x 32 x 32, fewer for larger ones (at least 8).
@@ -57,6 +62,7 @@ impl TrainSurrogateArgs {
             counts: self.counts,
             init,
             loss: self.loss,
+            margin_tail: self.margin_tail,
             epochs,
             batch_size: self
                 .batch_size

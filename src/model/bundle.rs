@@ -251,6 +251,13 @@ impl Calibration {
 pub struct SurrogateTraining {
     /// "js" (Jensen-Shannon) or "soft-ce" (cross-entropy against the normalized counts).
     pub loss: String,
+    /// The weight of the margin tail's log-miss term beside the loss, where
+    /// it was trained with one (`--margin-tail`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin_tail: Option<f64>,
+    /// Its fitted tail's (a, b): the miss target Phi(-(a + b z)) at cA's margin z.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin_tail_probit: Option<[f64; 2]>,
     /// Where the weights started: "base-copy" (the base's TorchScript module,
     /// fine-tuned), "base-weights" (a built-in base's weights) or "scratch".
     /// Absent in bundles trained before it was recorded.

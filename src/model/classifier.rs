@@ -5,6 +5,10 @@ use std::path::Path;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
+mod tally;
+pub use tally::StreamTally;
+use tally::Tally;
+
 pub enum Network {
     BuiltIn {
         arch: Arch,
@@ -346,6 +350,20 @@ impl Classifier {
         noise: crate::smoothing::Noise,
         batch: i64,
     ) -> Result<Tensor, ModelError> {
+        Ok(self.sample_tally(inputs, num, noise, batch, false)?.0)
+    }
+
+    /// [`Classifier::sample_counts`], and with `margins` each input's sum and
+    /// sum of squares of every class's logit margin over its samples
+    /// ([B, classes] f64 on the CPU): the same noise and the same counts.
+    pub fn sample_tally(
+        &self,
+        inputs: &Tensor,
+        num: i64,
+        noise: crate::smoothing::Noise,
+        batch: i64,
+        margins: bool,
+    ) -> Result<(Tensor, Option<(Tensor, Tensor)>), ModelError> {
         // Fallible (f_) calls throughout: a batch too large for the device's
         // memory is an error for the caller, not a panic.
         let _guard = tch::no_grad_guard();
@@ -354,7 +372,7 @@ impl Classifier {
         let total = b
             .checked_mul(num)
             .ok_or_else(|| ModelError::Torch(format!("{b} inputs x {num} samples overflows")))?;
-        let mut counts = Tensor::f_zeros([b * k], (Kind::Int64, self.device))?;
+        let mut tally = Tally::zeros(b, k, margins, self.device)?;
         let batch = batch.max(1);
         let inputs = inputs.f_to_device(self.device)?.f_to_kind(Kind::Float)?;
         let [c, h, w] = self.shape.map(|d| d as i64);
@@ -365,10 +383,14 @@ impl Classifier {
                 .f_floor_divide_scalar(num)?;
             let mut noisy = super::noise::draw(noise, &[end - start, c, h, w], self.device)?;
             let _ = noisy.f_add_(&inputs.f_index_select(0, &owner)?)?;
-            let _ = self.add_class_counts(&noisy, batch, &owner, &mut counts, b)?;
+            let logits = self.add_class_counts(&noisy, batch, &owner, &mut tally.counts, b)?;
+            tally.add_margins(&logits, &owner)?;
             start = end;
         }
-        Ok(counts.f_view([b, k])?.f_to_device(Device::Cpu)?)
+        Ok((
+            tally.counts.f_view([b, k])?.f_to_device(Device::Cpu)?,
+            tally.margins,
+        ))
     }
 
     /// Class counts per noise stream: stream s draws `num` noisy copies of input
@@ -452,22 +474,7 @@ impl Classifier {
     ) -> Result<(), ModelError> {
         let (noisy, owner) = pending.take(rows)?;
         let logits = self.add_class_counts(&noisy, batch, &owner, &mut tally.counts, streams)?;
-        if let Some((sum, sum_sq)) = tally.margins.as_mut() {
-            // Margin of class c: its logit minus the largest other logit, i.e.
-            // minus the top logit, except for the top class itself (top - second).
-            let (top2, at) = logits.f_topk(2, 1, true, true)?;
-            let first = top2.f_narrow(1, 0, 1)?;
-            let lead = first.f_sub(&top2.f_narrow(1, 1, 1)?)?;
-            let margin = logits
-                .f_sub(&first)?
-                .f_scatter(1, &at.f_narrow(1, 0, 1)?, &lead)?
-                .f_to_kind(Kind::Double)?
-                .f_to_device(Device::Cpu)?;
-            let owner = owner.f_to_device(Device::Cpu)?;
-            let _ = sum.f_index_add_(0, &owner, &margin)?;
-            let _ = sum_sq.f_index_add_(0, &owner, &margin.f_square()?)?;
-        }
-        Ok(())
+        tally.add_margins(&logits, &owner)
     }
 
     /// Classifies `noisy` [R, C, H, W] (R <= `batch`) in a forward pass of
@@ -558,76 +565,6 @@ pub fn splitmix64_mix(mut z: u64) -> u64 {
 /// seeds and blocks give unrelated generators.
 pub(crate) fn block_seed(seed: u64, block: u64) -> i64 {
     splitmix64_mix(seed ^ block.wrapping_add(1).wrapping_mul(GOLDEN_GAMMA)) as i64
-}
-
-/// One noise stream's class counts and, when asked, its margin sums per class
-/// (empty otherwise).
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamTally {
-    pub counts: Vec<u64>,
-    pub margin_sum: Vec<f64>,
-    pub margin_sum_sq: Vec<f64>,
-}
-
-/// What a tally accumulates: counts [streams * classes] on the device and,
-/// when asked, margin sums and sums of squares [streams, classes] on the CPU,
-/// where `index_add_` adds in row order (CUDA's adds are atomic, in no fixed
-/// order, so a float sum there could differ in its last bits run to run).
-struct Tally {
-    counts: Tensor,
-    margins: Option<(Tensor, Tensor)>,
-}
-
-impl Tally {
-    /// An empty tally of `streams` streams over `classes` classes on `device`.
-    fn zeros(
-        streams: i64,
-        classes: i64,
-        margins: bool,
-        device: Device,
-    ) -> Result<Tally, ModelError> {
-        Ok(Tally {
-            counts: Tensor::f_zeros([streams * classes], (Kind::Int64, device))?,
-            margins: if margins {
-                Some((
-                    Tensor::f_zeros([streams, classes], (Kind::Double, Device::Cpu))?,
-                    Tensor::f_zeros([streams, classes], (Kind::Double, Device::Cpu))?,
-                ))
-            } else {
-                None
-            },
-        })
-    }
-
-    /// Each stream's tally on the CPU (`k` classes), `None` for those not `alive`.
-    fn per_stream(&self, alive: &[bool], k: usize) -> Result<Vec<Option<StreamTally>>, ModelError> {
-        let flat: Vec<i64> = Vec::try_from(self.counts.f_to_device(Device::Cpu)?)?;
-        let (sum, sum_sq): (Vec<f64>, Vec<f64>) = match &self.margins {
-            Some((sum, sum_sq)) => (
-                Vec::try_from(sum.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?,
-                Vec::try_from(sum_sq.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?,
-            ),
-            None => (Vec::new(), Vec::new()),
-        };
-        Ok(flat
-            .chunks(k)
-            .zip(alive)
-            .enumerate()
-            .map(|(s, (row, &alive))| {
-                alive.then(|| StreamTally {
-                    counts: row.iter().map(|&c| c as u64).collect(),
-                    margin_sum: sum
-                        .get(s * k..(s + 1) * k)
-                        .map(<[f64]>::to_vec)
-                        .unwrap_or_default(),
-                    margin_sum_sq: sum_sq
-                        .get(s * k..(s + 1) * k)
-                        .map(<[f64]>::to_vec)
-                        .unwrap_or_default(),
-                })
-            })
-            .collect())
-    }
 }
 
 /// A stream's slice must lie within the stream.

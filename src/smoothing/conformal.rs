@@ -107,7 +107,8 @@ impl ConformalScore {
     }
 }
 
-fn standard_normal_cdf(z: f64) -> f64 {
+/// Phi(z), accurate in both tails (statrs's erfc).
+pub fn standard_normal_cdf(z: f64) -> f64 {
     use statrs::distribution::{ContinuousCDF, Normal};
     Normal::standard().cdf(z)
 }

@@ -14,8 +14,9 @@ pub mod sequential;
 
 pub use conformal::{
     bin_of, blended_estimate, check_edges, conformal_quantile, conformal_quantile_by,
-    conformal_rank, margin_threshold_ok, training_conditional_rank, AdaptiveN0, CalibrationShift,
-    ConformalScore, MondrianBins, RankRule, SelectionMargin, MAX_BINS, MAX_MARGIN_THRESHOLD,
+    conformal_rank, margin_threshold_ok, standard_normal_cdf, training_conditional_rank,
+    AdaptiveN0, CalibrationShift, ConformalScore, MondrianBins, RankRule, SelectionMargin,
+    MAX_BINS, MAX_MARGIN_THRESHOLD,
 };
 pub use noise::{Noise, Norm};
 

@@ -81,6 +81,7 @@ fn counts_shard(
         chunk: 50,
         batch: Some(1000),
         seed: 5,
+        margins: false,
         device: Device::Cpu,
         out: out.to_path_buf(),
         pause_after: None,

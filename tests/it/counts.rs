@@ -1,6 +1,7 @@
 //! `sample-counts` / `merge-counts`: counts agree with the closed form of a
 //! linear model, shards merge into exactly the unsharded result, a paused run
-//! resumes without redoing chunks, and mismatched or overlapping files are refused.
+//! resumes without redoing chunks, mismatched or overlapping files are refused,
+//! and margin sums match the closed form.
 use smoothcert::data::Split;
 use smoothcert::pipeline::counts::{
     merge_counts, sample_counts, Counts, SampleCountsOptions, SampleOutcome, Shard,
@@ -24,6 +25,7 @@ fn opts(bundle: &Path, out: &Path) -> SampleCountsOptions {
         chunk: 7,
         batch: Some(512),
         seed: 3,
+        margins: false,
         device: Device::Cpu,
         out: out.to_path_buf(),
         pause_after: None,
@@ -173,4 +175,78 @@ fn corrupt_files_are_errors() {
     std::fs::write(&path, b"not safetensors").unwrap();
     assert!(Counts::read(&path).is_err());
     assert!(Counts::read(&dir.path().join("missing.safetensors")).is_err());
+}
+
+/// `--margins`: the same counts as without, and margin sums that match the
+/// threshold rule's closed form. Its logits are -(x0 - t) and x0 - t with x0
+/// ~ N(0, sigma^2) at Fashion-MNIST's blank corner pixel, so class 0's margin
+/// is 2 (t - x0) ~ N(2t, (2 sigma)^2) and class 1's is exactly its negative;
+/// the margin tail's target from them is then Phi(-t / sigma), the rule's
+/// exact miss. Shards merge with each input's margins beside its counts.
+#[test]
+fn counts_record_margins_that_match_the_closed_form() {
+    use smoothcert::smoothing::SelectionMargin;
+    let _rng = rng_lock();
+    let root = tempfile::tempdir().unwrap();
+    let bundle = root.path().join("bundle");
+    let t = 0.8;
+    write_threshold_bundle(&bundle, [1, 28, 28], t, SIGMA);
+    let plain = finished(&opts(&bundle, &root.path().join("plain.safetensors")));
+    let mut o = opts(&bundle, &root.path().join("margins.safetensors"));
+    o.margins = true;
+    let with = finished(&o);
+    assert_eq!(with.counts, plain.counts, "margins change no count");
+    assert!(plain.margins.is_none() && with.meta.margins);
+
+    let n = N as f64;
+    let (mean, sd) = (2.0 * t, 2.0 * SIGMA);
+    for i in 0..with.len() {
+        let (sum0, sq0) = with.margin(i, 0).unwrap();
+        let (sum1, sq1) = with.margin(i, 1).unwrap();
+        assert_eq!(
+            (sum1, sq1),
+            (-sum0, sq0),
+            "input {i}: two classes, opposite margins"
+        );
+        // 5 standard errors of the mean and of the variance.
+        assert!(
+            (sum0 / n - mean).abs() < 5.0 * sd / n.sqrt(),
+            "input {i}: {}",
+            sum0 / n
+        );
+        let var = sq0 / n - (sum0 / n).powi(2);
+        let se_var = sd * sd * (2.0 / n).sqrt();
+        assert!((var - sd * sd).abs() < 5.0 * se_var, "input {i}: var {var}");
+        // The Gaussian margin's miss is the rule's exact one: z = mean / sd
+        // has a standard error of sqrt((1 + z^2 / 2) / N) = 0.045, and ln Phi(-z)
+        // moves about 3.5 times as fast, so 5 standard errors are 0.8.
+        let z = SelectionMargin::from_sums(sum0, sq0, N).unwrap().z();
+        let exact = 1.0 - phi(t / SIGMA);
+        assert!((phi(-z).ln() - exact.ln()).abs() < 0.8, "input {i}: z {z}");
+    }
+
+    let mut shard_files = vec![];
+    for i in 0..2 {
+        let mut s = o.clone();
+        s.out = root.path().join(format!("m{i}.safetensors"));
+        s.shard = Some(Shard { index: i, count: 2 });
+        s.chunk = 3;
+        finished(&s);
+        shard_files.push(s.out);
+    }
+    let merged = merge_counts(&shard_files, &root.path().join("merged.safetensors")).unwrap();
+    assert_eq!(merged, with);
+    assert_eq!(
+        Counts::read(&root.path().join("merged.safetensors")).unwrap(),
+        with
+    );
+    // A file with margins and one without are two runs.
+    let plain_file = root.path().join("plain.safetensors");
+    let err = merge_counts(
+        &[plain_file, shard_files[0].clone()],
+        &root.path().join("x"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("another run"), "{err}");
 }

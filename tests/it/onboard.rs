@@ -227,6 +227,7 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
         skip: 1,
         shards,
         used: used.to_vec(),
+        margins: false,
     };
     let mut plan = PipelineOptions {
         bundle: out.clone(),
@@ -254,6 +255,7 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
         arch: Some(Arch::SmallCnn),
         learning_rate: None,
         loss: smoothcert::pipeline::surrogate::SurrogateLoss::Js,
+        margin_tail: 0.0,
         epochs: 2,
         score: ConformalScore::PGap,
         margin_threshold: Some(2.5),

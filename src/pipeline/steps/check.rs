@@ -60,6 +60,7 @@ fn check_flags(opts: &PipelineOptions) -> Result<(), PipelineError> {
                 .into(),
         ));
     }
+    crate::pipeline::surrogate::margin_tail::check_weight(opts.margin_tail)?;
     if opts.calibration.n != opts.nominal_n {
         return Err(PipelineError::Invalid(format!(
             "the calibration counts must be at the nominal N ({}), not {}",

@@ -50,13 +50,20 @@ pub struct CountsRole {
     pub skip: usize,
     pub shards: usize,
     pub used: Vec<usize>,
+    /// Whether the counts record their logit-margin sums (`-margins` in the
+    /// folder's name: one run with them and one without are two runs).
+    pub margins: bool,
 }
 
 impl CountsRole {
-    /// `DIR/{split}-n{n}-skip{skip}/shard-{i}-of-{k}.safetensors` for each used
-    /// shard: the layout the shipped counts use.
+    /// `DIR/{split}-n{n}-skip{skip}[-margins]/shard-{i}-of-{k}.safetensors` for
+    /// each used shard: the layout the shipped counts use.
     pub fn files(&self, dir: &Path) -> Vec<(Shard, PathBuf)> {
-        let folder = dir.join(format!("{}-n{}-skip{}", self.split, self.n, self.skip));
+        let margins = if self.margins { "-margins" } else { "" };
+        let folder = dir.join(format!(
+            "{}-n{}-skip{}{margins}",
+            self.split, self.n, self.skip
+        ));
         self.used
             .iter()
             .map(|&i| {
@@ -153,6 +160,9 @@ pub struct PipelineOptions {
     /// `None`: [`SurrogateInit::default_learning_rate`].
     pub learning_rate: Option<f64>,
     pub loss: SurrogateLoss,
+    /// [`crate::pipeline::surrogate::TrainSurrogateOptions::margin_tail`];
+    /// above 0, `train` must record margins.
+    pub margin_tail: f64,
     pub epochs: usize,
     pub score: ConformalScore,
     /// CALIBRATED's estimate (`smoothing::blended_estimate`).

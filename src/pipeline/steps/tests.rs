@@ -8,6 +8,7 @@ fn role(skip: usize, shards: usize, used: &[usize]) -> CountsRole {
         skip,
         shards,
         used: used.to_vec(),
+        margins: false,
     }
 }
 

@@ -16,6 +16,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
+pub mod margin_tail;
+mod validation;
+
+use margin_tail::TailTargets;
+pub use validation::{validate, ValidationFigures};
+
 /// The smallest normal f32: keeps log(m) finite where both distributions are 0.
 const TINY: f64 = 1.2e-38;
 
@@ -144,6 +150,9 @@ pub struct TrainSurrogateOptions {
     pub counts: Vec<PathBuf>,
     pub init: SurrogateInit,
     pub loss: SurrogateLoss,
+    /// The weight of the margin tail's log-miss term beside the loss
+    /// ([`margin_tail`]); 0: none. Above 0 the counts need their margins.
+    pub margin_tail: f64,
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
@@ -165,6 +174,8 @@ struct RunKey {
     #[serde(default)]
     init: String,
     loss: SurrogateLoss,
+    #[serde(default)]
+    margin_tail: f64,
     epochs: usize,
     batch_size: usize,
     learning_rate: f64,
@@ -172,14 +183,6 @@ struct RunKey {
     seed: u64,
     /// The counts' metadata and a fingerprint of their values: other counts are another run.
     counts: String,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ValidationFigures {
-    pub mean_js: f64,
-    pub top1_agreement: f64,
-    pub mean_abs_err_pa: f64,
-    pub p95_abs_err_pa: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -196,6 +199,7 @@ struct State {
     epochs_done: usize,
     adam_step: i64,
     best_epoch: usize,
+    /// The best epoch's [`ValidationFigures::selection_score`].
     best_val_js: f64,
     history: Vec<SurrogateEpoch>,
 }
@@ -302,52 +306,6 @@ fn training_tensors(
     Ok((x, q.to_device(device)))
 }
 
-/// The validation figures of `model` on (x, q).
-pub fn validate(
-    model: &Classifier,
-    x: &Tensor,
-    q: &Tensor,
-    chunk: i64,
-) -> Result<ValidationFigures, PipelineError> {
-    let _guard = tch::no_grad_guard();
-    let n = x.size()[0];
-    if n == 0 {
-        return Ok(ValidationFigures::default());
-    }
-    let mut js = Vec::new();
-    let mut p_all = Vec::new();
-    // The training batch: what fits the device for training fits here.
-    let chunk = chunk.max(1);
-    let mut start = 0;
-    while start < n {
-        let len = chunk.min(n - start);
-        let logits = model.logits(&x.narrow(0, start, len))?;
-        js.push(js_divergence(&logits, &q.narrow(0, start, len)));
-        p_all.push(logits.softmax(1, Kind::Float));
-        start += len;
-    }
-    let js = Tensor::cat(&js, 0);
-    let p = Tensor::cat(&p_all, 0);
-    let c_a = q.argmax(1, false);
-    let agree = p
-        .argmax(1, false)
-        .eq_tensor(&c_a)
-        .to_kind(Kind::Float)
-        .mean(Kind::Float);
-    let err = (p.gather(1, &c_a.unsqueeze(1), false) - q.gather(1, &c_a.unsqueeze(1), false))
-        .abs()
-        .squeeze_dim(1);
-    let mut errs: Vec<f64> = Vec::try_from(err.to_kind(Kind::Double).to_device(Device::Cpu))?;
-    errs.sort_by(f64::total_cmp);
-    let p95 = super::report::nearest_rank(&errs, 0.95);
-    Ok(ValidationFigures {
-        mean_js: js.mean(Kind::Double).double_value(&[]),
-        top1_agreement: agree.double_value(&[]),
-        mean_abs_err_pa: errs.iter().sum::<f64>() / errs.len() as f64,
-        p95_abs_err_pa: p95,
-    })
-}
-
 pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome, PipelineError> {
     if opts.counts.is_empty() || opts.epochs == 0 || opts.batch_size == 0 {
         return Err(PipelineError::Invalid(
@@ -359,6 +317,7 @@ pub fn train_surrogate(opts: &TrainSurrogateOptions) -> Result<SurrogateOutcome,
             "--val-fraction must be in (0, 1)".into(),
         ));
     }
+    margin_tail::check_weight(opts.margin_tail)?;
     let bundle = Bundle::load(&opts.bundle)?;
     let data = TrainingData::load(&bundle, opts)?;
     let mut run = SurrogateRun::resume(&bundle, opts, &data)?;
@@ -402,6 +361,7 @@ impl<'a> SurrogateRun<'a> {
             arch: opts.init.arch_name().into(),
             init: opts.init.name().into(),
             loss: opts.loss,
+            margin_tail: opts.margin_tail,
             epochs: opts.epochs,
             batch_size: opts.batch_size,
             learning_rate: opts.learning_rate,
@@ -460,23 +420,31 @@ impl<'a> SurrogateRun<'a> {
         let (model, adam, state) = (&mut self.model, &mut self.adam, &mut self.state);
         let started = Instant::now();
         let train_loss = train_epoch(model, adam, data, opts, epoch)?;
-        let validation = validate(model, &data.x_val, &data.q_val, opts.batch_size as i64)?;
+        let validation = validate(
+            model,
+            &data.x_val,
+            &data.q_val,
+            data.tail_val.as_ref(),
+            opts.batch_size as i64,
+        )?;
         tracing::info!(
             epoch = epoch + 1,
             loss = train_loss,
             val_js = validation.mean_js,
             val_top1 = validation.top1_agreement,
             val_p95_err = validation.p95_abs_err_pa,
+            val_tail_err = validation.mean_tail_err,
             "surrogate epoch done"
         );
         // The best weights go to best-<epoch> (temp file + rename); the state file
         // written below is what makes them the best, so a kill in between only
         // leaves a stray file.
         let previous_best = state.best_epoch;
-        if validation.mean_js < state.best_val_js {
+        let score = validation.selection_score(opts.margin_tail);
+        if score < state.best_val_js {
             std::fs::create_dir_all(&ckpt.dir).map_err(io_err(&ckpt.dir))?;
             save_trained(model, &ckpt.best(epoch + 1, script))?;
-            state.best_val_js = validation.mean_js;
+            state.best_val_js = score;
             state.best_epoch = epoch + 1;
         }
         state.history.push(SurrogateEpoch {
@@ -505,6 +473,10 @@ struct TrainingData {
     q_tr: Tensor,
     x_val: Tensor,
     q_val: Tensor,
+    /// With a margin tail: its fit and targets, split as the inputs are.
+    tail_fit: Option<margin_tail::TailFit>,
+    tail_tr: Option<TailTargets>,
+    tail_val: Option<TailTargets>,
 }
 
 impl TrainingData {
@@ -520,6 +492,19 @@ impl TrainingData {
         let counts_n = runs[0].meta.n;
         let mut xs = Vec::with_capacity(runs.len());
         let mut qs = Vec::with_capacity(runs.len());
+        let mut tails = Vec::new();
+        let tail_fit = if opts.margin_tail > 0.0 {
+            let fit = margin_tail::fit_runs(&runs)?;
+            tracing::info!(
+                a = fit.a,
+                b = fit.b,
+                inputs = fit.inputs,
+                "margin tail fitted"
+            );
+            Some(fit)
+        } else {
+            None
+        };
         for counts in &runs {
             counts.check_base(bundle, &fingerprint)?;
             if counts.meta.n != counts_n {
@@ -532,8 +517,12 @@ impl TrainingData {
             let (x, q) = training_tensors(&ds, counts, opts.device)?;
             xs.push(x);
             qs.push(q);
+            if let Some(fit) = &tail_fit {
+                tails.push(TailTargets::of(counts, fit, opts.device)?);
+            }
         }
         let (x, q) = (Tensor::cat(&xs, 0), Tensor::cat(&qs, 0));
+        let tail = (!tails.is_empty()).then(|| TailTargets::cat(&tails));
         // A fixed split from the seed, drawn on the CPU so that the device
         // does not change it: the same inputs are held out on every resume.
         tch::manual_seed(opts.seed as i64);
@@ -549,6 +538,9 @@ impl TrainingData {
             q_val: q.index_select(0, &val_idx),
             x_tr: x.index_select(0, &train_idx),
             q_tr: q.index_select(0, &train_idx),
+            tail_fit,
+            tail_val: tail.as_ref().map(|t| t.select(&val_idx)),
+            tail_tr: tail.as_ref().map(|t| t.select(&train_idx)),
         })
     }
 
@@ -586,10 +578,15 @@ fn train_epoch(
     for step in 0..steps {
         let idx = order.narrow(0, step * bs, bs.min(n_tr - step * bs));
         let logits = model.forward_t(&data.x_tr.index_select(0, &idx), true)?;
-        let loss = opts
+        let mut loss = opts
             .loss
             .per_input(&logits, &data.q_tr.index_select(0, &idx))
             .mean(Kind::Float);
+        if let Some(tail) = &data.tail_tr {
+            let t = tail.select(&idx);
+            loss += margin_tail::per_input(&logits, &t.class_a, &t.ln_miss).mean(Kind::Float)
+                * opts.margin_tail;
+        }
         loss.backward();
         adam.step(lr);
         let b = idx.size()[0];
@@ -641,6 +638,8 @@ fn install_best(
             .unwrap_or(100_000),
         training: Some(SurrogateTraining {
             loss: opts.loss.as_str().into(),
+            margin_tail: (opts.margin_tail > 0.0).then_some(opts.margin_tail),
+            margin_tail_probit: data.tail_fit.map(|f| [f.a, f.b]),
             init: Some(opts.init.name().into()),
             learning_rate: Some(opts.learning_rate),
             batch_size: Some(opts.batch_size),
@@ -664,7 +663,14 @@ fn install_best(
     // The saved file is the surrogate: loaded back as serving loads it, it
     // must give the best epoch's validation figures, or nothing is recorded.
     let reloaded = Classifier::load_surrogate(&bundle, opts.device)?;
-    let again = validate(&reloaded, &data.x_val, &data.q_val, opts.batch_size as i64)?.mean_js;
+    let again = validate(
+        &reloaded,
+        &data.x_val,
+        &data.q_val,
+        data.tail_val.as_ref(),
+        opts.batch_size as i64,
+    )?
+    .mean_js;
     if (again - best.mean_js).abs() > 1e-4 * best.mean_js.abs().max(1e-6) {
         return Err(PipelineError::Invalid(format!(
             "{}: reloaded, the surrogate's validation JS is {again}, not the best epoch's {}",

@@ -10,10 +10,13 @@ use crate::data::{DatasetSource, Split};
 use crate::model::{Bundle, Classifier};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Device;
+
+mod merge;
+pub use merge::{merge_counts, merge_counts_in_memory, merge_runs};
 
 const META_KEY: &str = "smoothcert";
 const FORMAT: u32 = 1;
@@ -71,6 +74,10 @@ pub struct CountsMeta {
     pub max: Option<usize>,
     /// `None` for a whole (or merged) set.
     pub shard: Option<Shard>,
+    /// Whether each input's logit-margin sums were recorded beside its counts
+    /// (`sample-counts --margins`); files from before record none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub margins: bool,
 }
 
 impl CountsMeta {
@@ -112,6 +119,23 @@ pub struct Counts {
     pub indices: Vec<i64>,
     /// Row-major [indices.len(), num_classes].
     pub counts: Vec<i32>,
+    /// With `meta.margins`: per input and class, the sum and the sum of
+    /// squares of the class's logit margin over the n samples.
+    pub margins: Option<MarginSums>,
+}
+
+/// Row-major [inputs, num_classes] margin sums of a counts file.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MarginSums {
+    pub sum: Vec<f64>,
+    pub sum_sq: Vec<f64>,
+}
+
+impl MarginSums {
+    fn extend(&mut self, other: &MarginSums) {
+        self.sum.extend_from_slice(&other.sum);
+        self.sum_sq.extend_from_slice(&other.sum_sq);
+    }
 }
 
 impl Counts {
@@ -126,6 +150,13 @@ impl Counts {
     pub fn row(&self, i: usize) -> &[i32] {
         let k = self.meta.num_classes;
         &self.counts[i * k..(i + 1) * k]
+    }
+
+    /// Input i's margin sum and sum of squares for `class`, where recorded.
+    pub fn margin(&self, i: usize, class: usize) -> Option<(f64, f64)> {
+        let at = i * self.meta.num_classes + class;
+        let m = self.margins.as_ref()?;
+        Some((*m.sum.get(at)?, *m.sum_sq.get(at)?))
     }
 
     /// Refuses counts that another base classifier than `bundle`'s (whose
@@ -189,10 +220,15 @@ impl Counts {
         let k = self.meta.num_classes;
         let count_bytes: Vec<u8> = self.counts.iter().flat_map(|c| c.to_le_bytes()).collect();
         let index_bytes: Vec<u8> = self.indices.iter().flat_map(|i| i.to_le_bytes()).collect();
+        let f64_bytes = |v: &[f64]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let (sum_bytes, sum_sq_bytes) = match &self.margins {
+            Some(m) => (f64_bytes(&m.sum), f64_bytes(&m.sum_sq)),
+            None => (Vec::new(), Vec::new()),
+        };
         let bad = |e: safetensors::SafeTensorError| {
             PipelineError::Invalid(format!("{}: {e}", path.display()))
         };
-        let views = [
+        let mut views = vec![
             (
                 "counts",
                 TensorView::new(Dtype::I32, vec![self.len(), k], &count_bytes).map_err(bad)?,
@@ -202,6 +238,16 @@ impl Counts {
                 TensorView::new(Dtype::I64, vec![self.len()], &index_bytes).map_err(bad)?,
             ),
         ];
+        if self.margins.is_some() {
+            views.push((
+                "margin_sum",
+                TensorView::new(Dtype::F64, vec![self.len(), k], &sum_bytes).map_err(bad)?,
+            ));
+            views.push((
+                "margin_sum_sq",
+                TensorView::new(Dtype::F64, vec![self.len(), k], &sum_sq_bytes).map_err(bad)?,
+            ));
+        }
         let meta =
             serde_json::to_string(&self.meta).map_err(|e| PipelineError::Invalid(e.to_string()))?;
         let bytes =
@@ -253,10 +299,33 @@ impl Counts {
             .chunks_exact(8)
             .map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default()))
             .collect();
+        let margins = if meta.margins {
+            let f64s = |name: &str| -> Result<Vec<f64>, PipelineError> {
+                let t = st.tensor(name).map_err(|e| bad(e.to_string()))?;
+                if t.dtype() != Dtype::F64 || t.shape() != [m, meta.num_classes] {
+                    return Err(bad(format!(
+                        "tensor {name} {:?} {:?} does not match the counts",
+                        t.dtype(),
+                        t.shape()
+                    )));
+                }
+                Ok(t.data()
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()))
+                    .collect())
+            };
+            Some(MarginSums {
+                sum: f64s("margin_sum")?,
+                sum_sq: f64s("margin_sum_sq")?,
+            })
+        } else {
+            None
+        };
         let out = Counts {
             meta,
             indices,
             counts,
+            margins,
         };
         out.check().map_err(bad)?;
         Ok(out)
@@ -266,6 +335,14 @@ impl Counts {
     fn check(&self) -> Result<(), String> {
         if self.indices.windows(2).any(|w| w[0] >= w[1]) {
             return Err("indices are not strictly ascending".into());
+        }
+        let cells = self.len() * self.meta.num_classes;
+        match &self.margins {
+            Some(m) if !self.meta.margins || m.sum.len() != cells || m.sum_sq.len() != cells => {
+                return Err("margin sums do not match the counts".into())
+            }
+            None if self.meta.margins => return Err("the margin sums are missing".into()),
+            _ => {}
         }
         for i in 0..self.len() {
             let sum: i64 = self.row(i).iter().map(|&c| i64::from(c)).sum();
@@ -295,6 +372,8 @@ pub struct SampleCountsOptions {
     /// draws). `None`: a resumed run's own, else the device's.
     pub batch: Option<i64>,
     pub seed: u64,
+    /// Record each input's logit-margin sums beside its counts.
+    pub margins: bool,
     pub device: Device,
     pub out: PathBuf,
     /// Sample at most this many chunks now, then stop (a later run continues).
@@ -442,6 +521,7 @@ fn planned_inputs(
         skip: opts.skip,
         max: opts.max,
         shard: opts.shard,
+        margins: opts.margins,
     };
     let indices: Vec<usize> = all_indices
         .into_iter()
@@ -548,25 +628,37 @@ fn sample_chunk(
         .noise()
         .ok_or_else(|| PipelineError::Invalid("the counts record no whole noise".into()))?;
     let mut rows = Vec::with_capacity(chunk.len() * meta.num_classes);
+    let mut margins = meta.margins.then(MarginSums::default);
+    let as_vec = |t: &tch::Tensor| -> Result<Vec<f64>, PipelineError> {
+        Vec::try_from(t.flatten(0, -1).to_kind(tch::Kind::Double))
+            .map_err(|e| PipelineError::Model(crate::model::ModelError::from(e)))
+    };
     for &idx in chunk {
         let x = super::images_tensor(ds, &[idx], Device::Cpu);
         // Training data, not a certificate: the input's n samples come from
         // the global generator seeded per input, as every committed shard's
         // did, so a resumed shard stays one run.
-        let counts = {
+        let (counts, sums) = {
             let _rng = crate::model::rng_lock();
             tch::manual_seed(counts_seed(meta.seed, idx));
-            model.sample_counts(&x, n_samples, noise, batch)?
+            model.sample_tally(&x, n_samples, noise, batch, meta.margins)?
         };
         let counts: Vec<i64> = Vec::try_from(counts.flatten(0, -1))
             .map_err(|e| PipelineError::Model(crate::model::ModelError::from(e)))?;
         rows.extend(counts.iter().map(|&v| v as i32));
+        if let (Some(all), Some((sum, sum_sq))) = (margins.as_mut(), sums) {
+            all.extend(&MarginSums {
+                sum: as_vec(&sum)?,
+                sum_sq: as_vec(&sum_sq)?,
+            });
+        }
         progress(1);
     }
     Ok(Counts {
         meta: meta.clone(),
         indices: chunk.iter().map(|&i| i as i64).collect(),
         counts: rows,
+        margins,
     })
 }
 
@@ -576,6 +668,7 @@ fn join_chunks(parts: &Path, chunks: usize, meta: &CountsMeta) -> Result<Counts,
         meta: meta.clone(),
         indices: Vec::new(),
         counts: Vec::new(),
+        margins: meta.margins.then(MarginSums::default),
     };
     for j in 0..chunks {
         let part = Counts::read(&chunk_path(parts, j))?;
@@ -587,110 +680,11 @@ fn join_chunks(parts: &Path, chunks: usize, meta: &CountsMeta) -> Result<Counts,
         }
         all.indices.extend(part.indices);
         all.counts.extend(part.counts);
+        if let (Some(all), Some(part)) = (all.margins.as_mut(), &part.margins) {
+            all.extend(part);
+        }
     }
     Ok(all)
-}
-
-/// Joins shards of one run into one file; refuses shards of different runs and
-/// overlapping inputs. Missing shards are reported, not invented.
-pub fn merge_counts(files: &[PathBuf], out: &Path) -> Result<Counts, PipelineError> {
-    let merged = merge_counts_in_memory(files)?;
-    merged.write(out)?;
-    Ok(merged)
-}
-
-/// The files grouped by run (same bundle, split, N, seed, selection), each
-/// group joined as [`merge_counts_in_memory`] joins it: how training reads
-/// counts of several splits or selections at once. Runs keep their first
-/// file's order.
-pub fn merge_runs(files: &[PathBuf]) -> Result<Vec<Counts>, PipelineError> {
-    let mut groups: Vec<(CountsMeta, Vec<PathBuf>)> = Vec::new();
-    for file in files {
-        let meta = Counts::read(file)?.meta;
-        match groups.iter_mut().find(|(m, _)| m.same_run(&meta)) {
-            Some((_, g)) => g.push(file.clone()),
-            None => groups.push((meta, vec![file.clone()])),
-        }
-    }
-    let runs: Vec<Counts> = groups
-        .iter()
-        .map(|(_, g)| merge_counts_in_memory(g))
-        .collect::<Result<_, _>>()?;
-    for (i, a) in runs.iter().enumerate() {
-        for b in &runs[i + 1..] {
-            if a.meta.split == b.meta.split && a.meta.dataset == b.meta.dataset {
-                if let Some(idx) = a
-                    .indices
-                    .iter()
-                    .find(|i| b.indices.binary_search(i).is_ok())
-                {
-                    return Err(PipelineError::Invalid(format!(
-                        "input {idx} of the {} split is in two runs of counts",
-                        a.meta.split
-                    )));
-                }
-            }
-        }
-    }
-    Ok(runs)
-}
-
-/// [`merge_counts`] without writing: the joined counts of `files`.
-pub fn merge_counts_in_memory(files: &[PathBuf]) -> Result<Counts, PipelineError> {
-    let first = files
-        .first()
-        .ok_or_else(|| PipelineError::Invalid("merge-counts needs at least one file".into()))?;
-    let parts: Vec<Counts> = files
-        .iter()
-        .map(|f| Counts::read(f))
-        .collect::<Result<_, _>>()?;
-    let meta = parts[0].meta.clone();
-    for (file, part) in files.iter().zip(&parts) {
-        if !part.meta.same_run(&meta) {
-            return Err(PipelineError::Invalid(format!(
-                "{} is from another run than {} ({:?} vs {:?})",
-                file.display(),
-                first.display(),
-                part.meta,
-                meta
-            )));
-        }
-    }
-    let mut rows: Vec<(i64, &[i32])> = Vec::new();
-    for part in &parts {
-        rows.extend((0..part.len()).map(|i| (part.indices[i], part.row(i))));
-    }
-    rows.sort_by_key(|r| r.0);
-    if let Some(w) = rows.windows(2).find(|w| w[0].0 == w[1].0) {
-        return Err(PipelineError::Invalid(format!(
-            "input {} appears in more than one file: shards overlap",
-            w[0].0
-        )));
-    }
-    let shard_indices: BTreeSet<usize> = parts
-        .iter()
-        .filter_map(|p| p.meta.shard)
-        .map(|s| s.index)
-        .collect();
-    if let Some(of) = meta.shard.map(|s| s.count) {
-        if shard_indices.len() < of {
-            tracing::warn!(
-                have = shard_indices.len(),
-                of,
-                "merging an incomplete set of shards"
-            );
-        }
-    }
-    let merged = Counts {
-        meta: CountsMeta {
-            shard: None,
-            ..meta
-        },
-        indices: rows.iter().map(|r| r.0).collect(),
-        counts: rows.iter().flat_map(|r| r.1.iter().copied()).collect(),
-    };
-    merged.check().map_err(PipelineError::Invalid)?;
-    Ok(merged)
 }
 
 /// The global generator's seed for input `idx` of a counts run: what every
