@@ -36,16 +36,20 @@ fi
 
 # 4. The surrogate, its tail map and calibration, and a held-out evaluation
 #    against Monte Carlo, at a nominal N of 10,000 (CPU-sized; the default is
-#    100,000). The surrogate is a copy of model.pt fine-tuned on 1,000-sample
-#    counts of 2,000 training images (every 3rd, shards 0 and 1 of 4). Test
+#    100,000). The surrogate is a copy of model.pt fine-tuned on 250-sample
+#    counts of 8,000 training images (shards 0 and 1 of 3), with the margin
+#    tail (pipeline's default: the counts record their logit margins). Test
 #    images by index: i % 16 == 1 fit the tail map, i % 16 == 2 calibrate,
 #    i % 16 == 0 are evaluated (125 images each). examples/onboard/budget.sh
-#    then compares other splits of the same counts budget.
+#    then compares other splits of the same counts budget (2 M passes).
+#    EVAL_OFFSET=3 evaluates the next 125 (i % 16 == 3) into reports-o3/ instead.
+off=${EVAL_OFFSET:-0}
 smoothcert pipeline --bundle "$W/fashion-folder-cnn" --counts-dir "$W/counts" \
-    --nominal-n 10000 --train-n 1000 --train-skip 3 --train-shards 4 --train-use 0,1 \
+    --reports-dir "$W/fashion-folder-cnn/reports$([ "$off" = 0 ] || echo "-o$off")/n10000" \
+    --eval-offset "$off" --nominal-n 10000 --train-n 250 --train-skip 1 --train-shards 3 --train-use 0,1 \
     --epochs 30 --tail-n 1000 --tail-shards 16 --tail-use 1 \
     --calibration-shards 16 --calibration-use 2 --eval-skip 16 \
-    --batch 32 --device cpu | tee "$W/pipeline.md"
+    --batch 32 --device cpu | tee "$W/pipeline$([ "$off" = 0 ] || echo "-o$off").md"
 
 # 5. Serve it: grpcurl -plaintext -d '{"model": "fashion-folder-cnn", ...}' localhost:50051 ...
 echo "serve with: target/release/smoothcert serve --config examples/onboard/smoothcert.toml"
