@@ -87,6 +87,20 @@ fn check_existing_surrogate(
     reaches_calibrate: bool,
 ) -> Result<(), PipelineError> {
     if let Some(s) = &bundle.surrogate {
+        // Checked before any counts are sampled: a bundle from before the
+        // margin tail would otherwise get its train set sampled again (with
+        // margins) for a surrogate that is then kept as it was.
+        if let Some(trained) = s.training.as_ref().map(|t| t.margin_tail.unwrap_or(0.0)) {
+            if trained != opts.margin_tail {
+                return Err(PipelineError::Invalid(format!(
+                    "{} holds a surrogate trained with --margin-tail {trained}, not {}; \
+                     pass --margin-tail {trained} to keep it (and its counts), or start \
+                     from a bundle without [surrogate]",
+                    opts.bundle.display(),
+                    opts.margin_tail
+                )));
+            }
+        }
         if s.nominal_n != opts.nominal_n {
             return Err(PipelineError::Invalid(format!(
                 "{} holds a surrogate for a nominal N of {}, not --nominal-n {}",

@@ -185,6 +185,13 @@ pub fn targets(counts: &Counts, fit: &TailFit) -> Result<(Vec<i64>, Vec<f32>), P
         .unzip())
 }
 
+/// The predicted miss is floored here in the loss, far below [`MIN_MISS`]:
+/// a copy more confident than its target is pulled back, and the floor only
+/// bounds the log error of a runaway logit. A target at [`MIN_MISS`] is
+/// censored ("1e-6 or less"), so there the prediction is floored at it: a
+/// more confident copy is right, not wrong.
+pub const PREDICTION_FLOOR: f64 = 1e-12;
+
 /// Per input [B]: the squared error of ln(1 - p[cA]) from softmax(logits)
 /// against `ln_target` [B], 0 where the target is NaN. ln(1 - p[cA]) is the
 /// log-sum-exp of the other classes' log-probabilities, finite however
@@ -192,9 +199,10 @@ pub fn targets(counts: &Counts, fit: &TailFit) -> Result<(Vec<i64>, Vec<f32>), P
 pub fn per_input(logits: &Tensor, class_a: &Tensor, ln_target: &Tensor) -> Tensor {
     let log_p = logits.log_softmax(1, Kind::Float);
     let others = log_p.scatter_value(1, &class_a.unsqueeze(1), f64::NEG_INFINITY);
-    let ln_miss = others
-        .logsumexp([1].as_slice(), false)
-        .clamp_min(MIN_MISS.ln());
+    let floor = ln_target.le(MIN_MISS.ln() + 1e-4).to_kind(Kind::Float)
+        * (MIN_MISS.ln() - PREDICTION_FLOOR.ln())
+        + PREDICTION_FLOOR.ln();
+    let ln_miss = others.logsumexp([1].as_slice(), false).maximum(&floor);
     let has = ln_target.isnan().logical_not();
     let err = (ln_miss - ln_target.nan_to_num(0.0, None, None)).square();
     err * has.to_kind(Kind::Float)

@@ -492,19 +492,6 @@ impl TrainingData {
         let counts_n = runs[0].meta.n;
         let mut xs = Vec::with_capacity(runs.len());
         let mut qs = Vec::with_capacity(runs.len());
-        let mut tails = Vec::new();
-        let tail_fit = if opts.margin_tail > 0.0 {
-            let fit = margin_tail::fit_runs(&runs)?;
-            tracing::info!(
-                a = fit.a,
-                b = fit.b,
-                inputs = fit.inputs,
-                "margin tail fitted"
-            );
-            Some(fit)
-        } else {
-            None
-        };
         for counts in &runs {
             counts.check_base(bundle, &fingerprint)?;
             if counts.meta.n != counts_n {
@@ -517,10 +504,27 @@ impl TrainingData {
             let (x, q) = training_tensors(&ds, counts, opts.device)?;
             xs.push(x);
             qs.push(q);
-            if let Some(fit) = &tail_fit {
-                tails.push(TailTargets::of(counts, fit, opts.device)?);
-            }
         }
+        // Fitted once the counts are known to be of this base and one N.
+        let tail_fit = if opts.margin_tail > 0.0 {
+            let fit = margin_tail::fit_runs(&runs)?;
+            tracing::info!(
+                a = fit.a,
+                b = fit.b,
+                inputs = fit.inputs,
+                "margin tail fitted"
+            );
+            Some(fit)
+        } else {
+            None
+        };
+        let tails = match &tail_fit {
+            Some(fit) => runs
+                .iter()
+                .map(|counts| TailTargets::of(counts, fit, opts.device))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
         let (x, q) = (Tensor::cat(&xs, 0), Tensor::cat(&qs, 0));
         let tail = (!tails.is_empty()).then(|| TailTargets::cat(&tails));
         // A fixed split from the seed, drawn on the CPU so that the device
@@ -583,9 +587,11 @@ fn train_epoch(
             .per_input(&logits, &data.q_tr.index_select(0, &idx))
             .mean(Kind::Float);
         if let Some(tail) = &data.tail_tr {
+            // Averaged over the inputs with a target, as validation averages it.
             let t = tail.select(&idx);
-            loss += margin_tail::per_input(&logits, &t.class_a, &t.ln_miss).mean(Kind::Float)
-                * opts.margin_tail;
+            let with = t.with_target().max(1) as f64;
+            loss += margin_tail::per_input(&logits, &t.class_a, &t.ln_miss).sum(Kind::Float)
+                * (opts.margin_tail / with);
         }
         loss.backward();
         adam.step(lr);
@@ -736,6 +742,9 @@ fn counts_key(runs: &[Counts]) -> String {
                         .iter()
                         .flat_map(|i| i.to_le_bytes())
                         .chain(counts.counts.iter().flat_map(|c| c.to_le_bytes()))
+                        .chain(counts.margins.iter().flat_map(|m| {
+                            m.sum.iter().chain(&m.sum_sq).flat_map(|v| v.to_le_bytes())
+                        }))
                         .collect::<Vec<u8>>()
                 )
             )

@@ -168,19 +168,35 @@ fn the_margin_tail_error_is_the_squared_log_miss_error() {
         vec![0.006f64.ln(), 0.99f64.ln(), 0.004f64.ln()],
         vec![30.0, 0.0, 0.0],
         vec![0.0, 1.0, 2.0],
+        vec![30.0, 0.0, 0.0],
+        vec![0.99f64.ln(), 0.006f64.ln(), 0.004f64.ln()],
     ]);
-    let class_a = Tensor::from_slice(&[0i64, 1, 0, 2]);
-    let ln_target = Tensor::from_slice(&[0.001f32.ln(), 0.01f32.ln(), 0.001f32.ln(), f32::NAN]);
+    let class_a = Tensor::from_slice(&[0i64, 1, 0, 2, 0, 0]);
+    let ln_target = Tensor::from_slice(&[
+        0.001f32.ln(),
+        0.01f32.ln(),
+        0.001f32.ln(),
+        f32::NAN,
+        (margin_tail::MIN_MISS as f32).ln(),
+        (margin_tail::MIN_MISS as f32).ln(),
+    ]);
     let err: Vec<f64> =
         Vec::try_from(margin_tail::per_input(&logits, &class_a, &ln_target).to_kind(Kind::Double))
             .unwrap();
     let ten = 10f64.ln().powi(2);
     assert!((err[0] - ten).abs() < 1e-4, "{err:?}");
     assert!(err[1].abs() < 1e-8, "{err:?}");
-    // ln(2 e^-30) is below ln(MIN_MISS): the prediction counts as MIN_MISS.
-    let clamped = (margin_tail::MIN_MISS.ln() - 0.001f64.ln()).powi(2);
-    assert!((err[2] - clamped).abs() < 1e-3, "{err:?}");
+    // ln(2 e^-30) = -29.3 is below ln(PREDICTION_FLOOR): the prediction
+    // counts as the floor, still far below the target, so it is pulled back.
+    let floored = (margin_tail::PREDICTION_FLOOR.ln() - 0.001f64.ln()).powi(2);
+    assert!((err[2] - floored).abs() < 1e-3, "{err:?}");
+    assert!(err[2] > ten, "{err:?}");
     assert_eq!(err[3], 0.0, "no target, no error");
+    // A target at MIN_MISS means "that or less": more confident is no error,
+    // less confident is (a miss of 0.01 against 1e-6).
+    assert!(err[4].abs() < 1e-6, "{err:?}");
+    let above = (0.01f64.ln() - margin_tail::MIN_MISS.ln()).powi(2);
+    assert!((err[5] - above).abs() < 1e-3, "{err:?}");
 }
 
 /// What the margin tail is for: free logits trained toward counts that saw
