@@ -41,6 +41,40 @@ fn finished(o: &SampleCountsOptions) -> Counts {
     Counts::read(&o.out).unwrap()
 }
 
+/// `base` sampled as `k` shards in chunks of `chunk` (each file beside
+/// `base.out`, and each shard holding only its own inputs), then merged:
+/// the merge, and the merged file read back, must equal `whole`. Returns
+/// the shard files.
+fn merged_shards(
+    base: &SampleCountsOptions,
+    k: usize,
+    chunk: usize,
+    whole: &Counts,
+) -> Vec<std::path::PathBuf> {
+    let dir = base.out.parent().unwrap().to_path_buf();
+    let stem = base.out.file_stem().unwrap().to_string_lossy().into_owned();
+    let files: Vec<std::path::PathBuf> = (0..k)
+        .map(|i| {
+            let mut o = base.clone();
+            o.out = dir.join(format!("{stem}-s{i}.safetensors"));
+            o.shard = Some(Shard { index: i, count: k });
+            o.chunk = chunk;
+            let part = finished(&o);
+            let positions: Vec<usize> = part
+                .indices
+                .iter()
+                .map(|idx| whole.indices.binary_search(idx).unwrap())
+                .collect();
+            assert!(positions.iter().all(|p| p % k == i), "{positions:?}");
+            o.out
+        })
+        .collect();
+    let out = dir.join(format!("{stem}-merged.safetensors"));
+    assert_eq!(&merge_counts(&files, &out).unwrap(), whole);
+    assert_eq!(&Counts::read(&out).unwrap(), whole);
+    files
+}
+
 #[test]
 fn counts_shards_resume_and_merge() {
     let _rng = rng_lock();
@@ -76,20 +110,11 @@ fn counts_shards_resume_and_merge() {
     );
 
     // Three shards in chunks of two, merged: the same counts, input for input.
-    let mut shard_files = vec![];
-    for i in 0..3 {
-        let mut o = opts(&bundle, &root.path().join(format!("s{i}.safetensors")));
-        o.shard = Some(Shard { index: i, count: 3 });
-        o.chunk = 2;
-        let part = finished(&o);
-        assert!(part.indices.iter().all(|&idx| (idx / 500) % 3 == i as i64));
-        shard_files.push(o.out);
-    }
-    let merged = merge_counts(&shard_files, &root.path().join("merged.safetensors")).unwrap();
-    assert_eq!(merged, whole);
-    assert_eq!(
-        Counts::read(&root.path().join("merged.safetensors")).unwrap(),
-        whole
+    let shard_files = merged_shards(
+        &opts(&bundle, &root.path().join("s.safetensors")),
+        3,
+        2,
+        &whole,
     );
 
     // Paused after one chunk, then resumed: the chunk is kept, not redone.
@@ -225,21 +250,7 @@ fn counts_record_margins_that_match_the_closed_form() {
         assert!((phi(-z).ln() - exact.ln()).abs() < 0.8, "input {i}: z {z}");
     }
 
-    let mut shard_files = vec![];
-    for i in 0..2 {
-        let mut s = o.clone();
-        s.out = root.path().join(format!("m{i}.safetensors"));
-        s.shard = Some(Shard { index: i, count: 2 });
-        s.chunk = 3;
-        finished(&s);
-        shard_files.push(s.out);
-    }
-    let merged = merge_counts(&shard_files, &root.path().join("merged.safetensors")).unwrap();
-    assert_eq!(merged, with);
-    assert_eq!(
-        Counts::read(&root.path().join("merged.safetensors")).unwrap(),
-        with
-    );
+    let shard_files = merged_shards(&o, 2, 3, &with);
     // A file with margins and one without are two runs.
     let plain_file = root.path().join("plain.safetensors");
     let err = merge_counts(

@@ -346,14 +346,26 @@ async fn a_torchscript_file_and_an_image_folder_to_a_served_calibrated_surrogate
         .steps
         .iter()
         .all(|st| st.status == StepStatus::DoneBefore || st.step == "report"));
-    // Another margin tail is refused before anything is sampled.
+    // Another margin tail is refused before anything is sampled, and so is
+    // one whose train counts would not record margins.
+    let err = run_pipeline(&PipelineOptions {
+        margin_tail: 0.01,
+        train: CountsRole {
+            margins: true,
+            ..plan.train.clone()
+        },
+        ..plan.clone()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--margin-tail 0"), "{err}");
     let err = run_pipeline(&PipelineOptions {
         margin_tail: 0.01,
         ..plan.clone()
     })
     .unwrap_err()
     .to_string();
-    assert!(err.contains("--margin-tail 0"), "{err}");
+    assert!(err.contains("record their margins"), "{err}");
 
     // Counts of a folder that changed since are refused, not reused.
     let extra = r.join("images/test/bright/zz.png");

@@ -300,9 +300,9 @@ fn the_margin_tail_teaches_the_copy_the_fitted_miss() {
     let counts_file = root.path().join("margins.safetensors");
     test_counts_with(&dir, 400, 25, 3, true, &counts_file);
     let counts = Counts::read(&counts_file).unwrap();
-    let fit = margin_tail::fit_runs(std::slice::from_ref(&counts)).unwrap();
-    let (class_a, ln_miss) = margin_tail::targets(&counts, &fit).unwrap();
-    let with_target = ln_miss.iter().filter(|v| !v.is_nan()).count();
+    let (fit, targets) =
+        margin_tail::fit_and_target(std::slice::from_ref(&counts), Device::Cpu).unwrap();
+    let with_target = targets.with_target();
     assert!(with_target > 100, "{with_target} inputs with a target");
 
     let bundle = Bundle::load(&dir).unwrap();
@@ -329,11 +329,14 @@ fn the_margin_tail_teaches_the_copy_the_fitted_miss() {
 
     let ds = fashion_test();
     let x = counts.images(&ds).unwrap();
-    let (a, ln) = (Tensor::from_slice(&class_a), Tensor::from_slice(&ln_miss));
     let tail_err = |model: &Classifier| {
-        margin_tail::per_input(&model.logits(&x).unwrap(), &a, &ln)
-            .sum(Kind::Double)
-            .double_value(&[])
+        margin_tail::per_input(
+            &model.logits(&x).unwrap(),
+            &targets.class_a,
+            &targets.ln_miss,
+        )
+        .sum(Kind::Double)
+        .double_value(&[])
             / with_target as f64
     };
     let base = Classifier::load(&bundle, Device::Cpu).unwrap();

@@ -629,10 +629,6 @@ fn sample_chunk(
         .ok_or_else(|| PipelineError::Invalid("the counts record no whole noise".into()))?;
     let mut rows = Vec::with_capacity(chunk.len() * meta.num_classes);
     let mut margins = meta.margins.then(MarginSums::default);
-    let as_vec = |t: &tch::Tensor| -> Result<Vec<f64>, PipelineError> {
-        Vec::try_from(t.flatten(0, -1).to_kind(tch::Kind::Double))
-            .map_err(|e| PipelineError::Model(crate::model::ModelError::from(e)))
-    };
     for &idx in chunk {
         let x = super::images_tensor(ds, &[idx], Device::Cpu);
         // Training data, not a certificate: the input's n samples come from
@@ -643,14 +639,13 @@ fn sample_chunk(
             tch::manual_seed(counts_seed(meta.seed, idx));
             model.sample_tally(&x, n_samples, noise, batch, meta.margins)?
         };
-        let counts: Vec<i64> = Vec::try_from(counts.flatten(0, -1))
-            .map_err(|e| PipelineError::Model(crate::model::ModelError::from(e)))?;
+        let counts: Vec<i64> = Vec::try_from(counts.flatten(0, -1))?;
         rows.extend(counts.iter().map(|&v| v as i32));
+        // The sums are f64 on the CPU already ([1, classes]).
         if let (Some(all), Some((sum, sum_sq))) = (margins.as_mut(), sums) {
-            all.extend(&MarginSums {
-                sum: as_vec(&sum)?,
-                sum_sq: as_vec(&sum_sq)?,
-            });
+            all.sum.extend(Vec::<f64>::try_from(sum.flatten(0, -1))?);
+            all.sum_sq
+                .extend(Vec::<f64>::try_from(sum_sq.flatten(0, -1))?);
         }
         progress(1);
     }

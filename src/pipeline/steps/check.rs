@@ -61,6 +61,12 @@ fn check_flags(opts: &PipelineOptions) -> Result<(), PipelineError> {
         ));
     }
     crate::pipeline::surrogate::margin_tail::check_weight(opts.margin_tail)?;
+    // Else the train counts would be sampled whole before training refused them.
+    if opts.margin_tail > 0.0 && !opts.train.margins {
+        return Err(PipelineError::Invalid(
+            "--margin-tail above 0 needs train counts that record their margins".into(),
+        ));
+    }
     if opts.calibration.n != opts.nominal_n {
         return Err(PipelineError::Invalid(format!(
             "the calibration counts must be at the nominal N ({}), not {}",

@@ -47,7 +47,7 @@ pub fn check_weight(weight: f64) -> Result<(), PipelineError> {
 pub const FIT_MIN_Z: f64 = 2.0;
 
 /// The miss as a function of cA's margin z: Phi(-(a + b z)).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TailFit {
     pub a: f64,
     pub b: f64,
@@ -157,32 +157,36 @@ fn tail_inputs(counts: &Counts) -> Result<Vec<(i64, f64, u64)>, PipelineError> {
         .collect())
 }
 
-/// The tail fitted to all of `runs` (one N): their inputs pooled.
-pub fn fit_runs(runs: &[Counts]) -> Result<TailFit, PipelineError> {
+/// The tail fitted to all of `runs` (one N), their inputs pooled, and every
+/// input's target under it, in the runs' order: one pass over the counts.
+pub fn fit_and_target(
+    runs: &[Counts],
+    device: Device,
+) -> Result<(TailFit, TailTargets), PipelineError> {
     let n = runs.first().map_or(0, |r| r.meta.n);
-    let mut pooled = Vec::new();
+    let mut inputs = Vec::new();
     for counts in runs {
-        pooled.extend(tail_inputs(counts)?.into_iter().map(|(_, z, k)| (z, k)));
+        inputs.extend(tail_inputs(counts)?);
     }
-    TailFit::fit(&pooled, n).ok_or_else(|| {
+    let pooled: Vec<(f64, u64)> = inputs.iter().map(|&(_, z, k)| (z, k)).collect();
+    let fit = TailFit::fit(&pooled, n).ok_or_else(|| {
         PipelineError::Invalid(format!(
             "--margin-tail: fewer than 10 counted inputs have a margin z of {FIT_MIN_Z} or more \
              to fit the tail on"
         ))
-    })
-}
-
-/// Per counted input: its top class and the natural log of its miss target
-/// under `fit`, NaN where it has none.
-pub fn targets(counts: &Counts, fit: &TailFit) -> Result<(Vec<i64>, Vec<f32>), PipelineError> {
-    let n = counts.meta.n;
-    Ok(tail_inputs(counts)?
+    })?;
+    let (class_a, ln_miss): (Vec<i64>, Vec<f32>) = inputs
         .into_iter()
         .map(|(a, z, misses)| {
-            let target = miss_target(n - misses, n, z, fit);
+            let target = miss_target(n - misses, n, z, &fit);
             (a, target.map_or(f32::NAN, |m| m.ln() as f32))
         })
-        .unzip())
+        .unzip();
+    let targets = TailTargets {
+        class_a: Tensor::from_slice(&class_a).to_device(device),
+        ln_miss: Tensor::from_slice(&ln_miss).to_device(device),
+    };
+    Ok((fit, targets))
 }
 
 /// The predicted miss is floored here in the loss, far below [`MIN_MISS`]:
@@ -209,34 +213,13 @@ pub fn per_input(logits: &Tensor, class_a: &Tensor, ln_target: &Tensor) -> Tenso
 }
 
 /// The margin tail's targets of some inputs: their top class [M] and the log
-/// of their miss target [M] (NaN where none), see [`targets`].
+/// of their miss target [M] (NaN where none), see [`fit_and_target`].
 pub struct TailTargets {
     pub class_a: Tensor,
     pub ln_miss: Tensor,
 }
 
 impl TailTargets {
-    pub fn of(
-        counts: &Counts,
-        fit: &TailFit,
-        device: Device,
-    ) -> Result<TailTargets, PipelineError> {
-        let (class_a, ln_miss) = targets(counts, fit)?;
-        Ok(TailTargets {
-            class_a: Tensor::from_slice(&class_a).to_device(device),
-            ln_miss: Tensor::from_slice(&ln_miss).to_device(device),
-        })
-    }
-
-    pub fn cat(parts: &[TailTargets]) -> TailTargets {
-        let a: Vec<&Tensor> = parts.iter().map(|t| &t.class_a).collect();
-        let l: Vec<&Tensor> = parts.iter().map(|t| &t.ln_miss).collect();
-        TailTargets {
-            class_a: Tensor::cat(&a, 0),
-            ln_miss: Tensor::cat(&l, 0),
-        }
-    }
-
     pub fn select(&self, idx: &Tensor) -> TailTargets {
         TailTargets {
             class_a: self.class_a.index_select(0, idx),

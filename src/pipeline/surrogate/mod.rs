@@ -506,27 +506,19 @@ impl TrainingData {
             qs.push(q);
         }
         // Fitted once the counts are known to be of this base and one N.
-        let tail_fit = if opts.margin_tail > 0.0 {
-            let fit = margin_tail::fit_runs(&runs)?;
+        let (tail_fit, tail) = if opts.margin_tail > 0.0 {
+            let (fit, targets) = margin_tail::fit_and_target(&runs, opts.device)?;
             tracing::info!(
                 a = fit.a,
                 b = fit.b,
                 inputs = fit.inputs,
                 "margin tail fitted"
             );
-            Some(fit)
+            (Some(fit), Some(targets))
         } else {
-            None
-        };
-        let tails = match &tail_fit {
-            Some(fit) => runs
-                .iter()
-                .map(|counts| TailTargets::of(counts, fit, opts.device))
-                .collect::<Result<Vec<_>, _>>()?,
-            None => Vec::new(),
+            (None, None)
         };
         let (x, q) = (Tensor::cat(&xs, 0), Tensor::cat(&qs, 0));
-        let tail = (!tails.is_empty()).then(|| TailTargets::cat(&tails));
         // A fixed split from the seed, drawn on the CPU so that the device
         // does not change it: the same inputs are held out on every resume.
         tch::manual_seed(opts.seed as i64);
