@@ -172,7 +172,8 @@ pub fn fit_and_target(
     let fit = TailFit::fit(&pooled, n).ok_or_else(|| {
         PipelineError::Invalid(format!(
             "--margin-tail: fewer than 10 counted inputs have a margin z of {FIT_MIN_Z} or more \
-             to fit the tail on"
+             to fit the tail on (a classifier this rarely confident under the noise has little \
+             tail to learn); train with --margin-tail 0"
         ))
     })?;
     let (class_a, ln_miss): (Vec<i64>, Vec<f32>) = inputs
